@@ -1,0 +1,453 @@
+//! The PROTOCOL-v1 wire codec: the only place that knows the byte layout.
+//!
+//! Server, bench harness and tests all decode and encode through this module, so the
+//! wire format exists exactly once. Decoding borrows the input (no copy); every
+//! rejection names its reason so that it can be counted by reason.
+
+/// Size of one frame on the wire.
+pub const FRAME_BYTES: usize = 32;
+/// The frame magic, bytes `52 42 48 42` ("RBHB").
+pub const MAGIC: [u8; 4] = *b"RBHB";
+/// The only protocol version this codec speaks.
+pub const VERSION: u16 = 1;
+/// Frame kind of a heartbeat (device → server).
+pub const KIND_HEARTBEAT: u8 = 1;
+/// Frame kind of an ack (server → device).
+pub const KIND_ACK: u8 = 2;
+/// Flags bit 0: the sender wants an ack for this frame.
+pub const FLAG_ACK_REQUESTED: u8 = 0x01;
+/// Most frames a datagram may carry.
+pub const MAX_FRAMES_PER_DATAGRAM: usize = 64;
+/// Largest valid datagram: 64 frames of 32 bytes.
+pub const MAX_DATAGRAM_BYTES: usize = MAX_FRAMES_PER_DATAGRAM * FRAME_BYTES;
+
+const _: () = assert!(MAX_DATAGRAM_BYTES == 2048);
+
+/// Why a single frame was rejected. The discriminant indexes the per-reason counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameError {
+    BadMagic = 0,
+    BadVersion = 1,
+    BadKind = 2,
+    ZeroDeviceId = 3,
+}
+
+impl FrameError {
+    pub const ALL: [FrameError; 4] = [
+        FrameError::BadMagic,
+        FrameError::BadVersion,
+        FrameError::BadKind,
+        FrameError::ZeroDeviceId,
+    ];
+
+    /// The stable name used in stats output.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameError::BadMagic => "bad_magic",
+            FrameError::BadVersion => "bad_version",
+            FrameError::BadKind => "bad_kind",
+            FrameError::ZeroDeviceId => "zero_device_id",
+        }
+    }
+}
+
+/// Why a whole datagram was rejected before looking at its frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DatagramError {
+    /// Zero bytes.
+    Empty = 0,
+    /// Length not a multiple of 32.
+    BadLength = 1,
+    /// More than 2048 bytes (or cut short by the receive buffer).
+    TooLong = 2,
+}
+
+impl DatagramError {
+    pub const ALL: [DatagramError; 3] = [
+        DatagramError::Empty,
+        DatagramError::BadLength,
+        DatagramError::TooLong,
+    ];
+
+    /// The stable name used in stats output.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatagramError::Empty => "empty_datagram",
+            DatagramError::BadLength => "bad_datagram_length",
+            DatagramError::TooLong => "datagram_too_long",
+        }
+    }
+}
+
+/// A borrowed, validated heartbeat frame. Accessors read the wire bytes directly.
+#[derive(Clone, Copy, Debug)]
+pub struct Heartbeat<'a> {
+    bytes: &'a [u8; FRAME_BYTES],
+}
+
+fn u16_at(b: &[u8; FRAME_BYTES], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8; FRAME_BYTES], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8; FRAME_BYTES], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+impl<'a> Heartbeat<'a> {
+    pub fn device_id(&self) -> u64 {
+        u64_at(self.bytes, 8)
+    }
+    pub fn seq(&self) -> u32 {
+        u32_at(self.bytes, 16)
+    }
+    pub fn status(&self) -> u16 {
+        u16_at(self.bytes, 20)
+    }
+    pub fn interval_ds(&self) -> u16 {
+        u16_at(self.bytes, 22)
+    }
+    pub fn sent_ns(&self) -> u64 {
+        u64_at(self.bytes, 24)
+    }
+    pub fn flags(&self) -> u8 {
+        self.bytes[7]
+    }
+    pub fn ack_requested(&self) -> bool {
+        self.flags() & FLAG_ACK_REQUESTED != 0
+    }
+    /// The raw 32 bytes, for hand-off between shards.
+    pub fn bytes(&self) -> &'a [u8; FRAME_BYTES] {
+        self.bytes
+    }
+}
+
+/// Validates one 32-byte frame as a heartbeat (server side: only kind 1 is valid).
+#[inline]
+pub fn decode_heartbeat(bytes: &[u8; FRAME_BYTES]) -> Result<Heartbeat<'_>, FrameError> {
+    decode_kind(bytes, KIND_HEARTBEAT).map(|bytes| Heartbeat { bytes })
+}
+
+fn decode_kind(bytes: &[u8; FRAME_BYTES], kind: u8) -> Result<&[u8; FRAME_BYTES], FrameError> {
+    if bytes[0..4] != MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    if u16_at(bytes, 4) != VERSION {
+        return Err(FrameError::BadVersion);
+    }
+    if bytes[6] != kind {
+        return Err(FrameError::BadKind);
+    }
+    if u64_at(bytes, 8) == 0 {
+        return Err(FrameError::ZeroDeviceId);
+    }
+    Ok(bytes)
+}
+
+/// Checks a datagram's length and returns its frames as 32-byte arrays.
+#[inline]
+pub fn datagram_frames(datagram: &[u8]) -> Result<&[[u8; FRAME_BYTES]], DatagramError> {
+    if datagram.is_empty() {
+        return Err(DatagramError::Empty);
+    }
+    if datagram.len() > MAX_DATAGRAM_BYTES {
+        return Err(DatagramError::TooLong);
+    }
+    if !datagram.len().is_multiple_of(FRAME_BYTES) {
+        return Err(DatagramError::BadLength);
+    }
+    let (frames, rest) = datagram.as_chunks::<FRAME_BYTES>();
+    debug_assert!(rest.is_empty());
+    Ok(frames)
+}
+
+/// The fields of a frame to encode; used for heartbeats (harness, tests) and acks (server).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameFields {
+    pub kind: u8,
+    pub flags: u8,
+    pub device_id: u64,
+    pub seq: u32,
+    pub status: u16,
+    pub interval_ds: u16,
+    pub sent_ns: u64,
+}
+
+impl FrameFields {
+    /// A heartbeat with the given fields.
+    pub fn heartbeat(device_id: u64, seq: u32, interval_ds: u16, sent_ns: u64) -> Self {
+        FrameFields {
+            kind: KIND_HEARTBEAT,
+            flags: 0,
+            device_id,
+            seq,
+            status: 0,
+            interval_ds,
+            sent_ns,
+        }
+    }
+
+    /// Encodes into exactly 32 bytes.
+    pub fn encode(&self, out: &mut [u8; FRAME_BYTES]) {
+        out[0..4].copy_from_slice(&MAGIC);
+        out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        out[6] = self.kind;
+        out[7] = self.flags;
+        out[8..16].copy_from_slice(&self.device_id.to_le_bytes());
+        out[16..20].copy_from_slice(&self.seq.to_le_bytes());
+        out[20..22].copy_from_slice(&self.status.to_le_bytes());
+        out[22..24].copy_from_slice(&self.interval_ds.to_le_bytes());
+        out[24..32].copy_from_slice(&self.sent_ns.to_le_bytes());
+    }
+
+    /// Encodes into a fresh array.
+    pub fn to_bytes(&self) -> [u8; FRAME_BYTES] {
+        let mut out = [0u8; FRAME_BYTES];
+        self.encode(&mut out);
+        out
+    }
+}
+
+/// Writes the ack for `heartbeat` into `out`: device_id, seq and sent_ns echoed,
+/// status 0 (accepted), interval_ds the period the server now expects.
+#[inline]
+pub fn encode_ack(
+    heartbeat: &Heartbeat<'_>,
+    expected_interval_ds: u16,
+    out: &mut [u8; FRAME_BYTES],
+) {
+    FrameFields {
+        kind: KIND_ACK,
+        flags: 0,
+        device_id: heartbeat.device_id(),
+        seq: heartbeat.seq(),
+        status: 0,
+        interval_ds: expected_interval_ds,
+        sent_ns: heartbeat.sent_ns(),
+    }
+    .encode(out);
+}
+
+/// A decoded ack (client side: the harness and tests read acks with this).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub device_id: u64,
+    pub seq: u32,
+    pub status: u16,
+    pub interval_ds: u16,
+    pub sent_ns: u64,
+}
+
+/// Validates one frame as an ack (client side).
+pub fn decode_ack(bytes: &[u8; FRAME_BYTES]) -> Result<Ack, FrameError> {
+    let b = decode_kind(bytes, KIND_ACK)?;
+    Ok(Ack {
+        device_id: u64_at(b, 8),
+        seq: u32_at(b, 16),
+        status: u16_at(b, 20),
+        interval_ds: u16_at(b, 22),
+        sent_ns: u64_at(b, 24),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(device_id: u64, seq: u32) -> [u8; FRAME_BYTES] {
+        FrameFields::heartbeat(device_id, seq, 100, 0x1122_3344_5566_7788).to_bytes()
+    }
+
+    #[test]
+    fn heartbeat_layout_is_byte_exact() {
+        let mut f = FrameFields::heartbeat(0x0102_0304_0506_0708, 0x0A0B_0C0D, 0x1234, 0xAABB);
+        f.flags = FLAG_ACK_REQUESTED;
+        f.status = 0x5566;
+        let b = f.to_bytes();
+        let expected: [u8; 32] = [
+            0x52, 0x42, 0x48, 0x42, // magic
+            0x01, 0x00, // version
+            0x01, // kind
+            0x01, // flags
+            0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, // device_id
+            0x0D, 0x0C, 0x0B, 0x0A, // seq
+            0x66, 0x55, // status
+            0x34, 0x12, // interval_ds
+            0xBB, 0xAA, 0, 0, 0, 0, 0, 0, // sent_ns
+        ];
+        assert_eq!(b, expected);
+        let h = decode_heartbeat(&b).unwrap();
+        assert_eq!(h.device_id(), 0x0102_0304_0506_0708);
+        assert_eq!(h.seq(), 0x0A0B_0C0D);
+        assert_eq!(h.status(), 0x5566);
+        assert_eq!(h.interval_ds(), 0x1234);
+        assert_eq!(h.sent_ns(), 0xAABB);
+        assert!(h.ack_requested());
+    }
+
+    #[test]
+    fn ack_echoes_and_sets_kind_two_status_zero() {
+        let mut f = FrameFields::heartbeat(42, 7, 0, 99);
+        f.flags = FLAG_ACK_REQUESTED | 0x80;
+        f.status = 3;
+        let b = f.to_bytes();
+        let h = decode_heartbeat(&b).unwrap();
+        let mut out = [0u8; 32];
+        encode_ack(&h, 100, &mut out);
+        assert_eq!(&out[0..4], b"RBHB");
+        assert_eq!(out[6], KIND_ACK);
+        assert_eq!(out[7], 0, "ack flags are 0");
+        let a = decode_ack(&out).unwrap();
+        assert_eq!(
+            a,
+            Ack {
+                device_id: 42,
+                seq: 7,
+                status: 0,
+                interval_ds: 100,
+                sent_ns: 99
+            }
+        );
+        assert_eq!(decode_heartbeat(&out).unwrap_err(), FrameError::BadKind);
+    }
+
+    #[test]
+    fn every_malformed_reason_is_named() {
+        let good = hb(5, 1);
+        let mut bad = good;
+        bad[0] = b'X';
+        assert_eq!(decode_heartbeat(&bad).unwrap_err(), FrameError::BadMagic);
+        let mut bad = good;
+        bad[4] = 2;
+        assert_eq!(decode_heartbeat(&bad).unwrap_err(), FrameError::BadVersion);
+        let mut bad = good;
+        bad[5] = 1; // version 257
+        assert_eq!(decode_heartbeat(&bad).unwrap_err(), FrameError::BadVersion);
+        let mut bad = good;
+        bad[6] = 2;
+        assert_eq!(decode_heartbeat(&bad).unwrap_err(), FrameError::BadKind);
+        let mut bad = good;
+        bad[6] = 0;
+        assert_eq!(decode_heartbeat(&bad).unwrap_err(), FrameError::BadKind);
+        let bad = hb(0, 1);
+        assert_eq!(
+            decode_heartbeat(&bad).unwrap_err(),
+            FrameError::ZeroDeviceId
+        );
+    }
+
+    #[test]
+    fn unknown_flag_bits_are_ignored() {
+        let mut b = hb(9, 1);
+        b[7] = 0xFE;
+        let h = decode_heartbeat(&b).unwrap();
+        assert!(!h.ack_requested());
+    }
+
+    #[test]
+    fn datagram_length_rules() {
+        assert_eq!(datagram_frames(&[]).unwrap_err(), DatagramError::Empty);
+        assert_eq!(
+            datagram_frames(&[0u8; 31]).unwrap_err(),
+            DatagramError::BadLength
+        );
+        assert_eq!(
+            datagram_frames(&[0u8; 33]).unwrap_err(),
+            DatagramError::BadLength
+        );
+        assert_eq!(
+            datagram_frames(&[0u8; 2049]).unwrap_err(),
+            DatagramError::TooLong
+        );
+        assert_eq!(
+            datagram_frames(&[0u8; 2080]).unwrap_err(),
+            DatagramError::TooLong
+        );
+        assert_eq!(datagram_frames(&[0u8; 32]).unwrap().len(), 1);
+        assert_eq!(datagram_frames(&[0u8; 2048]).unwrap().len(), 64);
+    }
+
+    /// A tiny deterministic generator so the property tests need no extra crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // splitmix64
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+    }
+
+    #[test]
+    fn property_encode_decode_round_trip() {
+        let mut rng = Rng(1);
+        for _ in 0..100_000 {
+            let f = FrameFields {
+                kind: KIND_HEARTBEAT,
+                flags: rng.next() as u8,
+                device_id: rng.next().max(1),
+                seq: rng.next() as u32,
+                status: rng.next() as u16,
+                interval_ds: rng.next() as u16,
+                sent_ns: rng.next(),
+            };
+            let b = f.to_bytes();
+            let h = decode_heartbeat(&b).unwrap();
+            assert_eq!(
+                (
+                    h.flags(),
+                    h.device_id(),
+                    h.seq(),
+                    h.status(),
+                    h.interval_ds(),
+                    h.sent_ns()
+                ),
+                (
+                    f.flags,
+                    f.device_id,
+                    f.seq,
+                    f.status,
+                    f.interval_ds,
+                    f.sent_ns
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn property_random_bytes_never_panic_and_validity_matches_rules() {
+        let mut rng = Rng(2);
+        for _ in 0..200_000 {
+            let mut b = [0u8; 32];
+            for chunk in b.chunks_mut(8) {
+                chunk.copy_from_slice(&rng.next().to_le_bytes());
+            }
+            // Make a share of them close to valid so every branch is exercised.
+            match rng.next() % 4 {
+                0 => b[0..4].copy_from_slice(&MAGIC),
+                1 => {
+                    b[0..4].copy_from_slice(&MAGIC);
+                    b[4..6].copy_from_slice(&1u16.to_le_bytes());
+                }
+                2 => {
+                    b[0..4].copy_from_slice(&MAGIC);
+                    b[4..6].copy_from_slice(&1u16.to_le_bytes());
+                    b[6] = 1;
+                }
+                _ => {}
+            }
+            let valid = b[0..4] == MAGIC
+                && u16::from_le_bytes([b[4], b[5]]) == 1
+                && b[6] == 1
+                && b[8..16] != [0u8; 8];
+            assert_eq!(decode_heartbeat(&b).is_ok(), valid);
+        }
+    }
+}

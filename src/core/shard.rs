@@ -1,0 +1,329 @@
+//! `ShardCore`: everything one shard knows, as plain data. The engines hand it received
+//! datagrams, forwarded frames and the current time; it hands back ack bytes, frames to
+//! forward and liveness events. It never touches a socket, a ring or the clock, which
+//! is what lets `tests/simulation.rs` drive it under simulated time from a seed.
+
+use super::codec::{self, Heartbeat, FRAME_BYTES, MAX_DATAGRAM_BYTES};
+use super::liveness::{Thresholds, Wheel};
+use super::owner::owner;
+use super::stats::ShardStats;
+use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
+
+/// What the core needs to know, derived from the validated server `Config`.
+#[derive(Clone, Copy, Debug)]
+pub struct CoreConfig {
+    pub shard: u32,
+    pub shards: u32,
+    /// Device table capacity of this shard.
+    pub max_devices: u32,
+    pub thresholds: Thresholds,
+    /// Interval used when a heartbeat says 0 (deciseconds, > 0).
+    pub default_interval_ds: u16,
+    pub tick_ms: u32,
+    /// Events held between two drains; more in one drain are counted as dropped.
+    pub event_capacity: usize,
+}
+
+/// One liveness transition, as emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub device_id: u64,
+    pub from: Liveness,
+    pub to: Liveness,
+    pub epoch: u32,
+    pub seq: u32,
+    pub status: u16,
+    /// Shard time of the transition (ms).
+    pub time_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Pending {
+    device_id: u64,
+    seq: u32,
+    status: u16,
+    interval_ds: u16,
+}
+
+pub struct ShardCore {
+    cfg: CoreConfig,
+    table: DeviceTable,
+    wheel: Wheel,
+    stats: ShardStats,
+    pending: Vec<Pending>,
+    pending_now_ms: u64,
+    events: Vec<Event>,
+}
+
+impl ShardCore {
+    pub fn new(cfg: CoreConfig, now_ms: u64) -> std::io::Result<ShardCore> {
+        assert!(cfg.shard < cfg.shards && cfg.default_interval_ds > 0 && cfg.event_capacity > 0);
+        Ok(ShardCore {
+            table: DeviceTable::new(cfg.max_devices)?,
+            wheel: Wheel::new(cfg.tick_ms, now_ms),
+            stats: ShardStats::default(),
+            // Capacities fixed here; pushes never exceed them (checked before each push).
+            pending: Vec::with_capacity(MAX_BATCH),
+            pending_now_ms: now_ms,
+            events: Vec::with_capacity(cfg.event_capacity),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+    pub fn stats(&self) -> &ShardStats {
+        &self.stats
+    }
+    pub fn stats_mut(&mut self) -> &mut ShardStats {
+        &mut self.stats
+    }
+    pub fn table(&self) -> &DeviceTable {
+        &self.table
+    }
+
+    /// The period the server expects from a heartbeat carrying `interval_ds`.
+    #[inline]
+    pub fn expected_interval_ds(&self, interval_ds: u16) -> u16 {
+        if interval_ds == 0 {
+            self.cfg.default_interval_ds
+        } else {
+            interval_ds
+        }
+    }
+
+    /// Takes one received datagram: validates it, writes the ack datagram for its
+    /// ACK_REQUESTED frames into `acks` (returns its length, 0 = nothing to send),
+    /// queues owned frames for the table and hands the others to `forward(owner, frame)`,
+    /// which returns false when the owner's ring is full (counted as a drop).
+    pub fn ingest_datagram(
+        &mut self,
+        datagram: &[u8],
+        now_ms: u64,
+        acks: &mut [u8; MAX_DATAGRAM_BYTES],
+        mut forward: impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
+    ) -> usize {
+        self.stats.datagrams += 1;
+        let frames = match codec::datagram_frames(datagram) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.count_datagram_error(e);
+                return 0;
+            }
+        };
+        let mut ack_len = 0;
+        for raw in frames {
+            let hb = match codec::decode_heartbeat(raw) {
+                Ok(hb) => hb,
+                Err(e) => {
+                    self.stats.count_frame_error(e);
+                    continue;
+                }
+            };
+            self.stats.frames_valid += 1;
+            if hb.ack_requested() {
+                let out: &mut [u8; FRAME_BYTES] = (&mut acks[ack_len..ack_len + FRAME_BYTES])
+                    .try_into()
+                    .expect("32-byte window");
+                codec::encode_ack(&hb, self.expected_interval_ds(hb.interval_ds()), out);
+                ack_len += FRAME_BYTES;
+            }
+            let target = owner(hb.device_id(), self.cfg.shards);
+            if target == self.cfg.shard {
+                self.push_pending(&hb, now_ms);
+            } else if forward(target, hb.bytes()) {
+                self.stats.forwarded += 1;
+            } else {
+                self.stats.forward_drops += 1;
+            }
+        }
+        ack_len
+    }
+
+    /// Takes a frame another shard received for a device this shard owns.
+    pub fn ingest_forwarded(&mut self, frame: &[u8; FRAME_BYTES], now_ms: u64) {
+        match codec::decode_heartbeat(frame) {
+            Ok(hb) => {
+                debug_assert_eq!(owner(hb.device_id(), self.cfg.shards), self.cfg.shard);
+                self.stats.forwarded_in += 1;
+                self.push_pending(&hb, now_ms);
+            }
+            // Only validated frames are forwarded; count rather than trust blindly.
+            Err(e) => self.stats.count_frame_error(e),
+        }
+    }
+
+    fn push_pending(&mut self, hb: &Heartbeat<'_>, now_ms: u64) {
+        if self.pending.len() == MAX_BATCH {
+            self.flush();
+        }
+        self.pending_now_ms = now_ms;
+        self.pending.push(Pending {
+            device_id: hb.device_id(),
+            seq: hb.seq(),
+            status: hb.status(),
+            interval_ds: self.expected_interval_ds(hb.interval_ds()),
+        });
+    }
+
+    /// Applies queued heartbeats to the table with one batched lookup.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let n = self.pending.len();
+        let mut ids = [0u64; MAX_BATCH];
+        for (i, p) in self.pending.iter().enumerate() {
+            ids[i] = p.device_id;
+        }
+        let mut found = [Lookup::Full; MAX_BATCH];
+        self.table.lookup_or_insert_batch(&ids[..n], &mut found);
+        let now_ms = self.pending_now_ms;
+        for (i, lookup) in found.iter().enumerate().take(n) {
+            let p = self.pending[i];
+            self.apply(p, *lookup, now_ms);
+        }
+        self.pending.clear();
+    }
+
+    fn apply(&mut self, p: Pending, lookup: Lookup, now_ms: u64) {
+        let slot = match lookup {
+            Lookup::Found(s) => s,
+            Lookup::Inserted(s) => {
+                self.stats.devices += 1;
+                s
+            }
+            Lookup::Full => {
+                self.stats.table_full += 1;
+                return;
+            }
+        };
+        self.stats.heartbeats += 1;
+        let th = self.cfg.thresholds;
+        let d = self.table.device_mut(slot);
+        let before = d.liveness();
+        let old_interval = d.interval_ds;
+        d.last_seen_ms = now_ms as u32;
+        d.interval_ds = p.interval_ds;
+        match before {
+            Liveness::Unknown | Liveness::Offline => {
+                // A new session: the device may have restarted its sequence.
+                d.last_seq = p.seq;
+                d.status = p.status;
+            }
+            Liveness::Online | Liveness::Late => {
+                let ahead = p.seq.wrapping_sub(d.last_seq);
+                if ahead == 0 || ahead >= 1 << 31 {
+                    self.stats.duplicates += 1;
+                } else {
+                    d.lost += ahead - 1;
+                    self.stats.lost_heartbeats += (ahead - 1) as u64;
+                    d.last_seq = p.seq;
+                    d.status = p.status;
+                }
+            }
+        }
+        if before == Liveness::Online {
+            if p.interval_ds < old_interval {
+                // The only case where the deadline moves earlier: re-link.
+                self.wheel
+                    .schedule(&th, self.table.devices_mut(), slot, now_ms);
+            }
+            return;
+        }
+        let d = self.table.device_mut(slot);
+        d.epoch = d.epoch.wrapping_add(1);
+        d.set_liveness(Liveness::Online);
+        let d = *d;
+        self.count_state(before, Liveness::Online);
+        self.push_event(&d, before, Liveness::Online, now_ms);
+        self.wheel
+            .schedule(&th, self.table.devices_mut(), slot, now_ms);
+    }
+
+    fn count_state(&mut self, from: Liveness, to: Liveness) {
+        let s = &mut self.stats;
+        match from {
+            Liveness::Online => s.online -= 1,
+            Liveness::Late => s.late -= 1,
+            Liveness::Offline => s.offline -= 1,
+            Liveness::Unknown => {}
+        }
+        match to {
+            Liveness::Online => s.online += 1,
+            Liveness::Late => s.late += 1,
+            Liveness::Offline => s.offline += 1,
+            Liveness::Unknown => {}
+        }
+    }
+
+    fn push_event(&mut self, d: &Device, from: Liveness, to: Liveness, now_ms: u64) {
+        if self.events.len() == self.events.capacity() {
+            self.stats.events_dropped += 1;
+            return;
+        }
+        self.stats.events += 1;
+        self.events.push(Event {
+            device_id: d.device_id,
+            from,
+            to,
+            epoch: d.epoch,
+            seq: d.last_seq,
+            status: d.status,
+            time_ms: now_ms,
+        });
+    }
+
+    /// Runs liveness detection up to `now_ms` (flushes queued heartbeats first so a
+    /// heartbeat that arrived before `now` is never mistaken for silence).
+    pub fn advance(&mut self, now_ms: u64) {
+        self.flush();
+        let th = self.cfg.thresholds;
+        // Split borrows: the wheel walks the table while transitions go to the buffer.
+        let events = &mut self.events;
+        let stats = &mut self.stats;
+        self.wheel.advance(&th, &mut self.table, now_ms, |t, d| {
+            match t.to {
+                Liveness::Late => {
+                    stats.online -= 1;
+                    stats.late += 1;
+                }
+                _ => {
+                    stats.late -= 1;
+                    stats.offline += 1;
+                }
+            }
+            if events.len() == events.capacity() {
+                stats.events_dropped += 1;
+                return;
+            }
+            stats.events += 1;
+            events.push(Event {
+                device_id: d.device_id,
+                from: t.from,
+                to: t.to,
+                epoch: d.epoch,
+                seq: d.last_seq,
+                status: d.status,
+                time_ms: t.now_ms,
+            });
+        });
+        self.stats.rechecks = self.wheel.rechecks;
+    }
+
+    /// Shard time by which `advance` should next be called.
+    pub fn next_deadline_ms(&self) -> u64 {
+        self.wheel.next_tick_ms()
+    }
+
+    /// Takes the events emitted since the last drain.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
+    }
+
+    /// The state of one device, if known (for tests and introspection).
+    pub fn device(&self, device_id: u64) -> Option<&Device> {
+        self.table.find(device_id).map(|s| self.table.device(s))
+    }
+}

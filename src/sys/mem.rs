@@ -1,0 +1,120 @@
+//! Large zero-initialised arrays backed by anonymous `mmap`, so that capacity sized at
+//! start-up (4M devices by default) costs address space but no resident memory until a
+//! page is first written. A `Vec` would have to zero (and so touch) every page.
+
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+/// Types for which the all-zero byte pattern is a valid value.
+///
+/// # Safety
+/// Implementors must be plain data (no references, no niches that exclude zero, no
+/// `Drop`) whose all-zero bit pattern is a valid, meaningful value.
+pub unsafe trait ZeroValid: Copy {}
+
+// SAFETY: integers are valid for every bit pattern, zero included.
+unsafe impl ZeroValid for u32 {}
+// SAFETY: as above.
+unsafe impl ZeroValid for u64 {}
+// SAFETY: as above.
+unsafe impl ZeroValid for u8 {}
+
+/// An owned, fixed-length, zero-initialised array in its own anonymous mapping.
+pub struct ZeroedRegion<T: ZeroValid> {
+    ptr: NonNull<T>,
+    len: usize,
+    map_bytes: usize,
+    _owns: PhantomData<T>,
+}
+
+// SAFETY: the region is uniquely owned memory, like a `Box<[T]>`; moving it to another
+// thread moves ownership of the mapping with it.
+unsafe impl<T: ZeroValid + Send> Send for ZeroedRegion<T> {}
+
+impl<T: ZeroValid> ZeroedRegion<T> {
+    /// Maps `len` zeroed elements. `MAP_NORESERVE`: pages are committed on first touch.
+    pub fn new(len: usize) -> std::io::Result<Self> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| std::io::Error::other("region size overflows"))?;
+        let page = 4096;
+        let map_bytes = bytes.max(1).div_ceil(page) * page;
+        // SAFETY: an anonymous private mapping with no address hint has no
+        // preconditions; the result is checked against MAP_FAILED below.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        debug_assert!(
+            (raw as usize).is_multiple_of(std::mem::align_of::<T>()),
+            "mmap is page aligned"
+        );
+        Ok(ZeroedRegion {
+            ptr: NonNull::new(raw.cast::<T>()).expect("mmap never returns null on success"),
+            len,
+            map_bytes,
+            _owns: PhantomData,
+        })
+    }
+
+    /// Start address of the mapping (for NUMA binding and `numa_maps` checks).
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    /// Length of the mapping in bytes (a whole number of pages).
+    pub fn map_bytes(&self) -> usize {
+        self.map_bytes
+    }
+}
+
+impl<T: ZeroValid> std::ops::Deref for ZeroedRegion<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` points to `map_bytes >= len * size_of::<T>()` bytes, mapped
+        // readable and writable, zero-initialised by the kernel, and zero is a valid `T`
+        // (`ZeroValid`). The mapping lives until `drop`, and `&self` prevents mutation.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: ZeroValid> std::ops::DerefMut for ZeroedRegion<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`; `&mut self` gives exclusive access to the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: ZeroValid> Drop for ZeroedRegion<T> {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`map_bytes` are exactly what mmap returned, unmapped once here;
+        // no borrow of the slice can outlive `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.map_bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_is_zeroed_and_writable() {
+        let mut r: ZeroedRegion<u64> = ZeroedRegion::new(1 << 20).unwrap();
+        assert!(r.iter().step_by(4096).all(|&v| v == 0));
+        r[12345] = 7;
+        assert_eq!(r[12345], 7);
+        assert_eq!(r.len(), 1 << 20);
+        assert_eq!(r.map_bytes(), 8 << 20);
+    }
+}

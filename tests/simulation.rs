@@ -1,0 +1,481 @@
+//! Deterministic simulation of several shard cores under simulated time.
+//!
+//! Devices heartbeat on their own intervals, fall silent at random, change interval;
+//! a simulated network batches their frames into gateway datagrams, mixes in malformed
+//! frames and datagrams, loses, duplicates, delays (reorders) and mis-steers them. The
+//! cores forward mis-steered frames through bounded queues. An independent reference
+//! model, written without the wheel, replays what each owner applied and predicts every
+//! transition, epoch, loss and duplicate exactly. Checked invariants:
+//! * no valid heartbeat lost: every valid frame delivered is applied or counted dropped;
+//! * every transition emitted exactly once, at `ceil(deadline / tick) * tick`;
+//! * malformed frames counted by reason, never applied; acks byte-exact and in order.
+
+use ringbeat::core::codec::{
+    self, FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES, MAX_DATAGRAM_BYTES,
+};
+use ringbeat::core::liveness::Thresholds;
+use ringbeat::core::owner::owner;
+use ringbeat::core::shard::{CoreConfig, Event, ShardCore};
+use ringbeat::core::table::Liveness;
+use std::collections::{BTreeMap, HashMap};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, permille: u64) -> bool {
+        self.below(1000) < permille
+    }
+}
+
+const TICK_MS: u32 = 10;
+const DEFAULT_INTERVAL_DS: u16 = 10;
+const TH: Thresholds = Thresholds {
+    late_after_permille: 1500,
+    offline_after_permille: 3000,
+};
+
+struct SimDevice {
+    id: u64,
+    interval_ds: u16,
+    send_zero_interval: bool,
+    next_send_ms: u64,
+    seq: u32,
+}
+
+/// What an owner applied, in order: the reference model's input.
+#[derive(Clone, Copy, Debug)]
+struct Applied {
+    seq: u32,
+    status: u16,
+    interval_ds: u16,
+    at_ms: u64,
+}
+
+struct Scenario {
+    seed: u64,
+    shards: u32,
+    devices: usize,
+    duration_ms: u64,
+    forward_capacity: usize,
+    max_devices_per_shard: u32,
+}
+
+#[derive(Default)]
+struct Injected {
+    frame_errors: HashMap<&'static str, u64>,
+    datagram_errors: HashMap<&'static str, u64>,
+    valid_delivered: u64,
+}
+
+fn reference_events(
+    id: u64,
+    applied: &[Applied],
+    end_ms: u64,
+) -> (Vec<Event>, u64 /* lost */, u64 /* dups */) {
+    let tick = TICK_MS as u64;
+    let detect = |due: u64| due.div_ceil(tick) * tick;
+    let mut out = Vec::new();
+    let (mut state, mut epoch, mut last_seq, mut status, mut last_ms, mut interval) =
+        (Liveness::Unknown, 0u32, 0u32, 0u16, 0u64, 0u16);
+    let (mut lost, mut dups) = (0u64, 0u64);
+    let silence = |state: &mut Liveness,
+                   last_ms: u64,
+                   interval: u16,
+                   until: u64,
+                   seq: u32,
+                   status: u16,
+                   epoch: u32,
+                   out: &mut Vec<Event>| {
+        // Transitions whose detection time falls strictly before `until` (at equal
+        // times the heartbeat is applied before the wheel runs).
+        loop {
+            let Some(after) = TH.deadline_after_ms(*state, interval) else {
+                return;
+            };
+            let t = detect(last_ms + after as u64);
+            if t >= until {
+                return;
+            }
+            let to = if *state == Liveness::Online {
+                Liveness::Late
+            } else {
+                Liveness::Offline
+            };
+            out.push(Event {
+                device_id: id,
+                from: *state,
+                to,
+                epoch,
+                seq,
+                status,
+                time_ms: t,
+            });
+            *state = to;
+        }
+    };
+    for a in applied {
+        silence(
+            &mut state, last_ms, interval, a.at_ms, last_seq, status, epoch, &mut out,
+        );
+        let before = state;
+        match before {
+            Liveness::Unknown | Liveness::Offline => {
+                last_seq = a.seq;
+                status = a.status;
+            }
+            _ => {
+                let ahead = a.seq.wrapping_sub(last_seq);
+                if ahead == 0 || ahead >= 1 << 31 {
+                    dups += 1;
+                } else {
+                    lost += (ahead - 1) as u64;
+                    last_seq = a.seq;
+                    status = a.status;
+                }
+            }
+        }
+        last_ms = a.at_ms;
+        interval = a.interval_ds;
+        if before != Liveness::Online {
+            epoch += 1;
+            state = Liveness::Online;
+            out.push(Event {
+                device_id: id,
+                from: before,
+                to: Liveness::Online,
+                epoch,
+                seq: last_seq,
+                status,
+                time_ms: a.at_ms,
+            });
+        }
+    }
+    silence(
+        &mut state,
+        last_ms,
+        interval,
+        end_ms + 1,
+        last_seq,
+        status,
+        epoch,
+        &mut out,
+    );
+    (out, lost, dups)
+}
+
+fn run(sc: &Scenario) {
+    let mut rng = Rng(sc.seed);
+    let start_ms = 1_000u64;
+    let mut cores: Vec<ShardCore> = (0..sc.shards)
+        .map(|s| {
+            ShardCore::new(
+                CoreConfig {
+                    shard: s,
+                    shards: sc.shards,
+                    max_devices: sc.max_devices_per_shard,
+                    thresholds: TH,
+                    default_interval_ds: DEFAULT_INTERVAL_DS,
+                    tick_ms: TICK_MS,
+                    event_capacity: 1 << 16,
+                },
+                start_ms,
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut devices: Vec<SimDevice> = (0..sc.devices)
+        .map(|i| {
+            let interval_ds = 1 + rng.below(20) as u16;
+            SimDevice {
+                id: (i as u64 + 1) * 0x1000_0000_0F + rng.below(7),
+                interval_ds,
+                send_zero_interval: rng.chance(100),
+                next_send_ms: start_ms + rng.below(interval_ds as u64 * 100),
+                seq: rng.next() as u32, // start anywhere, so wrap is exercised
+            }
+        })
+        .collect();
+    // In-flight datagrams by delivery time: (datagram bytes, receiving shard).
+    let mut network: BTreeMap<(u64, u64), (Vec<u8>, u32)> = BTreeMap::new();
+    let mut nonce = 0u64;
+    let mut applied: HashMap<u64, Vec<Applied>> = HashMap::new();
+    let mut events: Vec<Event> = Vec::new();
+    let mut injected = Injected::default();
+    let mut table_full_expected = 0u64;
+    let mut known: Vec<std::collections::HashSet<u64>> =
+        vec![Default::default(); sc.shards as usize];
+
+    let end_ms = start_ms + sc.duration_ms;
+    for now in start_ms..=end_ms {
+        // 1. Devices produce frames; a gateway packs this millisecond's frames.
+        let mut frames: Vec<[u8; FRAME_BYTES]> = Vec::new();
+        for d in devices.iter_mut() {
+            if d.next_send_ms > now || now + 200 > end_ms {
+                continue;
+            }
+            d.seq = d.seq.wrapping_add(1);
+            let mut f = FrameFields::heartbeat(
+                d.id,
+                d.seq,
+                if d.send_zero_interval {
+                    0
+                } else {
+                    d.interval_ds
+                },
+                now,
+            );
+            f.status = (d.seq % 5) as u16;
+            if rng.chance(300) {
+                f.flags = FLAG_ACK_REQUESTED;
+            }
+            frames.push(f.to_bytes());
+            let effective = if d.send_zero_interval {
+                DEFAULT_INTERVAL_DS
+            } else {
+                d.interval_ds
+            };
+            let mut gap = effective as u64 * 100;
+            if rng.chance(30) {
+                gap = gap * (5 + rng.below(40)) / 10; // silence: 0.5x .. 4.5x interval
+            } else {
+                gap = gap * (90 + rng.below(20)) / 100; // jitter
+            }
+            if rng.chance(10) && !d.send_zero_interval {
+                d.interval_ds = 1 + rng.below(20) as u16; // interval changes, up or down
+            }
+            d.next_send_ms = now + gap.max(1);
+        }
+        while !frames.is_empty() {
+            let k = (1 + rng.below(8) as usize).min(frames.len());
+            let mut dgram: Vec<u8> = frames.drain(..k).flatten().collect();
+            if rng.chance(30) {
+                let mut bad = FrameFields::heartbeat(7, 1, 0, 0).to_bytes();
+                match rng.below(4) {
+                    0 => bad[0] = b'X',
+                    1 => bad[4] = 9,
+                    2 => bad[6] = 2,
+                    _ => bad[8..16].copy_from_slice(&0u64.to_le_bytes()),
+                }
+                bad[7] = FLAG_ACK_REQUESTED; // never acked even if asked
+                let at = rng.below(dgram.len() as u64 / 32 + 1) as usize * 32;
+                dgram.splice(at..at, bad);
+            }
+            if rng.chance(10) {
+                dgram.push(0); // whole datagram rejected: bad length
+            }
+            let steered = owner(
+                u64::from_le_bytes(dgram[8..16].try_into().unwrap()),
+                sc.shards,
+            );
+            let to = if rng.chance(800) {
+                steered
+            } else {
+                rng.below(sc.shards as u64) as u32
+            };
+            if rng.chance(30) {
+                continue; // lost
+            }
+            let copies = if rng.chance(30) { 2 } else { 1 };
+            for _ in 0..copies {
+                nonce += 1;
+                network.insert((now + rng.below(20), nonce), (dgram.clone(), to));
+            }
+        }
+        if rng.chance(2) {
+            nonce += 1;
+            network.insert(
+                (now, nonce),
+                (Vec::new(), rng.below(sc.shards as u64) as u32),
+            );
+        }
+
+        // 2. Deliver what is due, in order, to each receiving shard, while recording
+        //    what each owner will apply: its direct frames, then its forwarded ones.
+        let due: Vec<_> = network.range(..(now + 1, 0)).map(|(k, _)| *k).collect();
+        let shards = sc.shards as usize;
+        let mut forward_queues: Vec<Vec<[u8; FRAME_BYTES]>> = vec![Vec::new(); shards];
+        let mut direct: Vec<Vec<[u8; FRAME_BYTES]>> = vec![Vec::new(); shards];
+        for k in due {
+            let (dgram, to) = network.remove(&k).unwrap();
+            let mut expected_acks: Vec<u8> = Vec::new();
+            match codec::datagram_frames(&dgram) {
+                Err(e) => *injected.datagram_errors.entry(e.name()).or_default() += 1,
+                Ok(fs) => {
+                    for raw in fs {
+                        match codec::decode_heartbeat(raw) {
+                            Err(e) => *injected.frame_errors.entry(e.name()).or_default() += 1,
+                            Ok(hb) => {
+                                injected.valid_delivered += 1;
+                                if hb.ack_requested() {
+                                    let mut a = [0u8; 32];
+                                    let iv = match hb.interval_ds() {
+                                        0 => DEFAULT_INTERVAL_DS,
+                                        v => v,
+                                    };
+                                    codec::encode_ack(&hb, iv, &mut a);
+                                    expected_acks.extend_from_slice(&a);
+                                }
+                                if owner(hb.device_id(), sc.shards) == to {
+                                    direct[to as usize].push(*raw);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let cap = sc.forward_capacity;
+            let queues = &mut forward_queues;
+            let mut acks = [0u8; MAX_DATAGRAM_BYTES];
+            let n = cores[to as usize].ingest_datagram(&dgram, now, &mut acks, |target, frame| {
+                let q = &mut queues[target as usize];
+                if q.len() >= cap {
+                    return false;
+                }
+                q.push(*frame);
+                true
+            });
+            assert_eq!(&acks[..n], &expected_acks[..], "acks byte-exact, in order");
+        }
+        // 3. Hand-offs, then liveness.
+        for (s, q) in forward_queues.iter().enumerate() {
+            for frame in q {
+                cores[s].ingest_forwarded(frame, now);
+            }
+        }
+        for s in 0..shards {
+            for raw in direct[s].iter().chain(forward_queues[s].iter()) {
+                let hb = codec::decode_heartbeat(raw).unwrap();
+                let id = hb.device_id();
+                if !known[s].contains(&id) {
+                    if known[s].len() as u32 == sc.max_devices_per_shard {
+                        table_full_expected += 1;
+                        continue;
+                    }
+                    known[s].insert(id);
+                }
+                let iv = match hb.interval_ds() {
+                    0 => DEFAULT_INTERVAL_DS,
+                    v => v,
+                };
+                applied.entry(id).or_default().push(Applied {
+                    seq: hb.seq(),
+                    status: hb.status(),
+                    interval_ds: iv,
+                    at_ms: now,
+                });
+            }
+        }
+        for core in cores.iter_mut() {
+            core.advance(now);
+            events.extend(core.drain_events());
+        }
+    }
+
+    // Invariants.
+    let mut total = ringbeat::core::stats::ShardStats::default();
+    for c in &cores {
+        total.add(c.stats());
+    }
+    assert_eq!(total.frames_valid, injected.valid_delivered);
+    assert_eq!(
+        total.heartbeats + total.forward_drops + total.table_full,
+        injected.valid_delivered,
+        "no valid heartbeat lost: every one applied or counted"
+    );
+    assert_eq!(total.forwarded, total.forwarded_in);
+    assert_eq!(total.table_full, table_full_expected);
+    for (name, count) in total.malformed_by_reason() {
+        let want = injected
+            .frame_errors
+            .get(name)
+            .or(injected.datagram_errors.get(name));
+        assert_eq!(count, want.copied().unwrap_or(0), "malformed {name}");
+    }
+    assert!(
+        injected.frame_errors.len() == 4,
+        "every frame error reason exercised"
+    );
+
+    let mut by_device: HashMap<u64, Vec<Event>> = HashMap::new();
+    for e in &events {
+        by_device.entry(e.device_id).or_default().push(*e);
+    }
+    let (mut lost, mut dups) = (0u64, 0u64);
+    let mut transitions = 0usize;
+    for (id, list) in &applied {
+        let (want, l, d) = reference_events(*id, list, end_ms);
+        lost += l;
+        dups += d;
+        transitions += want.len();
+        let got = by_device.remove(id).unwrap_or_default();
+        assert_eq!(
+            got, want,
+            "device {id:#x}: events exactly once, at the bound"
+        );
+    }
+    assert!(
+        by_device.is_empty(),
+        "events only for devices that sent heartbeats"
+    );
+    assert_eq!(events.len(), transitions);
+    assert_eq!(total.lost_heartbeats, lost);
+    assert_eq!(total.duplicates, dups);
+    assert_eq!(total.events, events.len() as u64);
+    assert_eq!(total.events_dropped, 0);
+    let states = total.online + total.late + total.offline;
+    assert_eq!(states, total.devices);
+    // The scenario must actually exercise the interesting paths.
+    assert!(total.forwarded > 0 && total.duplicates > 0 && total.lost_heartbeats > 0);
+    assert!(events.iter().any(|e| e.to == Liveness::Late));
+    assert!(events.iter().any(|e| e.to == Liveness::Offline));
+    assert!(events
+        .iter()
+        .any(|e| e.from == Liveness::Offline && e.epoch > 1));
+}
+
+#[test]
+fn simulation_three_shards_many_seeds() {
+    for seed in 1..=6 {
+        run(&Scenario {
+            seed,
+            shards: 3,
+            devices: 400,
+            duration_ms: 30_000,
+            forward_capacity: 64,
+            max_devices_per_shard: 1_000,
+        });
+    }
+}
+
+#[test]
+fn simulation_forward_ring_overflow_is_counted_not_lost() {
+    run(&Scenario {
+        seed: 77,
+        shards: 2,
+        devices: 600,
+        duration_ms: 15_000,
+        forward_capacity: 2,
+        max_devices_per_shard: 1_000,
+    });
+}
+
+#[test]
+fn simulation_full_table_rejects_new_devices_only() {
+    run(&Scenario {
+        seed: 99,
+        shards: 2,
+        devices: 500,
+        duration_ms: 15_000,
+        forward_capacity: 64,
+        max_devices_per_shard: 150,
+    });
+}
