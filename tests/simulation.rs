@@ -196,7 +196,7 @@ fn run(sc: &Scenario) {
         .map(|i| {
             let interval_ds = 1 + rng.below(20) as u16;
             SimDevice {
-                id: (i as u64 + 1) * 0x1000_0000_0F + rng.below(7),
+                id: (i as u64 + 1) * 0x10_0000_000F + rng.below(7),
                 interval_ds,
                 send_zero_interval: rng.chance(100),
                 next_send_ms: start_ms + rng.below(interval_ds as u64 * 100),
