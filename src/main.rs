@@ -1,1 +1,152 @@
-fn main() {}
+//! The `ringbeat` binary: argument parsing, logging and the main thread's life
+//! (start shards, report stats each interval, stop on SIGINT/SIGTERM or `--run-for`).
+
+use clap::{Parser, Subcommand};
+use ringbeat::config::ServeArgs;
+use ringbeat::core::stats::ShardStats;
+use ringbeat::{engine, preflight, report};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Heartbeat ingestion and device liveness server.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Receive heartbeats and track device liveness (one pinned io_uring shard per CPU).
+    Serve(ServeArgs),
+    /// Check the kernel and limits the server needs; prints a verdict and a fix per line.
+    Check(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => check(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.into_config()?;
+    let checks = preflight::run_checks(&config);
+    print!("{}", preflight::render(&checks));
+    let failed = checks.iter().any(|c| c.verdict == preflight::Verdict::Fail);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.into_config()?;
+    for c in preflight::require(&config)? {
+        if c.verdict == preflight::Verdict::Warn {
+            tracing::warn!("{}: {} — {}", c.name, c.value, c.fix);
+        }
+    }
+    // Before any thread exists, so every thread inherits the mask and only the main
+    // thread's sigtimedwait takes SIGINT/SIGTERM.
+    ringbeat::sys::notify::block_stop_signals();
+    let started = Instant::now();
+    let mut server = engine::start(&config)?;
+    let rcv = server.rcvbuf;
+    if rcv.clamped {
+        tracing::warn!(
+            "SO_RCVBUF clamped to {} bytes (asked {}): run `sysctl -w net.core.rmem_max={}` or grant CAP_NET_ADMIN",
+            rcv.effective_bytes / 2,
+            rcv.requested_bytes,
+            rcv.requested_bytes
+        );
+    }
+    tracing::info!(
+        listen = %server.listen,
+        shards = config.shards(),
+        rcvbuf_effective_bytes = rcv.effective_bytes,
+        rcvbuf_forced = rcv.forced,
+        "ringbeat listening on {}",
+        server.listen
+    );
+    let listen = server.listen.to_string();
+    let write_stats = |server: &engine::Server| {
+        if let Some(path) = &config.stats_json {
+            let doc = report::stats_json(
+                &server.snapshot(),
+                &server.infos,
+                started.elapsed(),
+                &listen,
+            );
+            if let Err(e) = report::write_atomically(path, &doc) {
+                tracing::error!("writing {}: {e}", path.display());
+            }
+        }
+    };
+    let total = |s: &[ShardStats]| {
+        let mut t = ShardStats::default();
+        s.iter().for_each(|x| t.add(x));
+        t
+    };
+    let mut prev = total(&server.snapshot());
+    let mut last = Instant::now();
+    let deadline = config.run_for.map(|d| started + d);
+    loop {
+        let mut wait = config.stats_interval.saturating_sub(last.elapsed());
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        if let Some(sig) =
+            ringbeat::sys::notify::wait_stop_signal(wait.max(Duration::from_millis(1)))
+        {
+            tracing::info!("signal {sig}: stopping");
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::info!("--run-for elapsed: stopping");
+            break;
+        }
+        if last.elapsed() >= config.stats_interval {
+            let now = total(&server.snapshot());
+            if !config.quiet {
+                eprintln!(
+                    "{}",
+                    report::summary_line(&prev, &now, last.elapsed().as_secs_f64())
+                );
+            }
+            write_stats(&server);
+            prev = now;
+            last = Instant::now();
+        }
+    }
+    server.stop();
+    write_stats(&server);
+    let t = total(&server.snapshot());
+    tracing::info!(
+        heartbeats = t.heartbeats,
+        datagrams = t.datagrams,
+        devices = t.devices,
+        "stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -19,7 +19,11 @@ pub fn owner(device_id: u64, shards: u32) -> u32 {
     // What BPF_LD|BPF_W|BPF_ABS reads at payload offsets 8 and 12.
     let w0 = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let w1 = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    let mut x = (w0 ^ w1).wrapping_mul(OWNER_MIX);
+    // Fold high bits down first: the byte-swapped load puts a small id's bits at the
+    // top, and the multiply only carries bits upward.
+    let mut x = w0 ^ w1;
+    x ^= x >> 16;
+    x = x.wrapping_mul(OWNER_MIX);
     x ^= x >> 16;
     x % shards
 }

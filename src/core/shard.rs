@@ -259,11 +259,11 @@ impl ShardCore {
     }
 
     fn push_event(&mut self, d: &Device, from: Liveness, to: Liveness, now_ms: u64) {
+        self.stats.events += 1;
         if self.events.len() == self.events.capacity() {
             self.stats.events_dropped += 1;
             return;
         }
-        self.stats.events += 1;
         self.events.push(Event {
             device_id: d.device_id,
             from,
@@ -294,11 +294,11 @@ impl ShardCore {
                     stats.offline += 1;
                 }
             }
+            stats.events += 1;
             if events.len() == events.capacity() {
                 stats.events_dropped += 1;
                 return;
             }
-            stats.events += 1;
             events.push(Event {
                 device_id: d.device_id,
                 from: t.from,

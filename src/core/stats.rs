@@ -40,7 +40,7 @@ pub struct ShardStats {
     pub forward_drops: u64,
     /// Frames received from other shards.
     pub forwarded_in: u64,
-    /// Liveness transitions emitted / lost because the event queue was full.
+    /// Liveness transitions detected / not delivered to the event sink (queue full).
     pub events: u64,
     pub events_dropped: u64,
     /// Devices currently in each state.
@@ -55,6 +55,9 @@ pub struct ShardStats {
     pub wakeups: u64,
     /// Receive re-arms (multishot ended without F_MORE).
     pub rearms: u64,
+    /// Receive completions with an error other than -ENOBUFS, and malformed
+    /// receive buffers (counted, logged at a limited rate).
+    pub recv_errors: u64,
 }
 
 impl ShardStats {
@@ -113,7 +116,8 @@ impl ShardStats {
             cqes,
             enters,
             wakeups,
-            rearms
+            rearms,
+            recv_errors
         );
         for i in 0..self.malformed_frames.len() {
             self.malformed_frames[i] += o.malformed_frames[i];

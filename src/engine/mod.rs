@@ -1,0 +1,220 @@
+//! The runtime around the engines: opens the SO_REUSEPORT sockets in shard order (the
+//! group index the steering program returns is the bind order), builds the hand-off
+//! rings between every pair of shards, spawns one pinned thread per shard, and stops
+//! them. Shards share nothing mutable on the hot path: each publishes a copy of its
+//! counters every 100 ms and reads one stop flag per loop iteration.
+
+pub mod token;
+pub mod uring;
+
+use crate::config::Config;
+use crate::core::shard::Event;
+use crate::core::stats::ShardStats;
+use crate::sys::notify::EventFd;
+use crate::sys::socket::{self, UdpOptions};
+use crate::sys::spsc::{self, Consumer, Producer};
+use anyhow::Context;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// A shard's "I may be asleep" flag and the eventfd that wakes it.
+#[repr(align(128))]
+pub struct Parker {
+    pub parked: AtomicBool,
+    pub efd: EventFd,
+}
+
+/// State every shard can see: the stop flag and each shard's published counters.
+pub struct Shared {
+    pub stop: AtomicBool,
+    pub stats: Vec<Mutex<ShardStats>>,
+}
+
+/// What a shard reports once it is ready.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardInfo {
+    pub index: u32,
+    pub cpu: usize,
+    pub numa_node: u32,
+    #[serde(serialize_with = "hex")]
+    pub arena_addr: usize,
+    pub arena_bytes: usize,
+    pub min_wait_supported: bool,
+}
+
+fn hex<S: serde::Serializer>(v: &usize, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:x}"))
+}
+
+/// Everything one shard thread owns.
+pub struct ShardContext {
+    pub index: u32,
+    pub cpu: usize,
+    pub config: Config,
+    pub socket: OwnedFd,
+    /// Producer towards each peer (None at our own index).
+    pub outbound: Vec<Option<Producer>>,
+    /// Consumers of every peer's ring towards us.
+    pub inbound: Vec<Consumer>,
+    pub parkers: Arc<[Parker]>,
+    pub shared: Arc<Shared>,
+    pub events_tx: Option<SyncSender<(u32, Event)>>,
+    /// Shard time zero; all shards share it so event times compare.
+    pub base: Instant,
+    pub ready: Option<mpsc::Sender<Result<ShardInfo, String>>>,
+}
+
+/// A running server.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    pub infos: Vec<ShardInfo>,
+    pub listen: SocketAddr,
+    pub rcvbuf: socket::RcvbufOutcome,
+    pub base_unix_ms: u64,
+    threads: Vec<JoinHandle<()>>,
+    events: Option<crate::events::EventWriter>,
+}
+
+/// Opens the sockets, starts every shard and waits until all are ready.
+pub fn start(config: &Config) -> anyhow::Result<Server> {
+    let shards = config.shards() as usize;
+    let base = Instant::now();
+    let base_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let opts = UdpOptions {
+        rcvbuf_bytes: config.rcvbuf_bytes,
+        prefilter: config.kernel_prefilter,
+    };
+    let mut sockets = Vec::with_capacity(shards);
+    let (first, rcvbuf) = socket::udp_reuseport(config.listen, opts)?;
+    // Port 0: every later socket joins the port the first one got.
+    let listen = socket::local_addr(&first)?;
+    sockets.push(first);
+    for _ in 1..shards {
+        sockets.push(socket::udp_reuseport(listen, opts)?.0);
+    }
+    if shards > 1 {
+        socket::attach_reuseport_steering(&sockets[0], shards as u32)?;
+    }
+    let parkers: Arc<[Parker]> = (0..shards)
+        .map(|_| {
+            Ok(Parker {
+                parked: AtomicBool::new(false),
+                efd: EventFd::new()?,
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("creating eventfds")?
+        .into();
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        stats: (0..shards)
+            .map(|_| Mutex::new(ShardStats::default()))
+            .collect(),
+    });
+    // rings[from][to]
+    let mut producers: Vec<Vec<Option<Producer>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
+    let mut consumers: Vec<Vec<Consumer>> = (0..shards).map(|_| Vec::new()).collect();
+    for (from, row) in producers.iter_mut().enumerate() {
+        for (to, slot) in row.iter_mut().enumerate() {
+            if from != to {
+                let (p, c) = spsc::ring(config.forward_ring_frames);
+                *slot = Some(p);
+                consumers[to].push(c);
+            }
+        }
+    }
+    let events = match &config.events {
+        Some(path) => Some(crate::events::EventWriter::start(
+            path,
+            base_unix_ms,
+            config.event_queue,
+            shards,
+        )?),
+        None => None,
+    };
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut threads = Vec::with_capacity(shards);
+    for (index, ((socket, outbound), inbound)) in sockets
+        .into_iter()
+        .zip(producers)
+        .zip(consumers)
+        .enumerate()
+    {
+        let ctx = ShardContext {
+            index: index as u32,
+            cpu: config.cores[index],
+            config: config.clone(),
+            socket,
+            outbound,
+            inbound,
+            parkers: parkers.clone(),
+            shared: shared.clone(),
+            events_tx: events.as_ref().map(|e| e.sender(index)),
+            base,
+            ready: Some(ready_tx.clone()),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("ringbeat-shard-{index}"))
+                .spawn(move || uring::run(ctx))
+                .context("spawning a shard thread")?,
+        );
+    }
+    drop(ready_tx);
+    let mut infos = Vec::with_capacity(shards);
+    let mut failure = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(info)) => infos.push(info),
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a shard thread exited during start-up".into()),
+        }
+    }
+    let mut server = Server {
+        shared,
+        infos,
+        listen,
+        rcvbuf,
+        base_unix_ms,
+        threads,
+        events,
+    };
+    if let Some(e) = failure {
+        server.stop();
+        anyhow::bail!(e);
+    }
+    server.infos.sort_by_key(|i| i.index);
+    Ok(server)
+}
+
+impl Server {
+    /// Copies of every shard's last published counters.
+    pub fn snapshot(&self) -> Vec<ShardStats> {
+        self.shared
+            .stats
+            .iter()
+            .map(|m| *m.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
+    }
+
+    /// Stops receiving, lets every shard drain and publish, flushes events.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(e) = self.events.take() {
+            e.finish();
+        }
+    }
+}

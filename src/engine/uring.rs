@@ -1,0 +1,528 @@
+//! The io_uring engine: one shard's event loop.
+//!
+//! Per shard: one ring (SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN), one multishot
+//! RecvMsg over a provided buffer ring, ack sends from a fixed pool of send slots, and a
+//! read on the shard's eventfd that peers use to wake it after a hand-off. The loop:
+//! reap completions in a batch → hand datagrams to the `ShardCore` → recycle buffers in
+//! one commit → drain inbound hand-offs → flush the table batch and run liveness →
+//! publish outbound hand-offs → wait (see `wait`). It allocates nothing after start-up.
+
+use super::{Parker, ShardContext, ShardInfo};
+use crate::config::WaitStrategy;
+use crate::core::codec::MAX_DATAGRAM_BYTES;
+use crate::core::shard::ShardCore;
+use crate::engine::token::Token;
+use crate::sys::bufring::{BufRing, BufRingShape};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+/// Buffer group id of the shard's receive buffers (one group per ring).
+const BGID: u16 = 0;
+/// Reaped completions per batch before running the rest of the loop.
+const REAP_BATCH: usize = 1024;
+/// `want` when batching by time: larger than any burst, so the wait ends at min-wait.
+const BATCH_WANT: usize = 1 << 16;
+/// Completions per loop above which the adaptive strategy switches to batching.
+const ADAPTIVE_BUSY_CQES: usize = 8;
+/// How often the shard copies its counters to the reporter (off the hot path).
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// One in-flight ack datagram. Pinned inside a boxed slice that is never resized; the
+/// kernel reads `msg`, `iov`, `addr` and `buf` until the send's completion arrives.
+#[repr(C)]
+struct SendSlot {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    addr: libc::sockaddr_storage,
+    buf: [u8; MAX_DATAGRAM_BYTES],
+}
+
+/// Parses the SO_RXQ_OVFL counter out of a receive's control data, if present.
+fn rxq_overflow(control: &[u8]) -> Option<u32> {
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let mut at = 0;
+    while at + header <= control.len() {
+        let len = usize::from_ne_bytes(control[at..at + 8].try_into().ok()?);
+        let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().ok()?);
+        let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().ok()?);
+        if len < header {
+            return None;
+        }
+        if level == libc::SOL_SOCKET
+            && kind == libc::SO_RXQ_OVFL
+            && at + header + 4 <= control.len()
+        {
+            return Some(u32::from_ne_bytes(
+                control[at + header..at + header + 4].try_into().ok()?,
+            ));
+        }
+        at += len.div_ceil(8) * 8;
+    }
+    None
+}
+
+/// Receive metadata lengths the kernel lays out ahead of each payload.
+fn recv_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+    m.msg_controllen = 24; // CMSG_SPACE(sizeof(u32)) on 64-bit
+    m
+}
+
+pub(super) fn run(mut ctx: ShardContext) {
+    let ready = ctx.ready.take().expect("ready channel");
+    match Shard::new(&mut ctx) {
+        Ok(mut shard) => {
+            let _ = ready.send(Ok(shard.info.clone()));
+            drop(ready);
+            shard.run(&mut ctx);
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {} (CPU {}): {e:#}", ctx.index, ctx.cpu)));
+        }
+    }
+}
+
+struct Shard {
+    ring: IoUring,
+    bufring: BufRing,
+    core: ShardCore,
+    recv_msg: Box<libc::msghdr>,
+    slots: Box<[SendSlot]>,
+    free_slots: Vec<u32>,
+    wake_buf: Box<u64>,
+    ack_buf: Box<[u8; MAX_DATAGRAM_BYTES]>,
+    info: ShardInfo,
+    rearm_recv: bool,
+    rearm_wake: bool,
+    last_error_log: Option<Instant>,
+}
+
+impl Shard {
+    fn new(ctx: &mut ShardContext) -> anyhow::Result<Shard> {
+        use anyhow::Context;
+        let cfg = &ctx.config;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &{
+            let mut set = nix::sched::CpuSet::new();
+            set.set(ctx.cpu)?;
+            set
+        })
+        .with_context(|| format!("pinning to CPU {}", ctx.cpu))?;
+        // CQ: every buffer can be in one completion at once, plus sends and the wake-up.
+        let cq_entries = (cfg.buf_count as u32 * 2 + cfg.ack_slots * 2).next_power_of_two();
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .setup_cqsize(cq_entries)
+            .build(cfg.ack_slots.next_power_of_two().max(64))
+            .context("creating the io_uring (run `ringbeat check`)")?;
+        let bufring = BufRing::new(
+            &ring.submitter(),
+            BufRingShape {
+                count: cfg.buf_count,
+                size: cfg.buf_size,
+            },
+            BGID,
+        )?;
+        let now_ms = ctx.base.elapsed().as_millis() as u64;
+        let core = ShardCore::new(cfg.core_config(ctx.index), now_ms)
+            .context("mapping the device table")?;
+        // SAFETY: SendSlot is plain data (pointers, integers, bytes); all-zero is valid
+        // and every pointer is set before use.
+        let mut slots: Box<[SendSlot]> = (0..cfg.ack_slots)
+            .map(|_| unsafe { std::mem::zeroed::<SendSlot>() })
+            .collect();
+        for s in slots.iter_mut() {
+            s.iov.iov_base = s.buf.as_mut_ptr().cast();
+            s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
+            s.msg.msg_iov = &mut s.iov;
+            s.msg.msg_iovlen = 1;
+        }
+        let info = ShardInfo {
+            index: ctx.index,
+            cpu: ctx.cpu,
+            numa_node: bufring.node(),
+            arena_addr: bufring.arena_addr(),
+            arena_bytes: bufring.arena_bytes(),
+            min_wait_supported: ring.params().is_feature_min_timeout(),
+        };
+        Ok(Shard {
+            ring,
+            bufring,
+            core,
+            recv_msg: Box::new(recv_msghdr()),
+            free_slots: (0..cfg.ack_slots).rev().collect(),
+            slots,
+            wake_buf: Box::new(0),
+            ack_buf: Box::new([0; MAX_DATAGRAM_BYTES]),
+            info,
+            rearm_recv: true,
+            rearm_wake: true,
+            last_error_log: None,
+        })
+    }
+
+    /// Pushes an SQE, submitting first if the queue is full. False if it cannot.
+    fn push(&mut self, entry: &squeue::Entry) -> bool {
+        for _ in 0..2 {
+            // SAFETY: every entry pushed here points only at memory owned by `self`
+            // (recv msghdr, send slots, wake buffer) that stays put until its completion
+            // is reaped; the ring is dropped before that memory (see `run`).
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return true;
+            }
+            if self.ring.submit().is_err() {
+                break;
+            }
+            self.core.stats_mut().enters += 1;
+        }
+        false
+    }
+
+    fn arm(&mut self, sock: i32, wake_fd: i32) {
+        if self.rearm_recv {
+            let e = opcode::RecvMsgMulti::new(types::Fd(sock), &*self.recv_msg, BGID)
+                .build()
+                .user_data(Token::Recv.encode());
+            self.rearm_recv = !self.push(&e);
+        }
+        if self.rearm_wake {
+            let e = opcode::Read::new(
+                types::Fd(wake_fd),
+                (&mut *self.wake_buf as *mut u64).cast(),
+                8,
+            )
+            .build()
+            .user_data(Token::Wake.encode());
+            self.rearm_wake = !self.push(&e);
+        }
+    }
+
+    fn log_error(&mut self, what: &str, errno: i32) {
+        let now = Instant::now();
+        if self
+            .last_error_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_error_log = Some(now);
+            tracing::warn!(
+                shard = self.info.index,
+                "{what}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+    }
+
+    fn run(&mut self, ctx: &mut ShardContext) {
+        let sock = ctx.socket.as_raw_fd();
+        let wake_fd = ctx.parkers[ctx.index as usize].efd.raw();
+        let mut last_publish = Instant::now();
+        let mut busy = false;
+        let mut last_kernel_drops = 0u32;
+        let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(REAP_BATCH);
+        loop {
+            let stopping = ctx.shared.stop.load(Ordering::Relaxed);
+            if !stopping {
+                self.arm(sock, wake_fd);
+            }
+            let now_ms = ctx.base.elapsed().as_millis() as u64;
+            // 1. Reap a batch of completions.
+            let mut reaped = 0;
+            loop {
+                cqes.clear();
+                cqes.extend(
+                    self.ring
+                        .completion()
+                        .take(REAP_BATCH)
+                        .map(|c| (c.user_data(), c.result(), c.flags())),
+                );
+                if cqes.is_empty() {
+                    break;
+                }
+                reaped += cqes.len();
+                for &(ud, res, flags) in cqes.iter() {
+                    self.on_completion(ctx, ud, res, flags, now_ms, &mut last_kernel_drops);
+                }
+                self.bufring.commit();
+                if cqes.len() < REAP_BATCH {
+                    break;
+                }
+            }
+            self.core.stats_mut().cqes += reaped as u64;
+            // 2. Frames peers handed to us.
+            for c in ctx.inbound.iter_mut() {
+                c.drain(|f| self.core.ingest_forwarded(f, now_ms));
+            }
+            // 3. Table batch, liveness, events.
+            self.core.flush();
+            if now_ms >= self.core.next_deadline_ms() {
+                self.core.advance(now_ms);
+            }
+            self.ship_events(ctx);
+            // 4. Hand-offs to peers.
+            publish_outbound(&mut ctx.outbound, &ctx.parkers);
+            if stopping {
+                self.finish(ctx);
+                return;
+            }
+            if last_publish.elapsed() >= PUBLISH_EVERY {
+                last_publish = Instant::now();
+                self.publish_stats(ctx);
+            }
+            // 5. Wait.
+            busy = match ctx.config.wait {
+                WaitStrategy::Adaptive { .. } => {
+                    reaped >= ADAPTIVE_BUSY_CQES || (busy && reaped > 1)
+                }
+                WaitStrategy::Fixed { .. } => false,
+            };
+            self.wait(ctx, busy, now_ms);
+        }
+    }
+
+    fn on_completion(
+        &mut self,
+        ctx: &mut ShardContext,
+        ud: u64,
+        res: i32,
+        flags: u32,
+        now_ms: u64,
+        last_drops: &mut u32,
+    ) {
+        match Token::decode(ud) {
+            Some(Token::Recv) => {
+                if !cqueue::more(flags) {
+                    self.rearm_recv = true;
+                    self.core.stats_mut().rearms += 1;
+                }
+                if res < 0 {
+                    if -res == libc::ENOBUFS {
+                        self.core.stats_mut().ring_dry += 1;
+                    } else if -res != libc::ECANCELED {
+                        self.core.stats_mut().recv_errors += 1;
+                        self.log_error("receive failed", -res);
+                    }
+                    return;
+                }
+                let Some(bid) = cqueue::buffer_select(flags) else {
+                    self.core.stats_mut().recv_errors += 1;
+                    return;
+                };
+                self.on_datagram(ctx, bid, res as usize, now_ms, last_drops);
+                self.bufring.recycle(bid);
+            }
+            Some(Token::Send(slot)) => {
+                let frames = self.slots[slot as usize].iov.iov_len as u64 / 32;
+                if res < 0 {
+                    let s = self.core.stats_mut();
+                    s.ack_datagrams_dropped += 1;
+                    s.acks_dropped += frames;
+                    self.log_error("ack send failed", -res);
+                } else {
+                    let s = self.core.stats_mut();
+                    s.ack_datagrams += 1;
+                    s.acks_sent += frames;
+                }
+                self.free_slots.push(slot);
+            }
+            Some(Token::Wake) => {
+                self.rearm_wake = true;
+            }
+            None => {
+                self.core.stats_mut().recv_errors += 1;
+                tracing::error!(user_data = ud, "completion with unknown user_data");
+            }
+        }
+    }
+
+    fn on_datagram(
+        &mut self,
+        ctx: &mut ShardContext,
+        bid: u16,
+        len: usize,
+        now_ms: u64,
+        last_drops: &mut u32,
+    ) {
+        let buf = self.bufring.buffer(bid, len);
+        let Ok(out) = types::RecvMsgOut::parse(buf, &self.recv_msg) else {
+            self.core.stats_mut().recv_errors += 1;
+            return;
+        };
+        if let Some(drops) = rxq_overflow(out.control_data()) {
+            // Cumulative per socket; wraps at 2^32.
+            let delta = drops.wrapping_sub(*last_drops);
+            *last_drops = drops;
+            self.core.stats_mut().kernel_drops += delta as u64;
+        }
+        if out.is_payload_truncated() {
+            let s = self.core.stats_mut();
+            s.datagrams += 1;
+            s.count_datagram_error(crate::core::codec::DatagramError::TooLong);
+            return;
+        }
+        let outbound = &mut ctx.outbound;
+        let ack_len = self.core.ingest_datagram(
+            out.payload_data(),
+            now_ms,
+            &mut self.ack_buf,
+            |target, frame| {
+                outbound[target as usize]
+                    .as_mut()
+                    .is_some_and(|p| p.push(frame))
+            },
+        );
+        if ack_len == 0 {
+            return;
+        }
+        let name = out.name_data();
+        let name_len = (out.incoming_name_len() as usize).min(name.len());
+        let Some(slot) = self.free_slots.pop() else {
+            let s = self.core.stats_mut();
+            s.ack_datagrams_dropped += 1;
+            s.acks_dropped += (ack_len / 32) as u64;
+            return;
+        };
+        let s = &mut self.slots[slot as usize];
+        s.buf[..ack_len].copy_from_slice(&self.ack_buf[..ack_len]);
+        s.iov.iov_len = ack_len;
+        // SAFETY: `addr` is a sockaddr_storage (128 bytes) and `name_len` ≤ 28.
+        let addr_bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                (&mut s.addr as *mut libc::sockaddr_storage).cast::<u8>(),
+                name_len,
+            )
+        };
+        addr_bytes.copy_from_slice(&name[..name_len]);
+        s.msg.msg_namelen = name_len as u32;
+        let e = opcode::SendMsg::new(types::Fd(ctx.socket.as_raw_fd()), &s.msg)
+            .build()
+            .user_data(Token::Send(slot).encode());
+        if !self.push(&e) {
+            self.free_slots.push(slot);
+            let s = self.core.stats_mut();
+            s.ack_datagrams_dropped += 1;
+            s.acks_dropped += (ack_len / 32) as u64;
+        }
+    }
+
+    fn ship_events(&mut self, ctx: &mut ShardContext) {
+        let mut dropped = 0;
+        for e in self.core.drain_events() {
+            if let Some(tx) = &ctx.events_tx {
+                if tx.try_send((ctx.index, e)).is_err() {
+                    dropped += 1;
+                }
+            }
+        }
+        self.core.stats_mut().events_dropped += dropped;
+    }
+
+    fn publish_stats(&mut self, ctx: &ShardContext) {
+        let mut slot = ctx.shared.stats[ctx.index as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot = *self.core.stats();
+    }
+
+    fn wait(&mut self, ctx: &mut ShardContext, busy: bool, now_ms: u64) {
+        let parker = &ctx.parkers[ctx.index as usize];
+        parker.parked.store(true, Ordering::SeqCst);
+        let peer_frames = ctx.inbound.iter().any(|c| c.has_pending());
+        let until_tick_ms = self
+            .core
+            .next_deadline_ms()
+            .saturating_sub(now_ms)
+            .clamp(1, ctx.config.tick_ms as u64);
+        let ts = types::Timespec::from(Duration::from_millis(until_tick_ms));
+        let (want, min_wait_us) = match ctx.config.wait {
+            WaitStrategy::Fixed { us: 0 } => (1, 0),
+            WaitStrategy::Fixed { us } => (BATCH_WANT, us),
+            WaitStrategy::Adaptive { batch_us } if busy => (BATCH_WANT, batch_us),
+            WaitStrategy::Adaptive { .. } => (1, 0),
+        };
+        let want = if peer_frames || !self.ring.completion().is_empty() {
+            0
+        } else {
+            want
+        };
+        let result = if want == 0 {
+            self.ring.submit()
+        } else {
+            let mut args = types::SubmitArgs::new().timespec(&ts);
+            if min_wait_us > 0 && self.info.min_wait_supported {
+                args = args.min_wait_usec(min_wait_us);
+            }
+            self.core.stats_mut().wakeups += 1;
+            self.ring.submitter().submit_with_args(want, &args)
+        };
+        parker.parked.store(false, Ordering::Relaxed);
+        self.core.stats_mut().enters += 1;
+        if let Err(e) = result {
+            match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => self.log_error("io_uring_enter failed", e.raw_os_error().unwrap_or(0)),
+            }
+        }
+    }
+
+    /// Stop: reap what already arrived, apply it, ship events and final counters.
+    fn finish(&mut self, ctx: &mut ShardContext) {
+        let _ = self.ring.submit_and_wait(0);
+        let now_ms = ctx.base.elapsed().as_millis() as u64;
+        let mut drops = 0;
+        let pending: Vec<(u64, i32, u32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result(), c.flags()))
+            .collect();
+        for (ud, res, flags) in pending {
+            self.on_completion(ctx, ud, res, flags, now_ms, &mut drops);
+        }
+        for c in ctx.inbound.iter_mut() {
+            c.drain(|f| self.core.ingest_forwarded(f, now_ms));
+        }
+        self.core.flush();
+        self.core.advance(now_ms);
+        self.ship_events(ctx);
+        publish_outbound(&mut ctx.outbound, &ctx.parkers);
+        self.publish_stats(ctx);
+    }
+}
+
+fn publish_outbound(outbound: &mut [Option<crate::sys::spsc::Producer>], parkers: &[Parker]) {
+    for (target, p) in outbound.iter_mut().enumerate() {
+        let Some(p) = p else { continue };
+        if p.unpublished() == 0 {
+            continue;
+        }
+        p.publish();
+        // Pairs with the SeqCst store of `parked` in the consumer's `wait`: either it
+        // sees our tail, or we see it parked and wake it.
+        fence(Ordering::SeqCst);
+        let parker = &parkers[target];
+        if parker.parked.load(Ordering::Relaxed) && parker.parked.swap(false, Ordering::AcqRel) {
+            parker.efd.notify();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rxq_overflow_parses_the_counter() {
+        let mut c = vec![0u8; 24];
+        c[0..8].copy_from_slice(&20usize.to_ne_bytes());
+        c[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
+        c[12..16].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
+        c[16..20].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(rxq_overflow(&c), Some(77));
+        assert_eq!(rxq_overflow(&c[..8]), None);
+        assert_eq!(rxq_overflow(&[0u8; 24]), None);
+    }
+}

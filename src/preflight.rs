@@ -1,0 +1,291 @@
+//! `ringbeat check`: everything the server needs from the kernel and the process
+//! limits, each with a verdict and the fix. `serve` runs the same checks and refuses to
+//! start on a failure, with the same message.
+
+use crate::config::Config;
+use crate::sys::bufring::{BufRing, BufRingShape};
+use io_uring::{opcode, IoUring, Probe};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub name: &'static str,
+    pub value: String,
+    pub verdict: Verdict,
+    /// What to do about it (empty when fine).
+    pub fix: String,
+}
+
+fn line(
+    name: &'static str,
+    value: impl Into<String>,
+    verdict: Verdict,
+    fix: impl Into<String>,
+) -> Check {
+    Check {
+        name,
+        value: value.into(),
+        verdict,
+        fix: fix.into(),
+    }
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// (major, minor) of the running kernel.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = nix::sys::utsname::uname()
+        .ok()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Runs every check for `config`.
+pub fn run_checks(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    match kernel_version() {
+        Some(v) if v >= (6, 1) => out.push(line("kernel", format!("{}.{}", v.0, v.1), Verdict::Ok, "")),
+        Some(v) => out.push(line(
+            "kernel",
+            format!("{}.{}", v.0, v.1),
+            Verdict::Fail,
+            "needs Linux 6.1+ (multishot recvmsg 6.0, DEFER_TASKRUN 6.1); 6.12+ for min-wait batching",
+        )),
+        None => out.push(line("kernel", "unknown", Verdict::Warn, "could not parse uname")),
+    }
+    match read_trim("/proc/sys/kernel/io_uring_disabled").as_deref() {
+        Some("0") | None => out.push(line("kernel.io_uring_disabled", "0", Verdict::Ok, "")),
+        Some("1") => out.push(line(
+            "kernel.io_uring_disabled",
+            "1",
+            if nix::unistd::geteuid().is_root() { Verdict::Ok } else { Verdict::Warn },
+            "only root or kernel.io_uring_group may use io_uring: run as root, join the group, or `sysctl -w kernel.io_uring_disabled=0`",
+        )),
+        Some(v) => out.push(line(
+            "kernel.io_uring_disabled",
+            v,
+            Verdict::Fail,
+            "io_uring is disabled: `sysctl -w kernel.io_uring_disabled=0`",
+        )),
+    }
+    out.extend(ring_checks(config));
+    out.extend(limit_checks(config));
+    out
+}
+
+fn ring_checks(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    let ring: IoUring = match IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .build(8)
+    {
+        Ok(r) => {
+            out.push(line(
+                "io_uring setup (SINGLE_ISSUER, DEFER_TASKRUN)",
+                "ok",
+                Verdict::Ok,
+                "",
+            ));
+            r
+        }
+        Err(e) => {
+            let fix = match e.raw_os_error() {
+                Some(libc::EPERM) => "io_uring refused: check kernel.io_uring_disabled and any seccomp profile (containers often block io_uring_setup)",
+                Some(libc::EINVAL) => "kernel too old for SINGLE_ISSUER/DEFER_TASKRUN: needs Linux 6.1+",
+                Some(libc::ENOSYS) => "kernel built without io_uring (CONFIG_IO_URING)",
+                _ => "io_uring_setup failed",
+            };
+            out.push(line(
+                "io_uring setup (SINGLE_ISSUER, DEFER_TASKRUN)",
+                e.to_string(),
+                Verdict::Fail,
+                fix,
+            ));
+            return out;
+        }
+    };
+    let mut probe = Probe::new();
+    match ring.submitter().register_probe(&mut probe) {
+        Ok(()) => {
+            let missing: Vec<&str> = [
+                (opcode::RecvMsg::CODE, "RECVMSG"),
+                (opcode::SendMsg::CODE, "SENDMSG"),
+                (opcode::Read::CODE, "READ"),
+            ]
+            .into_iter()
+            .filter(|(code, _)| !probe.is_supported(*code))
+            .map(|(_, n)| n)
+            .collect();
+            if missing.is_empty() {
+                out.push(line(
+                    "opcodes RECVMSG SENDMSG READ",
+                    "present",
+                    Verdict::Ok,
+                    "",
+                ));
+            } else {
+                out.push(line(
+                    "opcodes",
+                    format!("missing {missing:?}"),
+                    Verdict::Fail,
+                    "kernel too old: needs Linux 6.1+",
+                ));
+            }
+        }
+        Err(e) => out.push(line(
+            "opcode probe",
+            e.to_string(),
+            Verdict::Warn,
+            "IORING_REGISTER_PROBE needs 5.6+",
+        )),
+    }
+    if ring.params().is_feature_min_timeout() {
+        out.push(line(
+            "min-wait batching (IORING_FEAT_MIN_TIMEOUT)",
+            "present",
+            Verdict::Ok,
+            "",
+        ));
+    } else {
+        out.push(line(
+            "min-wait batching (IORING_FEAT_MIN_TIMEOUT)",
+            "absent",
+            Verdict::Warn,
+            "Linux 6.12+ needed for --wait-us batching; waits fall back to plain timeouts",
+        ));
+    }
+    let shape = BufRingShape {
+        count: config.buf_count,
+        size: config.buf_size,
+    };
+    match BufRing::new(&ring.submitter(), shape, 0) {
+        Ok(br) => out.push(line(
+            "provided buffer ring",
+            format!(
+                "{} × {} B = {} KiB per shard",
+                config.buf_count,
+                config.buf_size,
+                br.arena_bytes() / 1024
+            ),
+            Verdict::Ok,
+            "",
+        )),
+        Err(e) => out.push(line(
+            "provided buffer ring",
+            e.to_string(),
+            Verdict::Fail,
+            "needs Linux 5.19+; raise `ulimit -l` if memlock-limited",
+        )),
+    }
+    out
+}
+
+fn limit_checks(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    let want = config.rcvbuf_bytes;
+    match read_trim("/proc/sys/net/core/rmem_max").and_then(|s| s.parse::<usize>().ok()) {
+        Some(max) if max >= want => out.push(line("net.core.rmem_max", format!("{max} ≥ rcvbuf {want}"), Verdict::Ok, "")),
+        Some(max) if nix::unistd::geteuid().is_root() => out.push(line(
+            "net.core.rmem_max",
+            format!("{max} < rcvbuf {want}"),
+            Verdict::Ok,
+            format!("root: SO_RCVBUFFORCE will be used (or `sysctl -w net.core.rmem_max={want}`)"),
+        )),
+        Some(max) => out.push(line(
+            "net.core.rmem_max",
+            format!("{max} < rcvbuf {want}"),
+            Verdict::Warn,
+            format!("the kernel clamps SO_RCVBUF to {max}: `sysctl -w net.core.rmem_max={want}` (or run with CAP_NET_ADMIN)"),
+        )),
+        None => out.push(line("net.core.rmem_max", "unreadable", Verdict::Warn, "")),
+    }
+    use nix::sys::resource::{getrlimit, Resource};
+    if let Ok((soft, _)) = getrlimit(Resource::RLIMIT_MEMLOCK) {
+        let shown = if soft == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            format!("{} KiB", soft / 1024)
+        };
+        out.push(line(
+            "memlock",
+            shown,
+            Verdict::Ok,
+            "io_uring memory is charged to the memory cgroup on 5.12+; older kernels need `ulimit -l` ≥ the ring sizes",
+        ));
+    }
+    let need_fds = (config.shards() as u64) * 4 + 32;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let v = if soft >= need_fds {
+            Verdict::Ok
+        } else {
+            Verdict::Fail
+        };
+        out.push(line(
+            "nofile",
+            format!("{soft} (need ≥ {need_fds}, hard {hard})"),
+            v,
+            format!("`ulimit -n {need_fds}`"),
+        ));
+    }
+    let allowed = crate::config::allowed_cpus();
+    out.push(line(
+        "cpus",
+        format!("shards on {:?} of allowed {:?}", config.cores, allowed),
+        Verdict::Ok,
+        "",
+    ));
+    let nodes = read_trim("/sys/devices/system/node/online").unwrap_or_else(|| "0".into());
+    out.push(line("numa nodes", nodes, Verdict::Ok, ""));
+    out
+}
+
+/// Renders the table.
+pub fn render(checks: &[Check]) -> String {
+    let w = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut s = String::new();
+    for c in checks {
+        let v = match c.verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        s.push_str(&format!("{v}  {:w$}  {}", c.name, c.value));
+        if c.verdict != Verdict::Ok && !c.fix.is_empty() {
+            s.push_str(&format!("\n      fix: {}", c.fix));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Fails with every failing line (and its fix) when any check fails.
+pub fn require(config: &Config) -> anyhow::Result<Vec<Check>> {
+    let checks = run_checks(config);
+    let failed: Vec<&Check> = checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .collect();
+    if !failed.is_empty() {
+        let msg: Vec<String> = failed
+            .iter()
+            .map(|c| format!("{}: {} — {}", c.name, c.value, c.fix))
+            .collect();
+        anyhow::bail!("preflight failed:\n  {}", msg.join("\n  "));
+    }
+    Ok(checks)
+}

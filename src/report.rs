@@ -1,0 +1,137 @@
+//! Turning shard counters into the `--stats-json` file (rewritten atomically: temp file
+//! + rename, so readers never see half a file) and the one-line stderr summary.
+
+use crate::core::stats::ShardStats;
+use crate::engine::ShardInfo;
+use serde_json::{json, Map, Value};
+use std::path::Path;
+use std::time::Duration;
+
+fn stats_object(s: &ShardStats) -> Map<String, Value> {
+    let Value::Object(mut m) = serde_json::to_value(s).expect("plain counters serialize") else {
+        unreachable!("a struct serializes to an object")
+    };
+    m.remove("malformed_frames");
+    m.remove("rejected_datagrams");
+    let malformed: Map<String, Value> = s
+        .malformed_by_reason()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    m.insert("malformed".into(), Value::Object(malformed));
+    m.insert("malformed_total".into(), json!(s.malformed_total()));
+    m
+}
+
+/// The full stats document.
+pub fn stats_json(
+    per_shard: &[ShardStats],
+    infos: &[ShardInfo],
+    uptime: Duration,
+    listen: &str,
+) -> Value {
+    let mut total = ShardStats::default();
+    for s in per_shard {
+        total.add(s);
+    }
+    let mut top = stats_object(&total);
+    top.insert("uptime_s".into(), json!(uptime.as_secs_f64()));
+    top.insert("listen".into(), json!(listen));
+    let shards: Vec<Value> = per_shard
+        .iter()
+        .zip(infos)
+        .map(|(s, info)| {
+            let mut m = stats_object(s);
+            m.insert("shard".into(), json!(info.index));
+            m.insert("cpu".into(), json!(info.cpu));
+            m.insert("numa_node".into(), json!(info.numa_node));
+            m.insert("arena_addr".into(), json!(format!("{:x}", info.arena_addr)));
+            m.insert("arena_bytes".into(), json!(info.arena_bytes));
+            Value::Object(m)
+        })
+        .collect();
+    top.insert("per_shard".into(), Value::Array(shards));
+    Value::Object(top)
+}
+
+/// Writes `value` to `path` atomically.
+pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// One human line for the interval between `prev` and `now`.
+pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
+    let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs.max(1e-9);
+    format!(
+        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | wakeups/s {:.0} cqes/enter {:.1}",
+        rate(prev.heartbeats, now.heartbeats),
+        rate(prev.datagrams, now.datagrams),
+        rate(prev.acks_sent, now.acks_sent),
+        now.devices,
+        now.online,
+        now.late,
+        now.offline,
+        now.kernel_drops,
+        now.ring_dry,
+        now.forward_drops,
+        now.events_dropped,
+        now.malformed_total(),
+        rate(prev.wakeups, now.wakeups),
+        (now.cqes - prev.cqes) as f64 / ((now.enters - prev.enters).max(1)) as f64,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_document_has_required_keys() {
+        let mut s = ShardStats {
+            heartbeats: 3,
+            ..Default::default()
+        };
+        s.malformed_frames[0] = 2;
+        let info = ShardInfo {
+            index: 0,
+            cpu: 0,
+            numa_node: 0,
+            arena_addr: 4096,
+            arena_bytes: 8192,
+            min_wait_supported: true,
+        };
+        let v = stats_json(&[s], &[info], Duration::from_secs(1), "127.0.0.1:1");
+        for k in [
+            "heartbeats",
+            "datagrams",
+            "acks_sent",
+            "malformed",
+            "lost_heartbeats",
+            "duplicates",
+            "devices",
+            "kernel_drops",
+            "ring_dry",
+            "forwarded",
+            "forward_drops",
+            "events_dropped",
+            "cqes",
+            "enters",
+            "wakeups",
+            "per_shard",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["malformed"]["bad_magic"], 2);
+        assert_eq!(v["per_shard"][0]["heartbeats"], 3);
+        let dir = std::env::temp_dir().join(format!("ringbeat-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("s.json");
+        write_atomically(&p, &v).unwrap();
+        let back: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back, v);
+    }
+}

@@ -1,0 +1,350 @@
+//! UDP socket setup: SO_REUSEPORT group, receive buffer sizing (with SO_RCVBUFFORCE
+//! when `rmem_max` clamps), SO_RXQ_OVFL drop reporting, and the classic-BPF programs
+//! attached to the group (ownership steering) and to sockets (optional prefilter).
+
+use crate::core::codec::MAGIC;
+use crate::core::owner::OWNER_MIX;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("{what} failed: {source}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot bind {addr}: {source} (is another program using the port?)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn check(what: &'static str, rc: libc::c_int) -> Result<libc::c_int, SocketError> {
+    if rc < 0 {
+        Err(SocketError::Sys {
+            what,
+            source: std::io::Error::last_os_error(),
+        })
+    } else {
+        Ok(rc)
+    }
+}
+
+fn set_int(
+    fd: RawFd,
+    level: i32,
+    name: i32,
+    value: i32,
+    what: &'static str,
+) -> Result<(), SocketError> {
+    // SAFETY: `fd` is an open socket owned by the caller; the option value is a local
+    // `c_int` whose size is passed alongside it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    check(what, rc).map(drop)
+}
+
+fn get_int(fd: RawFd, level: i32, name: i32, what: &'static str) -> Result<i32, SocketError> {
+    let mut value: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket; `value`/`len` are valid for writes of a c_int.
+    let rc =
+        unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len) };
+    check(what, rc).map(|_| value)
+}
+
+/// The result of sizing the receive buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct RcvbufOutcome {
+    pub requested_bytes: usize,
+    /// What the kernel reports (it doubles the asked value for bookkeeping).
+    pub effective_bytes: usize,
+    pub forced: bool,
+    /// True when `rmem_max` clamped the request and SO_RCVBUFFORCE was not permitted.
+    pub clamped: bool,
+}
+
+/// Options for one socket of the group.
+#[derive(Clone, Copy, Debug)]
+pub struct UdpOptions {
+    pub rcvbuf_bytes: usize,
+    pub prefilter: bool,
+}
+
+/// Opens a non-blocking UDP socket in the SO_REUSEPORT group for `addr`.
+pub fn udp_reuseport(
+    addr: SocketAddr,
+    opts: UdpOptions,
+) -> Result<(OwnedFd, RcvbufOutcome), SocketError> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = check("socket", unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: `raw` is a fresh descriptor we own; OwnedFd closes it on every error path.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let s = fd.as_raw_fd();
+    set_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1, "SO_REUSEPORT")?;
+    set_int(s, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1, "SO_RXQ_OVFL")?;
+    let rcv = size_rcvbuf(s, opts.rcvbuf_bytes)?;
+    if opts.prefilter {
+        attach_filter(s, &prefilter_program())?;
+    }
+    let (storage, len) = sockaddr_from(addr);
+    // SAFETY: `storage` holds a sockaddr of length `len` for this socket's family.
+    let rc = unsafe { libc::bind(s, (&storage as *const libc::sockaddr_storage).cast(), len) };
+    if rc < 0 {
+        return Err(SocketError::Bind {
+            addr,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok((fd, rcv))
+}
+
+fn size_rcvbuf(s: RawFd, want: usize) -> Result<RcvbufOutcome, SocketError> {
+    let want_i = want.min(i32::MAX as usize / 2) as i32;
+    set_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, want_i, "SO_RCVBUF")?;
+    let mut effective = get_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, "SO_RCVBUF")? as usize;
+    let mut forced = false;
+    // The kernel doubles the value; anything below 2×want means rmem_max clamped it.
+    if effective < want * 2
+        && set_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            want_i,
+            "SO_RCVBUFFORCE",
+        )
+        .is_ok()
+    {
+        forced = true;
+        effective = get_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF, "SO_RCVBUF")? as usize;
+    }
+    Ok(RcvbufOutcome {
+        requested_bytes: want,
+        effective_bytes: effective,
+        forced,
+        clamped: effective < want * 2,
+    })
+}
+
+/// A socket address as `sockaddr_storage` and its length.
+pub fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid (AF_UNSPEC) value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// The address a socket is bound to (to learn the port after binding port 0).
+pub fn local_addr(fd: &OwnedFd) -> Result<SocketAddr, SocketError> {
+    // SAFETY: zeroed sockaddr_storage is valid; getsockname writes at most `len` bytes.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: as above; `fd` is open.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    check("getsockname", rc)?;
+    socketaddr_from_raw(&storage_bytes(&storage)[..len as usize]).ok_or(SocketError::Sys {
+        what: "getsockname",
+        source: std::io::Error::other("unknown family"),
+    })
+}
+
+fn storage_bytes(s: &libc::sockaddr_storage) -> &[u8] {
+    // SAFETY: any initialised plain-data value may be viewed as bytes for its size.
+    unsafe {
+        std::slice::from_raw_parts(
+            (s as *const libc::sockaddr_storage).cast::<u8>(),
+            std::mem::size_of_val(s),
+        )
+    }
+}
+
+/// Decodes a raw sockaddr (as the kernel writes into a receive's name field).
+pub fn socketaddr_from_raw(raw: &[u8]) -> Option<SocketAddr> {
+    if raw.len() < 2 {
+        return None;
+    }
+    let family = u16::from_ne_bytes([raw[0], raw[1]]) as i32;
+    if family == libc::AF_INET && raw.len() >= 8 {
+        let port = u16::from_be_bytes([raw[2], raw[3]]);
+        let ip = std::net::Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7]);
+        Some(SocketAddr::from((ip, port)))
+    } else if family == libc::AF_INET6 && raw.len() >= 24 {
+        let port = u16::from_be_bytes([raw[2], raw[3]]);
+        let mut o = [0u8; 16];
+        o.copy_from_slice(&raw[8..24]);
+        Some(SocketAddr::from((std::net::Ipv6Addr::from(o), port)))
+    } else {
+        None
+    }
+}
+
+fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// The reuseport steering program: returns `owner(first frame's device_id, shards)` as
+/// the socket index. For UDP the kernel runs it with the data pointer at the payload,
+/// so the device id's halves are the words at offsets 8 and 12. A datagram too short
+/// to load aborts the program with 0 (socket 0), where it is rejected and counted.
+pub fn reuseport_steering_program(shards: u32) -> Vec<libc::sock_filter> {
+    use libc::*;
+    let c = |x: u32| x;
+    vec![
+        bpf(c(BPF_LD | BPF_W | BPF_ABS), 0, 0, 12),
+        bpf(c(BPF_ST), 0, 0, 0),
+        bpf(c(BPF_LD | BPF_W | BPF_ABS), 0, 0, 8),
+        bpf(c(BPF_LDX | BPF_W | BPF_MEM), 0, 0, 0),
+        bpf(c(BPF_ALU | BPF_XOR | BPF_X), 0, 0, 0),
+        bpf(c(BPF_MISC | BPF_TAX), 0, 0, 0),
+        bpf(c(BPF_ALU | BPF_RSH | BPF_K), 0, 0, 16),
+        bpf(c(BPF_ALU | BPF_XOR | BPF_X), 0, 0, 0),
+        bpf(c(BPF_ALU | BPF_MUL | BPF_K), 0, 0, OWNER_MIX),
+        bpf(c(BPF_MISC | BPF_TAX), 0, 0, 0),
+        bpf(c(BPF_ALU | BPF_RSH | BPF_K), 0, 0, 16),
+        bpf(c(BPF_ALU | BPF_XOR | BPF_X), 0, 0, 0),
+        bpf(c(BPF_ALU | BPF_MOD | BPF_K), 0, 0, shards),
+        bpf(c(BPF_RET | BPF_A), 0, 0, 0),
+    ]
+}
+
+/// The optional prefilter: accept a datagram only when its length is a non-zero
+/// multiple of 32 and ≤ 2048 and it starts with the magic. Rejected datagrams are
+/// dropped before queueing and show up in the socket's drop count, not in `malformed`.
+pub fn prefilter_program() -> Vec<libc::sock_filter> {
+    use libc::*;
+    let c = |x: u32| x;
+    let magic_be = u32::from_be_bytes(MAGIC);
+    vec![
+        bpf(c(BPF_LD | BPF_W | BPF_LEN), 0, 0, 0),
+        // For SO_ATTACH_FILTER on UDP, len includes the 8-byte UDP header.
+        bpf(c(BPF_ALU | BPF_SUB | BPF_K), 0, 0, 8),
+        bpf(c(BPF_JMP | BPF_JEQ | BPF_K), 6, 0, 0), // empty → drop
+        bpf(c(BPF_JMP | BPF_JGT | BPF_K), 5, 0, 2048), // too long → drop
+        bpf(c(BPF_ALU | BPF_AND | BPF_K), 0, 0, 31),
+        bpf(c(BPF_JMP | BPF_JEQ | BPF_K), 0, 3, 0), // not a multiple of 32 → drop
+        bpf(c(BPF_LD | BPF_W | BPF_ABS), 0, 0, 8),  // magic (payload offset 0)
+        bpf(c(BPF_JMP | BPF_JEQ | BPF_K), 0, 1, magic_be),
+        bpf(c(BPF_RET | BPF_K), 0, 0, u32::MAX),
+        bpf(c(BPF_RET | BPF_K), 0, 0, 0),
+    ]
+}
+
+fn attach(
+    fd: RawFd,
+    option: i32,
+    prog: &[libc::sock_filter],
+    what: &'static str,
+) -> Result<(), SocketError> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `prog`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    check(what, rc).map(drop)
+}
+
+fn attach_filter(fd: RawFd, prog: &[libc::sock_filter]) -> Result<(), SocketError> {
+    attach(
+        fd,
+        libc::SO_ATTACH_FILTER,
+        prog,
+        "SO_ATTACH_FILTER (prefilter)",
+    )
+}
+
+/// Attaches the steering program to the group (through any one of its sockets).
+pub fn attach_reuseport_steering(fd: &OwnedFd, shards: u32) -> Result<(), SocketError> {
+    attach(
+        fd.as_raw_fd(),
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        &reuseport_steering_program(shards),
+        "SO_ATTACH_REUSEPORT_CBPF",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip() {
+        for a in ["127.0.0.1:7979", "[::1]:80", "10.1.2.3:65535"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let (st, len) = sockaddr_from(addr);
+            assert_eq!(
+                socketaddr_from_raw(&storage_bytes(&st)[..len as usize]),
+                Some(addr)
+            );
+        }
+    }
+}
