@@ -98,6 +98,9 @@ struct Shard {
     info: ShardInfo,
     rearm_recv: bool,
     rearm_wake: bool,
+    /// The ring ran dry since the last wait: data is queued, so the next wait must
+    /// not add a batching delay (the re-armed receive completes at once).
+    ran_dry: bool,
     last_error_log: Option<Instant>,
 }
 
@@ -162,6 +165,7 @@ impl Shard {
             info,
             rearm_recv: true,
             rearm_wake: true,
+            ran_dry: false,
             last_error_log: None,
         })
     }
@@ -226,9 +230,6 @@ impl Shard {
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(REAP_BATCH);
         loop {
             let stopping = ctx.shared.stop.load(Ordering::Relaxed);
-            if !stopping {
-                self.arm(sock, wake_fd);
-            }
             let now_ms = ctx.base.elapsed().as_millis() as u64;
             // 1. Reap a batch of completions.
             let mut reaped = 0;
@@ -273,7 +274,9 @@ impl Shard {
                 last_publish = Instant::now();
                 self.publish_stats(ctx);
             }
-            // 5. Wait.
+            // 5. Re-arm what ended in this batch (before waiting: a receive that ran
+            //    dry must be back in the ring before we sleep), then wait.
+            self.arm(sock, wake_fd);
             busy = match ctx.config.wait {
                 WaitStrategy::Adaptive { .. } => {
                     reaped >= ADAPTIVE_BUSY_CQES || (busy && reaped > 1)
@@ -302,6 +305,7 @@ impl Shard {
                 if res < 0 {
                     if -res == libc::ENOBUFS {
                         self.core.stats_mut().ring_dry += 1;
+                        self.ran_dry = true;
                     } else if -res != libc::ECANCELED {
                         self.core.stats_mut().recv_errors += 1;
                         self.log_error("receive failed", -res);
@@ -439,6 +443,7 @@ impl Shard {
             .clamp(1, ctx.config.tick_ms as u64);
         let ts = types::Timespec::from(Duration::from_millis(until_tick_ms));
         let (want, min_wait_us) = match ctx.config.wait {
+            _ if std::mem::take(&mut self.ran_dry) => (1, 0),
             WaitStrategy::Fixed { us: 0 } => (1, 0),
             WaitStrategy::Fixed { us } => (BATCH_WANT, us),
             WaitStrategy::Adaptive { batch_us } if busy => (BATCH_WANT, batch_us),

@@ -1,0 +1,200 @@
+//! Helpers for tests that run the real server binary on loopback.
+#![allow(dead_code)]
+
+use ringbeat::core::codec::{FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Fails with a clear message when this machine cannot run the io_uring engine.
+pub fn require_io_uring() {
+    let r: std::io::Result<io_uring::IoUring> = io_uring::IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(8);
+    if let Err(e) = r {
+        panic!(
+            "these tests need io_uring with SINGLE_ISSUER and DEFER_TASKRUN (Linux 6.1+, \
+             kernel.io_uring_disabled=0, no seccomp filter blocking io_uring_setup): {e}; \
+             `ringbeat check` says what is missing"
+        );
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub stderr_lines: std::sync::mpsc::Receiver<String>,
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "ringbeat-it-{}-{}-{}",
+        name,
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
+}
+
+impl Server {
+    /// Starts `ringbeat serve` on 127.0.0.1 (port 0) with stats and events files in a
+    /// fresh directory, and waits for it to say where it listens.
+    pub fn start(name: &str, extra: &[&str]) -> Server {
+        Self::start_on(name, "127.0.0.1:0", extra)
+    }
+
+    pub fn start_on(name: &str, listen: &str, extra: &[&str]) -> Server {
+        require_io_uring();
+        let dir = temp_dir(name);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringbeat"))
+            .arg("serve")
+            .args(["--listen", listen, "--quiet"])
+            .args(if extra.contains(&"--stats-interval") {
+                &[][..]
+            } else {
+                &["--stats-interval", "0.1"][..]
+            })
+            .arg("--stats-json")
+            .arg(dir.join("stats.json"))
+            .arg("--events")
+            .arg(dir.join("events.jsonl"))
+            .args(["--max-devices", "100000"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn ringbeat");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("server did not start (exit: {:?})", child.try_wait()));
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                return Server {
+                    child,
+                    addr,
+                    dir,
+                    stderr_lines: rx,
+                };
+            }
+        }
+    }
+
+    pub fn stats_path(&self) -> PathBuf {
+        self.dir.join("stats.json")
+    }
+
+    /// The latest stats document (written every 100 ms).
+    pub fn stats(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(b) = std::fs::read(self.stats_path()) {
+                if let Ok(v) = serde_json::from_slice(&b) {
+                    return v;
+                }
+            }
+            assert!(Instant::now() < deadline, "no stats file");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls the stats until `pred` holds (or panics after `secs`).
+    pub fn wait_stats(
+        &self,
+        secs: u64,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.stats();
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stats never satisfied the condition: {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit status and final stats.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, serde_json::Value, Vec<String>) {
+        let started = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let exit_time = started.elapsed();
+        assert!(
+            exit_time < Duration::from_secs(1),
+            "SIGTERM exit took {exit_time:?}"
+        );
+        let stats: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.stats_path()).unwrap()).unwrap();
+        let events = std::fs::read_to_string(self.dir.join("events.jsonl")).unwrap_or_default();
+        (status, stats, events.lines().map(String::from).collect())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn heartbeat(device_id: u64, seq: u32, interval_ds: u16, ack: bool) -> [u8; FRAME_BYTES] {
+    let mut f = FrameFields::heartbeat(
+        device_id,
+        seq,
+        interval_ds,
+        0xABCD_0000_0000_0000 | seq as u64,
+    );
+    f.status = (device_id % 7) as u16;
+    if ack {
+        f.flags = FLAG_ACK_REQUESTED;
+    }
+    f.to_bytes()
+}
+
+pub fn client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}

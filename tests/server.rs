@@ -1,0 +1,359 @@
+//! Conformance tests: the real server binary on loopback, checked byte by byte and
+//! counter by counter against PROTOCOL-v1.
+
+mod common;
+
+use common::{client, heartbeat, Server};
+use ringbeat::core::codec::{decode_ack, Ack, FRAME_BYTES};
+use ringbeat::core::owner::owner;
+use std::time::Duration;
+
+fn acks_of(datagram: &[u8]) -> Vec<Ack> {
+    assert_eq!(datagram.len() % FRAME_BYTES, 0, "ack datagram length");
+    datagram
+        .chunks(32)
+        .map(|c| decode_ack(c.try_into().unwrap()).expect("valid ack frame"))
+        .collect()
+}
+
+#[test]
+fn acks_are_byte_exact_for_single_frames_and_64_frame_batches() {
+    let server = Server::start("acks", &["--cores", "0"]);
+    let c = client();
+    let mut buf = [0u8; 4096];
+
+    let hb = heartbeat(42, 7, 0, true);
+    c.send_to(&hb, server.addr).unwrap();
+    let (n, from) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(from, server.addr);
+    let mut expected = [0u8; 32];
+    expected[0..4].copy_from_slice(b"RBHB");
+    expected[4..6].copy_from_slice(&1u16.to_le_bytes());
+    expected[6] = 2; // kind ack
+    expected[7] = 0; // flags
+    expected[8..16].copy_from_slice(&42u64.to_le_bytes());
+    expected[16..20].copy_from_slice(&7u32.to_le_bytes());
+    expected[20..22].copy_from_slice(&0u16.to_le_bytes()); // accepted
+    expected[22..24].copy_from_slice(&100u16.to_le_bytes()); // default 10 s
+    expected[24..32].copy_from_slice(&hb[24..32]); // sent_ns echoed verbatim
+    assert_eq!(&buf[..n], &expected);
+
+    // 64 frames, every other one asking for an ack: one ack datagram, 32 frames, in order.
+    let batch: Vec<u8> = (1..=64u64)
+        .flat_map(|d| heartbeat(1000 + d, d as u32, 5, d % 2 == 0))
+        .collect();
+    c.send_to(&batch, server.addr).unwrap();
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    let acks = acks_of(&buf[..n]);
+    assert_eq!(acks.len(), 32);
+    for (i, a) in acks.iter().enumerate() {
+        let d = 1000 + 2 * (i as u64 + 1);
+        assert_eq!(
+            a,
+            &Ack {
+                device_id: d,
+                seq: (d - 1000) as u32,
+                status: 0,
+                interval_ds: 5,
+                sent_ns: 0xABCD_0000_0000_0000 | (d - 1000)
+            }
+        );
+    }
+    // A full 64-ack datagram.
+    let batch: Vec<u8> = (1..=64u64)
+        .flat_map(|d| heartbeat(5000 + d, 1, 5, true))
+        .collect();
+    c.send_to(&batch, server.addr).unwrap();
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(n, 2048);
+    // Exactly one ack datagram per datagram: nothing else is waiting.
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        c.recv_from(&mut buf).is_err(),
+        "only one ack datagram per datagram"
+    );
+
+    let s = server.wait_stats(5, |s| s["acks_sent"] == 97);
+    assert_eq!(s["heartbeats"], 129);
+    assert_eq!(s["ack_datagrams"], 3);
+    let (status, _, _) = server.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn every_malformed_case_is_counted_by_reason_and_never_acked() {
+    let server = Server::start("malformed", &["--cores", "0"]);
+    let c = client();
+    let mut buf = [0u8; 4096];
+    let good = |d: u64| heartbeat(d, 1, 10, true);
+    let mut bad_magic = good(900);
+    bad_magic[1] = b'X';
+    let mut bad_version = good(901);
+    bad_version[4] = 2;
+    let mut bad_kind = good(902);
+    bad_kind[6] = 2; // an ack sent to the server
+    let zero_id = heartbeat(0, 1, 10, true);
+    // Valid neighbours around every bad frame, in one datagram.
+    let mixed: Vec<u8> = [
+        good(1),
+        bad_magic,
+        good(2),
+        bad_version,
+        good(3),
+        bad_kind,
+        good(4),
+        zero_id,
+        good(5),
+    ]
+    .concat();
+    c.send_to(&mixed, server.addr).unwrap();
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    let ids: Vec<u64> = acks_of(&buf[..n]).iter().map(|a| a.device_id).collect();
+    assert_eq!(
+        ids,
+        vec![1, 2, 3, 4, 5],
+        "only the valid frames are acked, in order"
+    );
+
+    // Whole-datagram rejections: never acked.
+    let long: Vec<u8> = (0..65u64).flat_map(|d| good(100 + d)).collect(); // 2080 bytes
+    for d in [
+        &[][..],
+        &good(6)[..31],
+        &[good(7).as_slice(), &[0u8]].concat()[..],
+        &long[..],
+    ] {
+        c.send_to(d, server.addr).unwrap();
+    }
+    // An all-bad datagram gets no ack either.
+    c.send_to(&[bad_magic, zero_id].concat(), server.addr)
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        c.recv_from(&mut buf).is_err(),
+        "no ack for rejected datagrams"
+    );
+
+    let s = server.wait_stats(5, |s| s["datagrams"] == 6);
+    let m = &s["malformed"];
+    assert_eq!(m["bad_magic"], 2);
+    assert_eq!(m["bad_version"], 1);
+    assert_eq!(m["bad_kind"], 1);
+    assert_eq!(m["zero_device_id"], 2);
+    assert_eq!(m["empty_datagram"], 1);
+    assert_eq!(m["bad_datagram_length"], 2);
+    assert_eq!(m["datagram_too_long"], 1);
+    assert_eq!(s["heartbeats"], 5);
+    assert_eq!(s["devices"], 5, "malformed frames never create devices");
+    let _ = server.terminate();
+}
+
+#[test]
+fn liveness_transitions_with_a_100ms_interval() {
+    let server = Server::start("liveness", &["--cores", "0"]);
+    let c = client();
+    // Device 77: three heartbeats 50 ms apart, then silence: online → late (150 ms)
+    // → offline (300 ms); then back online with epoch 2.
+    for seq in 1..=3 {
+        c.send_to(&heartbeat(77, seq, 1, false), server.addr)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.wait_stats(5, |s| s["offline"] == 1);
+    c.send_to(&heartbeat(77, 4, 1, false), server.addr).unwrap();
+    server.wait_stats(5, |s| s["online"] == 1 && s["heartbeats"] == 4);
+    let (status, stats, events) = server.terminate();
+    assert!(status.success());
+    let ev: Vec<serde_json::Value> = events
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let path: Vec<(String, String, u64)> = ev
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().into(),
+                e["to"].as_str().unwrap().into(),
+                e["epoch"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        &path[..4],
+        &[
+            ("unknown".into(), "online".into(), 1),
+            ("online".into(), "late".into(), 1),
+            ("late".into(), "offline".into(), 1),
+            ("offline".into(), "online".into(), 2),
+        ]
+    );
+    for e in &ev {
+        assert_eq!(e["device_id"], 77);
+        assert!(
+            e["time_ms"].as_u64().unwrap() > 1_700_000_000_000,
+            "wall-clock ms"
+        );
+    }
+    // Detection bound: late no earlier than 150 ms after the last heartbeat and within
+    // one tick (10 ms) plus scheduling slack; offline 150 ms after late.
+    let t = |i: usize| ev[i]["time_ms"].as_i64().unwrap();
+    let online_to_late = t(1) - t(0);
+    assert!(
+        (250..=320).contains(&online_to_late),
+        "late {online_to_late} ms after first hb (last hb at ~100 ms)"
+    );
+    let late_to_offline = t(2) - t(1);
+    assert!(
+        (140..=170).contains(&late_to_offline),
+        "offline {late_to_offline} ms after late"
+    );
+    assert_eq!(ev[1]["seq"], 3);
+    assert_eq!(
+        stats["events"],
+        ev.len() as u64,
+        "every transition written once"
+    );
+    assert_eq!(stats["events_dropped"], 0);
+}
+
+#[test]
+fn two_shards_each_device_on_exactly_one_shard_and_steering_agrees_with_owner() {
+    let server = Server::start("shards", &["--cores", "0,1"]);
+    // 64 source ports; single-device datagrams must all be steered by the kernel program
+    // to their owner (no forwarding); mixed batches are forwarded.
+    let clients: Vec<_> = (0..64).map(|_| client()).collect();
+    let devices = 2_000u64;
+    for d in 1..=devices {
+        clients[(d % 64) as usize]
+            .send_to(&heartbeat(d, 1, 100, false), server.addr)
+            .unwrap();
+    }
+    let s = server.wait_stats(10, |s| s["heartbeats"] == devices);
+    assert_eq!(
+        s["forwarded"], 0,
+        "the BPF program computes the same owner as userspace"
+    );
+    let per = s["per_shard"].as_array().unwrap();
+    assert_eq!(per.len(), 2);
+    let on: Vec<u64> = per.iter().map(|p| p["devices"].as_u64().unwrap()).collect();
+    let expected0 = (1..=devices).filter(|&d| owner(d, 2) == 0).count() as u64;
+    assert_eq!(on, vec![expected0, devices - expected0]);
+    assert_eq!(
+        per[0]["datagrams"].as_u64().unwrap(),
+        expected0,
+        "datagrams land on the owner's socket"
+    );
+
+    // Gateway batches mixing devices: frames not owned by the receiving shard are handed over.
+    let batch: Vec<u8> = (1..=32u64)
+        .flat_map(|d| heartbeat(d, 2, 100, false))
+        .collect();
+    for _ in 0..10 {
+        clients[0].send_to(&batch, server.addr).unwrap();
+    }
+    let s = server.wait_stats(10, |s| s["heartbeats"] == devices + 320);
+    let forwarded = s["forwarded"].as_u64().unwrap();
+    let first_owner = owner(1, 2);
+    let foreign = (1..=32u64).filter(|&d| owner(d, 2) != first_owner).count() as u64;
+    assert_eq!(forwarded, foreign * 10);
+    assert_eq!(s["forwarded_in"], forwarded);
+    assert_eq!(s["forward_drops"], 0);
+    assert_eq!(s["devices"], devices, "no device counted twice");
+    assert_eq!(
+        s["duplicates"].as_u64().unwrap(),
+        32 * 9,
+        "repeated seq 2 counted as duplicates"
+    );
+    let (status, _, _) = server.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn udp_rearm_after_enobufs_keeps_serving_and_counts_ring_dry() {
+    // Regression: the receive that ran dry was re-armed only after the next wait, so
+    // a 2-buffer ring drained one pair per tick. 2 buffers + a burst empties the ring.
+    let server = Server::start(
+        "ringdry",
+        &["--cores", "0", "--buf-count", "2", "--wait-us", "200"],
+    );
+    let c = client();
+    let burst = 2_000u64;
+    for d in 1..=burst {
+        c.send_to(&heartbeat(d, 1, 100, false), server.addr)
+            .unwrap();
+    }
+    let s = server.wait_stats(10, |s| s["ring_dry"].as_u64().unwrap() > 0);
+    assert!(
+        s["rearms"].as_u64().unwrap() > 0,
+        "multishot re-armed after running dry"
+    );
+    // Still serving afterwards: a fresh heartbeat is acked.
+    std::thread::sleep(Duration::from_millis(100));
+    c.send_to(&heartbeat(999_999, 1, 100, true), server.addr)
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(acks_of(&buf[..n])[0].device_id, 999_999);
+    let s = server.wait_stats(5, |s| s["acks_sent"] == 1);
+    // Every datagram is accounted: processed, or dropped by the kernel and counted.
+    let accounted = s["datagrams"].as_u64().unwrap() + s["kernel_drops"].as_u64().unwrap();
+    assert_eq!(accounted, burst + 1, "{s:#}");
+    let _ = server.terminate();
+}
+
+#[test]
+fn sigterm_exits_zero_within_a_second_and_writes_stats() {
+    let server = Server::start("sigterm", &["--cores", "0,1", "--stats-interval", "30"]);
+    let c = client();
+    for d in 1..=100u64 {
+        c.send_to(&heartbeat(d, 1, 100, false), server.addr)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, stats, events) = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(stats["heartbeats"], 100, "final stats written at exit");
+    assert_eq!(events.len(), 100, "events flushed at exit");
+}
+
+#[test]
+fn ipv6_loopback_is_served() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        panic!("IPv6 loopback (::1) is not available on this machine");
+    }
+    let server = Server::start_on("ipv6", "[::1]:0", &["--cores", "0"]);
+    let c = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    c.send_to(&heartbeat(5, 1, 0, true), server.addr).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(from, server.addr);
+    assert_eq!(acks_of(&buf[..n])[0].device_id, 5);
+}
+
+#[test]
+fn receive_arena_is_bound_to_the_shards_numa_node() {
+    let server = Server::start("numa", &["--cores", "0"]);
+    let s = server.stats();
+    let shard = &s["per_shard"][0];
+    let addr = shard["arena_addr"].as_str().unwrap().to_string();
+    let node = shard["numa_node"].as_u64().unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/numa_maps", server.child.id()))
+        .expect("/proc/PID/numa_maps (needs a NUMA-enabled kernel)");
+    let line = maps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(addr.as_str()))
+        .unwrap_or_else(|| panic!("arena {addr} not in numa_maps:\n{maps}"));
+    assert!(
+        line.contains(&format!("bind:{node}")),
+        "arena policy: {line}"
+    );
+    // Pre-faulted on its node: all of its pages are resident there.
+    let pages = shard["arena_bytes"].as_u64().unwrap() / 4096;
+    assert!(
+        line.contains(&format!("N{node}={pages}")),
+        "arena pages on node {node}: {line}"
+    );
+}
