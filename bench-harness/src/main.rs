@@ -1,1 +1,454 @@
-fn main() {}
+//! `ringbeat-bench`: open-loop heartbeat load generator and latency recorder.
+//!
+//! * `load`: simulate N devices against a server, measure latency from the intended
+//!   send time, report throughput, loss, generator lag and (given the server's pid and
+//!   stats file) heartbeats per server core-second.
+//! * `sink`: a minimal receiver that only counts and acks, to calibrate the generator.
+
+mod latency;
+mod net;
+mod procstat;
+mod schedule;
+mod sender;
+mod sink;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Open-loop load generator and latency recorder for ringbeat"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send heartbeats from simulated devices on an open-loop schedule.
+    Load(Box<LoadArgs>),
+    /// Receive, count and ack only: the generator's own ceiling.
+    Sink(SinkArgs),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct LoadArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7979")]
+    target: SocketAddr,
+    /// Number of simulated devices (ids 1..=N).
+    #[arg(long, default_value_t = 100_000)]
+    devices: u64,
+    /// Each device's heartbeat period in seconds; the aggregate rate is devices/interval.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Aggregate heartbeats per second (overrides --interval: interval = devices/rate).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Frames per datagram (a gateway packing K devices).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Seconds of load, warm-up included.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds at the start recorded but left out of the summary.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Ask for an ack on one frame in M (the latency sample); 0 = no acks.
+    #[arg(long, default_value_t = 100)]
+    ack_every: u64,
+    /// CPUs to run one pinned sender thread each on, e.g. `1` or `1-3`.
+    #[arg(long, default_value = "1")]
+    cpus: String,
+    /// Source sockets (ports) per sender thread.
+    #[arg(long, default_value_t = 64)]
+    source_ports: usize,
+    /// Send one datagram per buffer instead of UDP GSO (slower; for comparison).
+    #[arg(long)]
+    no_gso: bool,
+    /// Transport. Only `udp` exists in the server today.
+    #[arg(long, default_value = "udp")]
+    proto: String,
+    /// Seconds to wait for outstanding acks after the last send.
+    #[arg(long, default_value_t = 0.5)]
+    grace: f64,
+    /// Seed of the device phases.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Server pid: sample its shard threads' CPU time (else looked up via --server-stats' owner is not possible; give it).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Server's --stats-json file: its counters are reported beside ours.
+    #[arg(long)]
+    server_stats: Option<PathBuf>,
+    /// Write everything as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the latency (from intended send time) percentile distribution here (.hgrm).
+    #[arg(long)]
+    hgrm: Option<PathBuf>,
+    /// Write one latency histogram per second here (.hlog, V2 + DEFLATE).
+    #[arg(long)]
+    hlog: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct SinkArgs {
+    #[arg(long, default_value = "127.0.0.1:7979")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "0")]
+    cpus: String,
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+}
+
+fn main() {
+    let result = match Cli::parse().command {
+        Command::Load(a) => load(*a),
+        Command::Sink(a) => {
+            let cpus = ringbeat::config::parse_cpu_list(&a.cpus)
+                .context("--cpus")
+                .unwrap_or_else(|e| exit_err(e));
+            let (tx, rx) = mpsc::channel();
+            let t = std::thread::spawn(move || {
+                sink::run(
+                    a.listen,
+                    &cpus,
+                    Duration::from_secs_f64(a.duration),
+                    Default::default(),
+                    tx,
+                )
+            });
+            if let Ok(addr) = rx.recv() {
+                eprintln!("sink listening on {addr}");
+            }
+            t.join().expect("sink thread")
+        }
+    };
+    if let Err(e) = result {
+        exit_err(e);
+    }
+}
+
+fn exit_err(e: anyhow::Error) -> ! {
+    eprintln!("error: {e:#}");
+    std::process::exit(1);
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return f64::NAN;
+    }
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Server measurements at one instant.
+struct ServerSample {
+    cpu_s: f64,
+    threads: usize,
+    stats: Option<serde_json::Value>,
+}
+
+fn sample_server(a: &LoadArgs) -> Option<ServerSample> {
+    let (cpu_s, threads) = a
+        .server_pid
+        .and_then(|pid| procstat::thread_cpu_seconds(pid, "ringbeat-shard").ok())
+        .unwrap_or((0.0, 0));
+    let stats = a.server_stats.as_deref().and_then(procstat::read_stats);
+    (a.server_pid.is_some() || stats.is_some()).then_some(ServerSample {
+        cpu_s,
+        threads,
+        stats,
+    })
+}
+
+fn counter(s: &ServerSample, key: &str) -> u64 {
+    s.stats.as_ref().and_then(|v| v[key].as_u64()).unwrap_or(0)
+}
+
+fn load(a: LoadArgs) -> anyhow::Result<()> {
+    if a.proto != "udp" {
+        bail!("--proto {}: the server speaks UDP only so far", a.proto);
+    }
+    if a.batch == 0 || a.batch > ringbeat::core::codec::MAX_FRAMES_PER_DATAGRAM {
+        bail!("--batch must be 1..=64");
+    }
+    if a.devices == 0 || a.duration <= a.warmup {
+        bail!("need --devices > 0 and --duration > --warmup");
+    }
+    let cpus = ringbeat::config::parse_cpu_list(&a.cpus).context("--cpus is not a CPU list")?;
+    let rate = a.rate.unwrap_or(a.devices as f64 / a.interval);
+    let interval_s = a.devices as f64 / rate;
+    let interval_ds = (interval_s * 10.0).round().clamp(1.0, u16::MAX as f64) as u16;
+    let start = Instant::now() + Duration::from_millis(50);
+    let start_wall = SystemTime::now() + Duration::from_millis(50);
+    let (tx, rx) = mpsc::channel();
+    let cfg = sender::SenderConfig {
+        target: a.target,
+        cpu: None,
+        source_ports: a.source_ports,
+        duration: Duration::from_secs_f64(a.duration),
+        warmup: Duration::from_secs_f64(a.warmup),
+        ack_every: a.ack_every,
+        interval_ds,
+        gso: !a.no_gso,
+        grace: Duration::from_secs_f64(a.grace),
+    };
+    let threads: Vec<_> = cpus
+        .iter()
+        .enumerate()
+        .map(|(i, &cpu)| {
+            let sched = schedule::Schedule::new(a.devices, 1, cpus.len(), i, a.batch, rate, a.seed);
+            if i == 0 {
+                eprintln!(
+                    "load: each device sends every {:.3} s",
+                    sched.device_interval_ns() / 1e9
+                );
+            }
+            let cfg = sender::SenderConfig {
+                cpu: Some(cpu),
+                ..cfg.clone()
+            };
+            let tx = tx.clone();
+            std::thread::spawn(move || sender::run(i, cfg, sched, start, tx))
+        })
+        .collect();
+    drop(tx);
+    eprintln!(
+        "load: {} devices, {:.0} hb/s ({:.0} datagrams/s, {} per datagram), interval {:.3} s, {} s (warm-up {} s), acks 1/{}",
+        a.devices, rate, rate / a.batch as f64, a.batch, interval_s, a.duration, a.warmup, a.ack_every
+    );
+    // Progress and interval log; server samples at the end of warm-up and of the load.
+    let mut intervals: Vec<(Duration, Histogram<u64>)> = Vec::new();
+    let mut second = latency::histogram();
+    let mut so_far = latency::histogram();
+    let (mut frames, mut acks, mut lag_ns, mut reports) = (0u64, 0u64, 0u64, 0usize);
+    let mut before: Option<ServerSample> = None;
+    let mut after: Option<ServerSample> = None;
+    let warmup_at = start + Duration::from_secs_f64(a.warmup);
+    let end_at = start + Duration::from_secs_f64(a.duration);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(iv) => {
+                second.add(&iv.latency).ok();
+                so_far.add(&iv.latency).ok();
+                frames += iv.frames_sent;
+                acks += iv.acks_received;
+                lag_ns = lag_ns.max(iv.lag_ns);
+                reports += 1;
+                if reports.is_multiple_of(cpus.len()) {
+                    let t = start.elapsed();
+                    eprintln!(
+                        "[{:5.1}s] offered {:.0} hb/s, sent {:.0} hb/s, acks {}/s, p99 {:.1} µs (so far {:.1}), lag {:.1} ms{}",
+                        t.as_secs_f64(),
+                        rate,
+                        frames as f64,
+                        acks,
+                        pct(&second, 0.99),
+                        pct(&so_far, 0.99),
+                        lag_ns as f64 / 1e6,
+                        if lag_ns > 10_000_000 { "  GENERATOR BEHIND SCHEDULE" } else { "" }
+                    );
+                    intervals.push((
+                        t.saturating_sub(Duration::from_secs(1)),
+                        std::mem::replace(&mut second, latency::histogram()),
+                    ));
+                    frames = 0;
+                    acks = 0;
+                    lag_ns = 0;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let now = Instant::now();
+        if before.is_none() && now >= warmup_at {
+            before = sample_server(&a).or(Some(ServerSample {
+                cpu_s: 0.0,
+                threads: 0,
+                stats: None,
+            }));
+        }
+        if after.is_none() && now >= end_at {
+            after = sample_server(&a).or(Some(ServerSample {
+                cpu_s: 0.0,
+                threads: 0,
+                stats: None,
+            }));
+        }
+    }
+    let mut totals = sender::Totals::default();
+    let (mut intended, mut service, mut lag) = (
+        latency::histogram(),
+        latency::histogram(),
+        latency::histogram(),
+    );
+    for t in threads {
+        let r = t.join().expect("sender thread").context("sender")?;
+        intended.add(&r.intended).ok();
+        service.add(&r.service).ok();
+        lag.add(&r.lag).ok();
+        let x = r.totals;
+        totals.frames_sent += x.frames_sent;
+        totals.datagrams_sent += x.datagrams_sent;
+        totals.send_errors += x.send_errors;
+        totals.send_eagain_frames += x.send_eagain_frames;
+        totals.acks_expected += x.acks_expected;
+        totals.acks_received += x.acks_received;
+        totals.acks_unmatched += x.acks_unmatched;
+        totals.late_datagrams_1ms += x.late_datagrams_1ms;
+    }
+    let measured_s = a.duration - a.warmup;
+    let behind = lag.value_at_quantile(0.99) > 1_000_000;
+    let doc = summary_json(
+        &a,
+        rate,
+        measured_s,
+        &totals,
+        &intended,
+        &service,
+        &lag,
+        before.as_ref(),
+        after.as_ref(),
+    );
+    print_summary(&doc, behind);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.hgrm {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        );
+        latency::write_hgrm(&intended, &mut f)?;
+    }
+    if let Some(p) = &a.hlog {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        );
+        let mut ser = hdrhistogram::serialization::V2DeflateSerializer::new();
+        let mut w = hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder::new()
+            .add_comment("ringbeat-bench load: latency from intended send time, ns")
+            .with_start_time(start_wall)
+            .with_base_time(start_wall)
+            .with_max_value_divisor(1000.0)
+            .begin_log_with(&mut f, &mut ser)?;
+        for (at, h) in &intervals {
+            w.write_histogram(h, *at, Duration::from_secs(1), None)
+                .map_err(|e| anyhow::anyhow!("writing hlog: {e:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summary_json(
+    a: &LoadArgs,
+    rate: f64,
+    measured_s: f64,
+    t: &sender::Totals,
+    intended: &Histogram<u64>,
+    service: &Histogram<u64>,
+    lag: &Histogram<u64>,
+    before: Option<&ServerSample>,
+    after: Option<&ServerSample>,
+) -> serde_json::Value {
+    let lat = |h: &Histogram<u64>| {
+        json!({
+            "count": h.len(), "p50_us": pct(h, 0.5), "p90_us": pct(h, 0.9), "p99_us": pct(h, 0.99),
+            "p999_us": pct(h, 0.999), "max_us": if h.is_empty() { f64::NAN } else { h.max() as f64 / 1000.0 },
+        })
+    };
+    let server = match (before, after) {
+        (Some(b), Some(e)) if e.stats.is_some() || e.threads > 0 => {
+            let d = |k: &str| counter(e, k).saturating_sub(counter(b, k));
+            let cpu = e.cpu_s - b.cpu_s;
+            let hb = d("heartbeats");
+            json!({
+                "cpu_seconds": cpu, "shard_threads": e.threads, "heartbeats": hb, "datagrams": d("datagrams"),
+                "heartbeats_per_core_second": if cpu > 0.0 { hb as f64 / cpu } else { f64::NAN },
+                "cpu_utilisation": cpu / measured_s,
+                "kernel_drops": d("kernel_drops"), "ring_dry": d("ring_dry"), "forward_drops": d("forward_drops"),
+                "cqes": d("cqes"), "enters": d("enters"), "wakeups": d("wakeups"),
+                "wakeups_per_s": d("wakeups") as f64 / measured_s,
+                "heartbeats_per_wakeup": hb as f64 / d("wakeups").max(1) as f64,
+                "cqes_per_enter": d("cqes") as f64 / d("enters").max(1) as f64,
+                "malformed_total": d("malformed_total"), "table_full": d("table_full"),
+            })
+        }
+        _ => serde_json::Value::Null,
+    };
+    json!({
+        "config": {
+            "target": a.target.to_string(), "devices": a.devices, "rate_hb_per_s": rate, "batch": a.batch,
+            "duration_s": a.duration, "warmup_s": a.warmup, "ack_every": a.ack_every, "cpus": a.cpus,
+            "source_ports": a.source_ports, "gso": !a.no_gso,
+        },
+        "sent": {
+            "frames": t.frames_sent, "datagrams": t.datagrams_sent, "send_errors": t.send_errors,
+            "generator_drops_eagain_frames": t.send_eagain_frames,
+            "achieved_hb_per_s": t.frames_sent as f64 / a.duration,
+        },
+        "acks": {
+            "expected": t.acks_expected, "received": t.acks_received, "unmatched": t.acks_unmatched,
+            "missing": t.acks_expected.saturating_sub(t.acks_received),
+        },
+        "latency_intended": lat(intended),
+        "latency_service": lat(service),
+        "generator": {
+            "lag": lat(lag), "late_datagrams_over_1ms": t.late_datagrams_1ms,
+            "kept_schedule": lag.value_at_quantile(0.99) <= 1_000_000,
+        },
+        "server": server,
+    })
+}
+
+fn print_summary(d: &serde_json::Value, behind: bool) {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let l = &d["latency_intended"];
+    let s = &d["latency_service"];
+    eprintln!("\n                      p50       p90       p99      p999       max   (µs)");
+    for (name, h) in [
+        ("from intended send", l),
+        ("service time", s),
+        ("generator lag", &d["generator"]["lag"]),
+    ] {
+        eprintln!(
+            "{name:<18} {:9.1} {:9.1} {:9.1} {:9.1} {:9.1}",
+            f(&h["p50_us"]),
+            f(&h["p90_us"]),
+            f(&h["p99_us"]),
+            f(&h["p999_us"]),
+            f(&h["max_us"])
+        );
+    }
+    eprintln!(
+        "sent {} frames in {} datagrams ({:.0} hb/s); acks {}/{} ({} missing); generator drops {}",
+        d["sent"]["frames"],
+        d["sent"]["datagrams"],
+        f(&d["sent"]["achieved_hb_per_s"]),
+        d["acks"]["received"],
+        d["acks"]["expected"],
+        d["acks"]["missing"],
+        d["sent"]["generator_drops_eagain_frames"]
+    );
+    if !d["server"].is_null() {
+        let sv = &d["server"];
+        eprintln!(
+            "server: {:.0} hb per core-second ({:.2} cores busy), kernel drops {}, ring dry {}, {:.0} wakeups/s, {:.1} hb/wakeup, {:.1} cqes/enter",
+            f(&sv["heartbeats_per_core_second"]), f(&sv["cpu_utilisation"]), sv["kernel_drops"], sv["ring_dry"],
+            f(&sv["wakeups_per_s"]), f(&sv["heartbeats_per_wakeup"]), f(&sv["cqes_per_enter"])
+        );
+    }
+    if behind {
+        eprintln!("WARNING: the generator did not keep its schedule (p99 send lag > 1 ms): results measure the generator, not the server");
+    }
+}

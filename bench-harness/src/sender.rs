@@ -1,0 +1,303 @@
+//! One pinned sender thread: sends its schedule's datagrams at their intended times
+//! (open loop), samples frames for acks, receives acks between sends, and reports an
+//! interval histogram to the main thread every second.
+
+use crate::latency::{self, Recorder};
+use crate::net;
+use crate::schedule::Schedule;
+use hdrhistogram::Histogram;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use ringbeat::core::codec::{decode_ack, FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    pub target: SocketAddr,
+    pub cpu: Option<usize>,
+    pub source_ports: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Ask for an ack on one frame in `ack_every` (0 = never).
+    pub ack_every: u64,
+    pub interval_ds: u16,
+    pub gso: bool,
+    /// How long to keep listening for acks after the last send.
+    pub grace: Duration,
+}
+
+/// What a thread reports each second.
+pub struct Interval {
+    pub latency: Histogram<u64>,
+    pub frames_sent: u64,
+    pub acks_received: u64,
+    /// How far behind schedule the thread is right now (ns).
+    pub lag_ns: u64,
+}
+
+#[derive(Default)]
+pub struct Totals {
+    pub frames_sent: u64,
+    pub datagrams_sent: u64,
+    pub send_errors: u64,
+    /// Frames that could not be sent because the socket buffer was full (EAGAIN):
+    /// the generator's own drops, reported so they are not mistaken for server loss.
+    pub send_eagain_frames: u64,
+    pub acks_expected: u64,
+    pub acks_received: u64,
+    pub acks_unmatched: u64,
+    pub late_datagrams_1ms: u64,
+}
+
+pub struct SenderResult {
+    pub totals: Totals,
+    pub intended: Histogram<u64>,
+    pub service: Histogram<u64>,
+    /// Send lag (actual − intended) of every datagram, ns.
+    pub lag: Histogram<u64>,
+}
+
+/// Datagrams prepared per `sendmmsg` at most.
+const MAX_BUFFERS: usize = 16;
+
+pub fn run(
+    thread: usize,
+    cfg: SenderConfig,
+    sched: Schedule,
+    start: Instant,
+    progress: Sender<Interval>,
+) -> std::io::Result<SenderResult> {
+    if let Some(cpu) = cfg.cpu {
+        net::pin_to_cpu(cpu)?;
+    }
+    let sockets: Vec<OwnedFd> = (0..cfg.source_ports.max(1))
+        .map(|_| net::connected_udp(cfg.target, 4 << 20))
+        .collect::<std::io::Result<_>>()?;
+    // One epoll set over all source sockets: one syscall tells which have acks.
+    let poller = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?;
+    for (i, s) in sockets.iter().enumerate() {
+        poller
+            .add(s, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+            .map_err(std::io::Error::from)?;
+    }
+    let segment = sched.batch * FRAME_BYTES;
+    let per_buffer = if cfg.gso {
+        (net::GSO_MAX_BYTES / segment).clamp(1, net::GSO_MAX_SEGMENTS)
+    } else {
+        1
+    };
+    let mut buffers: Vec<Vec<u8>> = (0..MAX_BUFFERS)
+        .map(|_| vec![0u8; per_buffer * segment])
+        .collect();
+    let mut seq = vec![0u32; sched.order.len()];
+    let mut rec = Recorder::new(cfg.warmup.as_nanos() as u64);
+    let mut lag_hist = latency::histogram();
+    let mut t = Totals::default();
+    let end_ns = cfg.duration.as_nanos() as u64;
+    let mut next_g = 0u64;
+    let mut frame_counter = thread as u64;
+    let mut socket_turn = 0usize;
+    let mut rx = vec![[0u8; 2048]; 64];
+    let mut rx_len = vec![0usize; 64];
+    let mut last_report = Instant::now();
+    let mut interval_frames = 0u64;
+    let mut interval_acks = 0u64;
+    let now_ns = |start: Instant| start.elapsed().as_nanos() as u64;
+    loop {
+        let now = now_ns(start);
+        if now >= end_ns {
+            break;
+        }
+        let due = sched.due(now).min(sched.due(end_ns.saturating_sub(1)));
+        // Send everything due, up to MAX_BUFFERS × per_buffer datagrams per call.
+        while next_g < due {
+            let mut used = 0;
+            let mut lens = [0usize; MAX_BUFFERS];
+            let send_now = now_ns(start);
+            while used < MAX_BUFFERS && next_g < due {
+                let buf = &mut buffers[used];
+                let mut len = 0;
+                // Whole datagrams of `segment` bytes; a shorter one (the last gateway
+                // when devices % batch != 0) may only end a GSO buffer.
+                while len + segment <= buf.len() && next_g < due {
+                    let intended = sched.intended_ns(next_g);
+                    let lag = send_now.saturating_sub(intended);
+                    let _ = lag_hist.record(lag.max(1));
+                    if lag > 1_000_000 {
+                        t.late_datagrams_1ms += 1;
+                    }
+                    let first = len;
+                    for pos in sched.devices_of(next_g) {
+                        seq[pos] = seq[pos].wrapping_add(1);
+                        let mut f = FrameFields::heartbeat(
+                            sched.order[pos],
+                            seq[pos],
+                            cfg.interval_ds,
+                            intended,
+                        );
+                        frame_counter += 1;
+                        if cfg.ack_every > 0 && frame_counter.is_multiple_of(cfg.ack_every) {
+                            f.flags = FLAG_ACK_REQUESTED;
+                            f.sent_ns = rec.take_slot(intended, lag);
+                            t.acks_expected += 1;
+                        }
+                        let out: &mut [u8; FRAME_BYTES] = (&mut buf[len..len + FRAME_BYTES])
+                            .try_into()
+                            .expect("32 bytes");
+                        f.encode(out);
+                        len += FRAME_BYTES;
+                    }
+                    next_g += 1;
+                    if len - first < segment {
+                        break;
+                    }
+                }
+                lens[used] = len;
+                used += 1;
+            }
+            let views: Vec<&[u8]> = buffers[..used]
+                .iter()
+                .zip(&lens)
+                .map(|(b, &l)| &b[..l])
+                .collect();
+            let fd = sockets[socket_turn % sockets.len()].as_raw_fd();
+            socket_turn += 1;
+            match net::send_buffers(fd, &views, segment as u16, cfg.gso) {
+                Ok(n) => {
+                    for (i, l) in lens[..used].iter().enumerate() {
+                        let frames = (*l / FRAME_BYTES) as u64;
+                        if i < n {
+                            t.frames_sent += frames;
+                            t.datagrams_sent += l.div_ceil(segment) as u64;
+                            interval_frames += frames;
+                        } else {
+                            t.send_eagain_frames += frames;
+                        }
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    t.send_eagain_frames += lens[..used]
+                        .iter()
+                        .map(|l| (*l / FRAME_BYTES) as u64)
+                        .sum::<u64>();
+                }
+                Err(_) => t.send_errors += 1,
+            }
+            if cfg.ack_every > 0 {
+                interval_acks += receive_acks(
+                    &poller,
+                    &sockets,
+                    &mut rx,
+                    &mut rx_len,
+                    &mut rec,
+                    start,
+                    &mut t,
+                );
+            }
+        }
+        if cfg.ack_every > 0 {
+            interval_acks += receive_acks(
+                &poller,
+                &sockets,
+                &mut rx,
+                &mut rx_len,
+                &mut rec,
+                start,
+                &mut t,
+            );
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let lag_ns = now_ns(start).saturating_sub(sched.intended_ns(next_g));
+            let _ = progress.send(Interval {
+                latency: std::mem::replace(&mut rec.interval, latency::histogram()),
+                frames_sent: std::mem::take(&mut interval_frames),
+                acks_received: std::mem::take(&mut interval_acks),
+                lag_ns: if next_g < sched.due(now_ns(start)) {
+                    lag_ns
+                } else {
+                    0
+                },
+            });
+        }
+        // Idle until the next intended time: sleep when it is far, spin when near.
+        let next_ns = sched.intended_ns(next_g);
+        let now = now_ns(start);
+        if next_ns > now + 200_000 {
+            std::thread::sleep(Duration::from_nanos(
+                (next_ns - now - 100_000).min(1_000_000),
+            ));
+        } else if next_ns > now {
+            std::hint::spin_loop();
+        }
+    }
+    // Grace period: collect outstanding acks.
+    let grace_end = Instant::now() + cfg.grace;
+    while cfg.ack_every > 0
+        && t.acks_received + t.acks_unmatched < t.acks_expected
+        && Instant::now() < grace_end
+    {
+        if receive_acks(
+            &poller,
+            &sockets,
+            &mut rx,
+            &mut rx_len,
+            &mut rec,
+            start,
+            &mut t,
+        ) == 0
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let _ = progress.send(Interval {
+        latency: std::mem::replace(&mut rec.interval, latency::histogram()),
+        frames_sent: interval_frames,
+        acks_received: interval_acks,
+        lag_ns: 0,
+    });
+    Ok(SenderResult {
+        totals: t,
+        intended: rec.intended,
+        service: rec.service,
+        lag: lag_hist,
+    })
+}
+
+fn receive_acks(
+    poller: &Epoll,
+    sockets: &[OwnedFd],
+    rx: &mut [[u8; 2048]],
+    rx_len: &mut [usize],
+    rec: &mut Recorder,
+    start: Instant,
+    t: &mut Totals,
+) -> u64 {
+    let mut got = 0;
+    let mut ready = [EpollEvent::empty(); 64];
+    let n_ready = poller.wait(&mut ready, EpollTimeout::ZERO).unwrap_or(0);
+    for ev in &ready[..n_ready] {
+        let s = &sockets[ev.data() as usize];
+        loop {
+            let n = net::recv_many(s.as_raw_fd(), rx, rx_len, None);
+            if n == 0 {
+                break;
+            }
+            let now = start.elapsed().as_nanos() as u64;
+            for i in 0..n {
+                for frame in rx[i][..rx_len[i]].chunks_exact(FRAME_BYTES) {
+                    match decode_ack(frame.try_into().expect("32 bytes")) {
+                        Ok(a) if rec.on_ack(a.sent_ns, now) => {
+                            t.acks_received += 1;
+                            got += 1;
+                        }
+                        _ => t.acks_unmatched += 1,
+                    }
+                }
+            }
+        }
+    }
+    got
+}
