@@ -357,3 +357,37 @@ fn receive_arena_is_bound_to_the_shards_numa_node() {
         "arena pages on node {node}: {line}"
     );
 }
+
+#[test]
+fn kernel_drops_are_counted_so_every_datagram_is_accounted_for() {
+    // A 4 KiB receive buffer and a 100 ms batching wait: a fast burst overflows the
+    // socket; the drops must show up in `kernel_drops` (read with SO_MEMINFO).
+    let server = Server::start(
+        "kdrops",
+        &[
+            "--cores",
+            "0",
+            "--rcvbuf",
+            "4K",
+            "--wait-us",
+            "100000",
+            "--buf-count",
+            "8",
+        ],
+    );
+    let c = client();
+    let burst = 5_000u64;
+    for d in 1..=burst {
+        c.send_to(&heartbeat(d, 1, 100, false), server.addr)
+            .unwrap();
+    }
+    let s = server.wait_stats(10, |s| {
+        s["datagrams"].as_u64().unwrap() + s["kernel_drops"].as_u64().unwrap() == burst
+    });
+    assert!(
+        s["kernel_drops"].as_u64().unwrap() > 0,
+        "the burst should overflow a 4 KiB buffer: {s:#}"
+    );
+    assert_eq!(s["heartbeats"], s["datagrams"]);
+    let _ = server.terminate();
+}

@@ -39,36 +39,13 @@ struct SendSlot {
     buf: [u8; MAX_DATAGRAM_BYTES],
 }
 
-/// Parses the SO_RXQ_OVFL counter out of a receive's control data, if present.
-fn rxq_overflow(control: &[u8]) -> Option<u32> {
-    let header = std::mem::size_of::<libc::cmsghdr>();
-    let mut at = 0;
-    while at + header <= control.len() {
-        let len = usize::from_ne_bytes(control[at..at + 8].try_into().ok()?);
-        let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().ok()?);
-        let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().ok()?);
-        if len < header {
-            return None;
-        }
-        if level == libc::SOL_SOCKET
-            && kind == libc::SO_RXQ_OVFL
-            && at + header + 4 <= control.len()
-        {
-            return Some(u32::from_ne_bytes(
-                control[at + header..at + header + 4].try_into().ok()?,
-            ));
-        }
-        at += len.div_ceil(8) * 8;
-    }
-    None
-}
-
 /// Receive metadata lengths the kernel lays out ahead of each payload.
 fn recv_msghdr() -> libc::msghdr {
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
     m.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-    m.msg_controllen = 24; // CMSG_SPACE(sizeof(u32)) on 64-bit
+    // No control data: kernel drops are polled with SO_MEMINFO (see sys::socket).
+    m.msg_controllen = 0;
     m
 }
 
@@ -101,6 +78,8 @@ struct Shard {
     /// The ring ran dry since the last wait: data is queued, so the next wait must
     /// not add a batching delay (the re-armed receive completes at once).
     ran_dry: bool,
+    /// Last SK_MEMINFO_DROPS value read from the socket.
+    socket_drops_seen: u32,
     last_error_log: Option<Instant>,
 }
 
@@ -166,6 +145,7 @@ impl Shard {
             rearm_recv: true,
             rearm_wake: true,
             ran_dry: false,
+            socket_drops_seen: 0,
             last_error_log: None,
         })
     }
@@ -226,7 +206,6 @@ impl Shard {
         let wake_fd = ctx.parkers[ctx.index as usize].efd.raw();
         let mut last_publish = Instant::now();
         let mut busy = false;
-        let mut last_kernel_drops = 0u32;
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(REAP_BATCH);
         loop {
             let stopping = ctx.shared.stop.load(Ordering::Relaxed);
@@ -246,7 +225,7 @@ impl Shard {
                 }
                 reaped += cqes.len();
                 for &(ud, res, flags) in cqes.iter() {
-                    self.on_completion(ctx, ud, res, flags, now_ms, &mut last_kernel_drops);
+                    self.on_completion(ctx, ud, res, flags, now_ms);
                 }
                 self.bufring.commit();
                 if cqes.len() < REAP_BATCH {
@@ -294,7 +273,6 @@ impl Shard {
         res: i32,
         flags: u32,
         now_ms: u64,
-        last_drops: &mut u32,
     ) {
         match Token::decode(ud) {
             Some(Token::Recv) => {
@@ -316,7 +294,7 @@ impl Shard {
                     self.core.stats_mut().recv_errors += 1;
                     return;
                 };
-                self.on_datagram(ctx, bid, res as usize, now_ms, last_drops);
+                self.on_datagram(ctx, bid, res as usize, now_ms);
                 self.bufring.recycle(bid);
             }
             Some(Token::Send(slot)) => {
@@ -343,25 +321,12 @@ impl Shard {
         }
     }
 
-    fn on_datagram(
-        &mut self,
-        ctx: &mut ShardContext,
-        bid: u16,
-        len: usize,
-        now_ms: u64,
-        last_drops: &mut u32,
-    ) {
+    fn on_datagram(&mut self, ctx: &mut ShardContext, bid: u16, len: usize, now_ms: u64) {
         let buf = self.bufring.buffer(bid, len);
         let Ok(out) = types::RecvMsgOut::parse(buf, &self.recv_msg) else {
             self.core.stats_mut().recv_errors += 1;
             return;
         };
-        if let Some(drops) = rxq_overflow(out.control_data()) {
-            // Cumulative per socket; wraps at 2^32.
-            let delta = drops.wrapping_sub(*last_drops);
-            *last_drops = drops;
-            self.core.stats_mut().kernel_drops += delta as u64;
-        }
         if out.is_payload_truncated() {
             let s = self.core.stats_mut();
             s.datagrams += 1;
@@ -426,6 +391,12 @@ impl Shard {
     }
 
     fn publish_stats(&mut self, ctx: &ShardContext) {
+        if let Ok(drops) = crate::sys::socket::socket_drops(ctx.socket.as_raw_fd()) {
+            // Cumulative per socket, wraps at 2^32: add the difference.
+            let delta = drops.wrapping_sub(self.socket_drops_seen);
+            self.socket_drops_seen = drops;
+            self.core.stats_mut().kernel_drops += delta as u64;
+        }
         let mut slot = ctx.shared.stats[ctx.index as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -478,14 +449,13 @@ impl Shard {
     fn finish(&mut self, ctx: &mut ShardContext) {
         let _ = self.ring.submit_and_wait(0);
         let now_ms = ctx.base.elapsed().as_millis() as u64;
-        let mut drops = 0;
         let pending: Vec<(u64, i32, u32)> = self
             .ring
             .completion()
             .map(|c| (c.user_data(), c.result(), c.flags()))
             .collect();
         for (ud, res, flags) in pending {
-            self.on_completion(ctx, ud, res, flags, now_ms, &mut drops);
+            self.on_completion(ctx, ud, res, flags, now_ms);
         }
         for c in ctx.inbound.iter_mut() {
             c.drain(|f| self.core.ingest_forwarded(f, now_ms));
@@ -512,22 +482,5 @@ fn publish_outbound(outbound: &mut [Option<crate::sys::spsc::Producer>], parkers
         if parker.parked.load(Ordering::Relaxed) && parker.parked.swap(false, Ordering::AcqRel) {
             parker.efd.notify();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rxq_overflow_parses_the_counter() {
-        let mut c = vec![0u8; 24];
-        c[0..8].copy_from_slice(&20usize.to_ne_bytes());
-        c[8..12].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
-        c[12..16].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
-        c[16..20].copy_from_slice(&77u32.to_ne_bytes());
-        assert_eq!(rxq_overflow(&c), Some(77));
-        assert_eq!(rxq_overflow(&c[..8]), None);
-        assert_eq!(rxq_overflow(&[0u8; 24]), None);
     }
 }

@@ -1,6 +1,11 @@
 //! UDP socket setup: SO_REUSEPORT group, receive buffer sizing (with SO_RCVBUFFORCE
-//! when `rmem_max` clamps), SO_RXQ_OVFL drop reporting, and the classic-BPF programs
-//! attached to the group (ownership steering) and to sockets (optional prefilter).
+//! when `rmem_max` clamps), kernel drop counts, and the classic-BPF programs attached
+//! to the group (ownership steering) and to sockets (optional prefilter).
+//!
+//! Kernel drops are read with SO_MEMINFO (`SK_MEMINFO_DROPS`, the socket's `sk_drops`,
+//! the same counter SO_RXQ_OVFL reports) when a shard publishes its stats, rather than
+//! as an SO_RXQ_OVFL control message on every datagram: the per-datagram cmsg cost
+//! ~4% of a core at one heartbeat per datagram (results/2026-11-24-foundation).
 
 use crate::core::codec::MAGIC;
 use crate::core::owner::OWNER_MIX;
@@ -104,7 +109,6 @@ pub fn udp_reuseport(
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let s = fd.as_raw_fd();
     set_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1, "SO_REUSEPORT")?;
-    set_int(s, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1, "SO_RXQ_OVFL")?;
     let rcv = size_rcvbuf(s, opts.rcvbuf_bytes)?;
     if opts.prefilter {
         attach_filter(s, &prefilter_program())?;
@@ -182,6 +186,26 @@ pub fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen
         }
     };
     (storage, len as libc::socklen_t)
+}
+
+/// Datagrams the kernel dropped on this socket so far (receive buffer full, or
+/// rejected by a socket filter). Wraps at 2^32.
+pub fn socket_drops(fd: RawFd) -> Result<u32, SocketError> {
+    // SK_MEMINFO_VARS is 9 on every kernel that has SK_MEMINFO_DROPS.
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is valid for writes of `len` bytes; the kernel writes at most `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    check("SO_MEMINFO", rc)?;
+    Ok(info[libc::SK_MEMINFO_DROPS as usize])
 }
 
 /// The address a socket is bound to (to learn the port after binding port 0).
