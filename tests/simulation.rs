@@ -186,6 +186,7 @@ fn run(sc: &Scenario) {
                     default_interval_ds: DEFAULT_INTERVAL_DS,
                     tick_ms: TICK_MS,
                     event_capacity: 1 << 16,
+                    huge_pages: false,
                 },
                 start_ms,
             )

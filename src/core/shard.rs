@@ -22,6 +22,8 @@ pub struct CoreConfig {
     pub tick_ms: u32,
     /// Events held between two drains; more in one drain are counted as dropped.
     pub event_capacity: usize,
+    /// Back the device table with transparent huge pages.
+    pub huge_pages: bool,
 }
 
 /// One liveness transition, as emitted.
@@ -59,8 +61,8 @@ impl ShardCore {
     pub fn new(cfg: CoreConfig, now_ms: u64) -> std::io::Result<ShardCore> {
         assert!(cfg.shard < cfg.shards && cfg.default_interval_ds > 0 && cfg.event_capacity > 0);
         Ok(ShardCore {
-            table: DeviceTable::new(cfg.max_devices)?,
-            wheel: Wheel::new(cfg.tick_ms, now_ms),
+            table: DeviceTable::with_pages(cfg.max_devices, cfg.huge_pages)?,
+            wheel: Wheel::new(cfg.tick_ms, now_ms, cfg.max_devices)?,
             stats: ShardStats::default(),
             // Capacities fixed here; pushes never exceed them (checked before each push).
             pending: Vec::with_capacity(MAX_BATCH),
@@ -224,22 +226,24 @@ impl ShardCore {
                 }
             }
         }
-        if before == Liveness::Online {
-            if p.interval_ds < old_interval {
-                // The only case where the deadline moves earlier: re-link.
-                self.wheel
-                    .schedule(&th, self.table.devices_mut(), slot, now_ms);
-            }
-            return;
+        // Re-schedule only where the deadline may now be earlier than the device's
+        // wheel entry: a new or returning device (no entry) or a shorter interval.
+        // A late device coming back keeps its entry: it sits at the old offline
+        // deadline, which is before the new late deadline unless the interval shrank.
+        let reschedule =
+            matches!(before, Liveness::Unknown | Liveness::Offline) || p.interval_ds < old_interval;
+        if before != Liveness::Online {
+            let d = self.table.device_mut(slot);
+            d.epoch = d.epoch.wrapping_add(1);
+            d.set_liveness(Liveness::Online);
+            let d = *d;
+            self.count_state(before, Liveness::Online);
+            self.push_event(&d, before, Liveness::Online, now_ms);
         }
-        let d = self.table.device_mut(slot);
-        d.epoch = d.epoch.wrapping_add(1);
-        d.set_liveness(Liveness::Online);
-        let d = *d;
-        self.count_state(before, Liveness::Online);
-        self.push_event(&d, before, Liveness::Online, now_ms);
-        self.wheel
-            .schedule(&th, self.table.devices_mut(), slot, now_ms);
+        if reschedule {
+            self.wheel
+                .schedule(&th, self.table.devices_mut(), slot, now_ms);
+        }
     }
 
     fn count_state(&mut self, from: Liveness, to: Liveness) {
@@ -310,6 +314,7 @@ impl ShardCore {
             });
         });
         self.stats.rechecks = self.wheel.rechecks;
+        self.stats.wheel_overflow = self.wheel.overflow;
     }
 
     /// Shard time by which `advance` should next be called.

@@ -49,6 +49,8 @@ pub struct ShardStats {
     pub offline: u64,
     /// Wheel rechecks (liveness cost).
     pub rechecks: u64,
+    /// Liveness re-schedules refused because the wheel's entry pool was full.
+    pub wheel_overflow: u64,
     /// Event density: completions reaped, io_uring_enter calls, waits that slept.
     pub cqes: u64,
     pub enters: u64,
@@ -113,6 +115,7 @@ impl ShardStats {
             late,
             offline,
             rechecks,
+            wheel_overflow,
             cqes,
             enters,
             wakeups,

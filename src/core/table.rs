@@ -7,11 +7,12 @@
 //! * index: open addressing with linear probing over `u32` buckets holding `slot + 1`
 //!   (0 = empty). Bucket count is the power of two ≥ 2 × capacity, so the load factor
 //!   stays ≤ 0.5 when full and most lookups touch one bucket.
-//! * devices: 40-byte [`Device`] records in insertion order. Devices are never removed
+//! * devices: 32-byte [`Device`] records in insertion order. Devices are never removed
 //!   (an offline device keeps its slot so its epoch and sequence survive), which keeps
 //!   slots stable and lets the liveness wheel link them by slot number.
 //!
-//! Memory per device at full capacity: 40 (record) + 2 × 4 (index) = 48 bytes.
+//! Memory per device at full capacity: 32 (record) + 2 × 4 (index) = 40 bytes, plus
+//! about 4 bytes of liveness wheel entry (`liveness`), 44 in all.
 //! Batched lookups ([`DeviceTable::lookup_or_insert_batch`]) issue all bucket loads
 //! before any dependent record load, so a batch's cache misses overlap instead of
 //! queueing behind one another.
@@ -47,7 +48,8 @@ impl Liveness {
     }
 }
 
-/// One device's state. 40 bytes; all-zero is "unused".
+/// One device's state. 32 bytes, so two share a cache line and none straddles one;
+/// all-zero is "unused".
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct Device {
@@ -60,20 +62,17 @@ pub struct Device {
     pub epoch: u32,
     /// Heartbeats counted missing from forward seq gaps.
     pub lost: u32,
-    /// Liveness wheel links: slot + 1 of the next/previous device in the same wheel
-    /// bucket, 0 = none. Owned by `liveness::Wheel`.
-    pub wheel_next: u32,
-    pub wheel_prev: u32,
     /// Effective heartbeat period (the frame's, or the server default for 0).
     pub interval_ds: u16,
     pub status: u16,
-    /// Wheel bucket + 1 this device is linked in, 0 = not scheduled.
+    /// Liveness wheel bucket + 1 holding this device's live entry, 0 = not scheduled.
+    /// Owned by `liveness::Wheel`.
     pub wheel_bucket: u16,
     state: u8,
     _pad: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<Device>() == 40);
+const _: () = assert!(std::mem::size_of::<Device>() == 32);
 
 // SAFETY: `Device` is `repr(C)` plain integers; all-zero is the documented "unused" value.
 unsafe impl ZeroValid for Device {}
@@ -116,7 +115,7 @@ fn mix(device_id: u64) -> u64 {
 
 /// Hints the CPU to start loading the cache line holding `value`.
 #[inline(always)]
-fn prefetch<T>(value: &T) {
+pub(crate) fn prefetch<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: prefetch is a hint that never faults, and SSE is part of the x86_64
@@ -136,18 +135,24 @@ fn prefetch<T>(value: &T) {
 pub const MAX_BATCH: usize = 256;
 
 impl DeviceTable {
-    /// A table for up to `capacity` devices (1 ..= 2^31).
+    /// A table for up to `capacity` devices (1 ..= 2^31), on 4 KiB pages.
     pub fn new(capacity: u32) -> std::io::Result<Self> {
+        Self::with_pages(capacity, false)
+    }
+
+    /// As `new`; `huge` asks for transparent huge pages (see `ZeroedRegion::with_pages`).
+    /// The hashed index then becomes resident in 2 MiB steps as devices appear.
+    pub fn with_pages(capacity: u32, huge: bool) -> std::io::Result<Self> {
         assert!(
             capacity > 0 && capacity <= 1 << 31,
             "capacity checked by Config"
         );
         let buckets = (capacity as usize * 2).next_power_of_two();
         Ok(DeviceTable {
-            index: ZeroedRegion::new(buckets)?,
+            index: ZeroedRegion::with_pages(buckets, huge)?,
             index_shift: 64 - buckets.trailing_zeros(),
             index_mask: buckets - 1,
-            devices: ZeroedRegion::new(capacity as usize)?,
+            devices: ZeroedRegion::with_pages(capacity as usize, huge)?,
             len: 0,
         })
     }
