@@ -167,7 +167,9 @@ pub struct Config {
     pub forward_ring_frames: u32,
     /// Events a shard may hand to the writer before waiting ones are counted dropped.
     pub event_queue: usize,
-    /// Ack datagrams in flight per shard (each slot holds a 2048-byte buffer).
+    /// Ack datagrams in flight per shard (each slot holds a 2048-byte buffer): one per
+    /// receive buffer, because one loop iteration reaps at most a full buffer ring of
+    /// datagrams and each may need an ack (256 slots dropped acks at 10M hb/s); ≥ 64.
     pub ack_slots: u32,
 }
 
@@ -366,7 +368,7 @@ impl ServeArgs {
             run_for,
             forward_ring_frames: 8192,
             event_queue: 65_536,
-            ack_slots: 256,
+            ack_slots: buf_count.max(64),
         })
     }
 }

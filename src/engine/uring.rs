@@ -94,13 +94,16 @@ impl Shard {
         })
         .with_context(|| format!("pinning to CPU {}", ctx.cpu))?;
         // CQ: every buffer can be in one completion at once, plus sends and the wake-up.
-        let cq_entries = (cfg.buf_count as u32 * 2 + cfg.ack_slots * 2).next_power_of_two();
+        let sq_entries = cfg.ack_slots.next_power_of_two();
+        let cq_entries = (cfg.buf_count as u32 * 2 + cfg.ack_slots * 2)
+            .next_power_of_two()
+            .max(2 * sq_entries);
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_coop_taskrun()
             .setup_cqsize(cq_entries)
-            .build(cfg.ack_slots.next_power_of_two().max(64))
+            .build(sq_entries)
             .context("creating the io_uring (run `ringbeat check`)")?;
         let bufring = BufRing::new(
             &ring.submitter(),
