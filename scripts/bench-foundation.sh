@@ -4,7 +4,12 @@
 # generator to another; each point is run several times and the median reported.
 #
 # usage: scripts/bench-foundation.sh [OUT_DIR]   (env: RUNS=3 SERVER_CPU=0 LOAD_CPU=1
-#        DEVICES=2000000 DURATION=8 WARMUP=3 POINTS="1:1000000 ...")
+#        DEVICES=2000000 DURATION=8 WARMUP=3 POINTS="1:1000000 ..." SERVER_ARGS="..."
+#        ACKS_PER_DATAGRAM=100)
+# Latency is sampled on one datagram in ACKS_PER_DATAGRAM (--ack-every 100 × batch):
+# an ack is a datagram the server must send, and on loopback its send also runs the
+# receive path on the server's CPU, so sampling per frame would charge the server an ack
+# cost that grows with the batch size.
 # Sends only to 127.0.0.1; every run is bounded by --duration / --run-for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +21,8 @@ DEVICES=${DEVICES:-2000000}
 DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-3}
 PORT=${PORT:-7979}
+ACKS_PER_DATAGRAM=${ACKS_PER_DATAGRAM:-100}
+SERVER_ARGS=${SERVER_ARGS:-}
 # batch:offered heartbeats per second
 POINTS=${POINTS:-"1:1000000 1:1500000 1:2000000 32:10000000 32:16000000 32:20000000"}
 
@@ -30,6 +37,8 @@ mkdir -p "$OUT/raw"
   echo "kernel: $(uname -r)"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) CPUs)"
   echo "pinning: server --cores $SERVER_CPU, load --cpus $LOAD_CPU"
+  echo "server flags: --cores $SERVER_CPU $SERVER_ARGS"
+  echo "load: --devices $DEVICES --duration $DURATION --warmup $WARMUP --ack-every $ACKS_PER_DATAGRAM×batch"
   for k in net.core.rmem_max net.core.rmem_default net.core.wmem_max net.core.netdev_max_backlog net.core.skb_defer_max kernel.io_uring_disabled; do
     echo "sysctl $k = $(sysctl -n $k 2>/dev/null || echo n/a)"
   done
@@ -44,11 +53,11 @@ for point in $POINTS; do
     tag="b${batch}-r${rate}-${run}"
     "$SERVER" serve --listen 127.0.0.1:$PORT --cores "$SERVER_CPU" --quiet \
       --stats-json "$OUT/raw/$tag.server.json" --stats-interval 0.5 \
-      --run-for $((DURATION + 3)) 2> "$OUT/raw/$tag.server.log" &
+      --run-for $((DURATION + 3)) $SERVER_ARGS 2> "$OUT/raw/$tag.server.log" &
     spid=$!
     sleep 1
     "$LOAD" load --target 127.0.0.1:$PORT --devices "$DEVICES" --rate "$rate" --batch "$batch" \
-      --duration "$DURATION" --warmup "$WARMUP" --cpus "$LOAD_CPU" \
+      --duration "$DURATION" --warmup "$WARMUP" --cpus "$LOAD_CPU" --ack-every $((ACKS_PER_DATAGRAM * batch)) \
       --server-pid "$spid" --server-stats "$OUT/raw/$tag.server.json" \
       --json "$OUT/raw/$tag.load.json" --hgrm "$OUT/raw/$tag.hgrm" 2> "$OUT/raw/$tag.load.log"
     wait "$spid"

@@ -6,6 +6,7 @@
 //! * `sink`: a minimal receiver that only counts and acks, to calibrate the generator.
 
 mod latency;
+mod liveness;
 mod net;
 mod procstat;
 mod schedule;
@@ -37,6 +38,28 @@ enum Command {
     Load(Box<LoadArgs>),
     /// Receive, count and ack only: the generator's own ceiling.
     Sink(SinkArgs),
+    /// Measure the CPU cost of liveness detection on the core under simulated time.
+    Liveness(LivenessArgs),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct LivenessArgs {
+    #[arg(long, default_value_t = 2_000_000)]
+    devices: u64,
+    /// Each device's heartbeat period, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
+    /// Simulated seconds.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Devices (per mille) that fall silent after the first third of the run.
+    #[arg(long, default_value_t = 10)]
+    silent_permille: u64,
+    #[arg(long, default_value_t = 10)]
+    tick_ms: u32,
+    /// Pin to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -113,6 +136,7 @@ struct SinkArgs {
 fn main() {
     let result = match Cli::parse().command {
         Command::Load(a) => load(*a),
+        Command::Liveness(a) => liveness_cmd(a),
         Command::Sink(a) => {
             let cpus = ringbeat::config::parse_cpu_list(&a.cpus)
                 .context("--cpus")
@@ -136,6 +160,33 @@ fn main() {
     if let Err(e) = result {
         exit_err(e);
     }
+}
+
+fn liveness_cmd(a: LivenessArgs) -> anyhow::Result<()> {
+    if let Some(cpu) = a.cpu {
+        net::pin_to_cpu(cpu)?;
+    }
+    let r = liveness::run(
+        a.devices,
+        a.interval,
+        a.seconds,
+        a.silent_permille,
+        a.tick_ms,
+    )?;
+    let share = r.advance_cpu_s / r.simulated_s;
+    let doc = json!({
+        "devices": r.devices, "interval_s": a.interval, "simulated_s": r.simulated_s, "tick_ms": a.tick_ms,
+        "advance_cpu_s": r.advance_cpu_s, "liveness_core_share": share,
+        "rechecks_per_s": r.rechecks as f64 / r.simulated_s, "events": r.events,
+        "heartbeats": r.heartbeats, "core_ns_per_heartbeat": r.ingest_cpu_s * 1e9 / r.heartbeats.max(1) as f64,
+    });
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    eprintln!(
+        "liveness at {} devices / {} s interval: {:.2}% of a core ({:.0} rechecks/s, {} events); core ingest {:.0} ns/heartbeat",
+        r.devices, a.interval, share * 100.0, r.rechecks as f64 / r.simulated_s, r.events,
+        r.ingest_cpu_s * 1e9 / r.heartbeats.max(1) as f64
+    );
+    Ok(())
 }
 
 fn exit_err(e: anyhow::Error) -> ! {
