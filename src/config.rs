@@ -76,7 +76,7 @@ pub struct ServeArgs {
 
     /// Wake-up batching: after the first completion, wait up to this many microseconds
     /// for more before processing. 0 = process every completion at once. Unset =
-    /// adaptive: immediate at light load, batching (50 µs) under load.
+    /// adaptive: immediate below 200K completions/s, 50 µs batches above.
     #[arg(long, value_name = "US")]
     pub wait_us: Option<u32>,
 

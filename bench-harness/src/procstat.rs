@@ -3,28 +3,41 @@
 
 use std::path::Path;
 
-/// Sum of user + system CPU seconds of the threads of `pid` whose name starts with
-/// `prefix` (the server names its shards `ringbeat-shard-N`), and how many there were.
+/// CPU seconds used so far by the threads of `pid` whose name starts with `prefix`
+/// (the server names its shards `ringbeat-shard-N`), and how many there were.
+///
+/// Read from `/proc/PID/task/TID/schedstat` (exact on-CPU nanoseconds). utime + stime
+/// from `stat` are only the fallback: with tick-based CPU accounting they are sampled at
+/// each scheduler tick, which over-charges a thread whose timer wake-ups line up with
+/// the tick — several times its real cost at light load on the reference machine.
 pub fn thread_cpu_seconds(pid: u32, prefix: &str) -> std::io::Result<(f64, usize)> {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    let mut total = 0u64;
+    let mut total_s = 0f64;
     let mut threads = 0;
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let stat = match std::fs::read_to_string(entry?.path().join("stat")) {
-            Ok(s) => s,
-            Err(_) => continue, // thread exited meanwhile
+        let dir = entry?.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        }; // exited meanwhile
+        let Some((name, (utime, stime))) = parse_stat(&stat) else {
+            continue;
         };
-        if let Some((name, rest)) = parse_stat(&stat) {
-            if name.starts_with(prefix) {
-                total += rest.0 + rest.1;
-                threads += 1;
-            }
+        if !name.starts_with(prefix) {
+            continue;
         }
+        threads += 1;
+        let exact = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        total_s += match exact {
+            Some(ns) => ns as f64 / 1e9,
+            None => (utime + stime) as f64 / ticks,
+        };
     }
-    Ok((total as f64 / ticks, threads))
+    Ok((total_s, threads))
 }
 
 /// (comm, (utime, stime)) from one `stat` line.

@@ -222,9 +222,15 @@ pub fn run(
                 },
             });
         }
-        // Idle until the next intended time: sleep when it is far, spin when near.
+        // Idle until the next intended time. With ack sampling on, keep polling for
+        // acks (busy-poll, the sender's core is its own): sleeping here would delay
+        // reading an ack and inflate measured latency at light load. Without acks,
+        // sleep when the next send is far and spin when it is near.
         let next_ns = sched.intended_ns(next_g);
         let now = now_ns(start);
+        if cfg.ack_every > 0 {
+            continue;
+        }
         if next_ns > now + 200_000 {
             std::thread::sleep(Duration::from_nanos(
                 (next_ns - now - 100_000).min(1_000_000),
