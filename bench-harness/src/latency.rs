@@ -128,6 +128,30 @@ pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl std::io::Write) -> std::io:
     Ok(())
 }
 
+/// Writes one histogram per interval as an HdrHistogram interval log (`.hlog`, V2 +
+/// DEFLATE), values in ns shown in µs (max-value divisor 1000). `intervals` holds
+/// (start offset from `start`, histogram); each covers `interval`.
+pub fn write_hlog(
+    intervals: &[(std::time::Duration, Histogram<u64>)],
+    start: std::time::SystemTime,
+    interval: std::time::Duration,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+    let mut ser = hdrhistogram::serialization::V2DeflateSerializer::new();
+    let mut w = IntervalLogWriterBuilder::new()
+        .add_comment("ringbeat-bench load: latency from intended send time, ns")
+        .with_start_time(start)
+        .with_base_time(start)
+        .with_max_value_divisor(1000.0)
+        .begin_log_with(out, &mut ser)?;
+    for (at, h) in intervals {
+        w.write_histogram(h, *at, interval, None)
+            .map_err(|e| std::io::Error::other(format!("writing hlog: {e:?}")))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +192,66 @@ mod tests {
         assert!(r.on_ack(late, 1_500_010_000));
         assert_eq!(r.intended.len(), 1);
         assert_eq!(r.interval.len(), 2);
+    }
+
+    #[test]
+    fn hlog_reads_back_with_the_hdrhistogram_crate() {
+        use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+        use hdrhistogram::serialization::Deserializer;
+        let mut intervals = Vec::new();
+        for i in 0..3u64 {
+            let mut h = histogram();
+            for v in 1..=100 {
+                h.record(v * 1000 * (i + 1)).unwrap();
+            }
+            intervals.push((std::time::Duration::from_secs(i), h));
+        }
+        let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let mut out = Vec::new();
+        write_hlog(
+            &intervals,
+            start,
+            std::time::Duration::from_secs(1),
+            &mut out,
+        )
+        .unwrap();
+        let mut read = Vec::new();
+        for entry in IntervalLogIterator::new(&out) {
+            if let LogEntry::Interval(iv) = entry.unwrap() {
+                let bytes = base64_decode(iv.encoded_histogram());
+                let h: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).unwrap();
+                read.push((iv.start_timestamp(), h));
+            }
+        }
+        assert_eq!(read.len(), 3);
+        for ((at, want), (got_at, got)) in intervals.iter().zip(&read) {
+            assert_eq!(at, got_at);
+            assert_eq!(want.len(), got.len());
+            assert_eq!(want.max(), got.max());
+            assert_eq!(want.value_at_quantile(0.5), got.value_at_quantile(0.5));
+        }
+    }
+
+    /// Minimal standard base64 decoding for the test (the log's histogram field).
+    fn base64_decode(s: &str) -> Vec<u8> {
+        let val = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => 0,
+        };
+        let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(4) {
+            let mut n = 0u32;
+            for (i, &c) in chunk.iter().enumerate() {
+                n |= (val(c) as u32) << (18 - 6 * i);
+            }
+            out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+        }
+        out
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod procstat;
 mod schedule;
 mod sender;
 mod sink;
+mod sweep;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -40,6 +41,17 @@ enum Command {
     Sink(SinkArgs),
     /// Measure the CPU cost of liveness detection on the core under simulated time.
     Liveness(LivenessArgs),
+    /// Run a rate scan or a device-count scan against a server it starts itself, and
+    /// write a dated results folder with raw data, summary and plots.
+    Sweep(Box<sweep::SweepArgs>),
+    /// Redraw the plots of a sweep's results folder from its points.csv.
+    Plot(PlotArgs),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct PlotArgs {
+    /// A results folder written by `sweep`.
+    dir: PathBuf,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -63,7 +75,7 @@ struct LivenessArgs {
 }
 
 #[derive(clap::Args, Clone, Debug)]
-struct LoadArgs {
+pub struct LoadArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7979")]
     target: SocketAddr,
@@ -136,6 +148,8 @@ struct SinkArgs {
 fn main() {
     let result = match Cli::parse().command {
         Command::Load(a) => load(*a),
+        Command::Sweep(a) => sweep::run(*a),
+        Command::Plot(a) => sweep::plot_dir(&a.dir),
         Command::Liveness(a) => liveness_cmd(a),
         Command::Sink(a) => {
             let cpus = ringbeat::config::parse_cpu_list(&a.cpus)
@@ -226,6 +240,12 @@ fn counter(s: &ServerSample, key: &str) -> u64 {
 }
 
 fn load(a: LoadArgs) -> anyhow::Result<()> {
+    run_load(&a).map(drop)
+}
+
+/// Runs one load and returns its summary document (also printed and written to the
+/// files `a` names).
+fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     if a.proto != "udp" {
         bail!("--proto {}: the server speaks UDP only so far", a.proto);
     }
@@ -322,14 +342,14 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
         }
         let now = Instant::now();
         if before.is_none() && now >= warmup_at {
-            before = sample_server(&a).or(Some(ServerSample {
+            before = sample_server(a).or(Some(ServerSample {
                 cpu_s: 0.0,
                 threads: 0,
                 stats: None,
             }));
         }
         if after.is_none() && now >= end_at {
-            after = sample_server(&a).or(Some(ServerSample {
+            after = sample_server(a).or(Some(ServerSample {
                 cpu_s: 0.0,
                 threads: 0,
                 stats: None,
@@ -360,7 +380,7 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
     let measured_s = a.duration - a.warmup;
     let behind = lag.value_at_quantile(0.99) > 1_000_000;
     let doc = summary_json(
-        &a,
+        a,
         rate,
         measured_s,
         &totals,
@@ -385,19 +405,9 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
         let mut f = std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         );
-        let mut ser = hdrhistogram::serialization::V2DeflateSerializer::new();
-        let mut w = hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder::new()
-            .add_comment("ringbeat-bench load: latency from intended send time, ns")
-            .with_start_time(start_wall)
-            .with_base_time(start_wall)
-            .with_max_value_divisor(1000.0)
-            .begin_log_with(&mut f, &mut ser)?;
-        for (at, h) in &intervals {
-            w.write_histogram(h, *at, Duration::from_secs(1), None)
-                .map_err(|e| anyhow::anyhow!("writing hlog: {e:?}"))?;
-        }
+        latency::write_hlog(&intervals, start_wall, Duration::from_secs(1), &mut f)?;
     }
-    Ok(())
+    Ok(doc)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -105,12 +105,15 @@ pub fn run(
     let mut interval_frames = 0u64;
     let mut interval_acks = 0u64;
     let now_ns = |start: Instant| start.elapsed().as_nanos() as u64;
+    // The whole schedule goes out: frames still due at the end are sent late (their
+    // lag is recorded) rather than dropped unseen.
+    let scheduled = sched.due(end_ns.saturating_sub(1));
     loop {
         let now = now_ns(start);
-        if now >= end_ns {
+        if now >= end_ns && next_g >= scheduled {
             break;
         }
-        let due = sched.due(now).min(sched.due(end_ns.saturating_sub(1)));
+        let due = sched.due(now).min(scheduled);
         // Send everything due, up to MAX_BUFFERS × per_buffer datagrams per call.
         while next_g < due {
             let mut used = 0;

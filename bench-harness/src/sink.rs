@@ -103,5 +103,11 @@ pub fn run(
     for h in handles {
         let _ = h.join();
     }
+    eprintln!(
+        "sink total: datagrams {} frames {} acks {}",
+        counters.datagrams.load(Ordering::Relaxed),
+        counters.frames.load(Ordering::Relaxed),
+        counters.acks.load(Ordering::Relaxed)
+    );
     Ok(())
 }

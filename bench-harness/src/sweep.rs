@@ -1,0 +1,532 @@
+//! `ringbeat-bench sweep` and `ringbeat-bench plot`: whole experiments in one command.
+//!
+//! A sweep starts the server itself (pinned to its own CPUs), runs one open-loop load
+//! per point (a rate scan: latency vs offered load up to and past saturation, like
+//! mutilate's `--scan`; or a device-count scan at a fixed per-device interval), and
+//! writes `results/<date>-<name>/`: README.md (exact command, git revision, kernel, CPU,
+//! pinning, sysctls, server flags), points.csv, summary.md, raw/ (each point's load
+//! JSON, `.hgrm`, `.hlog`, server stats and logs) and SVG plots. `plot DIR` redraws the
+//! plots from points.csv alone.
+
+use crate::{run_load, LoadArgs};
+use anyhow::{bail, Context};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SweepArgs {
+    /// `rate`: latency vs offered heartbeats/s at a fixed device count; `devices`:
+    /// latency vs device count at a fixed per-device interval.
+    #[arg(long, value_parser = ["rate", "devices"])]
+    kind: String,
+    /// Folder name: the results go to `<results>/<UTC date>-<name>/`.
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Rate scan: offered heartbeats per second, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Device scan: device counts, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    device_counts: Vec<u64>,
+    /// Rate scan: number of devices.
+    #[arg(long, default_value_t = 2_000_000)]
+    devices: u64,
+    /// Device scan: each device's heartbeat period, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
+    /// Frames per datagram.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 8.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Latency sample: one ack per this many datagrams (--ack-every = this × batch).
+    #[arg(long, default_value_t = 100)]
+    ack_every_datagrams: u64,
+    /// CPUs of the load generator.
+    #[arg(long, default_value = "1")]
+    cpus: String,
+    #[arg(long, default_value_t = 64)]
+    source_ports: usize,
+    /// Server binary [default: `ringbeat` beside this binary].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// CPUs of the server's shards.
+    #[arg(long, default_value = "0")]
+    server_cores: String,
+    /// Extra server flag (repeatable), e.g. `--server-arg=--wait-us=0`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    #[arg(long, default_value_t = 7979)]
+    port: u16,
+}
+
+const CSV_HEADER: &str = "x,offered_hb_per_s,devices,batch,achieved_hb_per_s,p50_us,p90_us,p99_us,p999_us,max_us,service_p99_us,server_hb_per_core_second,server_cpu_util,kernel_drops,acks_missing,generator_kept_schedule";
+
+fn today() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
+    out.ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "undated".into())
+}
+
+fn shell(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn environment(a: &SweepArgs, server_bin: &Path) -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "n/a".into())
+    };
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let mut s = String::new();
+    s += &format!(
+        "- git revision: {}{}\n",
+        shell("git", &["rev-parse", "HEAD"]),
+        if shell("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            ""
+        } else {
+            " (uncommitted changes)"
+        }
+    );
+    s += &format!("- kernel: {}\n", read("/proc/sys/kernel/osrelease"));
+    s += &format!(
+        "- CPU: {cpu} ({} CPUs)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    s += &format!(
+        "- pinning: server shards on CPUs {}, load generator on CPUs {}\n",
+        a.server_cores, a.cpus
+    );
+    s += &format!(
+        "- server: `{} serve --cores {} {}`\n",
+        server_bin.display(),
+        a.server_cores,
+        a.server_args.join(" ")
+    );
+    for k in [
+        "net/core/rmem_max",
+        "net/core/rmem_default",
+        "net/core/wmem_max",
+        "net/core/netdev_max_backlog",
+        "net/core/skb_defer_max",
+    ] {
+        s += &format!(
+            "- sysctl {}: {}\n",
+            k.replace('/', "."),
+            read(&format!("/proc/sys/{k}"))
+        );
+    }
+    s += &format!(
+        "- transparent huge pages: {}\n",
+        read("/sys/kernel/mm/transparent_hugepage/enabled")
+    );
+    s
+}
+
+struct ServerProcess {
+    child: std::process::Child,
+}
+
+impl ServerProcess {
+    fn start(
+        bin: &Path,
+        a: &SweepArgs,
+        stats: &Path,
+        log: &Path,
+        run_for: f64,
+    ) -> anyhow::Result<ServerProcess> {
+        let mut child = Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", a.port),
+                "--cores",
+                &a.server_cores,
+                "--quiet",
+            ])
+            .args([
+                "--stats-interval",
+                "0.5",
+                "--run-for",
+                &format!("{run_for}"),
+            ])
+            .arg("--stats-json")
+            .arg(stats)
+            .args(&a.server_args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = log.to_path_buf();
+        std::thread::spawn(move || {
+            let mut out = std::fs::File::create(log).ok();
+            let mut told = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = out.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                if !told && line.contains("listening on") {
+                    told = tx.send(()).is_ok();
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            let _ = child.kill();
+            bail!("the server did not start (see its log)");
+        }
+        Ok(ServerProcess { child })
+    }
+
+    fn stop(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(a: SweepArgs) -> anyhow::Result<()> {
+    let points: Vec<(f64, u64, f64)> = match a.kind.as_str() {
+        "rate" if !a.rates.is_empty() => a.rates.iter().map(|&r| (r, a.devices, r)).collect(),
+        "devices" if !a.device_counts.is_empty() => a
+            .device_counts
+            .iter()
+            .map(|&n| (n as f64, n, n as f64 / a.interval))
+            .collect(),
+        _ => bail!("a rate scan needs --rates, a device scan --device-counts"),
+    };
+    let server_bin = match &a.server_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("ringbeat"),
+    };
+    let dir = a.results.join(format!("{}-{}", today(), a.name));
+    let raw = dir.join("raw");
+    std::fs::create_dir_all(&raw).with_context(|| format!("creating {}", raw.display()))?;
+    let command: Vec<String> = std::env::args().collect();
+    let mut csv = String::from(CSV_HEADER);
+    csv.push('\n');
+    for (i, &(x, devices, rate)) in points.iter().enumerate() {
+        let tag = format!("p{i:02}");
+        let stats = raw.join(format!("{tag}.server.json"));
+        eprintln!(
+            "== point {}/{}: {} devices, {:.0} hb/s, batch {}",
+            i + 1,
+            points.len(),
+            devices,
+            rate,
+            a.batch
+        );
+        let server = ServerProcess::start(
+            &server_bin,
+            &a,
+            &stats,
+            &raw.join(format!("{tag}.server.log")),
+            a.duration + 5.0,
+        )?;
+        let load = LoadArgs {
+            target: format!("127.0.0.1:{}", a.port).parse()?,
+            devices,
+            interval: 1.0,
+            rate: Some(rate),
+            batch: a.batch,
+            duration: a.duration,
+            warmup: a.warmup,
+            ack_every: a.ack_every_datagrams * a.batch as u64,
+            cpus: a.cpus.clone(),
+            source_ports: a.source_ports,
+            no_gso: false,
+            proto: "udp".into(),
+            grace: 0.5,
+            seed: 1,
+            server_pid: Some(server.child.id()),
+            server_stats: Some(stats.clone()),
+            json: Some(raw.join(format!("{tag}.load.json"))),
+            hgrm: Some(raw.join(format!("{tag}.hgrm"))),
+            hlog: Some(raw.join(format!("{tag}.hlog"))),
+        };
+        let result = run_load(&load);
+        server.stop();
+        let d = result?;
+        csv += &csv_row(x, devices, a.batch, &d);
+        csv.push('\n');
+        std::fs::write(dir.join("points.csv"), &csv)?;
+    }
+    let meta = serde_json::json!({ "kind": a.kind, "batch": a.batch, "devices": a.devices, "interval_s": a.interval });
+    std::fs::write(dir.join("sweep.json"), serde_json::to_vec_pretty(&meta)?)?;
+    std::fs::write(dir.join("summary.md"), summary_table(&csv))?;
+    plot_dir(&dir)?;
+    let readme = format!(
+        "# {} {} scan\n\nCommand:\n\n```sh\n{}\n```\n\n{}\nEach point: one {} s open-loop load ({} s warm-up left out of the summary), latency sampled on one datagram in {}; \
+         server CPU from /proc/PID/task/TID/schedstat over the measured window.\n\nFiles: `points.csv` (one row per point), `summary.md`, `latency.svg`, `efficiency.svg`, \
+         `raw/` (per point: load JSON, `.hgrm` percentile distribution, `.hlog` interval log, server stats JSON and log). \
+         Redraw the plots with `ringbeat-bench plot {}`.\n\n## Summary\n\n{}\n![latency](latency.svg)\n\n![efficiency](efficiency.svg)\n",
+        a.name,
+        a.kind,
+        command.join(" "),
+        environment(&a, &server_bin),
+        a.duration,
+        a.warmup,
+        a.ack_every_datagrams,
+        dir.display(),
+        summary_table(&csv)
+    );
+    std::fs::write(dir.join("README.md"), readme)?;
+    eprintln!("wrote {}", dir.display());
+    Ok(())
+}
+
+fn csv_row(x: f64, devices: u64, batch: usize, d: &serde_json::Value) -> String {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let s = &d["server"];
+    let l = &d["latency_intended"];
+    [
+        format!("{x}"),
+        format!("{:.0}", f(&d["config"]["rate_hb_per_s"])),
+        devices.to_string(),
+        batch.to_string(),
+        format!(
+            "{:.0}",
+            f(&s["heartbeats"]) / (f(&d["config"]["duration_s"]) - f(&d["config"]["warmup_s"]))
+        ),
+        format!("{:.1}", f(&l["p50_us"])),
+        format!("{:.1}", f(&l["p90_us"])),
+        format!("{:.1}", f(&l["p99_us"])),
+        format!("{:.1}", f(&l["p999_us"])),
+        format!("{:.1}", f(&l["max_us"])),
+        format!("{:.1}", f(&d["latency_service"]["p99_us"])),
+        format!("{:.0}", f(&s["heartbeats_per_core_second"])),
+        format!("{:.3}", f(&s["cpu_utilisation"])),
+        format!("{}", s["kernel_drops"].as_u64().unwrap_or(0)),
+        format!("{}", d["acks"]["missing"].as_u64().unwrap_or(0)),
+        format!(
+            "{}",
+            d["generator"]["kept_schedule"].as_bool().unwrap_or(false)
+        ),
+    ]
+    .join(",")
+}
+
+fn summary_table(csv: &str) -> String {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let mut s = format!(
+        "| {} |\n|{}\n",
+        header.join(" | "),
+        "---|".repeat(header.len())
+    );
+    for l in lines {
+        s += &format!("| {} |\n", l.split(',').collect::<Vec<_>>().join(" | "));
+    }
+    s
+}
+
+/// Parsed points.csv.
+struct Points {
+    rows: Vec<Vec<f64>>,
+    header: Vec<String>,
+}
+
+impl Points {
+    fn read(dir: &Path) -> anyhow::Result<Points> {
+        let text = std::fs::read_to_string(dir.join("points.csv"))
+            .with_context(|| format!("reading {}/points.csv", dir.display()))?;
+        let mut lines = text.lines();
+        let header: Vec<String> = lines
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(String::from)
+            .collect();
+        let rows = lines
+            .map(|l| {
+                l.split(',')
+                    .map(|v| {
+                        v.parse::<f64>()
+                            .unwrap_or(if v == "true" { 1.0 } else { 0.0 })
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Points { rows, header })
+    }
+    fn col(&self, name: &str) -> Vec<f64> {
+        let i = self
+            .header
+            .iter()
+            .position(|h| h == name)
+            .expect("known column");
+        self.rows.iter().map(|r| r[i]).collect()
+    }
+}
+
+/// Draws latency.svg (p50/p99/p999/max vs x) and efficiency.svg (server heartbeats per
+/// core-second vs x) from `dir/points.csv`.
+pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let p = Points::read(dir)?;
+    if p.rows.is_empty() {
+        bail!("{}/points.csv has no points", dir.display());
+    }
+    let kind = std::fs::read(dir.join("sweep.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["kind"].as_str().map(String::from))
+        .unwrap_or_else(|| "rate".into());
+    let (x_desc, xs) = if kind == "devices" {
+        ("devices", p.col("devices"))
+    } else {
+        ("offered heartbeats/s", p.col("offered_hb_per_s"))
+    };
+    let x_range = xs.iter().cloned().fold(f64::INFINITY, f64::min) * 0.8
+        ..xs.iter().cloned().fold(0.0, f64::max) * 1.25;
+    let series = [
+        ("p50", "p50_us", BLUE),
+        ("p99", "p99_us", RED),
+        ("p99.9", "p999_us", MAGENTA),
+        ("max", "max_us", BLACK),
+    ];
+    let lat_max = series
+        .iter()
+        .flat_map(|s| p.col(s.1))
+        .filter(|v| v.is_finite())
+        .fold(1.0, f64::max);
+    let lat_min = p
+        .col("p50_us")
+        .into_iter()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold(f64::INFINITY, f64::min)
+        .min(lat_max);
+    {
+        let path = dir.join("latency.svg");
+        let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("latency from intended send time vs {x_desc}"),
+                ("sans-serif", 20),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(
+                x_range.clone().log_scale(),
+                (lat_min * 0.7..lat_max * 1.5).log_scale(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc("latency (µs)")
+            .x_label_formatter(&|v| human(*v))
+            .draw()?;
+        for (name, col, color) in series {
+            let pts: Vec<(f64, f64)> = xs
+                .iter()
+                .cloned()
+                .zip(p.col(col))
+                .filter(|(_, y)| y.is_finite() && *y > 0.0)
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart.draw_series(pts.into_iter().map(|pt| Circle::new(pt, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()?;
+        root.present()?;
+    }
+    {
+        let path = dir.join("efficiency.svg");
+        let eff = p.col("server_hb_per_core_second");
+        let ach = p.col("achieved_hb_per_s");
+        let y_max = eff
+            .iter()
+            .chain(&ach)
+            .cloned()
+            .filter(|v| v.is_finite())
+            .fold(1.0, f64::max)
+            * 1.15;
+        let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("server throughput and efficiency vs {x_desc}"),
+                ("sans-serif", 20),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(75)
+            .build_cartesian_2d(x_range.log_scale(), 0.0..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc("heartbeats/s")
+            .x_label_formatter(&|v| human(*v))
+            .y_label_formatter(&|v| human(*v))
+            .draw()?;
+        for (name, ys, color) in [
+            ("heartbeats per server core-second", eff, BLUE),
+            ("heartbeats/s applied by the server", ach, RED),
+        ] {
+            let pts: Vec<(f64, f64)> = xs
+                .iter()
+                .cloned()
+                .zip(ys)
+                .filter(|(_, y)| y.is_finite())
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart.draw_series(pts.into_iter().map(|pt| Circle::new(pt, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()?;
+        root.present()?;
+    }
+    Ok(())
+}
+
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}K", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}

@@ -1,0 +1,132 @@
+//! The generator against the real server (started in-process through the library) and
+//! against its own sink, on loopback: every frame sent is counted by the receiver and
+//! every ack requested comes back.
+
+use std::process::Command;
+use std::time::Duration;
+
+fn load(target: &str, dir: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let json = dir.join("load.json");
+    let hgrm = dir.join("load.hgrm");
+    let hlog = dir.join("load.hlog");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
+        .args([
+            "load",
+            "--target",
+            target,
+            "--devices",
+            "20000",
+            "--rate",
+            "40000",
+            "--batch",
+            "4",
+        ])
+        .args([
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--cpus",
+            "1",
+            "--ack-every",
+            "10",
+            "--source-ports",
+            "8",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--hgrm")
+        .arg(&hgrm)
+        .arg("--hlog")
+        .arg(&hlog)
+        .args(extra)
+        .output()
+        .expect("run ringbeat-bench");
+    assert!(
+        out.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::metadata(&hgrm).unwrap().len() > 0);
+    assert!(std::fs::metadata(&hlog).unwrap().len() > 0);
+    serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ringbeat-bench-it-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn load_against_the_server_loses_nothing() {
+    let config = ringbeat::config::ServeArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        cores: Some("0".into()),
+        max_devices: Some(100_000),
+        ..Default::default()
+    }
+    .into_config()
+    .unwrap();
+    let mut server = ringbeat::engine::start(&config)
+        .expect("start the server (needs io_uring: `ringbeat check`)");
+    let dir = temp("server");
+    let d = load(&server.listen.to_string(), &dir, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    server.stop();
+    let mut total = ringbeat::core::stats::ShardStats::default();
+    server.snapshot().iter().for_each(|s| total.add(s));
+    let sent = d["sent"]["frames"].as_u64().unwrap();
+    assert_eq!(
+        sent,
+        40_000 * 2,
+        "open loop: the schedule's frames all went out"
+    );
+    assert_eq!(total.heartbeats, sent, "every frame counted by the server");
+    assert_eq!(total.kernel_drops, 0);
+    assert_eq!(d["acks"]["expected"].as_u64().unwrap(), sent / 10);
+    assert_eq!(
+        d["acks"]["received"], d["acks"]["expected"],
+        "zero loss: {d:#}"
+    );
+    assert_eq!(total.acks_sent, sent / 10);
+    assert!(d["latency_intended"]["count"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn load_against_the_sink_loses_nothing() {
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let target = format!("127.0.0.1:{port}");
+    let sink = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
+        .args([
+            "sink",
+            "--listen",
+            &target,
+            "--cpus",
+            "0",
+            "--duration",
+            "4",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let d = load(&target, &temp("sink"), &[]);
+    let out = sink.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let total = text
+        .lines()
+        .find(|l| l.starts_with("sink total:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let nums: Vec<u64> = total
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let sent = d["sent"]["frames"].as_u64().unwrap();
+    assert_eq!(nums[1], sent, "sink frames = frames sent: {total}");
+    assert_eq!(nums[0], d["sent"]["datagrams"].as_u64().unwrap());
+    assert_eq!(d["acks"]["received"], d["acks"]["expected"]);
+}
