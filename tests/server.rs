@@ -391,3 +391,45 @@ fn kernel_drops_are_counted_so_every_datagram_is_accounted_for() {
     assert_eq!(s["heartbeats"], s["datagrams"]);
     let _ = server.terminate();
 }
+
+#[test]
+fn kernel_prefilter_drops_garbage_before_queueing_and_keeps_valid_heartbeats() {
+    let server = Server::start("prefilter", &["--cores", "0", "--kernel-prefilter"]);
+    let c = client();
+    let mut bad_magic = heartbeat(5, 1, 10, true);
+    bad_magic[0] = b'X';
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0u8; 33],
+        bad_magic.to_vec(),
+        vec![0u8; 2080],
+        b"hello".to_vec(),
+    ];
+    let mut valid = 0u64;
+    for round in 0..50u64 {
+        for g in &garbage {
+            c.send_to(g, server.addr).unwrap();
+        }
+        c.send_to(&heartbeat(100 + round, 1, 10, false), server.addr)
+            .unwrap();
+        valid += 1;
+    }
+    let s = server.wait_stats(5, |s| s["heartbeats"] == valid);
+    assert_eq!(
+        s["malformed_total"], 0,
+        "garbage never reaches userspace: {s:#}"
+    );
+    let drops = server.wait_stats(5, |s| s["kernel_drops"].as_u64().unwrap() == 200)
+        ["kernel_drops"]
+        .clone();
+    assert_eq!(
+        drops, 200,
+        "filtered datagrams appear in the socket's drop count"
+    );
+    // A frame with a bad magic *after* a valid first frame is not the filter's business:
+    // it reaches the server and is counted as malformed, its neighbour processed.
+    let mixed = [heartbeat(999, 1, 10, false), bad_magic].concat();
+    c.send_to(&mixed, server.addr).unwrap();
+    let s = server.wait_stats(5, |s| s["heartbeats"] == valid + 1);
+    assert_eq!(s["malformed"]["bad_magic"], 1);
+    let _ = server.terminate();
+}

@@ -238,21 +238,21 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
             rate,
             a.batch
         );
-        let server = ServerProcess::start(
-            &server_bin,
-            &a,
-            &stats,
-            &raw.join(format!("{tag}.server.log")),
-            a.duration + 5.0,
-        )?;
+        // Steady state: every device has sent before the measured window starts, so
+        // the warm-up covers at least one device interval (+1 s). First appearances
+        // (table pages faulted in) are in the warm-up, visible in the .hlog.
+        let warmup = a.warmup.max(devices as f64 / rate + 1.0);
+        let duration = a.duration - a.warmup + warmup;
+        let log = raw.join(format!("{tag}.server.log"));
+        let server = ServerProcess::start(&server_bin, &a, &stats, &log, duration + 5.0)?;
         let load = LoadArgs {
             target: format!("127.0.0.1:{}", a.port).parse()?,
             devices,
             interval: 1.0,
             rate: Some(rate),
             batch: a.batch,
-            duration: a.duration,
-            warmup: a.warmup,
+            duration,
+            warmup,
             ack_every: a.ack_every_datagrams * a.batch as u64,
             cpus: a.cpus.clone(),
             source_ports: a.source_ports,
@@ -278,7 +278,8 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     std::fs::write(dir.join("summary.md"), summary_table(&csv))?;
     plot_dir(&dir)?;
     let readme = format!(
-        "# {} {} scan\n\nCommand:\n\n```sh\n{}\n```\n\n{}\nEach point: one {} s open-loop load ({} s warm-up left out of the summary), latency sampled on one datagram in {}; \
+        "# {} {} scan\n\nCommand:\n\n```sh\n{}\n```\n\n{}\nEach point: an open-loop load measured for {} s after a warm-up of at least {} s and at least one device interval + 1 s \
+         (every device has sent before the measured window; first appearances are in the warm-up and the .hlog), latency sampled on one datagram in {}; \
          server CPU from /proc/PID/task/TID/schedstat over the measured window.\n\nFiles: `points.csv` (one row per point), `summary.md`, `latency.svg`, `efficiency.svg`, \
          `raw/` (per point: load JSON, `.hgrm` percentile distribution, `.hlog` interval log, server stats JSON and log). \
          Redraw the plots with `ringbeat-bench plot {}`.\n\n## Summary\n\n{}\n![latency](latency.svg)\n\n![efficiency](efficiency.svg)\n",
@@ -286,7 +287,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         a.kind,
         command.join(" "),
         environment(&a, &server_bin),
-        a.duration,
+        a.duration - a.warmup,
         a.warmup,
         a.ack_every_datagrams,
         dir.display(),
