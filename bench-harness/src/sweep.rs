@@ -437,6 +437,7 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
             )?;
         chart
             .configure_mesh()
+            .x_labels(8)
             .x_desc(x_desc)
             .y_desc("latency (µs)")
             .x_label_formatter(&|v| human(*v))
@@ -488,6 +489,7 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
             .build_cartesian_2d(x_range.log_scale(), 0.0..y_max)?;
         chart
             .configure_mesh()
+            .x_labels(8)
             .x_desc(x_desc)
             .y_desc("heartbeats/s")
             .x_label_formatter(&|v| human(*v))
