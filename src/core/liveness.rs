@@ -71,19 +71,7 @@ pub struct Transition {
     pub now_ms: u64,
 }
 
-/// Where a bucket walk stopped when its budget ran out.
-#[derive(Clone, Copy, Debug)]
-struct Cursor {
-    bucket: usize,
-    /// Chunk being walked + 1 (0 = done); its older chunks follow through the pool.
-    chunk: u32,
-    /// Next entry of that chunk.
-    next: usize,
-}
-
 pub struct Wheel {
-    /// A bucket walk in progress (its list already detached from `heads`).
-    cursor: Option<Cursor>,
     /// Per bucket: newest chunk + 1 (0 = empty); chunks chain to older ones.
     heads: Box<[u32; WHEEL_BUCKETS]>,
     /// Chunk storage, sized at start for every device plus half as many stale entries
@@ -95,7 +83,7 @@ pub struct Wheel {
     fresh_next: u32,
     chunks: u32,
     tick_ms: u64,
-    /// Last tick whose bucket has been (or is being, see `cursor`) processed.
+    /// Last tick whose bucket has been processed.
     done_tick: u64,
     pub rechecks: u64,
     /// Stale entries skipped (left behind by re-schedules).
@@ -113,7 +101,6 @@ impl Wheel {
         let entries = capacity as usize + capacity as usize / 2;
         let chunks = entries.div_ceil(CHUNK_ENTRIES) + WHEEL_BUCKETS + 1;
         Ok(Wheel {
-            cursor: None,
             heads: Box::new([0; WHEEL_BUCKETS]),
             pool: ZeroedRegion::new(chunks * CHUNK_WORDS)?,
             free: Vec::with_capacity(chunks),
@@ -131,12 +118,8 @@ impl Wheel {
         self.tick_ms
     }
 
-    /// Shard time at which `advance` next has work to do: now, if a bucket walk is
-    /// in progress, else the next tick boundary.
+    /// Shard time at which `advance` next has work to do (the next tick boundary).
     pub fn next_tick_ms(&self) -> u64 {
-        if self.cursor.is_some() {
-            return self.done_tick * self.tick_ms;
-        }
         (self.done_tick + 1) * self.tick_ms
     }
 
@@ -209,81 +192,36 @@ impl Wheel {
         th: &Thresholds,
         table: &mut DeviceTable,
         now_ms: u64,
-        emit: impl FnMut(Transition, &Device),
-    ) {
-        self.advance_budgeted(th, table, now_ms, usize::MAX, emit);
-    }
-
-    /// As `advance`, but stops after about `budget` entries while the wheel is at most
-    /// one tick behind, resuming mid-bucket on the next call; returns true when work up
-    /// to `now_ms` remains. The engine interleaves these slices with receive batches, so
-    /// a heavy tick (a mass transition, or very short intervals) does not keep the
-    /// socket unread — and overflowing — for the whole walk. More than one tick behind,
-    /// it catches up without a budget, so detection stays within its bound. (It spreads
-    /// a tick's work; it cannot shrink it: the tail latency that short device intervals
-    /// cause follows the tick length, and `--tick-ms` is the knob for that.)
-    pub fn advance_budgeted(
-        &mut self,
-        th: &Thresholds,
-        table: &mut DeviceTable,
-        now_ms: u64,
-        budget: usize,
         mut emit: impl FnMut(Transition, &Device),
-    ) -> bool {
+    ) {
         let target = now_ms / self.tick_ms;
-        let mut left = budget;
-        loop {
-            if self.cursor.is_none() {
-                if target <= self.done_tick {
-                    return false;
-                }
-                // After a stall longer than a revolution, one pass over every bucket
-                // suffices: rechecks compute deadlines from state, not from the bucket.
-                let tick =
-                    (self.done_tick + 1).max(target.saturating_sub(WHEEL_BUCKETS as u64 - 1));
-                // Marked done as it starts, so nothing is scheduled into it meanwhile.
-                self.done_tick = tick;
-                let bucket = (tick as usize) & (WHEEL_BUCKETS - 1);
-                let chunk = std::mem::replace(&mut self.heads[bucket], 0);
-                self.cursor = Some(Cursor {
-                    bucket,
-                    chunk,
-                    next: 0,
-                });
-            }
-            let unlimited = target > self.done_tick;
-            let Cursor {
-                bucket,
-                mut chunk,
-                mut next,
-            } = self.cursor.take().expect("set above");
+        if target <= self.done_tick {
+            return;
+        }
+        // After a stall longer than a revolution, one pass over every bucket suffices:
+        // rechecks compute deadlines from state, not from the bucket.
+        let first = (self.done_tick + 1).max(target.saturating_sub(WHEEL_BUCKETS as u64 - 1));
+        for tick in first..=target {
+            self.done_tick = tick;
+            let bucket = (tick as usize) & (WHEEL_BUCKETS - 1);
+            let mut chunk = std::mem::replace(&mut self.heads[bucket], 0);
             while chunk != 0 {
                 let base = (chunk as usize - 1) * CHUNK_WORDS;
+                let older = self.pool[base];
                 let used = self.pool[base + 1] as usize;
-                while next < used {
-                    if left == 0 && !unlimited {
-                        self.cursor = Some(Cursor {
-                            bucket,
-                            chunk,
-                            next,
-                        });
-                        return true;
-                    }
-                    left = left.saturating_sub(1);
+                for k in 0..used {
                     let devices = table.devices_mut();
-                    if next + PREFETCH_AHEAD < used {
-                        prefetch(&devices[self.pool[base + 2 + next + PREFETCH_AHEAD] as usize]);
+                    if k + PREFETCH_AHEAD < used {
+                        prefetch(&devices[self.pool[base + 2 + k + PREFETCH_AHEAD] as usize]);
                     }
-                    let slot = self.pool[base + 2 + next];
-                    next += 1;
+                    let slot = self.pool[base + 2 + k];
                     self.recheck(th, devices, slot, bucket, now_ms, &mut emit);
                 }
-                let older = self.pool[base];
                 self.free.push(chunk - 1);
                 chunk = older;
-                next = 0;
             }
         }
+        self.done_tick = target;
     }
 
     fn recheck(
@@ -330,56 +268,6 @@ impl Wheel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Budgeted walks find the same transitions as whole-tick walks, resume where
-    /// they stopped, and never fall more than a tick behind.
-    #[test]
-    fn budgeted_advance_matches_whole_ticks() {
-        let th = Thresholds {
-            late_after_permille: 1500,
-            offline_after_permille: 3000,
-        };
-        let setup = || {
-            let mut table = DeviceTable::new(5_000).unwrap();
-            let mut wheel = Wheel::new(10, 0, 5_000).unwrap();
-            for id in 1..=5_000u64 {
-                let super::super::table::Lookup::Inserted(slot) = table.lookup_or_insert(id) else {
-                    panic!()
-                };
-                let d = table.device_mut(slot);
-                d.interval_ds = 1 + (id % 7) as u16;
-                d.last_seen_ms = (id % 100) as u32;
-                d.set_liveness(Liveness::Online);
-                wheel.schedule(&th, table.devices_mut(), slot, 0);
-            }
-            (table, wheel)
-        };
-        let (mut t1, mut w1) = setup();
-        let (mut t2, mut w2) = setup();
-        let mut whole = Vec::new();
-        let mut budgeted = Vec::new();
-        let mut pending_seen = false;
-        for now in 0..=3_000u64 {
-            w1.advance(&th, &mut t1, now, |t, d| {
-                whole.push((d.device_id, t.to, t.now_ms))
-            });
-            // One budgeted call per millisecond, as the engine's loop would at low rates.
-            pending_seen |= w2.advance_budgeted(&th, &mut t2, now, 7, |t, d| {
-                budgeted.push((d.device_id, t.to, t.now_ms))
-            });
-        }
-        assert!(pending_seen, "the budget was exercised");
-        whole.sort_by_key(|e| (e.0, e.1 as u8, e.2));
-        budgeted.sort_by_key(|e| (e.0, e.1 as u8, e.2));
-        let key = |v: &Vec<(u64, Liveness, u64)>| v.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>();
-        assert_eq!(key(&whole), key(&budgeted), "same transitions");
-        for (a, b) in whole.iter().zip(&budgeted) {
-            assert!(
-                b.2 >= a.2 && b.2 - a.2 <= 10,
-                "at most one tick later: {a:?} vs {b:?}"
-            );
-        }
-    }
 
     #[test]
     fn chunks_are_reused_and_stale_entries_skipped() {

@@ -282,49 +282,39 @@ impl ShardCore {
     /// Runs liveness detection up to `now_ms` (flushes queued heartbeats first so a
     /// heartbeat that arrived before `now` is never mistaken for silence).
     pub fn advance(&mut self, now_ms: u64) {
-        self.advance_budgeted(now_ms, usize::MAX);
-    }
-
-    /// As `advance`, doing at most about `budget` wheel rechecks while liveness is at
-    /// most one tick behind (see `Wheel::advance_budgeted`); true when work remains,
-    /// in which case the caller should come back soon rather than sleep.
-    pub fn advance_budgeted(&mut self, now_ms: u64, budget: usize) -> bool {
         self.flush();
         let th = self.cfg.thresholds;
         // Split borrows: the wheel walks the table while transitions go to the buffer.
         let events = &mut self.events;
         let stats = &mut self.stats;
-        let pending = self
-            .wheel
-            .advance_budgeted(&th, &mut self.table, now_ms, budget, |t, d| {
-                match t.to {
-                    Liveness::Late => {
-                        stats.online -= 1;
-                        stats.late += 1;
-                    }
-                    _ => {
-                        stats.late -= 1;
-                        stats.offline += 1;
-                    }
+        self.wheel.advance(&th, &mut self.table, now_ms, |t, d| {
+            match t.to {
+                Liveness::Late => {
+                    stats.online -= 1;
+                    stats.late += 1;
                 }
-                stats.events += 1;
-                if events.len() == events.capacity() {
-                    stats.events_dropped += 1;
-                    return;
+                _ => {
+                    stats.late -= 1;
+                    stats.offline += 1;
                 }
-                events.push(Event {
-                    device_id: d.device_id,
-                    from: t.from,
-                    to: t.to,
-                    epoch: d.epoch,
-                    seq: d.last_seq,
-                    status: d.status,
-                    time_ms: t.now_ms,
-                });
+            }
+            stats.events += 1;
+            if events.len() == events.capacity() {
+                stats.events_dropped += 1;
+                return;
+            }
+            events.push(Event {
+                device_id: d.device_id,
+                from: t.from,
+                to: t.to,
+                epoch: d.epoch,
+                seq: d.last_seq,
+                status: d.status,
+                time_ms: t.now_ms,
             });
+        });
         self.stats.rechecks = self.wheel.rechecks;
         self.stats.wheel_overflow = self.wheel.overflow;
-        pending
     }
 
     /// Shard time by which `advance` should next be called.

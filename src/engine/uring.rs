@@ -30,8 +30,6 @@ const BATCH_WANT: usize = 1 << 16;
 const ADAPTIVE_BATCH_RATE_PER_S: u64 = 200_000;
 /// Window over which the adaptive strategy measures the completion rate.
 const ADAPTIVE_WINDOW_US: u64 = 1_000;
-/// Wheel rechecks per loop iteration (~25 µs of work) while liveness keeps up.
-const WHEEL_BUDGET: usize = 512;
 /// How often the shard copies its counters to the reporter (off the hot path).
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
@@ -86,8 +84,6 @@ struct Shard {
     ran_dry: bool,
     /// Last SK_MEMINFO_DROPS value read from the socket.
     socket_drops_seen: u32,
-    /// The liveness wheel stopped mid-tick on its budget: do not sleep.
-    liveness_pending: bool,
     last_error_log: Option<Instant>,
 }
 
@@ -157,7 +153,6 @@ impl Shard {
             rearm_wake: true,
             ran_dry: false,
             socket_drops_seen: 0,
-            liveness_pending: false,
             last_error_log: None,
         })
     }
@@ -252,10 +247,9 @@ impl Shard {
             }
             // 3. Table batch, liveness, events.
             self.core.flush();
-            // Liveness in slices of WHEEL_BUDGET rechecks per iteration, so a busy
-            // tick never stalls receiving for long.
-            self.liveness_pending = now_ms >= self.core.next_deadline_ms()
-                && self.core.advance_budgeted(now_ms, WHEEL_BUDGET);
+            if now_ms >= self.core.next_deadline_ms() {
+                self.core.advance(now_ms);
+            }
             self.ship_events(ctx);
             // 4. Hand-offs to peers.
             publish_outbound(&mut ctx.outbound, &ctx.parkers);
@@ -437,7 +431,7 @@ impl Shard {
             WaitStrategy::Adaptive { batch_us } if busy => (BATCH_WANT, batch_us),
             WaitStrategy::Adaptive { .. } => (1, 0),
         };
-        let want = if peer_frames || self.liveness_pending || !self.ring.completion().is_empty() {
+        let want = if peer_frames || !self.ring.completion().is_empty() {
             0
         } else {
             want
