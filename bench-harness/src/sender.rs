@@ -75,13 +75,7 @@ pub fn run(
     let sockets: Vec<OwnedFd> = (0..cfg.source_ports.max(1))
         .map(|_| net::connected_udp(cfg.target, 4 << 20))
         .collect::<std::io::Result<_>>()?;
-    // One epoll set over all source sockets: one syscall tells which have acks.
-    let poller = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?;
-    for (i, s) in sockets.iter().enumerate() {
-        poller
-            .add(s, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
-            .map_err(std::io::Error::from)?;
-    }
+    let mut acks = AckReceiver::new(&sockets)?;
     let segment = sched.batch * FRAME_BYTES;
     let per_buffer = if cfg.gso {
         (net::GSO_MAX_BYTES / segment).clamp(1, net::GSO_MAX_SEGMENTS)
@@ -99,8 +93,6 @@ pub fn run(
     let mut next_g = 0u64;
     let mut frame_counter = thread as u64;
     let mut socket_turn = 0usize;
-    let mut rx = vec![[0u8; 2048]; 64];
-    let mut rx_len = vec![0usize; 64];
     let mut last_report = Instant::now();
     let mut interval_frames = 0u64;
     let mut interval_acks = 0u64;
@@ -188,28 +180,9 @@ pub fn run(
                 }
                 Err(_) => t.send_errors += 1,
             }
-            if cfg.ack_every > 0 {
-                interval_acks += receive_acks(
-                    &poller,
-                    &sockets,
-                    &mut rx,
-                    &mut rx_len,
-                    &mut rec,
-                    start,
-                    &mut t,
-                );
-            }
         }
         if cfg.ack_every > 0 {
-            interval_acks += receive_acks(
-                &poller,
-                &sockets,
-                &mut rx,
-                &mut rx_len,
-                &mut rec,
-                start,
-                &mut t,
-            );
+            interval_acks += acks.receive(&sockets, &mut rec, start, &mut t);
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
@@ -248,16 +221,7 @@ pub fn run(
         && t.acks_received + t.acks_unmatched < t.acks_expected
         && Instant::now() < grace_end
     {
-        if receive_acks(
-            &poller,
-            &sockets,
-            &mut rx,
-            &mut rx_len,
-            &mut rec,
-            start,
-            &mut t,
-        ) == 0
-        {
+        if acks.receive(&sockets, &mut rec, start, &mut t) == 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
@@ -275,38 +239,64 @@ pub fn run(
     })
 }
 
-fn receive_acks(
-    poller: &Epoll,
-    sockets: &[OwnedFd],
-    rx: &mut [[u8; 2048]],
-    rx_len: &mut [usize],
-    rec: &mut Recorder,
-    start: Instant,
-    t: &mut Totals,
-) -> u64 {
-    let mut got = 0;
-    let mut ready = [EpollEvent::empty(); 64];
-    let n_ready = poller.wait(&mut ready, EpollTimeout::ZERO).unwrap_or(0);
-    for ev in &ready[..n_ready] {
-        let s = &sockets[ev.data() as usize];
-        loop {
-            let n = net::recv_many(s.as_raw_fd(), rx, rx_len, None);
-            if n == 0 {
-                break;
-            }
-            let now = start.elapsed().as_nanos() as u64;
-            for i in 0..n {
-                for frame in rx[i][..rx_len[i]].chunks_exact(FRAME_BYTES) {
-                    match decode_ack(frame.try_into().expect("32 bytes")) {
-                        Ok(a) if rec.on_ack(a.sent_ns, now) => {
-                            t.acks_received += 1;
-                            got += 1;
+/// Receives acks on every source socket: one epoll set over all of them, so a single
+/// syscall tells which have something to read.
+struct AckReceiver {
+    poller: Epoll,
+    rx: Vec<[u8; 2048]>,
+    rx_len: Vec<usize>,
+}
+
+impl AckReceiver {
+    fn new(sockets: &[OwnedFd]) -> std::io::Result<AckReceiver> {
+        let poller = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?;
+        for (i, s) in sockets.iter().enumerate() {
+            poller
+                .add(s, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+                .map_err(std::io::Error::from)?;
+        }
+        Ok(AckReceiver {
+            poller,
+            rx: vec![[0u8; 2048]; 64],
+            rx_len: vec![0usize; 64],
+        })
+    }
+
+    /// Reads every ack waiting now (never blocks); returns how many matched a sample.
+    fn receive(
+        &mut self,
+        sockets: &[OwnedFd],
+        rec: &mut Recorder,
+        start: Instant,
+        t: &mut Totals,
+    ) -> u64 {
+        let mut got = 0;
+        let mut ready = [EpollEvent::empty(); 64];
+        let n_ready = self
+            .poller
+            .wait(&mut ready, EpollTimeout::ZERO)
+            .unwrap_or(0);
+        for ev in &ready[..n_ready] {
+            let s = &sockets[ev.data() as usize];
+            loop {
+                let n = net::recv_many(s.as_raw_fd(), &mut self.rx, &mut self.rx_len, None);
+                if n == 0 {
+                    break;
+                }
+                let now = start.elapsed().as_nanos() as u64;
+                for i in 0..n {
+                    for frame in self.rx[i][..self.rx_len[i]].chunks_exact(FRAME_BYTES) {
+                        match decode_ack(frame.try_into().expect("32 bytes")) {
+                            Ok(a) if rec.on_ack(a.sent_ns, now) => {
+                                t.acks_received += 1;
+                                got += 1;
+                            }
+                            _ => t.acks_unmatched += 1,
                         }
-                        _ => t.acks_unmatched += 1,
                     }
                 }
             }
         }
+        got
     }
-    got
 }

@@ -442,27 +442,19 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
             .y_desc("latency (µs)")
             .x_label_formatter(&|v| human(*v))
             .draw()?;
-        for (name, col, color) in series {
-            let pts: Vec<(f64, f64)> = xs
-                .iter()
-                .cloned()
-                .zip(p.col(col))
-                .filter(|(_, y)| y.is_finite() && *y > 0.0)
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart.draw_series(pts.into_iter().map(|pt| Circle::new(pt, 3, color.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK)
-            .background_style(WHITE)
-            .draw()?;
+        let lines = series
+            .iter()
+            .map(|&(name, col, color)| {
+                let pts = xs
+                    .iter()
+                    .cloned()
+                    .zip(p.col(col))
+                    .filter(|(_, y)| y.is_finite() && *y > 0.0)
+                    .collect();
+                (name, pts, color)
+            })
+            .collect();
+        draw_lines(&mut chart, lines)?;
         root.present()?;
     }
     {
@@ -495,32 +487,57 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
             .x_label_formatter(&|v| human(*v))
             .y_label_formatter(&|v| human(*v))
             .draw()?;
-        for (name, ys, color) in [
-            ("heartbeats per server core-second", eff, BLUE),
-            ("heartbeats/s applied by the server", ach, RED),
-        ] {
-            let pts: Vec<(f64, f64)> = xs
-                .iter()
+        let finite = |ys: Vec<f64>| {
+            xs.iter()
                 .cloned()
                 .zip(ys)
                 .filter(|(_, y)| y.is_finite())
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart.draw_series(pts.into_iter().map(|pt| Circle::new(pt, 3, color.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK)
-            .background_style(WHITE)
-            .draw()?;
+                .collect()
+        };
+        draw_lines(
+            &mut chart,
+            vec![
+                ("heartbeats per server core-second", finite(eff), BLUE),
+                ("heartbeats/s applied by the server", finite(ach), RED),
+            ],
+        )?;
         root.present()?;
     }
+    Ok(())
+}
+
+/// A chart on an SVG file, whatever its axes' scales.
+type SvgChart<'a, X, Y> = plotters::chart::ChartContext<
+    'a,
+    plotters::prelude::SVGBackend<'a>,
+    plotters::coord::cartesian::Cartesian2d<X, Y>,
+>;
+
+/// A named series of (x, y) points and its colour.
+type Line = (&'static str, Vec<(f64, f64)>, plotters::style::RGBColor);
+
+/// Draws each named line with point markers, and the legend, on either chart.
+fn draw_lines<'a, X, Y>(chart: &mut SvgChart<'a, X, Y>, lines: Vec<Line>) -> anyhow::Result<()>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    use plotters::prelude::*;
+    for (name, pts, color) in lines {
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.into_iter().map(|pt| Circle::new(pt, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
     Ok(())
 }
 
