@@ -64,9 +64,14 @@ pub struct SweepArgs {
     server_args: Vec<String>,
     #[arg(long, default_value_t = 7979)]
     port: u16,
+    /// Runs per point (each with a fresh server); points.csv holds their medians and
+    /// runs.csv every run.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
-const CSV_HEADER: &str = "x,offered_hb_per_s,devices,batch,achieved_hb_per_s,p50_us,p90_us,p99_us,p999_us,max_us,service_p99_us,server_hb_per_core_second,server_cpu_util,kernel_drops,acks_missing,generator_kept_schedule";
+/// points.csv: one row per point, each value the median over the point's runs.
+const CSV_HEADER: &str = "x,offered_hb_per_s,devices,batch,achieved_hb_per_s,p50_us,p90_us,p99_us,p999_us,max_us,service_p99_us,server_hb_per_core_second,server_cpu_util,kernel_drops,acks_missing,generator_kept_schedule_share";
 
 fn today() -> String {
     let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
@@ -227,9 +232,8 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     let command: Vec<String> = std::env::args().collect();
     let mut csv = String::from(CSV_HEADER);
     csv.push('\n');
+    let mut runs_csv = format!("run,{CSV_HEADER}\n");
     for (i, &(x, devices, rate)) in points.iter().enumerate() {
-        let tag = format!("p{i:02}");
-        let stats = raw.join(format!("{tag}.server.json"));
         eprintln!(
             "== point {}/{}: {} devices, {:.0} hb/s, batch {}",
             i + 1,
@@ -243,33 +247,45 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         // (table pages faulted in) are in the warm-up, visible in the .hlog.
         let warmup = a.warmup.max(devices as f64 / rate + 1.0);
         let duration = a.duration - a.warmup + warmup;
-        let log = raw.join(format!("{tag}.server.log"));
-        let server = ServerProcess::start(&server_bin, &a, &stats, &log, duration + 5.0)?;
-        let load = LoadArgs {
-            target: format!("127.0.0.1:{}", a.port).parse()?,
-            devices,
-            interval: 1.0,
-            rate: Some(rate),
-            batch: a.batch,
-            duration,
-            warmup,
-            ack_every: a.ack_every_datagrams * a.batch as u64,
-            cpus: a.cpus.clone(),
-            source_ports: a.source_ports,
-            no_gso: false,
-            proto: "udp".into(),
-            grace: 0.5,
-            seed: 1,
-            server_pid: Some(server.child.id()),
-            server_stats: Some(stats.clone()),
-            json: Some(raw.join(format!("{tag}.load.json"))),
-            hgrm: Some(raw.join(format!("{tag}.hgrm"))),
-            hlog: Some(raw.join(format!("{tag}.hlog"))),
-        };
-        let result = run_load(&load);
-        server.stop();
-        let d = result?;
-        csv += &csv_row(x, devices, a.batch, &d);
+        let mut rows = Vec::with_capacity(a.runs);
+        for run in 1..=a.runs {
+            let tag = if a.runs == 1 {
+                format!("p{i:02}")
+            } else {
+                format!("p{i:02}-r{run}")
+            };
+            let stats = raw.join(format!("{tag}.server.json"));
+            let log = raw.join(format!("{tag}.server.log"));
+            let server = ServerProcess::start(&server_bin, &a, &stats, &log, duration + 5.0)?;
+            let load = LoadArgs {
+                target: format!("127.0.0.1:{}", a.port).parse()?,
+                devices,
+                interval: 1.0,
+                rate: Some(rate),
+                batch: a.batch,
+                duration,
+                warmup,
+                ack_every: a.ack_every_datagrams * a.batch as u64,
+                cpus: a.cpus.clone(),
+                source_ports: a.source_ports,
+                no_gso: false,
+                proto: "udp".into(),
+                grace: 0.5,
+                seed: 1,
+                server_pid: Some(server.child.id()),
+                server_stats: Some(stats.clone()),
+                json: Some(raw.join(format!("{tag}.load.json"))),
+                hgrm: Some(raw.join(format!("{tag}.hgrm"))),
+                hlog: Some(raw.join(format!("{tag}.hlog"))),
+            };
+            let result = run_load(&load);
+            server.stop();
+            let row = csv_fields(x, devices, a.batch, &result?);
+            runs_csv += &format!("{run},{}\n", format_row(&row));
+            rows.push(row);
+        }
+        std::fs::write(dir.join("runs.csv"), &runs_csv)?;
+        csv += &format_row(&median_row(&rows));
         csv.push('\n');
         std::fs::write(dir.join("points.csv"), &csv)?;
     }
@@ -280,8 +296,9 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     let readme = format!(
         "# {} {} scan\n\nCommand:\n\n```sh\n{}\n```\n\n{}\nEach point: an open-loop load measured for {} s after a warm-up of at least {} s and at least one device interval + 1 s \
          (every device has sent before the measured window; first appearances are in the warm-up and the .hlog), latency sampled on one datagram in {}; \
-         server CPU from /proc/PID/task/TID/schedstat over the measured window.\n\nFiles: `points.csv` (one row per point), `summary.md`, `latency.svg`, `efficiency.svg`, \
-         `raw/` (per point: load JSON, `.hgrm` percentile distribution, `.hlog` interval log, server stats JSON and log). \
+         server CPU from /proc/PID/task/TID/schedstat over the measured window. {} run(s) per point, each with a fresh server.\n\n\
+         Files: `points.csv` (one row per point, each value the median over its runs), `runs.csv` (every run), `summary.md`, `latency.svg`, `efficiency.svg`, \
+         `raw/` (per run: load JSON, `.hgrm` percentile distribution, `.hlog` interval log, server stats JSON and log). \
          Redraw the plots with `ringbeat-bench plot {}`.\n\n## Summary\n\n{}\n![latency](latency.svg)\n\n![efficiency](efficiency.svg)\n",
         a.name,
         a.kind,
@@ -290,6 +307,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         a.duration - a.warmup,
         a.warmup,
         a.ack_every_datagrams,
+        a.runs,
         dir.display(),
         summary_table(&csv)
     );
@@ -298,35 +316,68 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn csv_row(x: f64, devices: u64, batch: usize, d: &serde_json::Value) -> String {
+/// One run's values in `CSV_HEADER` order (the last is 1.0 when the generator kept
+/// its schedule).
+fn csv_fields(x: f64, devices: u64, batch: usize, d: &serde_json::Value) -> Vec<f64> {
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     let s = &d["server"];
     let l = &d["latency_intended"];
-    [
-        format!("{x}"),
-        format!("{:.0}", f(&d["config"]["rate_hb_per_s"])),
-        devices.to_string(),
-        batch.to_string(),
-        format!(
-            "{:.0}",
-            f(&s["heartbeats"]) / (f(&d["config"]["duration_s"]) - f(&d["config"]["warmup_s"]))
-        ),
-        format!("{:.1}", f(&l["p50_us"])),
-        format!("{:.1}", f(&l["p90_us"])),
-        format!("{:.1}", f(&l["p99_us"])),
-        format!("{:.1}", f(&l["p999_us"])),
-        format!("{:.1}", f(&l["max_us"])),
-        format!("{:.1}", f(&d["latency_service"]["p99_us"])),
-        format!("{:.0}", f(&s["heartbeats_per_core_second"])),
-        format!("{:.3}", f(&s["cpu_utilisation"])),
-        format!("{}", s["kernel_drops"].as_u64().unwrap_or(0)),
-        format!("{}", d["acks"]["missing"].as_u64().unwrap_or(0)),
-        format!(
-            "{}",
-            d["generator"]["kept_schedule"].as_bool().unwrap_or(false)
-        ),
+    let measured_s = f(&d["config"]["duration_s"]) - f(&d["config"]["warmup_s"]);
+    vec![
+        x,
+        f(&d["config"]["rate_hb_per_s"]),
+        devices as f64,
+        batch as f64,
+        f(&s["heartbeats"]) / measured_s,
+        f(&l["p50_us"]),
+        f(&l["p90_us"]),
+        f(&l["p99_us"]),
+        f(&l["p999_us"]),
+        f(&l["max_us"]),
+        f(&d["latency_service"]["p99_us"]),
+        f(&s["heartbeats_per_core_second"]),
+        f(&s["cpu_utilisation"]),
+        f(&s["kernel_drops"]),
+        f(&d["acks"]["missing"]),
+        if d["generator"]["kept_schedule"].as_bool().unwrap_or(false) {
+            1.0
+        } else {
+            0.0
+        },
     ]
-    .join(",")
+}
+
+/// Per column: the median over runs (the schedule column: the share of runs that
+/// kept it).
+fn median_row(rows: &[Vec<f64>]) -> Vec<f64> {
+    let columns = rows[0].len();
+    (0..columns)
+        .map(|c| {
+            let mut v: Vec<f64> = rows.iter().map(|r| r[c]).collect();
+            if c == columns - 1 {
+                return v.iter().sum::<f64>() / v.len() as f64;
+            }
+            v.sort_by(f64::total_cmp);
+            let m = v.len() / 2;
+            if v.len() % 2 == 1 {
+                v[m]
+            } else {
+                (v[m - 1] + v[m]) / 2.0
+            }
+        })
+        .collect()
+}
+
+fn format_row(row: &[f64]) -> String {
+    row.iter()
+        .enumerate()
+        .map(|(i, v)| match i {
+            5..=10 => format!("{v:.1}"),
+            12 | 15 => format!("{v:.3}"),
+            _ => format!("{v:.0}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn summary_table(csv: &str) -> String {
@@ -548,5 +599,22 @@ fn human(v: f64) -> String {
         format!("{:.0}K", v / 1e3)
     } else {
         format!("{v:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_per_column_and_schedule_share() {
+        let rows = vec![
+            vec![1.0, 10.0, 1.0],
+            vec![1.0, 30.0, 0.0],
+            vec![1.0, 20.0, 1.0],
+        ];
+        assert_eq!(median_row(&rows), vec![1.0, 20.0, 2.0 / 3.0]);
+        let even = vec![vec![2.0, 1.0], vec![4.0, 1.0]];
+        assert_eq!(median_row(&even), vec![3.0, 1.0]);
     }
 }
