@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Tests scripts/tune-kernel.sh against a fake sysctl tree: dry run changes nothing,
+# --apply sets and saves, a second --apply keeps the first saved values, --revert
+# restores them, a second --revert does nothing. Prints "N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+mk() { mkdir -p "$T/sys/$(dirname "$1")"; echo "$2" > "$T/sys/$1"; }
+mk net/core/rmem_max 212992
+mk net/core/rmem_default 212992
+mk net/core/wmem_max 99999999          # already above the recommendation: never lowered
+mk net/core/netdev_max_backlog 1000
+mk kernel/io_uring_disabled 2
+run() { SYSCTL_ROOT="$T/sys" bash scripts/tune-kernel.sh --state "$T/state" "$@"; }
+val() { cat "$T/sys/$1"; }
+pass=0; fail=0
+check() { if [ "$2" = "$3" ]; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $1: got '$2', want '$3'"; fi; }
+
+run > "$T/out"
+check "dry run leaves rmem_max" "$(val net/core/rmem_max)" 212992
+check "dry run saves nothing" "$([ -e "$T/state" ] && echo yes || echo no)" no
+check "dry run shows the change" "$(grep -c 'net.core.rmem_max .*change' "$T/out")" 1
+
+run --apply > /dev/null
+check "apply raises rmem_max" "$(val net/core/rmem_max)" 67108864
+check "apply sets io_uring_disabled" "$(val kernel/io_uring_disabled)" 0
+check "apply never lowers wmem_max" "$(val net/core/wmem_max)" 99999999
+check "apply saves originals" "$(grep -c '^net.core.rmem_max=212992$' "$T/state")" 1
+
+echo 5000 > "$T/sys/net/core/netdev_max_backlog"   # someone changes it meanwhile
+run --apply > /dev/null
+check "second apply keeps first saved value" "$(grep '^net.core.netdev_max_backlog=' "$T/state")" net.core.netdev_max_backlog=1000
+check "second apply is idempotent" "$(val net/core/rmem_max)" 67108864
+
+run --revert > /dev/null
+check "revert restores rmem_max" "$(val net/core/rmem_max)" 212992
+check "revert restores io_uring_disabled" "$(val kernel/io_uring_disabled)" 2
+check "revert restores backlog" "$(val net/core/netdev_max_backlog)" 1000
+check "revert removes state" "$([ -e "$T/state" ] && echo yes || echo no)" no
+check "second revert is a no-op" "$(run --revert | head -1)" "nothing to revert ($T/state absent)"
+
+echo "tune-kernel: $pass passed, $fail failed"
+[ "$fail" = 0 ]
