@@ -88,6 +88,10 @@ pub struct LoadArgs {
     /// Aggregate heartbeats per second (overrides --interval: interval = devices/rate).
     #[arg(long)]
     rate: Option<f64>,
+    /// Each heartbeat leaves up to ± this fraction of its interval away from the
+    /// device's phase (0 ..= 0.5; 0 = exactly periodic).
+    #[arg(long, default_value_t = 0.0)]
+    jitter: f64,
     /// Frames per datagram (a gateway packing K devices).
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -252,6 +256,9 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     if a.batch == 0 || a.batch > ringbeat::core::codec::MAX_FRAMES_PER_DATAGRAM {
         bail!("--batch must be 1..=64");
     }
+    if !(0.0..=0.5).contains(&a.jitter) {
+        bail!("--jitter must be between 0 and 0.5 (a fraction of the interval)");
+    }
     if a.devices == 0 || a.duration <= a.warmup {
         bail!("need --devices > 0 and --duration > --warmup");
     }
@@ -272,6 +279,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         interval_ds,
         gso: !a.no_gso,
         grace: Duration::from_secs_f64(a.grace),
+        jitter: a.jitter,
     };
     let threads: Vec<_> = cpus
         .iter()
@@ -451,7 +459,7 @@ fn summary_json(
         "config": {
             "target": a.target.to_string(), "devices": a.devices, "rate_hb_per_s": rate, "batch": a.batch,
             "duration_s": a.duration, "warmup_s": a.warmup, "ack_every": a.ack_every, "cpus": a.cpus,
-            "source_ports": a.source_ports, "gso": !a.no_gso,
+            "source_ports": a.source_ports, "gso": !a.no_gso, "jitter": a.jitter,
         },
         "sent": {
             "frames": t.frames_sent, "datagrams": t.datagrams_sent, "send_errors": t.send_errors,

@@ -17,6 +17,8 @@ pub struct Schedule {
     pub spacing_ns: f64,
     /// This thread's first datagram is offset so threads interleave evenly.
     pub offset_ns: f64,
+    /// Seed of the jitter offsets.
+    pub seed: u64,
 }
 
 /// splitmix64: a small, fast, well-mixed generator for phases and sampling.
@@ -60,6 +62,7 @@ impl Schedule {
             batch,
             spacing_ns,
             offset_ns: spacing_ns * thread as f64 / threads as f64,
+            seed,
         }
     }
 
@@ -88,6 +91,17 @@ impl Schedule {
         let gw = (g % self.gateways() as u64) as usize;
         let start = gw * self.batch;
         start..(start + self.batch).min(self.order.len())
+    }
+
+    /// Intended time of datagram `g` moved by a fixed pseudo-random offset, uniform in
+    /// ±`jitter_ns` (never before the run's start).
+    pub fn jittered_ns(&self, g: u64, jitter_ns: u64) -> u64 {
+        if jitter_ns == 0 {
+            return self.intended_ns(g);
+        }
+        let r = Rng(g ^ self.seed).next_u64();
+        let offset = (r % (2 * jitter_ns + 1)) as i64 - jitter_ns as i64;
+        (self.intended_ns(g) as i64 + offset).max(0) as u64
     }
 
     /// Each device's heartbeat period (ns).
@@ -136,6 +150,24 @@ mod tests {
         // The next cycle repeats the same gateways in the same order (fixed phase).
         let g = s.gateways() as u64;
         assert_eq!(s.devices_of(3), s.devices_of(3 + g));
+    }
+
+    #[test]
+    fn jitter_is_bounded_deterministic_and_spread() {
+        let s = Schedule::new(1000, 1, 1, 0, 1, 1000.0, 5);
+        let j = 100_000_000; // ±10% of the 1 s interval
+        let offsets: Vec<i64> = (0..10_000u64)
+            .map(|g| s.jittered_ns(g + 1000, j) as i64 - s.intended_ns(g + 1000) as i64)
+            .collect();
+        assert!(offsets.iter().all(|o| o.abs() <= j as i64));
+        assert!(
+            offsets.iter().any(|&o| o > j as i64 / 2)
+                && offsets.iter().any(|&o| o < -(j as i64) / 2)
+        );
+        let mean = offsets.iter().sum::<i64>() as f64 / offsets.len() as f64;
+        assert!(mean.abs() < j as f64 * 0.05, "mean offset {mean}");
+        assert_eq!(s.jittered_ns(1234, j), s.jittered_ns(1234, j));
+        assert_eq!(s.jittered_ns(7, 0), s.intended_ns(7));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct SenderConfig {
     pub gso: bool,
     /// How long to keep listening for acks after the last send.
     pub grace: Duration,
+    /// Each heartbeat leaves up to ± this fraction of its interval from its phase.
+    pub jitter: f64,
 }
 
 /// What a thread reports each second.
@@ -59,6 +61,83 @@ pub struct SenderResult {
     pub lag: Histogram<u64>,
 }
 
+/// The datagrams of a schedule in intended-time order. Without jitter that is index
+/// order; with jitter each datagram moves by a fixed pseudo-random offset within ±J, so
+/// datagrams enter a min-heap once their earliest possible time (nominal − J) has come
+/// and leave it at their jittered time. The heap holds at most the datagrams of a 2J
+/// window.
+struct DueQueue {
+    next_g: u64,
+    /// Datagrams in the schedule (those intended before the end).
+    scheduled: u64,
+    jitter_ns: u64,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
+}
+
+impl DueQueue {
+    fn new(sched: &Schedule, end_ns: u64, jitter: f64) -> DueQueue {
+        DueQueue {
+            next_g: 0,
+            scheduled: sched.due(end_ns.saturating_sub(1)),
+            jitter_ns: (jitter * sched.device_interval_ns()) as u64,
+            heap: std::collections::BinaryHeap::new(),
+        }
+    }
+
+    /// The next datagram due by `now`, as (index, intended ns), without taking it.
+    fn peek_due(&mut self, sched: &Schedule, now: u64) -> Option<(u64, u64)> {
+        if self.jitter_ns == 0 {
+            let t = sched.intended_ns(self.next_g);
+            return (self.next_g < self.scheduled && t <= now).then_some((self.next_g, t));
+        }
+        while self.next_g < self.scheduled
+            && sched
+                .intended_ns(self.next_g)
+                .saturating_sub(self.jitter_ns)
+                <= now
+        {
+            let t = sched.jittered_ns(self.next_g, self.jitter_ns);
+            self.heap.push(std::cmp::Reverse((t, self.next_g)));
+            self.next_g += 1;
+        }
+        match self.heap.peek() {
+            Some(&std::cmp::Reverse((t, g))) if t <= now => Some((g, t)),
+            _ => None,
+        }
+    }
+
+    /// Takes the next datagram due by `now`.
+    fn pop_due(&mut self, sched: &Schedule, now: u64) -> Option<(u64, u64)> {
+        let due = self.peek_due(sched, now)?;
+        if self.jitter_ns == 0 {
+            self.next_g += 1;
+        } else {
+            self.heap.pop();
+        }
+        Some(due)
+    }
+
+    /// Intended time of the next datagram (the earliest one not sent yet).
+    fn next_intended_ns(&self, sched: &Schedule) -> u64 {
+        let queued = self.heap.peek().map(|r| r.0 .0);
+        let next = (self.next_g < self.scheduled).then(|| {
+            sched
+                .intended_ns(self.next_g)
+                .saturating_sub(self.jitter_ns)
+        });
+        match (queued, next) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => u64::MAX,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.next_g >= self.scheduled && self.heap.is_empty()
+    }
+}
+
 /// Datagrams prepared per `sendmmsg` at most.
 const MAX_BUFFERS: usize = 16;
 
@@ -90,7 +169,7 @@ pub fn run(
     let mut lag_hist = latency::histogram();
     let mut t = Totals::default();
     let end_ns = cfg.duration.as_nanos() as u64;
-    let mut next_g = 0u64;
+    let mut queue = DueQueue::new(&sched, end_ns, cfg.jitter);
     let mut frame_counter = thread as u64;
     let mut socket_turn = 0usize;
     let mut last_report = Instant::now();
@@ -99,32 +178,32 @@ pub fn run(
     let now_ns = |start: Instant| start.elapsed().as_nanos() as u64;
     // The whole schedule goes out: frames still due at the end are sent late (their
     // lag is recorded) rather than dropped unseen.
-    let scheduled = sched.due(end_ns.saturating_sub(1));
     loop {
         let now = now_ns(start);
-        if now >= end_ns && next_g >= scheduled {
+        if now >= end_ns && queue.done() {
             break;
         }
-        let due = sched.due(now).min(scheduled);
         // Send everything due, up to MAX_BUFFERS × per_buffer datagrams per call.
-        while next_g < due {
+        while queue.peek_due(&sched, now).is_some() {
             let mut used = 0;
             let mut lens = [0usize; MAX_BUFFERS];
             let send_now = now_ns(start);
-            while used < MAX_BUFFERS && next_g < due {
+            while used < MAX_BUFFERS && queue.peek_due(&sched, now).is_some() {
                 let buf = &mut buffers[used];
                 let mut len = 0;
                 // Whole datagrams of `segment` bytes; a shorter one (the last gateway
                 // when devices % batch != 0) may only end a GSO buffer.
-                while len + segment <= buf.len() && next_g < due {
-                    let intended = sched.intended_ns(next_g);
+                while len + segment <= buf.len() {
+                    let Some((g, intended)) = queue.pop_due(&sched, now) else {
+                        break;
+                    };
                     let lag = send_now.saturating_sub(intended);
                     let _ = lag_hist.record(lag.max(1));
                     if lag > 1_000_000 {
                         t.late_datagrams_1ms += 1;
                     }
                     let first = len;
-                    for pos in sched.devices_of(next_g) {
+                    for pos in sched.devices_of(g) {
                         seq[pos] = seq[pos].wrapping_add(1);
                         let mut f = FrameFields::heartbeat(
                             sched.order[pos],
@@ -144,7 +223,6 @@ pub fn run(
                         f.encode(out);
                         len += FRAME_BYTES;
                     }
-                    next_g += 1;
                     if len - first < segment {
                         break;
                     }
@@ -186,23 +264,20 @@ pub fn run(
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
-            let lag_ns = now_ns(start).saturating_sub(sched.intended_ns(next_g));
+            // How far behind: the oldest datagram still waiting that was due already.
+            let lag_ns = now_ns(start).saturating_sub(queue.next_intended_ns(&sched));
             let _ = progress.send(Interval {
                 latency: std::mem::replace(&mut rec.interval, latency::histogram()),
                 frames_sent: std::mem::take(&mut interval_frames),
                 acks_received: std::mem::take(&mut interval_acks),
-                lag_ns: if next_g < sched.due(now_ns(start)) {
-                    lag_ns
-                } else {
-                    0
-                },
+                lag_ns,
             });
         }
         // Idle until the next intended time. With ack sampling on, keep polling for
         // acks (busy-poll, the sender's core is its own): sleeping here would delay
         // reading an ack and inflate measured latency at light load. Without acks,
         // sleep when the next send is far and spin when it is near.
-        let next_ns = sched.intended_ns(next_g);
+        let next_ns = queue.next_intended_ns(&sched);
         let now = now_ns(start);
         if cfg.ack_every > 0 {
             continue;

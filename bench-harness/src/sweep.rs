@@ -271,6 +271,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                 no_gso: false,
                 proto: "udp".into(),
                 grace: 0.5,
+                jitter: 0.0,
                 seed: 1,
                 server_pid: Some(server.child.id()),
                 server_stats: Some(stats.clone()),
