@@ -3,6 +3,29 @@
 //! Server, bench harness and tests all decode and encode through this module, so the
 //! wire format exists exactly once. Decoding borrows the input (no copy); every
 //! rejection names its reason so that it can be counted by reason.
+//!
+//! ```
+//! use ringbeat::core::codec::{self, FrameFields, FLAG_ACK_REQUESTED};
+//!
+//! // A device builds a heartbeat asking for an ack...
+//! let mut hb = FrameFields::heartbeat(42, 7, 100, 123_456);
+//! hb.flags = FLAG_ACK_REQUESTED;
+//! let datagram = hb.to_bytes();
+//!
+//! // ...the server validates it and writes the ack...
+//! let frames = codec::datagram_frames(&datagram).unwrap();
+//! let heartbeat = codec::decode_heartbeat(&frames[0]).unwrap();
+//! assert!(heartbeat.ack_requested());
+//! let mut ack = [0u8; codec::FRAME_BYTES];
+//! codec::encode_ack(&heartbeat, 100, &mut ack);
+//!
+//! // ...and the device reads it back: echoed fields, status 0 = accepted.
+//! let a = codec::decode_ack(&ack).unwrap();
+//! assert_eq!((a.device_id, a.seq, a.status, a.sent_ns), (42, 7, 0, 123_456));
+//!
+//! // Bad input is rejected with a reason, never silently.
+//! assert_eq!(codec::datagram_frames(&datagram[..31]).unwrap_err(), codec::DatagramError::BadLength);
+//! ```
 
 /// Size of one frame on the wire.
 pub const FRAME_BYTES: usize = 32;
