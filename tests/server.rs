@@ -433,3 +433,37 @@ fn kernel_prefilter_drops_garbage_before_queueing_and_keeps_valid_heartbeats() {
     assert_eq!(s["malformed"]["bad_magic"], 1);
     let _ = server.terminate();
 }
+
+#[test]
+fn batching_without_min_wait_falls_back_to_short_timeouts() {
+    // As on Linux < 6.12: a batching wait must end after --wait-us, not after a tick.
+    // Regression: it kept a huge wait count with only the tick timeout, so each batch
+    // slept up to a whole tick.
+    let server = Server::start_with_env(
+        "nominwait",
+        "127.0.0.1:0",
+        &["--cores", "0", "--wait-us", "200", "--tick-ms", "1000"],
+        &[("RINGBEAT_FORCE_NO_MIN_WAIT", "1")],
+    );
+    let c = client();
+    let started = std::time::Instant::now();
+    for d in 1..=2_000u64 {
+        c.send_to(&heartbeat(d, 1, 100, false), server.addr)
+            .unwrap();
+    }
+    c.send_to(&heartbeat(5_000, 1, 100, true), server.addr)
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = c.recv_from(&mut buf).unwrap();
+    assert_eq!(acks_of(&buf[..n])[0].device_id, 5_000);
+    let s = server.wait_stats(5, |s| s["heartbeats"] == 2_001);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "took {:?}: {s:#}",
+        started.elapsed()
+    );
+    // 1-second ticks: with the old behaviour, waits of a full tick would make this take
+    // seconds; with 200 µs batches the shard wakes often.
+    assert!(s["wakeups"].as_u64().unwrap() > 10);
+    let _ = server.terminate();
+}

@@ -137,7 +137,10 @@ impl Shard {
             numa_node: bufring.node(),
             arena_addr: bufring.arena_addr(),
             arena_bytes: bufring.arena_bytes(),
-            min_wait_supported: ring.params().is_feature_min_timeout(),
+            // RINGBEAT_FORCE_NO_MIN_WAIT=1 behaves as on Linux < 6.12 (for testing the
+            // fallback on kernels that have min-wait).
+            min_wait_supported: ring.params().is_feature_min_timeout()
+                && std::env::var_os("RINGBEAT_FORCE_NO_MIN_WAIT").is_none(),
         };
         Ok(Shard {
             ring,
@@ -439,7 +442,12 @@ impl Shard {
         let result = if want == 0 {
             self.ring.submit()
         } else {
-            let mut args = types::SubmitArgs::new().timespec(&ts);
+            // Without min-wait (Linux < 6.12) a batch is a plain timeout of the batch
+            // length: the wait returns after it whatever arrived, never a whole tick.
+            let batch_ts = types::Timespec::from(Duration::from_micros(min_wait_us as u64));
+            let fallback = min_wait_us > 0 && !self.info.min_wait_supported;
+            let mut args =
+                types::SubmitArgs::new().timespec(if fallback { &batch_ts } else { &ts });
             if min_wait_us > 0 && self.info.min_wait_supported {
                 args = args.min_wait_usec(min_wait_us);
             }

@@ -57,9 +57,19 @@ impl Server {
     }
 
     pub fn start_on(name: &str, listen: &str, extra: &[&str]) -> Server {
+        Self::start_with_env(name, listen, extra, &[])
+    }
+
+    pub fn start_with_env(
+        name: &str,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         require_io_uring();
         let dir = temp_dir(name);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringbeat"))
+            .envs(env.iter().copied())
             .arg("serve")
             .args(["--listen", listen, "--quiet"])
             .args(if extra.contains(&"--stats-interval") {
