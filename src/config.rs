@@ -42,6 +42,11 @@ pub struct ServeArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
+    /// I/O engine [default: uring]. `epoll` (recvmmsg/sendmmsg) is there to compare;
+    /// `--wait-us` and the buffer ring flags apply to `uring` only.
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+
     /// UDP address to receive heartbeats on [default: 0.0.0.0:7979]. Port 0 picks a
     /// free port (printed at start).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -131,6 +136,16 @@ pub struct ServeArgs {
     pub run_for: Option<f64>,
 }
 
+/// The I/O engine under the shards (both feed the same core).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// io_uring: multishot receive over a provided buffer ring (the default).
+    Uring,
+    /// epoll + recvmmsg/sendmmsg in batches: the classic design, for comparison.
+    Epoll,
+}
+
 /// How a shard waits for completions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStrategy {
@@ -143,6 +158,7 @@ pub enum WaitStrategy {
 /// Validated configuration with derived sizes.
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub engine: Engine,
     pub listen: SocketAddr,
     pub cores: Vec<usize>,
     pub max_devices: u64,
@@ -237,6 +253,7 @@ impl ServeArgs {
         })?;
         Ok(ServeArgs {
             config: self.config,
+            engine: self.engine.or(file.engine),
             listen: self.listen.or(file.listen),
             cores: self.cores.or(file.cores),
             max_devices: self.max_devices.or(file.max_devices),
@@ -346,6 +363,7 @@ impl ServeArgs {
             None => None,
         };
         Ok(Config {
+            engine: a.engine.unwrap_or(Engine::Uring),
             listen,
             cores,
             max_devices,

@@ -59,6 +59,10 @@ fn steady_state_allocates_nothing() {
         cores: Some("0,1".into()),
         max_devices: Some(100_000),
         tick_ms: Some(5),
+        engine: std::env::var("RINGBEAT_TEST_ENGINE").ok().map(|e| {
+            <ringbeat::config::Engine as clap::ValueEnum>::from_str(&e, true)
+                .expect("an engine name")
+        }),
         ..Default::default()
     }
     .into_config()

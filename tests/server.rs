@@ -276,7 +276,16 @@ fn udp_rearm_after_enobufs_keeps_serving_and_counts_ring_dry() {
     // a 2-buffer ring drained one pair per tick. 2 buffers + a burst empties the ring.
     let server = Server::start(
         "ringdry",
-        &["--cores", "0", "--buf-count", "2", "--wait-us", "200"],
+        &[
+            "--engine",
+            "uring",
+            "--cores",
+            "0",
+            "--buf-count",
+            "2",
+            "--wait-us",
+            "200",
+        ],
     );
     let c = client();
     let burst = 2_000u64;
@@ -335,7 +344,7 @@ fn ipv6_loopback_is_served() {
 
 #[test]
 fn receive_arena_is_bound_to_the_shards_numa_node() {
-    let server = Server::start("numa", &["--cores", "0"]);
+    let server = Server::start("numa", &["--engine", "uring", "--cores", "0"]);
     let s = server.stats();
     let shard = &s["per_shard"][0];
     let addr = shard["arena_addr"].as_str().unwrap().to_string();
@@ -442,7 +451,16 @@ fn batching_without_min_wait_falls_back_to_short_timeouts() {
     let server = Server::start_with_env(
         "nominwait",
         "127.0.0.1:0",
-        &["--cores", "0", "--wait-us", "200", "--tick-ms", "1000"],
+        &[
+            "--engine",
+            "uring",
+            "--cores",
+            "0",
+            "--wait-us",
+            "200",
+            "--tick-ms",
+            "1000",
+        ],
         &[("RINGBEAT_FORCE_NO_MIN_WAIT", "1")],
     );
     let c = client();

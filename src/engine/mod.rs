@@ -4,6 +4,7 @@
 //! them. Shards share nothing mutable on the hot path: each publishes a copy of its
 //! counters every 100 ms and reads one stop flag per loop iteration.
 
+pub mod epoll;
 pub mod token;
 pub mod uring;
 
@@ -17,7 +18,7 @@ use anyhow::Context;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -166,7 +167,10 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         threads.push(
             std::thread::Builder::new()
                 .name(format!("ringbeat-shard-{index}"))
-                .spawn(move || uring::run(ctx))
+                .spawn(move || match ctx.config.engine {
+                    crate::config::Engine::Uring => uring::run(ctx),
+                    crate::config::Engine::Epoll => epoll::run(ctx),
+                })
                 .context("spawning a shard thread")?,
         );
     }
@@ -217,4 +221,53 @@ impl Server {
             e.finish();
         }
     }
+}
+
+/// Publishes the frames pushed to each peer and wakes peers that are parked.
+pub(crate) fn publish_outbound(
+    outbound: &mut [Option<crate::sys::spsc::Producer>],
+    parkers: &[Parker],
+) {
+    for (target, p) in outbound.iter_mut().enumerate() {
+        let Some(p) = p else { continue };
+        if p.unpublished() == 0 {
+            continue;
+        }
+        p.publish();
+        // Pairs with the SeqCst store of `parked` in the consumer's `wait`: either it
+        // sees our tail, or we see it parked and wake it.
+        fence(Ordering::SeqCst);
+        let parker = &parkers[target];
+        if parker.parked.load(Ordering::Relaxed) && parker.parked.swap(false, Ordering::AcqRel) {
+            parker.efd.notify();
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub(crate) fn pin_to(cpu: usize) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pinning to CPU {cpu}"))
+}
+
+/// Adds the socket's new kernel drops to the counters and copies them to the shard's
+/// slot for the reporter.
+pub(crate) fn publish_stats(
+    ctx: &ShardContext,
+    core: &mut crate::core::shard::ShardCore,
+    drops_seen: &mut u32,
+) {
+    use std::os::fd::AsRawFd;
+    if let Ok(drops) = crate::sys::socket::socket_drops(ctx.socket.as_raw_fd()) {
+        // Cumulative per socket, wraps at 2^32: add the difference.
+        let delta = drops.wrapping_sub(*drops_seen);
+        *drops_seen = drops;
+        core.stats_mut().kernel_drops += delta as u64;
+    }
+    let mut slot = ctx.shared.stats[ctx.index as usize]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    *slot = *core.stats();
 }

@@ -7,7 +7,7 @@
 //! one commit → drain inbound hand-offs → flush the table batch and run liveness →
 //! publish outbound hand-offs → wait (see `wait`). It allocates nothing after start-up.
 
-use super::{Parker, ShardContext, ShardInfo};
+use super::{publish_outbound, ShardContext, ShardInfo};
 use crate::config::WaitStrategy;
 use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::core::shard::ShardCore;
@@ -15,7 +15,7 @@ use crate::engine::token::Token;
 use crate::sys::bufring::{BufRing, BufRingShape};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Buffer group id of the shard's receive buffers (one group per ring).
@@ -91,12 +91,7 @@ impl Shard {
     fn new(ctx: &mut ShardContext) -> anyhow::Result<Shard> {
         use anyhow::Context;
         let cfg = &ctx.config;
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &{
-            let mut set = nix::sched::CpuSet::new();
-            set.set(ctx.cpu)?;
-            set
-        })
-        .with_context(|| format!("pinning to CPU {}", ctx.cpu))?;
+        super::pin_to(ctx.cpu)?;
         // CQ: every buffer can be in one completion at once, plus sends and the wake-up.
         let sq_entries = cfg.ack_slots.next_power_of_two();
         let cq_entries = (cfg.buf_count as u32 * 2 + cfg.ack_slots * 2)
@@ -405,16 +400,7 @@ impl Shard {
     }
 
     fn publish_stats(&mut self, ctx: &ShardContext) {
-        if let Ok(drops) = crate::sys::socket::socket_drops(ctx.socket.as_raw_fd()) {
-            // Cumulative per socket, wraps at 2^32: add the difference.
-            let delta = drops.wrapping_sub(self.socket_drops_seen);
-            self.socket_drops_seen = drops;
-            self.core.stats_mut().kernel_drops += delta as u64;
-        }
-        let mut slot = ctx.shared.stats[ctx.index as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *slot = *self.core.stats();
+        super::publish_stats(ctx, &mut self.core, &mut self.socket_drops_seen);
     }
 
     fn wait(&mut self, ctx: &mut ShardContext, busy: bool, now_ms: u64) {
@@ -484,22 +470,5 @@ impl Shard {
         self.ship_events(ctx);
         publish_outbound(&mut ctx.outbound, &ctx.parkers);
         self.publish_stats(ctx);
-    }
-}
-
-fn publish_outbound(outbound: &mut [Option<crate::sys::spsc::Producer>], parkers: &[Parker]) {
-    for (target, p) in outbound.iter_mut().enumerate() {
-        let Some(p) = p else { continue };
-        if p.unpublished() == 0 {
-            continue;
-        }
-        p.publish();
-        // Pairs with the SeqCst store of `parked` in the consumer's `wait`: either it
-        // sees our tail, or we see it parked and wake it.
-        fence(Ordering::SeqCst);
-        let parker = &parkers[target];
-        if parker.parked.load(Ordering::Relaxed) && parker.parked.swap(false, Ordering::AcqRel) {
-            parker.efd.notify();
-        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod bufring;
 pub mod mem;
+pub mod mmsg;
 pub mod notify;
 pub mod socket;
 pub mod spsc;

@@ -24,6 +24,13 @@ impl EventFd {
         unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
+    /// Resets the counter (non-blocking; nothing to read is fine).
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a local u64 from our open eventfd.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }

@@ -49,6 +49,15 @@ fn rand_suffix() -> u64 {
         % 1_000_000_007
 }
 
+/// `--engine E` from RINGBEAT_TEST_ENGINE (the conformance suite runs once per engine),
+/// unless the test names its engine itself.
+fn engine_args(extra: &[&str]) -> Vec<String> {
+    match std::env::var("RINGBEAT_TEST_ENGINE") {
+        Ok(e) if !extra.contains(&"--engine") => vec!["--engine".into(), e],
+        _ => Vec::new(),
+    }
+}
+
 impl Server {
     /// Starts `ringbeat serve` on 127.0.0.1 (port 0) with stats and events files in a
     /// fresh directory, and waits for it to say where it listens.
@@ -83,6 +92,7 @@ impl Server {
             .arg(dir.join("events.jsonl"))
             .args(["--max-devices", "100000"])
             .args(extra)
+            .args(engine_args(extra))
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -1,0 +1,184 @@
+//! Batched datagram I/O with `recvmmsg`/`sendmmsg`, for the epoll engine: a fixed set
+//! of receive slots (buffer + source address) and a fixed set of send slots, set up once
+//! and reused, so a batch costs one syscall and no allocation.
+
+use crate::core::codec::MAX_DATAGRAM_BYTES;
+use std::os::fd::RawFd;
+
+/// Receive buffers hold one byte more than the largest valid datagram, so a longer one
+/// is seen as too long (MSG_TRUNC) rather than silently cut to a valid size.
+const RECV_BYTES: usize = MAX_DATAGRAM_BYTES + 64;
+
+/// `n` zeroed values of a plain C struct.
+///
+/// # Safety
+/// `T` must be valid when all bytes are zero (sockaddr_storage, iovec, mmsghdr are).
+unsafe fn zeroed_slice<T>(n: usize) -> Box<[T]> {
+    // SAFETY: the caller guarantees all-zero is a valid `T`.
+    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
+}
+
+pub struct RecvBatch {
+    bufs: Box<[[u8; RECV_BYTES]]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    iovs: Box<[libc::iovec]>,
+    msgs: Box<[libc::mmsghdr]>,
+}
+
+impl RecvBatch {
+    pub fn new(slots: usize) -> RecvBatch {
+        // Zero is valid for sockaddr_storage, iovec and mmsghdr (plain C data); every
+        // pointer is set in `recv` before the kernel sees it.
+        // SAFETY: sockaddr_storage is plain C data, valid when zeroed.
+        let addrs = unsafe { zeroed_slice(slots) };
+        // SAFETY: iovec is plain C data, valid when zeroed.
+        let iovs = unsafe { zeroed_slice(slots) };
+        // SAFETY: mmsghdr is plain C data, valid when zeroed.
+        let msgs = unsafe { zeroed_slice(slots) };
+        RecvBatch {
+            bufs: vec![[0u8; RECV_BYTES]; slots].into_boxed_slice(),
+            addrs,
+            iovs,
+            msgs,
+        }
+    }
+
+    /// Receives up to the batch size without blocking; returns how many arrived
+    /// (0 when none) or the errno.
+    pub fn recv(&mut self, fd: RawFd) -> Result<usize, i32> {
+        for i in 0..self.msgs.len() {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: RECV_BYTES,
+            };
+            let m = &mut self.msgs[i].msg_hdr;
+            m.msg_iov = &mut self.iovs[i];
+            m.msg_iovlen = 1;
+            m.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            m.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            m.msg_control = std::ptr::null_mut();
+            m.msg_controllen = 0;
+            m.msg_flags = 0;
+        }
+        // SAFETY: every header points at a buffer, iovec and address owned by `self`,
+        // valid for the call; the count matches the array length.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                self.msgs.len() as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            return if e == libc::EAGAIN { Ok(0) } else { Err(e) };
+        }
+        Ok(n as usize)
+    }
+
+    /// Datagram `i` of the last `recv`: payload (None when truncated) and source address.
+    pub fn get(&self, i: usize) -> (Option<&[u8]>, &libc::sockaddr_storage, u32) {
+        let m = &self.msgs[i];
+        let len = m.msg_len as usize;
+        let truncated = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_DATAGRAM_BYTES;
+        let payload = (!truncated).then(|| &self.bufs[i][..len]);
+        (payload, &self.addrs[i], m.msg_hdr.msg_namelen)
+    }
+}
+
+pub struct SendBatch {
+    bufs: Box<[[u8; MAX_DATAGRAM_BYTES]]>,
+    lens: Box<[usize]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    addr_lens: Box<[u32]>,
+    iovs: Box<[libc::iovec]>,
+    msgs: Box<[libc::mmsghdr]>,
+    used: usize,
+}
+
+impl SendBatch {
+    pub fn new(slots: usize) -> SendBatch {
+        // SAFETY: sockaddr_storage is plain C data, valid when zeroed.
+        let addrs = unsafe { zeroed_slice(slots) };
+        // SAFETY: iovec is plain C data, valid when zeroed; set in `flush` before use.
+        let iovs = unsafe { zeroed_slice(slots) };
+        // SAFETY: mmsghdr is plain C data, valid when zeroed; set in `flush` before use.
+        let msgs = unsafe { zeroed_slice(slots) };
+        SendBatch {
+            bufs: vec![[0u8; MAX_DATAGRAM_BYTES]; slots].into_boxed_slice(),
+            lens: vec![0; slots].into_boxed_slice(),
+            addrs,
+            addr_lens: vec![0; slots].into_boxed_slice(),
+            iovs,
+            msgs,
+            used: 0,
+        }
+    }
+
+    /// Datagrams queued and not yet flushed.
+    pub fn queued(&self) -> usize {
+        self.used
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.used == self.bufs.len()
+    }
+
+    /// Queues one datagram to `addr`; false when the batch is full.
+    pub fn push(&mut self, data: &[u8], addr: &libc::sockaddr_storage, addr_len: u32) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        let i = self.used;
+        self.bufs[i][..data.len()].copy_from_slice(data);
+        self.lens[i] = data.len();
+        self.addrs[i] = *addr;
+        self.addr_lens[i] = addr_len;
+        self.used += 1;
+        true
+    }
+
+    /// Sends every queued datagram (one `sendmmsg`, retried for the rest when the kernel
+    /// takes part). Returns (datagrams sent, datagrams dropped, bytes of the dropped).
+    pub fn flush(&mut self, fd: RawFd) -> (usize, usize, usize) {
+        let n = self.used;
+        for i in 0..n {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_len: self.lens[i],
+            };
+            let m = &mut self.msgs[i].msg_hdr;
+            m.msg_iov = &mut self.iovs[i];
+            m.msg_iovlen = 1;
+            m.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            m.msg_namelen = self.addr_lens[i];
+        }
+        let mut sent = 0;
+        while sent < n {
+            // SAFETY: headers `sent..n` point at buffers, iovecs and addresses owned by
+            // `self`, valid for the call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.msgs[sent..].as_mut_ptr(),
+                    (n - sent) as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r <= 0 {
+                break;
+            }
+            sent += r as usize;
+        }
+        let dropped_bytes = self.lens[sent..n].iter().sum();
+        self.used = 0;
+        (sent, n - sent, dropped_bytes)
+    }
+
+    /// Length of queued datagram `i` (before `flush`).
+    pub fn len_of(&self, i: usize) -> usize {
+        self.lens[i]
+    }
+}
