@@ -22,18 +22,13 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 const TOKEN_SOCKET: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
 
-pub(super) fn run(mut ctx: ShardContext) {
-    let ready = ctx.ready.take().expect("ready channel");
-    match EpollShard::new(&ctx) {
-        Ok(mut shard) => {
-            let _ = ready.send(Ok(shard.info.clone()));
-            drop(ready);
-            shard.run(&mut ctx);
-        }
-        Err(e) => {
-            let _ = ready.send(Err(format!("shard {} (CPU {}): {e:#}", ctx.index, ctx.cpu)));
-        }
-    }
+pub(super) fn run(ctx: ShardContext) {
+    super::run_shard(
+        ctx,
+        |ctx| EpollShard::new(ctx),
+        |s| s.info.clone(),
+        EpollShard::run,
+    );
 }
 
 struct EpollShard {
@@ -115,15 +110,7 @@ impl EpollShard {
             if now_ms >= self.core.next_deadline_ms() || stopping {
                 self.core.advance(now_ms);
             }
-            let mut dropped = 0;
-            for e in self.core.drain_events() {
-                if let Some(tx) = &ctx.events_tx {
-                    if tx.try_send((ctx.index, e)).is_err() {
-                        dropped += 1;
-                    }
-                }
-            }
-            self.core.stats_mut().events_dropped += dropped;
+            super::ship_events(ctx, &mut self.core);
             publish_outbound(&mut ctx.outbound, &ctx.parkers);
             if stopping {
                 publish_stats(ctx, &mut self.core, &mut self.socket_drops_seen);

@@ -271,3 +271,37 @@ pub(crate) fn publish_stats(
         .unwrap_or_else(|p| p.into_inner());
     *slot = *core.stats();
 }
+
+/// Runs one shard thread: builds the engine's shard on the thread (after pinning, so
+/// its memory is local), reports ready or the error to `start`, then runs its loop.
+pub(crate) fn run_shard<S>(
+    mut ctx: ShardContext,
+    new: impl FnOnce(&mut ShardContext) -> anyhow::Result<S>,
+    info: impl FnOnce(&S) -> ShardInfo,
+    run: impl FnOnce(&mut S, &mut ShardContext),
+) {
+    let ready = ctx.ready.take().expect("ready channel");
+    match new(&mut ctx) {
+        Ok(mut shard) => {
+            let _ = ready.send(Ok(info(&shard)));
+            drop(ready);
+            run(&mut shard, &mut ctx);
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {} (CPU {}): {e:#}", ctx.index, ctx.cpu)));
+        }
+    }
+}
+
+/// Hands the core's new events to the writer's queue; a full queue is a counted drop.
+pub(crate) fn ship_events(ctx: &ShardContext, core: &mut crate::core::shard::ShardCore) {
+    let mut dropped = 0;
+    for e in core.drain_events() {
+        if let Some(tx) = &ctx.events_tx {
+            if tx.try_send((ctx.index, e)).is_err() {
+                dropped += 1;
+            }
+        }
+    }
+    core.stats_mut().events_dropped += dropped;
+}

@@ -53,18 +53,8 @@ fn recv_msghdr() -> libc::msghdr {
     m
 }
 
-pub(super) fn run(mut ctx: ShardContext) {
-    let ready = ctx.ready.take().expect("ready channel");
-    match Shard::new(&mut ctx) {
-        Ok(mut shard) => {
-            let _ = ready.send(Ok(shard.info.clone()));
-            drop(ready);
-            shard.run(&mut ctx);
-        }
-        Err(e) => {
-            let _ = ready.send(Err(format!("shard {} (CPU {}): {e:#}", ctx.index, ctx.cpu)));
-        }
-    }
+pub(super) fn run(ctx: ShardContext) {
+    super::run_shard(ctx, Shard::new, |s| s.info.clone(), Shard::run);
 }
 
 struct Shard {
@@ -388,15 +378,7 @@ impl Shard {
     }
 
     fn ship_events(&mut self, ctx: &mut ShardContext) {
-        let mut dropped = 0;
-        for e in self.core.drain_events() {
-            if let Some(tx) = &ctx.events_tx {
-                if tx.try_send((ctx.index, e)).is_err() {
-                    dropped += 1;
-                }
-            }
-        }
-        self.core.stats_mut().events_dropped += dropped;
+        super::ship_events(ctx, &mut self.core);
     }
 
     fn publish_stats(&mut self, ctx: &ShardContext) {
