@@ -114,10 +114,6 @@ impl Wheel {
         })
     }
 
-    pub fn tick_ms(&self) -> u64 {
-        self.tick_ms
-    }
-
     /// Shard time at which `advance` next has work to do (the next tick boundary).
     pub fn next_tick_ms(&self) -> u64 {
         (self.done_tick + 1) * self.tick_ms

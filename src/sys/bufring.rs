@@ -96,7 +96,6 @@ pub struct BufRing {
     arena: Mapping,
     ring: Mapping,
     shape: BufRingShape,
-    bgid: u16,
     /// Our copy of the tail: descriptors written but not yet published are `tail - published`.
     tail: u16,
     node: u32,
@@ -150,7 +149,6 @@ impl BufRing {
             arena,
             ring,
             shape,
-            bgid,
             tail: 0,
             node,
         };
@@ -161,9 +159,6 @@ impl BufRing {
         Ok(br)
     }
 
-    pub fn bgid(&self) -> u16 {
-        self.bgid
-    }
     pub fn node(&self) -> u32 {
         self.node
     }
@@ -173,10 +168,6 @@ impl BufRing {
     pub fn arena_bytes(&self) -> usize {
         self.arena.bytes
     }
-    pub fn buffer_size(&self) -> u32 {
-        self.shape.size
-    }
-
     /// The first `len` bytes of buffer `bid`, as filled by the kernel.
     pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
         assert!(bid < self.shape.count && len <= self.shape.size as usize);
