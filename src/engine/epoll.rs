@@ -172,20 +172,15 @@ impl EpollShard {
     }
 
     fn flush_acks(&mut self, fd: i32) {
-        let queued_bytes = self.queued_bytes();
-        if queued_bytes == 0 {
+        if self.send.queued() == 0 {
             return;
         }
         self.core.stats_mut().enters += 1;
-        let (sent, dropped, dropped_bytes) = self.send.flush(fd);
+        let f = self.send.flush(fd);
         let s = self.core.stats_mut();
-        s.ack_datagrams += sent as u64;
-        s.acks_sent += ((queued_bytes - dropped_bytes) / 32) as u64;
-        s.ack_datagrams_dropped += dropped as u64;
-        s.acks_dropped += (dropped_bytes / 32) as u64;
-    }
-
-    fn queued_bytes(&self) -> usize {
-        (0..self.send.queued()).map(|i| self.send.len_of(i)).sum()
+        s.ack_datagrams += f.sent as u64;
+        s.acks_sent += (f.sent_bytes / 32) as u64;
+        s.ack_datagrams_dropped += f.dropped as u64;
+        s.acks_dropped += (f.dropped_bytes / 32) as u64;
     }
 }

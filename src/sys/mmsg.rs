@@ -88,6 +88,15 @@ impl RecvBatch {
     }
 }
 
+/// What one `SendBatch::flush` did, in datagrams and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    pub sent: usize,
+    pub sent_bytes: usize,
+    pub dropped: usize,
+    pub dropped_bytes: usize,
+}
+
 pub struct SendBatch {
     bufs: Box<[[u8; MAX_DATAGRAM_BYTES]]>,
     lens: Box<[usize]>,
@@ -141,8 +150,8 @@ impl SendBatch {
     }
 
     /// Sends every queued datagram (one `sendmmsg`, retried for the rest when the kernel
-    /// takes part). Returns (datagrams sent, datagrams dropped, bytes of the dropped).
-    pub fn flush(&mut self, fd: RawFd) -> (usize, usize, usize) {
+    /// takes part) and empties the batch.
+    pub fn flush(&mut self, fd: RawFd) -> Flushed {
         let n = self.used;
         for i in 0..n {
             self.iovs[i] = libc::iovec {
@@ -172,13 +181,13 @@ impl SendBatch {
             }
             sent += r as usize;
         }
-        let dropped_bytes = self.lens[sent..n].iter().sum();
+        let out = Flushed {
+            sent,
+            sent_bytes: self.lens[..sent].iter().sum(),
+            dropped: n - sent,
+            dropped_bytes: self.lens[sent..n].iter().sum(),
+        };
         self.used = 0;
-        (sent, n - sent, dropped_bytes)
-    }
-
-    /// Length of queued datagram `i` (before `flush`).
-    pub fn len_of(&self, i: usize) -> usize {
-        self.lens[i]
+        out
     }
 }
