@@ -42,8 +42,9 @@ pub struct ServeArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// I/O engine [default: uring]. `epoll` (recvmmsg/sendmmsg) is there to compare;
-    /// `--wait-us` and the buffer ring flags apply to `uring` only.
+    /// I/O engine [default: uring]. `epoll` (recvmmsg/sendmmsg) and `tokio-uring`
+    /// (one-shot recv_from/send_to) are there to compare; `--wait-us` and the buffer
+    /// ring flags apply to `uring` only.
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
 
@@ -136,7 +137,7 @@ pub struct ServeArgs {
     pub run_for: Option<f64>,
 }
 
-/// The I/O engine under the shards (both feed the same core).
+/// The I/O engine under the shards (all feed the same core).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Engine {
@@ -144,6 +145,10 @@ pub enum Engine {
     Uring,
     /// epoll + recvmmsg/sendmmsg in batches: the classic design, for comparison.
     Epoll,
+    /// tokio-uring: one-shot recv_from/send_to on a tokio-uring runtime per shard,
+    /// for comparison (built with the default `tokio-uring` cargo feature).
+    #[cfg(feature = "tokio-uring")]
+    TokioUring,
 }
 
 /// How a shard waits for completions.

@@ -85,6 +85,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         listen = %server.listen,
         shards = config.shards(),
+        engine = ?config.engine,
         rcvbuf_effective_bytes = rcv.effective_bytes,
         rcvbuf_forced = rcv.forced,
         "ringbeat listening on {}",

@@ -92,6 +92,10 @@ pub struct LoadArgs {
     /// device's phase (0 ..= 0.5; 0 = exactly periodic).
     #[arg(long, default_value_t = 0.0)]
     jitter: f64,
+    /// Bursty load at the same average rate, `PERIOD_MS:DUTY`: each period's
+    /// heartbeats go out in its first DUTY part (peak = average / DUTY), e.g. `100:0.1`.
+    #[arg(long, value_name = "PERIOD_MS:DUTY", value_parser = schedule::Burst::parse)]
+    burst: Option<schedule::Burst>,
     /// Frames per datagram (a gateway packing K devices).
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -220,21 +224,24 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 /// Server measurements at one instant.
+#[derive(Default)]
 struct ServerSample {
     cpu_s: f64,
     threads: usize,
+    voluntary_switches: u64,
     stats: Option<serde_json::Value>,
 }
 
 fn sample_server(a: &LoadArgs) -> Option<ServerSample> {
-    let (cpu_s, threads) = a
+    let t = a
         .server_pid
-        .and_then(|pid| procstat::thread_cpu_seconds(pid, "ringbeat-shard").ok())
-        .unwrap_or((0.0, 0));
+        .and_then(|pid| procstat::sample_threads(pid, "ringbeat-shard").ok())
+        .unwrap_or_default();
     let stats = a.server_stats.as_deref().and_then(procstat::read_stats);
     (a.server_pid.is_some() || stats.is_some()).then_some(ServerSample {
-        cpu_s,
-        threads,
+        cpu_s: t.cpu_s,
+        threads: t.threads,
+        voluntary_switches: t.voluntary_switches,
         stats,
     })
 }
@@ -285,7 +292,8 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         .iter()
         .enumerate()
         .map(|(i, &cpu)| {
-            let sched = schedule::Schedule::new(a.devices, 1, cpus.len(), i, a.batch, rate, a.seed);
+            let sched = schedule::Schedule::new(a.devices, 1, cpus.len(), i, a.batch, rate, a.seed)
+                .with_burst(a.burst);
             if i == 0 {
                 eprintln!(
                     "load: each device sends every {:.3} s",
@@ -350,18 +358,10 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         }
         let now = Instant::now();
         if before.is_none() && now >= warmup_at {
-            before = sample_server(a).or(Some(ServerSample {
-                cpu_s: 0.0,
-                threads: 0,
-                stats: None,
-            }));
+            before = sample_server(a).or(Some(ServerSample::default()));
         }
         if after.is_none() && now >= end_at {
-            after = sample_server(a).or(Some(ServerSample {
-                cpu_s: 0.0,
-                threads: 0,
-                stats: None,
-            }));
+            after = sample_server(a).or(Some(ServerSample::default()));
         }
     }
     let mut totals = sender::Totals::default();
@@ -450,6 +450,8 @@ fn summary_json(
                 "wakeups_per_s": d("wakeups") as f64 / measured_s,
                 "heartbeats_per_wakeup": hb as f64 / d("wakeups").max(1) as f64,
                 "cqes_per_enter": d("cqes") as f64 / d("enters").max(1) as f64,
+                "kernel_wakeups_per_s": e.voluntary_switches.saturating_sub(b.voluntary_switches) as f64 / measured_s,
+                "heartbeats_per_kernel_wakeup": hb as f64 / e.voluntary_switches.saturating_sub(b.voluntary_switches).max(1) as f64,
                 "malformed_total": d("malformed_total"), "table_full": d("table_full"),
             })
         }
@@ -460,6 +462,7 @@ fn summary_json(
             "target": a.target.to_string(), "devices": a.devices, "rate_hb_per_s": rate, "batch": a.batch,
             "duration_s": a.duration, "warmup_s": a.warmup, "ack_every": a.ack_every, "cpus": a.cpus,
             "source_ports": a.source_ports, "gso": !a.no_gso, "jitter": a.jitter,
+            "burst": a.burst.map(|b| format!("{}:{}", b.period_ns / 1e6, b.duty)),
         },
         "sent": {
             "frames": t.frames_sent, "datagrams": t.datagrams_sent, "send_errors": t.send_errors,
@@ -512,9 +515,9 @@ fn print_summary(d: &serde_json::Value, behind: bool) {
     if !d["server"].is_null() {
         let sv = &d["server"];
         eprintln!(
-            "server: {:.0} hb per core-second ({:.2} cores busy), kernel drops {}, ring dry {}, {:.0} wakeups/s, {:.1} hb/wakeup, {:.1} cqes/enter",
+            "server: {:.0} hb per core-second ({:.2} cores busy), kernel drops {}, ring dry {}, {:.0} wakeups/s ({:.0} by the kernel's count), {:.1} hb/wakeup, {:.1} cqes/enter",
             f(&sv["heartbeats_per_core_second"]), f(&sv["cpu_utilisation"]), sv["kernel_drops"], sv["ring_dry"],
-            f(&sv["wakeups_per_s"]), f(&sv["heartbeats_per_wakeup"]), f(&sv["cqes_per_enter"])
+            f(&sv["wakeups_per_s"]), f(&sv["kernel_wakeups_per_s"]), f(&sv["heartbeats_per_wakeup"]), f(&sv["cqes_per_enter"])
         );
     }
     if behind {

@@ -3,20 +3,31 @@
 
 use std::path::Path;
 
-/// CPU seconds used so far by the threads of `pid` whose name starts with `prefix`
-/// (the server names its shards `ringbeat-shard-N`), and how many there were.
+/// What the kernel says about a process's shard threads at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ThreadSample {
+    /// CPU seconds used so far, summed over the threads.
+    pub cpu_s: f64,
+    /// Threads matched.
+    pub threads: usize,
+    /// Voluntary context switches so far (`/proc/.../status`): each is a sleep the
+    /// thread chose, so the kernel's count of its wake-ups, the same for every engine.
+    pub voluntary_switches: u64,
+}
+
+/// CPU time and wake-ups of the threads of `pid` whose name starts with `prefix`
+/// (the server names its shards `ringbeat-shard-N`).
 ///
 /// Read from `/proc/PID/task/TID/schedstat` (exact on-CPU nanoseconds). utime + stime
 /// from `stat` are only the fallback: with tick-based CPU accounting they are sampled at
 /// each scheduler tick, which over-charges a thread whose timer wake-ups line up with
 /// the tick — several times its real cost at light load on the reference machine.
-pub fn thread_cpu_seconds(pid: u32, prefix: &str) -> std::io::Result<(f64, usize)> {
+pub fn sample_threads(pid: u32, prefix: &str) -> std::io::Result<ThreadSample> {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    let mut total_s = 0f64;
-    let mut threads = 0;
+    let mut out = ThreadSample::default();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let dir = entry?.path();
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
@@ -28,16 +39,30 @@ pub fn thread_cpu_seconds(pid: u32, prefix: &str) -> std::io::Result<(f64, usize
         if !name.starts_with(prefix) {
             continue;
         }
-        threads += 1;
+        out.threads += 1;
         let exact = std::fs::read_to_string(dir.join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
-        total_s += match exact {
+        out.cpu_s += match exact {
             Some(ns) => ns as f64 / 1e9,
             None => (utime + stime) as f64 / ticks,
         };
+        out.voluntary_switches += std::fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|s| parse_voluntary_switches(&s))
+            .unwrap_or(0);
     }
-    Ok((total_s, threads))
+    Ok(out)
+}
+
+/// `voluntary_ctxt_switches` from a `/proc/.../status` document.
+fn parse_voluntary_switches(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// (comm, (utime, stime)) from one `stat` line.
@@ -72,8 +97,19 @@ mod tests {
     }
 
     #[test]
+    fn parses_voluntary_switches() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t4711\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(parse_voluntary_switches(status), Some(4711));
+        assert_eq!(parse_voluntary_switches("Name:\tx\n"), None);
+    }
+
+    #[test]
     fn reads_own_threads() {
-        let (cpu, n) = thread_cpu_seconds(std::process::id(), "").unwrap();
-        assert!(n >= 1 && cpu >= 0.0);
+        // Sleeping is a voluntary switch: the count must grow across one.
+        let before = sample_threads(std::process::id(), "").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = sample_threads(std::process::id(), "").unwrap();
+        assert!(after.threads >= 1 && after.cpu_s >= before.cpu_s);
+        assert!(after.voluntary_switches > before.voluntary_switches);
     }
 }

@@ -19,6 +19,57 @@ pub struct Schedule {
     pub offset_ns: f64,
     /// Seed of the jitter offsets.
     pub seed: u64,
+    /// On/off load: each period's datagrams squeezed into its first `duty` part.
+    pub burst: Option<Burst>,
+}
+
+/// Bursty load with the same average rate: the datagrams that would go out evenly
+/// during each `period_ns` all go out, still evenly, in the period's first
+/// `duty × period_ns` (a peak of 1/duty times the average), then nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Burst {
+    pub period_ns: f64,
+    pub duty: f64,
+}
+
+impl Burst {
+    /// Parses `PERIOD_MS:DUTY`, e.g. `100:0.1`.
+    pub fn parse(s: &str) -> Result<Burst, String> {
+        let (p, d) = s
+            .split_once(':')
+            .ok_or_else(|| format!("--burst wants PERIOD_MS:DUTY (e.g. 100:0.1), got {s:?}"))?;
+        let period_ms: f64 = p.parse().map_err(|_| format!("bad burst period {p:?}"))?;
+        let duty: f64 = d.parse().map_err(|_| format!("bad burst duty {d:?}"))?;
+        if !(period_ms > 0.0 && period_ms.is_finite()) {
+            return Err("the burst period must be positive".into());
+        }
+        if !(duty > 0.0 && duty <= 1.0) {
+            return Err("the burst duty must be in (0, 1]".into());
+        }
+        Ok(Burst {
+            period_ns: period_ms * 1e6,
+            duty,
+        })
+    }
+
+    /// Even-paced time → bursty time (monotone).
+    fn squeeze(&self, t: f64) -> f64 {
+        let k = (t / self.period_ns).floor();
+        k * self.period_ns + (t - k * self.period_ns) * self.duty
+    }
+
+    /// The largest even-paced time whose bursty time is ≤ `now` (the inverse of
+    /// `squeeze`, up to the idle part of a period, which maps back to its end).
+    fn unsqueeze(&self, now: f64) -> f64 {
+        let k = (now / self.period_ns).floor();
+        let r = now - k * self.period_ns;
+        if r < self.duty * self.period_ns {
+            k * self.period_ns + r / self.duty
+        } else {
+            // Just before the next period: its datagrams are not due yet.
+            (k + 1.0) * self.period_ns - 0.5
+        }
+    }
 }
 
 /// splitmix64: a small, fast, well-mixed generator for phases and sampling.
@@ -63,7 +114,14 @@ impl Schedule {
             spacing_ns,
             offset_ns: spacing_ns * thread as f64 / threads as f64,
             seed,
+            burst: None,
         }
+    }
+
+    /// The same schedule sent in bursts.
+    pub fn with_burst(mut self, burst: Option<Burst>) -> Schedule {
+        self.burst = burst;
+        self
     }
 
     pub fn gateways(&self) -> usize {
@@ -73,16 +131,24 @@ impl Schedule {
     /// Intended send time of datagram `g` (ns after the run's start).
     #[inline]
     pub fn intended_ns(&self, g: u64) -> u64 {
-        (self.offset_ns + g as f64 * self.spacing_ns) as u64
+        let t = self.offset_ns + g as f64 * self.spacing_ns;
+        match &self.burst {
+            None => t as u64,
+            Some(b) => b.squeeze(t) as u64,
+        }
     }
 
     /// Datagrams whose intended time is ≤ `now_ns`.
     #[inline]
     pub fn due(&self, now_ns: u64) -> u64 {
-        if (now_ns as f64) < self.offset_ns {
+        let now = match &self.burst {
+            None => now_ns as f64,
+            Some(b) => b.unsqueeze(now_ns as f64),
+        };
+        if now < self.offset_ns {
             return 0;
         }
-        ((now_ns as f64 - self.offset_ns) / self.spacing_ns) as u64 + 1
+        ((now - self.offset_ns) / self.spacing_ns) as u64 + 1
     }
 
     /// Positions in `order` of the devices datagram `g` carries.
@@ -113,6 +179,37 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bursts_keep_the_average_rate_and_squeeze_each_period() {
+        // 100K hb/s in 10 ms periods at duty 0.2: 1,000 datagrams per period, all in
+        // its first 2 ms, none in the other 8 ms, and `due` agrees with `intended_ns`.
+        let burst = Burst::parse("10:0.2").unwrap();
+        let s = Schedule::new(10_000, 1, 1, 0, 1, 100_000.0, 7).with_burst(Some(burst));
+        let mut per_period = std::collections::BTreeMap::<u64, u64>::new();
+        let mut prev = 0;
+        for g in 0..20_000u64 {
+            let t = s.intended_ns(g);
+            assert!(t >= prev, "monotone");
+            prev = t;
+            assert!(
+                t % 10_000_000 < 2_000_001,
+                "datagram {g} at {t} is outside the burst"
+            );
+            *per_period.entry(t / 10_000_000).or_default() += 1;
+            assert!(s.due(t) > g, "datagram {g} is due at its own time");
+            assert!(t == 0 || s.due(t - 1) <= g + 1);
+        }
+        assert!(
+            per_period.values().all(|&n| (999..=1001).contains(&n)),
+            "{per_period:?}"
+        );
+        // Idle part of a period: nothing new becomes due.
+        assert_eq!(s.due(2_500_000), s.due(9_999_999));
+        assert_eq!(s.due(9_999_999), 1_000);
+        assert!(Burst::parse("10").is_err() && Burst::parse("10:0").is_err());
+        assert!(Burst::parse("0:0.5").is_err() && Burst::parse("10:1.5").is_err());
+    }
 
     #[test]
     fn rate_and_interval_follow_from_devices_and_batch() {

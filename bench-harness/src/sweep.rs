@@ -41,6 +41,9 @@ pub struct SweepArgs {
     /// Frames per datagram.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Bursty load at the same average rate (see `load --burst`), e.g. `100:0.1`.
+    #[arg(long, value_name = "PERIOD_MS:DUTY", value_parser = crate::schedule::Burst::parse)]
+    burst: Option<crate::schedule::Burst>,
     #[arg(long, default_value_t = 8.0)]
     duration: f64,
     #[arg(long, default_value_t = 3.0)]
@@ -272,6 +275,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                 proto: "udp".into(),
                 grace: 0.5,
                 jitter: 0.0,
+                burst: a.burst,
                 seed: 1,
                 server_pid: Some(server.child.id()),
                 server_stats: Some(stats.clone()),

@@ -6,6 +6,8 @@
 
 pub mod epoll;
 pub mod token;
+#[cfg(feature = "tokio-uring")]
+pub mod tokio_uring;
 pub mod uring;
 
 use crate::config::Config;
@@ -170,6 +172,8 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
                 .spawn(move || match ctx.config.engine {
                     crate::config::Engine::Uring => uring::run(ctx),
                     crate::config::Engine::Epoll => epoll::run(ctx),
+                    #[cfg(feature = "tokio-uring")]
+                    crate::config::Engine::TokioUring => tokio_uring::run(ctx),
                 })
                 .context("spawning a shard thread")?,
         );
