@@ -5,6 +5,7 @@
 //!   stats file) heartbeats per server core-second.
 //! * `sink`: a minimal receiver that only counts and acks, to calibrate the generator.
 
+mod garbage;
 mod latency;
 mod liveness;
 mod net;
@@ -129,6 +130,14 @@ pub struct LoadArgs {
     /// Server pid: sample its shard threads' CPU time (else looked up via --server-stats' owner is not possible; give it).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Also send this many garbage datagrams per second (rejected by the server: bad
+    /// length or magic), from one more thread on the first --cpus CPU.
+    #[arg(long, default_value_t = 0.0)]
+    garbage_rate: f64,
+    /// Count the server shard threads' system calls over the measured window with
+    /// `perf stat -e raw_syscalls:sys_enter` (needs --server-pid and perf).
+    #[arg(long)]
+    count_syscalls: bool,
     /// Server's --stats-json file: its counters are reported beside ours.
     #[arg(long)]
     server_stats: Option<PathBuf>,
@@ -157,7 +166,7 @@ fn main() {
     let result = match Cli::parse().command {
         Command::Load(a) => load(*a),
         Command::Sweep(a) => sweep::run(*a),
-        Command::Plot(a) => sweep::plot_dir(&a.dir),
+        Command::Plot(a) => sweep::plot(&a.dir),
         Command::Liveness(a) => liveness_cmd(a),
         Command::Sink(a) => {
             let cpus = ringbeat::config::parse_cpu_list(&a.cpus)
@@ -309,6 +318,11 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         })
         .collect();
     drop(tx);
+    let flood = (a.garbage_rate > 0.0).then(|| {
+        let (target, rate, cpu) = (a.target, a.garbage_rate, cpus.first().copied());
+        let duration = Duration::from_secs_f64(a.duration);
+        std::thread::spawn(move || garbage::flood(target, rate, start, duration, cpu))
+    });
     eprintln!(
         "load: {} devices, {:.0} hb/s ({:.0} datagrams/s, {} per datagram), interval {:.3} s, {} s (warm-up {} s), acks 1/{}",
         a.devices, rate, rate / a.batch as f64, a.batch, interval_s, a.duration, a.warmup, a.ack_every
@@ -320,6 +334,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     let (mut frames, mut acks, mut lag_ns, mut reports) = (0u64, 0u64, 0u64, 0usize);
     let mut before: Option<ServerSample> = None;
     let mut after: Option<ServerSample> = None;
+    let mut syscalls: Option<procstat::SyscallCount> = None;
     let warmup_at = start + Duration::from_secs_f64(a.warmup);
     let end_at = start + Duration::from_secs_f64(a.duration);
     loop {
@@ -359,6 +374,18 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         let now = Instant::now();
         if before.is_none() && now >= warmup_at {
             before = sample_server(a).or(Some(ServerSample::default()));
+            if let (true, Some(pid)) = (a.count_syscalls, a.server_pid) {
+                let tids = procstat::thread_ids(pid, "ringbeat-shard").unwrap_or_default();
+                let secs = end_at.saturating_duration_since(now).as_secs_f64();
+                syscalls = match procstat::SyscallCount::start(&tids, secs) {
+                    Ok(c) if !tids.is_empty() => Some(c),
+                    Ok(_) => None,
+                    Err(e) => {
+                        eprintln!("cannot count system calls (perf): {e}");
+                        None
+                    }
+                };
+            }
         }
         if after.is_none() && now >= end_at {
             after = sample_server(a).or(Some(ServerSample::default()));
@@ -387,7 +414,12 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     }
     let measured_s = a.duration - a.warmup;
     let behind = lag.value_at_quantile(0.99) > 1_000_000;
-    let doc = summary_json(
+    let syscalls = syscalls.and_then(procstat::SyscallCount::finish);
+    let garbage_sent = match flood {
+        Some(t) => t.join().expect("flood thread").context("garbage flood")?,
+        None => 0,
+    };
+    let mut doc = summary_json(
         a,
         rate,
         measured_s,
@@ -398,6 +430,16 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         before.as_ref(),
         after.as_ref(),
     );
+    doc["garbage"] = json!({ "rate": a.garbage_rate, "sent": garbage_sent });
+    if let (Some(n), Some(server)) = (syscalls, doc["server"].as_object_mut()) {
+        let hb = server["heartbeats"].as_u64().unwrap_or(0);
+        server.insert("syscalls".into(), n.into());
+        server.insert("syscalls_per_s".into(), (n as f64 / measured_s).into());
+        server.insert(
+            "heartbeats_per_syscall".into(),
+            (hb as f64 / n.max(1) as f64).into(),
+        );
+    }
     print_summary(&doc, behind);
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_vec_pretty(&doc)?)
@@ -512,8 +554,21 @@ fn print_summary(d: &serde_json::Value, behind: bool) {
         d["acks"]["missing"],
         d["sent"]["generator_drops_eagain_frames"]
     );
+    if d["garbage"]["sent"].as_u64().unwrap_or(0) > 0 {
+        eprintln!(
+            "garbage: {} datagrams sent beside the load; server rejected {} as malformed",
+            d["garbage"]["sent"], d["server"]["malformed_total"]
+        );
+    }
     if !d["server"].is_null() {
         let sv = &d["server"];
+        if let Some(n) = sv["syscalls"].as_u64() {
+            eprintln!(
+                "server system calls: {n} ({:.0}/s, {:.1} heartbeats per call)",
+                f(&sv["syscalls_per_s"]),
+                f(&sv["heartbeats_per_syscall"])
+            );
+        }
         eprintln!(
             "server: {:.0} hb per core-second ({:.2} cores busy), kernel drops {}, ring dry {}, {:.0} wakeups/s ({:.0} by the kernel's count), {:.1} hb/wakeup, {:.1} cqes/enter",
             f(&sv["heartbeats_per_core_second"]), f(&sv["cpu_utilisation"]), sv["kernel_drops"], sv["ring_dry"],

@@ -55,6 +55,72 @@ pub fn sample_threads(pid: u32, prefix: &str) -> std::io::Result<ThreadSample> {
     Ok(out)
 }
 
+/// Thread ids of `pid`'s threads whose name starts with `prefix`.
+pub fn thread_ids(pid: u32, prefix: &str) -> std::io::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = entry?.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        if parse_stat(&stat).is_some_and(|(name, _)| name.starts_with(prefix)) {
+            if let Some(tid) = dir.file_name().and_then(|n| n.to_str()?.parse().ok()) {
+                out.push(tid);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Counts the system calls the threads `tids` make for `secs` seconds with
+/// `perf stat -e raw_syscalls:sys_enter` (the same count for every engine, whatever it
+/// reports itself). Started now; `finish` waits and parses.
+pub struct SyscallCount {
+    child: std::process::Child,
+}
+
+impl SyscallCount {
+    pub fn start(tids: &[u32], secs: f64) -> std::io::Result<SyscallCount> {
+        let list = tids
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = std::process::Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                "raw_syscalls:sys_enter",
+                "-t",
+                &list,
+            ])
+            .args(["--", "sleep", &format!("{secs:.3}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        Ok(SyscallCount { child })
+    }
+
+    /// The count, or None if perf could not count (no perf, no permission).
+    pub fn finish(self) -> Option<u64> {
+        let out = self.child.wait_with_output().ok()?;
+        parse_perf_count(&String::from_utf8_lossy(&out.stderr))
+    }
+}
+
+/// The value of the `raw_syscalls:sys_enter` line of `perf stat -x ,` output.
+fn parse_perf_count(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.contains("raw_syscalls:sys_enter"))?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// `voluntary_ctxt_switches` from a `/proc/.../status` document.
 fn parse_voluntary_switches(status: &str) -> Option<u64> {
     status
@@ -94,6 +160,14 @@ mod tests {
         assert_eq!(parse_stat(line), Some(("ringbeat-shard-0", (250, 40))));
         let odd = "7 (a b) c) R 1 1 1 0 -1 0 0 0 0 0 5 6 0 0";
         assert_eq!(parse_stat(odd), Some(("a b) c", (5, 6))));
+    }
+
+    #[test]
+    fn parses_perf_counts() {
+        let out = "12345,,raw_syscalls:sys_enter,1000412,100.00,,\n";
+        assert_eq!(parse_perf_count(out), Some(12345));
+        let unsupported = "<not supported>,,raw_syscalls:sys_enter,0,100.00,,\n";
+        assert_eq!(parse_perf_count(unsupported), None);
     }
 
     #[test]

@@ -71,10 +71,49 @@ pub struct SweepArgs {
     /// runs.csv every run.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// A server variant to compare, `LABEL=FLAGS` (repeatable), e.g.
+    /// `--variant 'epoll=--engine epoll'`. Every point runs every variant, interleaved
+    /// run by run so that the machine's noise falls on all of them alike; each variant
+    /// gets its own folder and the comparison goes to variants.csv and compare-*.svg.
+    #[arg(long = "variant", value_name = "LABEL=FLAGS", value_parser = parse_variant)]
+    variants: Vec<Variant>,
+    /// Garbage datagrams per second beside the load (`load --garbage-rate`).
+    #[arg(long, default_value_t = 0.0)]
+    garbage_rate: f64,
+    /// Count the server's system calls in each measured window (`load --count-syscalls`;
+    /// needs perf).
+    #[arg(long)]
+    count_syscalls: bool,
+}
+
+/// A labelled set of extra server flags.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    label: String,
+    flags: Vec<String>,
+}
+
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    let (label, flags) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--variant wants LABEL=FLAGS, got {s:?}"))?;
+    if label.is_empty()
+        || !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "variant label {label:?}: use letters, digits, '-', '_' or '.' (it names a folder)"
+        ));
+    }
+    Ok(Variant {
+        label: label.into(),
+        flags: flags.split_whitespace().map(String::from).collect(),
+    })
 }
 
 /// points.csv: one row per point, each value the median over the point's runs.
-const CSV_HEADER: &str = "x,offered_hb_per_s,devices,batch,achieved_hb_per_s,p50_us,p90_us,p99_us,p999_us,max_us,service_p99_us,server_hb_per_core_second,server_cpu_util,kernel_drops,acks_missing,generator_kept_schedule_share";
+const CSV_HEADER: &str = "x,offered_hb_per_s,devices,batch,achieved_hb_per_s,p50_us,p90_us,p99_us,p999_us,max_us,service_p99_us,server_hb_per_core_second,server_cpu_util,kernel_drops,acks_missing,malformed,engine_wakeups_per_s,kernel_wakeups_per_s,hb_per_kernel_wakeup,syscalls_per_s,hb_per_syscall,generator_kept_schedule_share";
 
 fn today() -> String {
     let out = Command::new("date").args(["-u", "+%Y-%m-%d"]).output();
@@ -158,6 +197,7 @@ impl ServerProcess {
     fn start(
         bin: &Path,
         a: &SweepArgs,
+        variant: &[String],
         stats: &Path,
         log: &Path,
         run_for: f64,
@@ -180,6 +220,7 @@ impl ServerProcess {
             .arg("--stats-json")
             .arg(stats)
             .args(&a.server_args)
+            .args(variant)
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -230,12 +271,33 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("ringbeat"),
     };
     let dir = a.results.join(format!("{}-{}", today(), a.name));
-    let raw = dir.join("raw");
-    std::fs::create_dir_all(&raw).with_context(|| format!("creating {}", raw.display()))?;
+    let compare = !a.variants.is_empty();
+    let variants = if compare {
+        a.variants.clone()
+    } else {
+        vec![Variant {
+            label: String::new(),
+            flags: Vec::new(),
+        }]
+    };
+    // Each variant's folder: the sweep folder itself when there is only one.
+    let vdirs: Vec<PathBuf> = variants
+        .iter()
+        .map(|v| {
+            if compare {
+                dir.join(&v.label)
+            } else {
+                dir.clone()
+            }
+        })
+        .collect();
+    for d in &vdirs {
+        let raw = d.join("raw");
+        std::fs::create_dir_all(&raw).with_context(|| format!("creating {}", raw.display()))?;
+    }
     let command: Vec<String> = std::env::args().collect();
-    let mut csv = String::from(CSV_HEADER);
-    csv.push('\n');
-    let mut runs_csv = format!("run,{CSV_HEADER}\n");
+    let mut csvs = vec![format!("{CSV_HEADER}\n"); variants.len()];
+    let mut runs_csvs = vec![format!("run,{CSV_HEADER}\n"); variants.len()];
     for (i, &(x, devices, rate)) in points.iter().enumerate() {
         eprintln!(
             "== point {}/{}: {} devices, {:.0} hb/s, batch {}",
@@ -250,75 +312,179 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         // (table pages faulted in) are in the warm-up, visible in the .hlog.
         let warmup = a.warmup.max(devices as f64 / rate + 1.0);
         let duration = a.duration - a.warmup + warmup;
-        let mut rows = Vec::with_capacity(a.runs);
+        let mut rows = vec![Vec::with_capacity(a.runs); variants.len()];
         for run in 1..=a.runs {
-            let tag = if a.runs == 1 {
-                format!("p{i:02}")
-            } else {
-                format!("p{i:02}-r{run}")
-            };
-            let stats = raw.join(format!("{tag}.server.json"));
-            let log = raw.join(format!("{tag}.server.log"));
-            let server = ServerProcess::start(&server_bin, &a, &stats, &log, duration + 5.0)?;
-            let load = LoadArgs {
-                target: format!("127.0.0.1:{}", a.port).parse()?,
-                devices,
-                interval: 1.0,
-                rate: Some(rate),
-                batch: a.batch,
-                duration,
-                warmup,
-                ack_every: a.ack_every_datagrams * a.batch as u64,
-                cpus: a.cpus.clone(),
-                source_ports: a.source_ports,
-                no_gso: false,
-                proto: "udp".into(),
-                grace: 0.5,
-                jitter: 0.0,
-                burst: a.burst,
-                seed: 1,
-                server_pid: Some(server.child.id()),
-                server_stats: Some(stats.clone()),
-                json: Some(raw.join(format!("{tag}.load.json"))),
-                hgrm: Some(raw.join(format!("{tag}.hgrm"))),
-                hlog: Some(raw.join(format!("{tag}.hlog"))),
-            };
-            let result = run_load(&load);
-            server.stop();
-            let row = csv_fields(x, devices, a.batch, &result?);
-            runs_csv += &format!("{run},{}\n", format_row(&row));
-            rows.push(row);
+            for (vi, v) in variants.iter().enumerate() {
+                if compare {
+                    eprintln!("-- run {run}/{}: {}", a.runs, v.label);
+                }
+                let tag = if a.runs == 1 {
+                    format!("p{i:02}")
+                } else {
+                    format!("p{i:02}-r{run}")
+                };
+                let raw = vdirs[vi].join("raw");
+                let stats = raw.join(format!("{tag}.server.json"));
+                let log = raw.join(format!("{tag}.server.log"));
+                let server =
+                    ServerProcess::start(&server_bin, &a, &v.flags, &stats, &log, duration + 5.0)?;
+                let load = LoadArgs {
+                    target: format!("127.0.0.1:{}", a.port).parse()?,
+                    devices,
+                    interval: 1.0,
+                    rate: Some(rate),
+                    batch: a.batch,
+                    duration,
+                    warmup,
+                    ack_every: a.ack_every_datagrams * a.batch as u64,
+                    cpus: a.cpus.clone(),
+                    source_ports: a.source_ports,
+                    no_gso: false,
+                    proto: "udp".into(),
+                    grace: 0.5,
+                    jitter: 0.0,
+                    burst: a.burst,
+                    seed: 1,
+                    server_pid: Some(server.child.id()),
+                    count_syscalls: a.count_syscalls,
+                    garbage_rate: a.garbage_rate,
+                    server_stats: Some(stats.clone()),
+                    json: Some(raw.join(format!("{tag}.load.json"))),
+                    hgrm: Some(raw.join(format!("{tag}.hgrm"))),
+                    hlog: Some(raw.join(format!("{tag}.hlog"))),
+                };
+                let result = run_load(&load);
+                server.stop();
+                let row = csv_fields(x, devices, a.batch, &result?);
+                runs_csvs[vi] += &format!("{run},{}\n", format_row(&row));
+                rows[vi].push(row);
+            }
         }
-        std::fs::write(dir.join("runs.csv"), &runs_csv)?;
-        csv += &format_row(&median_row(&rows));
-        csv.push('\n');
-        std::fs::write(dir.join("points.csv"), &csv)?;
+        for (vi, d) in vdirs.iter().enumerate() {
+            std::fs::write(d.join("runs.csv"), &runs_csvs[vi])?;
+            csvs[vi] += &format_row(&median_row(&rows[vi]));
+            csvs[vi].push('\n');
+            std::fs::write(d.join("points.csv"), &csvs[vi])?;
+        }
     }
     let meta = serde_json::json!({ "kind": a.kind, "batch": a.batch, "devices": a.devices, "interval_s": a.interval });
-    std::fs::write(dir.join("sweep.json"), serde_json::to_vec_pretty(&meta)?)?;
-    std::fs::write(dir.join("summary.md"), summary_table(&csv))?;
-    plot_dir(&dir)?;
-    let readme = format!(
-        "# {} {} scan\n\nCommand:\n\n```sh\n{}\n```\n\n{}\nEach point: an open-loop load measured for {} s after a warm-up of at least {} s and at least one device interval + 1 s \
-         (every device has sent before the measured window; first appearances are in the warm-up and the .hlog), latency sampled on one datagram in {}; \
-         server CPU from /proc/PID/task/TID/schedstat over the measured window. {} run(s) per point, each with a fresh server.\n\n\
-         Files: `points.csv` (one row per point, each value the median over its runs), `runs.csv` (every run), `summary.md`, `latency.svg`, `efficiency.svg`, \
-         `raw/` (per run: load JSON, `.hgrm` percentile distribution, `.hlog` interval log, server stats JSON and log). \
-         Redraw the plots with `ringbeat-bench plot {}`.\n\n## Summary\n\n{}\n![latency](latency.svg)\n\n![efficiency](efficiency.svg)\n",
-        a.name,
-        a.kind,
-        command.join(" "),
-        environment(&a, &server_bin),
-        a.duration - a.warmup,
-        a.warmup,
-        a.ack_every_datagrams,
-        a.runs,
-        dir.display(),
-        summary_table(&csv)
-    );
-    std::fs::write(dir.join("README.md"), readme)?;
+    for (vi, d) in vdirs.iter().enumerate() {
+        std::fs::write(d.join("sweep.json"), serde_json::to_vec_pretty(&meta)?)?;
+        std::fs::write(d.join("summary.md"), summary_table(&csvs[vi]))?;
+        plot_dir(d)?;
+        let title = if compare {
+            format!(
+                "{}: variant {} (`{}`)",
+                a.name,
+                variants[vi].label,
+                variants[vi].flags.join(" ")
+            )
+        } else {
+            a.name.clone()
+        };
+        let readme = format!(
+            "# {title} {} scan\n\nCommand:\n\n```sh\n{}\n```\n\n{}\nEach point: an open-loop load measured for {} s after a warm-up of at least {} s and at least one device interval + 1 s \
+             (every device has sent before the measured window; first appearances are in the warm-up and the .hlog), latency sampled on one datagram in {}; \
+             server CPU from /proc/PID/task/TID/schedstat and wake-ups from the shard threads' voluntary context switches over the measured window. {} run(s) per point, each with a fresh server.\n\n\
+             Files: `points.csv` (one row per point, each value the median over its runs), `runs.csv` (every run), `summary.md`, `latency.svg`, `efficiency.svg`, \
+             `raw/` (per run: load JSON, `.hgrm` percentile distribution, `.hlog` interval log, server stats JSON and log). \
+             Redraw the plots with `ringbeat-bench plot {}`.\n\n## Summary\n\n{}\n![latency](latency.svg)\n\n![efficiency](efficiency.svg)\n",
+            a.kind,
+            command.join(" "),
+            environment(&a, &server_bin),
+            a.duration - a.warmup,
+            a.warmup,
+            a.ack_every_datagrams,
+            a.runs,
+            d.display(),
+            summary_table(&csvs[vi])
+        );
+        std::fs::write(d.join("README.md"), readme)?;
+    }
+    if compare {
+        let mut all = format!("variant,flags,{CSV_HEADER}\n");
+        for (vi, v) in variants.iter().enumerate() {
+            for line in csvs[vi].lines().skip(1) {
+                all += &format!("{},{},{line}\n", v.label, v.flags.join(" "));
+            }
+        }
+        std::fs::write(dir.join("variants.csv"), &all)?;
+        let meta = serde_json::json!({
+            "kind": a.kind,
+            "variants": variants.iter().map(|v| serde_json::json!({"label": v.label, "flags": v.flags.join(" ")})).collect::<Vec<_>>(),
+        });
+        std::fs::write(dir.join("sweep.json"), serde_json::to_vec_pretty(&meta)?)?;
+        let plots = plot_variants(&dir)?;
+        let readme = format!(
+            "# {}: {} variants compared\n\nCommand:\n\n```sh\n{}\n```\n\n{}\n\
+             Every point ran every variant, interleaved run by run ({} run(s) each, a fresh server every time); each value below is the median over runs. \
+             Each variant's own folder holds its points, runs, raw files and plots; `variants.csv` holds this table. \
+             Redraw the plots with `ringbeat-bench plot {}`.\n\n## Summary\n\n{}\n{}",
+            a.name,
+            variants.len(),
+            command.join(" "),
+            environment(&a, &server_bin),
+            a.runs,
+            dir.display(),
+            variants_table(&all),
+            plots
+                .iter()
+                .map(|p| format!("![{p}]({p})\n\n"))
+                .collect::<String>()
+        );
+        std::fs::write(dir.join("README.md"), readme)?;
+    }
     eprintln!("wrote {}", dir.display());
     Ok(())
+}
+
+/// The comparison table: the columns that tell variants apart.
+fn variants_table(csv: &str) -> String {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let keep = [
+        "variant",
+        "flags",
+        "offered_hb_per_s",
+        "achieved_hb_per_s",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "server_hb_per_core_second",
+        "server_cpu_util",
+        "kernel_drops",
+        "acks_missing",
+        "malformed",
+        "engine_wakeups_per_s",
+        "kernel_wakeups_per_s",
+        "hb_per_kernel_wakeup",
+        "syscalls_per_s",
+        "hb_per_syscall",
+        "generator_kept_schedule_share",
+    ];
+    let idx: Vec<usize> = keep
+        .iter()
+        .filter_map(|k| header.iter().position(|h| h == k))
+        .collect();
+    let mut s = format!(
+        "| {} |\n|{}\n",
+        idx.iter()
+            .map(|&i| header[i])
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(idx.len())
+    );
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        s += &format!(
+            "| {} |\n",
+            idx.iter()
+                .map(|&i| f.get(i).copied().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    s
 }
 
 /// One run's values in `CSV_HEADER` order (the last is 1.0 when the generator kept
@@ -344,6 +510,12 @@ fn csv_fields(x: f64, devices: u64, batch: usize, d: &serde_json::Value) -> Vec<
         f(&s["cpu_utilisation"]),
         f(&s["kernel_drops"]),
         f(&d["acks"]["missing"]),
+        f(&s["malformed_total"]),
+        f(&s["wakeups_per_s"]),
+        f(&s["kernel_wakeups_per_s"]),
+        f(&s["heartbeats_per_kernel_wakeup"]),
+        f(&s["syscalls_per_s"]),
+        f(&s["heartbeats_per_syscall"]),
         if d["generator"]["kept_schedule"].as_bool().unwrap_or(false) {
             1.0
         } else {
@@ -377,8 +549,9 @@ fn format_row(row: &[f64]) -> String {
     row.iter()
         .enumerate()
         .map(|(i, v)| match i {
-            5..=10 => format!("{v:.1}"),
-            12 | 15 => format!("{v:.3}"),
+            5..=10 | 18 => format!("{v:.1}"),
+            20 => format!("{v:.2}"),
+            12 | 21 => format!("{v:.3}"),
             _ => format!("{v:.0}"),
         })
         .collect::<Vec<_>>()
@@ -436,6 +609,232 @@ impl Points {
             .expect("known column");
         self.rows.iter().map(|r| r[i]).collect()
     }
+}
+
+/// `plot DIR`: redraws a sweep's plots, or a comparison's and each variant's.
+pub fn plot(dir: &Path) -> anyhow::Result<()> {
+    if !dir.join("variants.csv").exists() {
+        return plot_dir(dir);
+    }
+    for label in variant_labels(dir)? {
+        plot_dir(&dir.join(label))?;
+    }
+    plot_variants(dir).map(|_| ())
+}
+
+fn variant_labels(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("sweep.json"))
+            .with_context(|| format!("reading {}/sweep.json", dir.display()))?,
+    )?;
+    Ok(meta["variants"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|x| x["label"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+const PALETTE: [plotters::style::RGBColor; 8] = [
+    plotters::style::RGBColor(31, 119, 180),
+    plotters::style::RGBColor(214, 39, 40),
+    plotters::style::RGBColor(44, 160, 44),
+    plotters::style::RGBColor(148, 103, 189),
+    plotters::style::RGBColor(255, 127, 14),
+    plotters::style::RGBColor(140, 86, 75),
+    plotters::style::RGBColor(23, 190, 207),
+    plotters::style::RGBColor(0, 0, 0),
+];
+
+/// Draws the comparison of a variants sweep; returns the files written. With several
+/// points per variant: one curve per variant (p99 latency, and heartbeats per server
+/// core-second, vs x). With one point per variant: the variants side by side on the x
+/// axis (latency percentiles; server CPU per heartbeat; wake-ups and system calls).
+pub fn plot_variants(dir: &Path) -> anyhow::Result<Vec<String>> {
+    use plotters::prelude::*;
+    let labels = variant_labels(dir)?;
+    let sets: Vec<Points> = labels
+        .iter()
+        .map(|l| Points::read(&dir.join(l)))
+        .collect::<anyhow::Result<_>>()?;
+    if sets.is_empty() || sets.iter().any(|p| p.rows.is_empty()) {
+        bail!("{}: a variant has no points", dir.display());
+    }
+    let finite_max =
+        |v: &mut dyn Iterator<Item = f64>| v.filter(|x| x.is_finite()).fold(f64::NAN, f64::max);
+    let finite_min_pos = |v: &mut dyn Iterator<Item = f64>| {
+        v.filter(|x| x.is_finite() && *x > 0.0)
+            .fold(f64::NAN, f64::min)
+    };
+    let mut written = Vec::new();
+    if sets[0].rows.len() > 1 {
+        let kind = std::fs::read(dir.join(&labels[0]).join("sweep.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["kind"].as_str().map(String::from))
+            .unwrap_or_else(|| "rate".into());
+        let (x_desc, x_col) = if kind == "devices" {
+            ("devices", "devices")
+        } else {
+            ("offered heartbeats/s", "offered_hb_per_s")
+        };
+        let xs: Vec<f64> = sets.iter().flat_map(|p| p.col(x_col)).collect();
+        let x_range = xs.iter().cloned().fold(f64::INFINITY, f64::min) * 0.8
+            ..xs.iter().cloned().fold(0.0, f64::max) * 1.25;
+        for (file, col, y_desc, log_y) in [
+            (
+                "compare-latency.svg",
+                "p99_us",
+                "p99 latency from intended send time (µs)",
+                true,
+            ),
+            (
+                "compare-efficiency.svg",
+                "server_hb_per_core_second",
+                "heartbeats per server core-second",
+                false,
+            ),
+        ] {
+            let ys = || sets.iter().flat_map(|p| p.col(col));
+            let hi = finite_max(&mut ys()).max(1.0);
+            let lo = finite_min_pos(&mut ys()).min(hi);
+            let lines: Vec<Line> = sets
+                .iter()
+                .zip(&labels)
+                .enumerate()
+                .map(|(i, (p, l))| {
+                    let pts = p
+                        .col(x_col)
+                        .into_iter()
+                        .zip(p.col(col))
+                        .filter(|(_, y)| y.is_finite() && *y > 0.0)
+                        .collect();
+                    (l.clone(), pts, PALETTE[i % PALETTE.len()])
+                })
+                .collect();
+            let path = dir.join(file);
+            let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut builder = ChartBuilder::on(&root);
+            builder
+                .caption(format!("{y_desc} vs {x_desc}"), ("sans-serif", 20))
+                .margin(15)
+                .x_label_area_size(45)
+                .y_label_area_size(75);
+            if log_y {
+                let mut chart = builder.build_cartesian_2d(
+                    x_range.clone().log_scale(),
+                    (lo * 0.7..hi * 1.5).log_scale(),
+                )?;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_desc)
+                    .y_desc(y_desc)
+                    .x_label_formatter(&|v| human(*v))
+                    .draw()?;
+                draw_lines(&mut chart, lines)?;
+            } else {
+                let mut chart =
+                    builder.build_cartesian_2d(x_range.clone().log_scale(), 0.0..hi * 1.15)?;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_desc)
+                    .y_desc(y_desc)
+                    .x_label_formatter(&|v| human(*v))
+                    .y_label_formatter(&|v| human(*v))
+                    .draw()?;
+                draw_lines(&mut chart, lines)?;
+            }
+            root.present()?;
+            written.push(file.to_string());
+        }
+        return Ok(written);
+    }
+    // One point per variant: variants on the x axis, in the order given.
+    let n = labels.len();
+    let at = |col: &str| -> Vec<(f64, f64)> {
+        sets.iter()
+            .enumerate()
+            .map(|(i, p)| (i as f64, p.col(col)[0]))
+            .filter(|(_, y)| y.is_finite() && *y > 0.0)
+            .collect()
+    };
+    let cpu_ns: Vec<(f64, f64)> = at("server_hb_per_core_second")
+        .into_iter()
+        .map(|(x, y)| (x, 1e9 / y))
+        .collect();
+    let charts: [(&str, &str, Vec<Line>); 3] = [
+        (
+            "compare-latency.svg",
+            "latency from intended send time (µs)",
+            vec![
+                ("p50".into(), at("p50_us"), PALETTE[0]),
+                ("p99".into(), at("p99_us"), PALETTE[1]),
+                ("p99.9".into(), at("p999_us"), PALETTE[3]),
+            ],
+        ),
+        (
+            "compare-cpu.svg",
+            "server CPU per heartbeat (ns)",
+            vec![("server CPU ns per heartbeat".into(), cpu_ns, PALETTE[0])],
+        ),
+        (
+            "compare-wakeups.svg",
+            "per second",
+            vec![
+                (
+                    "wake-ups/s (kernel count)".into(),
+                    at("kernel_wakeups_per_s"),
+                    PALETTE[0],
+                ),
+                ("system calls/s".into(), at("syscalls_per_s"), PALETTE[1]),
+                (
+                    "kernel drops in the measured window".into(),
+                    at("kernel_drops"),
+                    PALETTE[2],
+                ),
+            ],
+        ),
+    ];
+    for (file, y_desc, lines) in charts {
+        let ys = || lines.iter().flat_map(|l| l.1.iter().map(|p| p.1));
+        if ys().next().is_none() {
+            continue;
+        }
+        let hi = finite_max(&mut ys()).max(1.0);
+        let lo = finite_min_pos(&mut ys()).min(hi);
+        let path = dir.join(file);
+        let root = SVGBackend::new(&path, (900, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("{y_desc} by variant"), ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(75)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, (lo * 0.7..hi * 1.5).log_scale())?;
+        let names = labels.clone();
+        chart
+            .configure_mesh()
+            .x_labels(n + 1)
+            .x_desc("variant")
+            .y_desc(y_desc)
+            .x_label_formatter(&move |v| {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                    names[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|v| human(*v))
+            .draw()?;
+        draw_lines(&mut chart, lines)?;
+        root.present()?;
+        written.push(file.to_string());
+    }
+    Ok(written)
 }
 
 /// Draws latency.svg (p50/p99/p999/max vs x) and efficiency.svg (server heartbeats per
@@ -507,7 +906,7 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
                     .zip(p.col(col))
                     .filter(|(_, y)| y.is_finite() && *y > 0.0)
                     .collect();
-                (name, pts, color)
+                (name.to_string(), pts, color)
             })
             .collect();
         draw_lines(&mut chart, lines)?;
@@ -553,8 +952,16 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
         draw_lines(
             &mut chart,
             vec![
-                ("heartbeats per server core-second", finite(eff), BLUE),
-                ("heartbeats/s applied by the server", finite(ach), RED),
+                (
+                    "heartbeats per server core-second".into(),
+                    finite(eff),
+                    BLUE,
+                ),
+                (
+                    "heartbeats/s applied by the server".into(),
+                    finite(ach),
+                    RED,
+                ),
             ],
         )?;
         root.present()?;
@@ -570,7 +977,7 @@ type SvgChart<'a, X, Y> = plotters::chart::ChartContext<
 >;
 
 /// A named series of (x, y) points and its colour.
-type Line = (&'static str, Vec<(f64, f64)>, plotters::style::RGBColor);
+type Line = (String, Vec<(f64, f64)>, plotters::style::RGBColor);
 
 /// Draws each named line with point markers, and the legend, on either chart.
 fn draw_lines<'a, X, Y>(chart: &mut SvgChart<'a, X, Y>, lines: Vec<Line>) -> anyhow::Result<()>

@@ -29,8 +29,12 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-/// Receives kept in flight. Enough that a burst completes without waiting for the
-/// shard to resubmit, small enough to stay far below the submission queue.
+/// Receives kept in flight. Measured on the reference machine (one shard, 100K devices,
+/// batch 1): at 1M heartbeats/s depth 1, 4 and 16 saturate the core (0.29M, 0.62M,
+/// 0.89M heartbeats per core-second, p99 10–35 ms) while 64 keeps up (1.01M, p99
+/// 1.6 ms); at 10K/s each wake-up costs ~15 µs of core at depth 1 and ~32 µs at 64,
+/// because every armed receive on the socket is woken and retried per datagram. The
+/// comparison runs near saturation, so capacity decides.
 const RECV_DEPTH: usize = 64;
 /// Ack buffers (and so ack sends in flight).
 const ACK_BUFFERS: usize = 64;
