@@ -6,14 +6,14 @@
 #
 # usage: scripts/exp-engines.sh [OUT_DIR]
 #   env: DEVICES=2000000 RATES_1="250000,500000,1000000,1500000"
-#        RATES_32="4000000,8000000,16000000,24000000" RUNS=3
+#        RATES_32="4000000,12000000,20000000" RUNS=3
 # Sends only to 127.0.0.1; every run stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results}
 DEVICES=${DEVICES:-2000000}
 RATES_1=${RATES_1:-250000,500000,1000000,1500000}
-RATES_32=${RATES_32:-4000000,8000000,16000000,24000000}
+RATES_32=${RATES_32:-4000000,12000000,20000000}
 RUNS=${RUNS:-3}
 cargo build --release --locked --workspace -q
 variants=()

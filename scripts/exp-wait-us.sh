@@ -5,12 +5,12 @@
 # CPU 1, every setting a `--variant` interleaved run by run (3 runs each).
 #
 # usage: scripts/exp-wait-us.sh [OUT_DIR]
-#   env: WAITS="0 10 25 50 100 200 500" RATES="300000 1000000" DEVICES=1000000 RUNS=3
+#   env: WAITS="0 20 50 100 500" RATES="300000 1000000" DEVICES=1000000 RUNS=3
 # Sends only to 127.0.0.1; every run stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results}
-WAITS=${WAITS:-"0 10 25 50 100 200 500"}
+WAITS=${WAITS:-"0 20 50 100 500"}
 RATES=${RATES:-"300000 1000000"}
 DEVICES=${DEVICES:-1000000}
 RUNS=${RUNS:-3}
