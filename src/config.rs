@@ -80,6 +80,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS")]
     pub tick_ms: Option<u32>,
 
+    /// Liveness wheel entries a shard visits between two receive batches [default:
+    /// 256]; a tick's rechecks are spread over the tick in slices this large. 0 = the
+    /// whole tick's rechecks at once (receive waits behind them).
+    #[arg(long, value_name = "N")]
+    pub liveness_slice: Option<u32>,
+
     /// Wake-up batching: after the first completion, wait up to this many microseconds
     /// for more before processing. 0 = process every completion at once. Unset =
     /// adaptive: immediate below 200K completions/s, 50 µs batches above.
@@ -173,6 +179,8 @@ pub struct Config {
     pub thresholds: Thresholds,
     pub default_interval_ds: u16,
     pub tick_ms: u32,
+    /// Wheel entries per `advance_slice` (usize::MAX = unbounded).
+    pub liveness_slice: usize,
     pub wait: WaitStrategy,
     pub rcvbuf_bytes: usize,
     pub buf_count: u16,
@@ -266,6 +274,7 @@ impl ServeArgs {
             offline_after: self.offline_after.or(file.offline_after),
             default_interval: self.default_interval.or(file.default_interval),
             tick_ms: self.tick_ms.or(file.tick_ms),
+            liveness_slice: self.liveness_slice.or(file.liveness_slice),
             wait_us: self.wait_us.or(file.wait_us),
             rcvbuf: self.rcvbuf.or(file.rcvbuf),
             buf_count: self.buf_count.or(file.buf_count),
@@ -379,6 +388,11 @@ impl ServeArgs {
             },
             default_interval_ds: (default_interval * 10.0).round() as u16,
             tick_ms,
+            liveness_slice: match a.liveness_slice {
+                None => crate::core::shard::LIVENESS_SLICE,
+                Some(0) => usize::MAX,
+                Some(n) => n as usize,
+            },
             wait,
             rcvbuf_bytes,
             buf_count: buf_count as u16,

@@ -66,8 +66,20 @@ pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
 /// One human line for the interval between `prev` and `now`.
 pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
     let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs.max(1e-9);
+    let delta = |a: u64, b: u64| b.saturating_sub(a) as f64;
+    let wakeups = delta(prev.wakeups, now.wakeups);
+    let heartbeats = delta(prev.heartbeats, now.heartbeats);
+    let enters = delta(prev.enters, now.enters);
+    // Engines that cannot see their own system calls (tokio-uring) report no enters.
+    let per_enter = |v: f64| {
+        if enters > 0.0 {
+            format!("{:.1}", v / enters)
+        } else {
+            "n/a".into()
+        }
+    };
     format!(
-        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | wakeups/s {:.0} cqes/enter {:.1}",
+        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | wakeups/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
         rate(prev.heartbeats, now.heartbeats),
         rate(prev.datagrams, now.datagrams),
         rate(prev.acks_sent, now.acks_sent),
@@ -81,13 +93,35 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         now.events_dropped,
         now.malformed_total(),
         rate(prev.wakeups, now.wakeups),
-        (now.cqes - prev.cqes) as f64 / ((now.enters - prev.enters).max(1)) as f64,
+        heartbeats / wakeups.max(1.0),
+        per_enter(heartbeats),
+        per_enter(delta(prev.cqes, now.cqes)),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_line_reports_event_density_and_na_without_enters() {
+        let prev = ShardStats::default();
+        let now = ShardStats {
+            heartbeats: 1000,
+            wakeups: 10,
+            cqes: 500,
+            enters: 50,
+            ..Default::default()
+        };
+        let line = summary_line(&prev, &now, 1.0);
+        assert!(
+            line.contains("wakeups/s 10 hb/wakeup 100.0 hb/enter 20.0 cqes/enter 10.0"),
+            "{line}"
+        );
+        let blind = ShardStats { enters: 0, ..now };
+        let line = summary_line(&prev, &blind, 1.0);
+        assert!(line.contains("hb/enter n/a cqes/enter n/a"), "{line}");
+    }
 
     #[test]
     fn stats_document_has_required_keys() {

@@ -179,11 +179,22 @@ mod tests {
 
     #[test]
     fn reads_own_threads() {
-        // Sleeping is a voluntary switch: the count must grow across one.
-        let before = sample_threads(std::process::id(), "").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let after = sample_threads(std::process::id(), "").unwrap();
-        assert!(after.threads >= 1 && after.cpu_s >= before.cpu_s);
-        assert!(after.voluntary_switches > before.voluntary_switches);
+        // A thread of its own name (others may come and go meanwhile): sleeping is a
+        // voluntary switch, so its count must grow across a sleep.
+        std::thread::Builder::new()
+            .name("rb-probe-sleep".into())
+            .spawn(|| {
+                let pid = std::process::id();
+                let before = sample_threads(pid, "rb-probe-sleep").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let after = sample_threads(pid, "rb-probe-sleep").unwrap();
+                assert_eq!(after.threads, 1);
+                assert!(after.cpu_s >= before.cpu_s);
+                assert!(after.voluntary_switches > before.voluntary_switches);
+                assert_eq!(thread_ids(pid, "rb-probe-sleep").unwrap().len(), 1);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

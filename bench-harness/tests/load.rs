@@ -26,8 +26,6 @@ fn load(target: &str, dir: &std::path::Path, extra: &[&str]) -> serde_json::Valu
             "2",
             "--warmup",
             "0.5",
-            "--cpus",
-            "1",
             "--ack-every",
             "10",
             "--source-ports",
@@ -39,6 +37,11 @@ fn load(target: &str, dir: &std::path::Path, extra: &[&str]) -> serde_json::Valu
         .arg(&hgrm)
         .arg("--hlog")
         .arg(&hlog)
+        .args(if extra.contains(&"--cpus") {
+            &[][..]
+        } else {
+            &["--cpus", "1"][..]
+        })
         .args(extra)
         .output()
         .expect("run ringbeat-bench");
@@ -91,6 +94,56 @@ fn load_against_the_server_loses_nothing() {
     );
     assert_eq!(total.acks_sent, sent / 10);
     assert!(d["latency_intended"]["count"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn two_sender_threads_bursts_and_a_garbage_flood_lose_nothing_valid() {
+    let config = ringbeat::config::ServeArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        cores: Some("0".into()),
+        max_devices: Some(100_000),
+        ..Default::default()
+    }
+    .into_config()
+    .unwrap();
+    let mut server = ringbeat::engine::start(&config)
+        .expect("start the server (needs io_uring: `ringbeat check`)");
+    let dir = temp("threads");
+    let cpus = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        "0,1"
+    } else {
+        "0"
+    };
+    let d = load(
+        &server.listen.to_string(),
+        &dir,
+        &[
+            "--cpus",
+            cpus,
+            "--burst",
+            "100:0.5",
+            "--garbage-rate",
+            "5000",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    server.stop();
+    let mut total = ringbeat::core::stats::ShardStats::default();
+    server.snapshot().iter().for_each(|s| total.add(s));
+    let sent = d["sent"]["frames"].as_u64().unwrap();
+    assert_eq!(sent, 40_000 * 2, "every thread sent its whole schedule");
+    assert_eq!(total.heartbeats, sent, "every valid frame counted: {d:#}");
+    assert_eq!(total.devices, 20_000, "the threads split the devices");
+    assert_eq!((total.duplicates, total.lost_heartbeats), (0, 0));
+    assert_eq!(d["acks"]["received"], d["acks"]["expected"], "{d:#}");
+    // Garbage: 3 kinds in turn, 1 + 1 + 2 bad frames per 3 datagrams.
+    let garbage = d["garbage"]["sent"].as_u64().unwrap();
+    assert!(garbage >= 9_000, "the flood ran: {garbage}");
+    let rejected = total.malformed_total();
+    assert!(
+        rejected >= garbage && rejected <= garbage * 2,
+        "every garbage datagram rejected and counted: {rejected} for {garbage}"
+    );
 }
 
 #[test]

@@ -92,6 +92,17 @@ pub struct Wheel {
     /// entry, so its detection is late). Needs > capacity/2 interval shrinks within one
     /// revolution; counted, never silent.
     pub overflow: u64,
+    /// A bucket walk that ran out of budget, resumed by the next `advance_budget`.
+    cursor: Option<Cursor>,
+}
+
+/// Where an interrupted bucket walk stands: the detached chain of bucket `tick`, at
+/// entry `k` of chunk `chunk - 1`.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    tick: u64,
+    chunk: u32,
+    k: usize,
 }
 
 impl Wheel {
@@ -111,12 +122,18 @@ impl Wheel {
             rechecks: 0,
             stale: 0,
             overflow: 0,
+            cursor: None,
         })
     }
 
     /// Shard time at which `advance` next has work to do (the next tick boundary).
     pub fn next_tick_ms(&self) -> u64 {
         (self.done_tick + 1) * self.tick_ms
+    }
+
+    /// A bucket walk was interrupted by its budget and has entries left.
+    pub fn in_progress(&self) -> bool {
+        self.cursor.is_some()
     }
 
     fn take_chunk(&mut self) -> Option<u32> {
@@ -190,34 +207,65 @@ impl Wheel {
         now_ms: u64,
         mut emit: impl FnMut(Transition, &Device),
     ) {
-        let target = now_ms / self.tick_ms;
-        if target <= self.done_tick {
-            return;
-        }
-        // After a stall longer than a revolution, one pass over every bucket suffices:
-        // rechecks compute deadlines from state, not from the bucket.
-        let first = (self.done_tick + 1).max(target.saturating_sub(WHEEL_BUCKETS as u64 - 1));
-        for tick in first..=target {
-            self.done_tick = tick;
-            let bucket = (tick as usize) & (WHEEL_BUCKETS - 1);
-            let mut chunk = std::mem::replace(&mut self.heads[bucket], 0);
-            while chunk != 0 {
-                let base = (chunk as usize - 1) * CHUNK_WORDS;
+        while !self.advance_budget(th, table, now_ms, usize::MAX, &mut emit) {}
+    }
+
+    /// Like `advance`, but visits at most `budget` bucket entries and then returns
+    /// false, keeping its place; true once every bucket up to `now_ms` is done. An
+    /// engine calls it between receive batches, so that a tick's rechecks are spread
+    /// over the tick instead of stalling receive for all of them at once.
+    pub fn advance_budget(
+        &mut self,
+        th: &Thresholds,
+        table: &mut DeviceTable,
+        now_ms: u64,
+        budget: usize,
+        emit: &mut impl FnMut(Transition, &Device),
+    ) -> bool {
+        let mut left = budget;
+        loop {
+            let mut c = match self.cursor.take() {
+                Some(c) => c,
+                None => {
+                    let target = now_ms / self.tick_ms;
+                    if target <= self.done_tick {
+                        return true;
+                    }
+                    // After a stall longer than a revolution, one pass over every bucket
+                    // suffices: rechecks compute deadlines from state, not the bucket.
+                    let tick =
+                        (self.done_tick + 1).max(target.saturating_sub(WHEEL_BUCKETS as u64 - 1));
+                    // From here on, re-schedules go to later ticks (never this chain).
+                    self.done_tick = tick;
+                    let bucket = (tick as usize) & (WHEEL_BUCKETS - 1);
+                    let chunk = std::mem::replace(&mut self.heads[bucket], 0);
+                    Cursor { tick, chunk, k: 0 }
+                }
+            };
+            let bucket = (c.tick as usize) & (WHEEL_BUCKETS - 1);
+            while c.chunk != 0 {
+                let base = (c.chunk as usize - 1) * CHUNK_WORDS;
                 let older = self.pool[base];
                 let used = self.pool[base + 1] as usize;
-                for k in 0..used {
-                    let devices = table.devices_mut();
-                    if k + PREFETCH_AHEAD < used {
-                        prefetch(&devices[self.pool[base + 2 + k + PREFETCH_AHEAD] as usize]);
+                while c.k < used {
+                    if left == 0 {
+                        self.cursor = Some(c);
+                        return false;
                     }
-                    let slot = self.pool[base + 2 + k];
-                    self.recheck(th, devices, slot, bucket, now_ms, &mut emit);
+                    left -= 1;
+                    let devices = table.devices_mut();
+                    if c.k + PREFETCH_AHEAD < used {
+                        prefetch(&devices[self.pool[base + 2 + c.k + PREFETCH_AHEAD] as usize]);
+                    }
+                    let slot = self.pool[base + 2 + c.k];
+                    c.k += 1;
+                    self.recheck(th, devices, slot, bucket, now_ms, emit);
                 }
-                self.free.push(chunk - 1);
-                chunk = older;
+                self.free.push(c.chunk - 1);
+                c.chunk = older;
+                c.k = 0;
             }
         }
-        self.done_tick = target;
     }
 
     fn recheck(
@@ -264,6 +312,57 @@ impl Wheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `n` online devices with interval `interval_ds`, seen at time 0.
+    fn scheduled(n: u64, interval_ds: u16, th: &Thresholds) -> (DeviceTable, Wheel) {
+        let mut table = DeviceTable::new(n as u32).unwrap();
+        let mut wheel = Wheel::new(10, 0, n as u32).unwrap();
+        for id in 1..=n {
+            let super::super::table::Lookup::Inserted(slot) = table.lookup_or_insert(id) else {
+                panic!()
+            };
+            let d = table.device_mut(slot);
+            d.interval_ds = interval_ds + (id % 7) as u16;
+            d.last_seen_ms = (id * 37 % 1000) as u32;
+            d.set_liveness(Liveness::Online);
+            wheel.schedule(th, table.devices_mut(), slot, 0);
+        }
+        (table, wheel)
+    }
+
+    #[test]
+    fn budgeted_advance_finds_the_same_transitions_as_a_full_one() {
+        let th = Thresholds {
+            late_after_permille: 1500,
+            offline_after_permille: 3000,
+        };
+        let (mut ta, mut wa) = scheduled(5_000, 10, &th);
+        let (mut tb, mut wb) = scheduled(5_000, 10, &th);
+        let (mut full, mut sliced) = (Vec::new(), Vec::new());
+        let mut calls = 0;
+        for now in (0..=6_000).step_by(10) {
+            wa.advance(&th, &mut ta, now, |t, d| {
+                full.push((d.device_id, t.to, now))
+            });
+            // Small budgets, as an engine would between receive batches: every slice
+            // at the same `now` here, so detection times match exactly.
+            while !wb.advance_budget(&th, &mut tb, now, 7, &mut |t, d| {
+                sliced.push((d.device_id, t.to, now))
+            }) {
+                calls += 1;
+            }
+            assert!(!wb.in_progress());
+        }
+        assert!(calls > 1_000, "the budget really split the walks ({calls})");
+        assert_eq!(full.len(), 10_000, "every device went late, then offline");
+        assert_eq!(full, sliced);
+        assert_eq!((wa.rechecks, wa.stale), (wb.rechecks, wb.stale));
+        assert!(ta
+            .devices()
+            .iter()
+            .zip(tb.devices())
+            .all(|(a, b)| a.liveness() == b.liveness() && a.wheel_bucket == b.wheel_bucket));
+    }
 
     #[test]
     fn chunks_are_reused_and_stale_entries_skipped() {

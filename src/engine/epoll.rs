@@ -107,8 +107,10 @@ impl EpollShard {
                 c.drain(|f| self.core.ingest_forwarded(f, now_ms));
             }
             self.core.flush();
-            if now_ms >= self.core.next_deadline_ms() || stopping {
+            if stopping {
                 self.core.advance(now_ms);
+            } else if now_ms >= self.core.next_deadline_ms() {
+                self.core.advance_slice(now_ms, ctx.config.liveness_slice);
             }
             super::ship_events(ctx, &mut self.core);
             publish_outbound(&mut ctx.outbound, &ctx.parkers);
@@ -123,7 +125,8 @@ impl EpollShard {
             // 3. Wait for the socket, a peer's wake-up, or the next tick.
             let parker = &ctx.parkers[ctx.index as usize];
             parker.parked.store(true, Ordering::SeqCst);
-            let busy = more || ctx.inbound.iter().any(|c| c.has_pending());
+            let busy =
+                more || self.core.liveness_pending() || ctx.inbound.iter().any(|c| c.has_pending());
             let until_tick_ms = self
                 .core
                 .next_deadline_ms()

@@ -137,7 +137,7 @@ async fn shard_loop(
         // Announce that we may sleep before the last look at the hand-off rings: a
         // peer either sees the flag and signals the eventfd, or we see its frames.
         parker.parked.store(true, Ordering::SeqCst);
-        let handoff_pending = ctx.inbound.iter().any(|c| c.has_pending());
+        let work_pending = core.liveness_pending() || ctx.inbound.iter().any(|c| c.has_pending());
         let mut polled_idle = false;
         // Wait until a receive completes, a peer wakes us or the tick fires; handle
         // every completion that is ready.
@@ -146,7 +146,7 @@ async fn shard_loop(
                 core.stats_mut().wakeups += 1;
             }
             let now_ms = ctx.base.elapsed().as_millis() as u64;
-            let mut progressed = handoff_pending || stopping;
+            let mut progressed = work_pending || stopping;
             while let Poll::Ready(Some((res, buf))) = sends.poll_next_unpin(cx) {
                 finish_send(core, &mut ack_pool, res, buf);
             }
@@ -219,8 +219,10 @@ async fn shard_loop(
             c.drain(|f| core.ingest_forwarded(f, now_ms));
         }
         core.flush();
-        if now_ms >= core.next_deadline_ms() || stopping {
+        if stopping {
             core.advance(now_ms);
+        } else if now_ms >= core.next_deadline_ms() {
+            core.advance_slice(now_ms, ctx.config.liveness_slice);
         }
         super::ship_events(ctx, core);
         publish_outbound(&mut ctx.outbound, &ctx.parkers);

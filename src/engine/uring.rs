@@ -236,7 +236,7 @@ impl Shard {
             // 3. Table batch, liveness, events.
             self.core.flush();
             if now_ms >= self.core.next_deadline_ms() {
-                self.core.advance(now_ms);
+                self.core.advance_slice(now_ms, ctx.config.liveness_slice);
             }
             self.ship_events(ctx);
             // 4. Hand-offs to peers.
@@ -402,11 +402,12 @@ impl Shard {
             WaitStrategy::Adaptive { batch_us } if busy => (BATCH_WANT, batch_us),
             WaitStrategy::Adaptive { .. } => (1, 0),
         };
-        let want = if peer_frames || !self.ring.completion().is_empty() {
-            0
-        } else {
-            want
-        };
+        let want =
+            if peer_frames || self.core.liveness_pending() || !self.ring.completion().is_empty() {
+                0
+            } else {
+                want
+            };
         let result = if want == 0 {
             self.ring.submit()
         } else {
