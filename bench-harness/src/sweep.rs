@@ -186,6 +186,10 @@ fn environment(a: &SweepArgs, server_bin: &Path) -> String {
         "- transparent huge pages: {}\n",
         read("/sys/kernel/mm/transparent_hugepage/enabled")
     );
+    s += &format!(
+        "- loopback receive steering (lo rx-0 rps_cpus): {} (0 = the kernel's receive path runs on the sending CPU)\n",
+        read("/sys/class/net/lo/queues/rx-0/rps_cpus")
+    );
     s
 }
 
