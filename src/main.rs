@@ -1,6 +1,7 @@
 //! The `ringbeat` binary: argument parsing, logging and the main thread's life
 //! (start shards, report stats each interval, stop on SIGINT/SIGTERM or `--run-for`).
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ringbeat::config::ServeArgs;
 use ringbeat::core::stats::ShardStats;
@@ -72,6 +73,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // thread's sigtimedwait takes SIGINT/SIGTERM.
     ringbeat::sys::notify::block_stop_signals();
     let started = Instant::now();
+    // Held until serve returns: the request ends when the device is closed.
+    let _cpu_latency = config
+        .cpu_dma_latency_us
+        .map(|us| {
+            ringbeat::sys::pmqos::CpuLatencyRequest::hold(us).with_context(|| {
+                format!(
+                    "--cpu-dma-latency-us {us}: cannot write /dev/cpu_dma_latency (run as root)"
+                )
+            })
+        })
+        .transpose()?;
     let mut server = engine::start(&config)?;
     let rcv = server.rcvbuf;
     if rcv.clamped {

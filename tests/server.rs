@@ -328,6 +328,30 @@ fn sigterm_exits_zero_within_a_second_and_writes_stats() {
 }
 
 #[test]
+fn cpu_wake_latency_request_is_held_while_serving_and_withdrawn_at_exit() {
+    use ringbeat::sys::pmqos::current_limit_us;
+    let writable = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .is_ok();
+    if !writable {
+        eprintln!("skipped: /dev/cpu_dma_latency is not writable here (needs root)");
+        return;
+    }
+    let before = current_limit_us().unwrap();
+    let server = Server::start("pmqos", &["--cores", "0", "--cpu-dma-latency-us", "7"]);
+    let during = current_limit_us().unwrap();
+    assert!(
+        during <= 7,
+        "the request is in force while serving: {during} µs"
+    );
+    let (status, _, _) = server.terminate();
+    assert!(status.success());
+    // Other processes may hold their own requests; ours must be gone.
+    assert_eq!(current_limit_us().unwrap(), before, "withdrawn at exit");
+}
+
+#[test]
 fn ipv6_loopback_is_served() {
     if std::net::UdpSocket::bind("[::1]:0").is_err() {
         panic!("IPv6 loopback (::1) is not available on this machine");

@@ -160,6 +160,10 @@ struct SinkArgs {
     cpus: String,
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Poll without ever sleeping (a full core per CPU): the latency floor that the
+    /// generator and the kernel set, rather than the generator's throughput ceiling.
+    #[arg(long)]
+    busy: bool,
 }
 
 fn main() {
@@ -178,6 +182,7 @@ fn main() {
                     a.listen,
                     &cpus,
                     Duration::from_secs_f64(a.duration),
+                    a.busy,
                     Default::default(),
                     tx,
                 )

@@ -1,6 +1,7 @@
 //! `ringbeat-bench sink`: the cheapest possible receiver. It counts datagrams and
 //! frames and acks ACK_REQUESTED frames, nothing else, so running `load` against it
-//! shows the generator's own ceiling on this machine.
+//! shows the generator's own ceiling on this machine. With `busy` it polls without
+//! ever sleeping, so its latency is the floor the generator and the kernel set.
 
 use crate::net;
 use ringbeat::core::codec::{self, FRAME_BYTES};
@@ -24,6 +25,7 @@ pub fn run(
     listen: SocketAddr,
     cpus: &[usize],
     duration: Duration,
+    busy: bool,
     counters: Arc<SinkCounters>,
     bound: std::sync::mpsc::Sender<SocketAddr>,
 ) -> anyhow::Result<()> {
@@ -55,7 +57,9 @@ pub fn run(
                 while !stop.load(Ordering::Relaxed) {
                     let n = net::recv_many(sock.as_raw_fd(), &mut bufs, &mut lens, Some(&mut from));
                     if n == 0 {
-                        std::thread::sleep(Duration::from_micros(50));
+                        if !busy {
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
                         continue;
                     }
                     let (mut frames, mut acks) = (0, 0);

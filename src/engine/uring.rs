@@ -87,10 +87,15 @@ impl Shard {
         let cq_entries = (cfg.buf_count as u32 * 2 + cfg.ack_slots * 2)
             .next_power_of_two()
             .max(2 * sq_entries);
+        // TASKRUN_FLAG: the kernel flags deferred completions in the SQ ring, so a
+        // non-waiting submit (while hand-offs or a liveness walk are pending) carries
+        // GETEVENTS and brings new datagrams in; without it they would wait until the
+        // shard next sleeps.
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .setup_cqsize(cq_entries)
             .build(sq_entries)
             .context("creating the io_uring (run `ringbeat check`)")?;

@@ -5,5 +5,6 @@ pub mod bufring;
 pub mod mem;
 pub mod mmsg;
 pub mod notify;
+pub mod pmqos;
 pub mod socket;
 pub mod spsc;
