@@ -239,7 +239,11 @@ fn limit_checks(config: &Config) -> Vec<Check> {
             "nofile",
             format!("{soft} (need ≥ {need_fds}, hard {hard})"),
             v,
-            format!("`ulimit -n {need_fds}`"),
+            if v == Verdict::Ok {
+                String::new()
+            } else {
+                format!("`ulimit -n {need_fds}`")
+            },
         ));
     }
     let allowed = crate::config::allowed_cpus();
@@ -251,7 +255,64 @@ fn limit_checks(config: &Config) -> Vec<Check> {
     ));
     let nodes = read_trim("/sys/devices/system/node/online").unwrap_or_else(|| "0".into());
     out.push(line("numa nodes", nodes, Verdict::Ok, ""));
+    out.push(cpu_idle_check(config));
     out
+}
+
+/// The CPU idle states a wake-up may have to leave, and whether `--cpu-dma-latency-us`
+/// can be honoured.
+fn cpu_idle_check(config: &Config) -> Check {
+    let driver = read_trim("/sys/devices/system/cpu/cpuidle/current_driver");
+    let mut exit_us: Vec<u32> = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cpuidle")
+        .map(|dir| {
+            dir.filter_map(|e| {
+                read_trim(e.ok()?.path().join("latency").to_str()?)?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    exit_us.sort_unstable();
+    if let Some(us) = config.cpu_dma_latency_us {
+        let writable = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .is_ok();
+        if !writable {
+            return line(
+                "cpu idle",
+                format!("--cpu-dma-latency-us {us}: /dev/cpu_dma_latency not writable"),
+                Verdict::Fail,
+                "run as root, or leave --cpu-dma-latency-us unset",
+            );
+        }
+    }
+    let (value, fix) = idle_summary(driver.as_deref(), &exit_us, config.cpu_dma_latency_us);
+    line("cpu idle", value, Verdict::Ok, fix)
+}
+
+/// (value, hint) for the idle-state line: the slowest exit latency bounds what a
+/// wake-up from idle adds; on VMs a halted vCPU costs more than its state claims.
+fn idle_summary(driver: Option<&str>, exit_us: &[u32], requested: Option<u32>) -> (String, String) {
+    let driver = driver.unwrap_or("none");
+    let slowest = exit_us.iter().max().copied();
+    let value = match slowest {
+        Some(us) => format!(
+            "driver {driver}, {} states, slowest exit {us} µs",
+            exit_us.len()
+        ),
+        None => format!("driver {driver}, no idle states listed"),
+    };
+    let hint = match requested {
+        Some(us) => format!("holding a {us} µs wake-up latency request while serving"),
+        None if driver == "haltpoll" || slowest.is_some_and(|us| us > 10) => {
+            "idle wake-ups add to the latency tail; `--cpu-dma-latency-us 0` keeps CPUs polling"
+                .into()
+        }
+        None => String::new(),
+    };
+    (value, hint)
 }
 
 /// Renders the table.
@@ -265,8 +326,13 @@ pub fn render(checks: &[Check]) -> String {
             Verdict::Fail => "FAIL",
         };
         s.push_str(&format!("{v}  {:w$}  {}", c.name, c.value));
-        if c.verdict != Verdict::Ok && !c.fix.is_empty() {
-            s.push_str(&format!("\n      fix: {}", c.fix));
+        if !c.fix.is_empty() {
+            let label = if c.verdict == Verdict::Ok {
+                "note"
+            } else {
+                "fix"
+            };
+            s.push_str(&format!("\n      {label}: {}", c.fix));
         }
         s.push('\n');
     }
@@ -288,4 +354,26 @@ pub fn require(config: &Config) -> anyhow::Result<Vec<Check>> {
         anyhow::bail!("preflight failed:\n  {}", msg.join("\n  "));
     }
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_line_names_the_slowest_state_and_the_lever() {
+        let (v, hint) = idle_summary(Some("intel_idle"), &[0, 2, 85], None);
+        assert_eq!(v, "driver intel_idle, 3 states, slowest exit 85 µs");
+        assert!(hint.contains("--cpu-dma-latency-us 0"), "{hint}");
+        let (_, hint) = idle_summary(Some("haltpoll"), &[0, 1], None);
+        assert!(
+            hint.contains("--cpu-dma-latency-us 0"),
+            "a VM's halt is slow: {hint}"
+        );
+        let (_, hint) = idle_summary(Some("acpi_idle"), &[0, 1], None);
+        assert!(hint.is_empty());
+        let (v, hint) = idle_summary(None, &[], Some(0));
+        assert_eq!(v, "driver none, no idle states listed");
+        assert!(hint.contains("holding a 0 µs"));
+    }
 }
