@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, heartbeat, Server};
+use common::{client, heartbeat, recv_retry, Server};
 use ringbeat::core::codec::{decode_ack, Ack, FRAME_BYTES};
 use ringbeat::core::owner::owner;
 use std::time::Duration;
@@ -24,7 +24,7 @@ fn acks_are_byte_exact_for_single_frames_and_64_frame_batches() {
 
     let hb = heartbeat(42, 7, 0, true);
     c.send_to(&hb, server.addr).unwrap();
-    let (n, from) = c.recv_from(&mut buf).unwrap();
+    let (n, from) = recv_retry(&c, &mut buf).unwrap();
     assert_eq!(from, server.addr);
     let mut expected = [0u8; 32];
     expected[0..4].copy_from_slice(b"RBHB");
@@ -43,7 +43,7 @@ fn acks_are_byte_exact_for_single_frames_and_64_frame_batches() {
         .flat_map(|d| heartbeat(1000 + d, d as u32, 5, d % 2 == 0))
         .collect();
     c.send_to(&batch, server.addr).unwrap();
-    let (n, _) = c.recv_from(&mut buf).unwrap();
+    let (n, _) = recv_retry(&c, &mut buf).unwrap();
     let acks = acks_of(&buf[..n]);
     assert_eq!(acks.len(), 32);
     for (i, a) in acks.iter().enumerate() {
@@ -64,13 +64,13 @@ fn acks_are_byte_exact_for_single_frames_and_64_frame_batches() {
         .flat_map(|d| heartbeat(5000 + d, 1, 5, true))
         .collect();
     c.send_to(&batch, server.addr).unwrap();
-    let (n, _) = c.recv_from(&mut buf).unwrap();
+    let (n, _) = recv_retry(&c, &mut buf).unwrap();
     assert_eq!(n, 2048);
     // Exactly one ack datagram per datagram: nothing else is waiting.
     c.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     assert!(
-        c.recv_from(&mut buf).is_err(),
+        recv_retry(&c, &mut buf).is_err(),
         "only one ack datagram per datagram"
     );
 
@@ -108,7 +108,7 @@ fn every_malformed_case_is_counted_by_reason_and_never_acked() {
     ]
     .concat();
     c.send_to(&mixed, server.addr).unwrap();
-    let (n, _) = c.recv_from(&mut buf).unwrap();
+    let (n, _) = recv_retry(&c, &mut buf).unwrap();
     let ids: Vec<u64> = acks_of(&buf[..n]).iter().map(|a| a.device_id).collect();
     assert_eq!(
         ids,
@@ -132,7 +132,7 @@ fn every_malformed_case_is_counted_by_reason_and_never_acked() {
     c.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     assert!(
-        c.recv_from(&mut buf).is_err(),
+        recv_retry(&c, &mut buf).is_err(),
         "no ack for rejected datagrams"
     );
 
@@ -303,7 +303,7 @@ fn udp_rearm_after_enobufs_keeps_serving_and_counts_ring_dry() {
     c.send_to(&heartbeat(999_999, 1, 100, true), server.addr)
         .unwrap();
     let mut buf = [0u8; 64];
-    let (n, _) = c.recv_from(&mut buf).unwrap();
+    let (n, _) = recv_retry(&c, &mut buf).unwrap();
     assert_eq!(acks_of(&buf[..n])[0].device_id, 999_999);
     let s = server.wait_stats(5, |s| s["acks_sent"] == 1);
     // Every datagram is accounted: processed, or dropped by the kernel and counted.
@@ -361,7 +361,7 @@ fn ipv6_loopback_is_served() {
     c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     c.send_to(&heartbeat(5, 1, 0, true), server.addr).unwrap();
     let mut buf = [0u8; 64];
-    let (n, from) = c.recv_from(&mut buf).unwrap();
+    let (n, from) = recv_retry(&c, &mut buf).unwrap();
     assert_eq!(from, server.addr);
     assert_eq!(acks_of(&buf[..n])[0].device_id, 5);
 }
@@ -496,7 +496,7 @@ fn batching_without_min_wait_falls_back_to_short_timeouts() {
     c.send_to(&heartbeat(5_000, 1, 100, true), server.addr)
         .unwrap();
     let mut buf = [0u8; 64];
-    let (n, _) = c.recv_from(&mut buf).unwrap();
+    let (n, _) = recv_retry(&c, &mut buf).unwrap();
     assert_eq!(acks_of(&buf[..n])[0].device_id, 5_000);
     let s = server.wait_stats(5, |s| s["heartbeats"] == 2_001);
     assert!(

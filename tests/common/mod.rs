@@ -10,16 +10,34 @@ use std::time::{Duration, Instant};
 
 /// Fails with a clear message when this machine cannot run the io_uring engine.
 pub fn require_io_uring() {
-    let r: std::io::Result<io_uring::IoUring> = io_uring::IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(8);
+    // Once per test process: a ring torn down while other test threads block in a
+    // socket call can interrupt them (EINTR).
+    static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let r = CHECKED.get_or_init(|| {
+        io_uring::IoUring::<io_uring::squeue::Entry, io_uring::cqueue::Entry>::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(8)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
     if let Err(e) = r {
         panic!(
             "these tests need io_uring with SINGLE_ISSUER and DEFER_TASKRUN (Linux 6.1+, \
              kernel.io_uring_disabled=0, no seccomp filter blocking io_uring_setup): {e}; \
              `ringbeat check` says what is missing"
         );
+    }
+}
+
+/// `recv_from`, retried when a signal interrupts it (a socket with a receive timeout
+/// is never restarted by the kernel).
+pub fn recv_retry(c: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, std::net::SocketAddr)> {
+    loop {
+        match c.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
     }
 }
 
