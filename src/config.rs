@@ -123,7 +123,7 @@ pub struct ServeArgs {
 
     /// Keep every CPU out of idle states slower than this many microseconds to wake
     /// from, while the server runs (PM QoS, /dev/cpu_dma_latency; needs root). 0 cuts
-    /// the wake-up part of the latency tail (measured: p99 142 → 31 µs at 1M
+    /// the wake-up part of the latency tail (measured: p99 204 → 33 µs at 1M
     /// heartbeats/s in 32-heartbeat datagrams) at the price of CPUs that poll instead of
     /// sleeping when idle. Unset = the kernel's default.
     #[arg(long, value_name = "US")]
