@@ -55,14 +55,8 @@ fn load(target: &str, dir: &std::path::Path, extra: &[&str]) -> serde_json::Valu
     serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
 }
 
-fn temp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ringbeat-bench-it-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-#[test]
-fn load_against_the_server_loses_nothing() {
+/// One shard on CPU 0, in-process, on a free loopback port.
+fn start_server() -> ringbeat::engine::Server {
     let config = ringbeat::config::ServeArgs {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         cores: Some("0".into()),
@@ -71,14 +65,30 @@ fn load_against_the_server_loses_nothing() {
     }
     .into_config()
     .unwrap();
-    let mut server = ringbeat::engine::start(&config)
-        .expect("start the server (needs io_uring: `ringbeat check`)");
-    let dir = temp("server");
-    let d = load(&server.listen.to_string(), &dir, &[]);
+    ringbeat::engine::start(&config).expect("start the server (needs io_uring: `ringbeat check`)")
+}
+
+/// Lets the last datagrams land, stops the server and sums its shards' counters.
+fn stop_and_total(mut server: ringbeat::engine::Server) -> ringbeat::core::stats::ShardStats {
     std::thread::sleep(Duration::from_millis(300));
     server.stop();
     let mut total = ringbeat::core::stats::ShardStats::default();
     server.snapshot().iter().for_each(|s| total.add(s));
+    total
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ringbeat-bench-it-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn load_against_the_server_loses_nothing() {
+    let server = start_server();
+    let dir = temp("server");
+    let d = load(&server.listen.to_string(), &dir, &[]);
+    let total = stop_and_total(server);
     let sent = d["sent"]["frames"].as_u64().unwrap();
     assert_eq!(
         sent,
@@ -98,16 +108,7 @@ fn load_against_the_server_loses_nothing() {
 
 #[test]
 fn two_sender_threads_bursts_and_a_garbage_flood_lose_nothing_valid() {
-    let config = ringbeat::config::ServeArgs {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        cores: Some("0".into()),
-        max_devices: Some(100_000),
-        ..Default::default()
-    }
-    .into_config()
-    .unwrap();
-    let mut server = ringbeat::engine::start(&config)
-        .expect("start the server (needs io_uring: `ringbeat check`)");
+    let server = start_server();
     let dir = temp("threads");
     let cpus = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
         "0,1"
@@ -126,10 +127,7 @@ fn two_sender_threads_bursts_and_a_garbage_flood_lose_nothing_valid() {
             "5000",
         ],
     );
-    std::thread::sleep(Duration::from_millis(300));
-    server.stop();
-    let mut total = ringbeat::core::stats::ShardStats::default();
-    server.snapshot().iter().for_each(|s| total.add(s));
+    let total = stop_and_total(server);
     let sent = d["sent"]["frames"].as_u64().unwrap();
     assert_eq!(sent, 40_000 * 2, "every thread sent its whole schedule");
     assert_eq!(total.heartbeats, sent, "every valid frame counted: {d:#}");

@@ -5,20 +5,19 @@
 //! Event density: `cqes` counts datagrams received, `enters` every syscall of the loop
 //! (epoll_wait, recvmmsg, sendmmsg), `wakeups` the waits that may sleep.
 
-use super::{publish_outbound, publish_stats, ShardContext, ShardInfo};
+use super::{publish_stats, ShardContext, ShardInfo, PUBLISH_EVERY};
 use crate::core::codec::{DatagramError, MAX_DATAGRAM_BYTES};
 use crate::core::shard::ShardCore;
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Datagrams per recvmmsg / sendmmsg.
 const BATCH: usize = 64;
 /// recvmmsg calls per loop iteration before the rest of the loop runs.
 const RECV_BUDGET: usize = 16;
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 const TOKEN_SOCKET: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
 
@@ -53,23 +52,14 @@ impl EpollShard {
         // SAFETY: the eventfd is owned by the shared parkers, which outlive this shard.
         let wake = unsafe { BorrowedFd::borrow_raw(ctx.parkers[ctx.index as usize].efd.raw()) };
         epoll.add(wake, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
-        let now_ms = ctx.base.elapsed().as_millis() as u64;
-        let core = ShardCore::new(ctx.config.core_config(ctx.index), now_ms)
-            .context("mapping the device table")?;
+        let core = super::new_core(ctx)?;
         Ok(EpollShard {
             epoll,
             core,
             recv: RecvBatch::new(BATCH),
             send: SendBatch::new(BATCH),
             ack_buf: Box::new([0; MAX_DATAGRAM_BYTES]),
-            info: ShardInfo {
-                index: ctx.index,
-                cpu: ctx.cpu,
-                numa_node: crate::sys::bufring::current_numa_node(),
-                arena_addr: 0,
-                arena_bytes: 0,
-                min_wait_supported: false,
-            },
+            info: ShardInfo::without_arena(ctx),
             socket_drops_seen: 0,
         })
     }
@@ -103,17 +93,7 @@ impl EpollShard {
             }
             self.flush_acks(fd);
             // 2. Hand-offs in, table batch, liveness, events, hand-offs out.
-            for c in ctx.inbound.iter_mut() {
-                c.drain(|f| self.core.ingest_forwarded(f, now_ms));
-            }
-            self.core.flush();
-            if stopping {
-                self.core.advance(now_ms);
-            } else if now_ms >= self.core.next_deadline_ms() {
-                self.core.advance_slice(now_ms, ctx.config.liveness_slice);
-            }
-            super::ship_events(ctx, &mut self.core);
-            publish_outbound(&mut ctx.outbound, &ctx.parkers);
+            super::after_receive(ctx, &mut self.core, now_ms, stopping);
             if stopping {
                 publish_stats(ctx, &mut self.core, &mut self.socket_drops_seen);
                 return;

@@ -11,7 +11,7 @@ pub mod tokio_uring;
 pub mod uring;
 
 use crate::config::Config;
-use crate::core::shard::Event;
+use crate::core::shard::{Event, ShardCore};
 use crate::core::stats::ShardStats;
 use crate::sys::notify::EventFd;
 use crate::sys::socket::{self, UdpOptions};
@@ -225,6 +225,52 @@ impl Server {
             e.finish();
         }
     }
+}
+
+/// How often a shard copies its counters to its slot for the reporter.
+pub(crate) const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl ShardInfo {
+    /// An engine without a receive arena (epoll, tokio-uring): the shard's CPU and node.
+    pub(crate) fn without_arena(ctx: &ShardContext) -> ShardInfo {
+        ShardInfo {
+            index: ctx.index,
+            cpu: ctx.cpu,
+            numa_node: crate::sys::bufring::current_numa_node(),
+            arena_addr: 0,
+            arena_bytes: 0,
+            min_wait_supported: false,
+        }
+    }
+}
+
+/// The shard's sans-IO core, built on the shard's thread (after pinning, so the
+/// table's pages are local).
+pub(crate) fn new_core(ctx: &ShardContext) -> anyhow::Result<ShardCore> {
+    let now_ms = ctx.base.elapsed().as_millis() as u64;
+    ShardCore::new(ctx.config.core_config(ctx.index), now_ms).context("mapping the device table")
+}
+
+/// What every engine does after a receive batch: applies the frames peers handed over
+/// and the table batch, runs liveness (the whole walk when stopping, else a slice once
+/// a tick is due or a walk is unfinished), ships events and publishes hand-offs.
+pub(crate) fn after_receive(
+    ctx: &mut ShardContext,
+    core: &mut ShardCore,
+    now_ms: u64,
+    stopping: bool,
+) {
+    for c in ctx.inbound.iter_mut() {
+        c.drain(|f| core.ingest_forwarded(f, now_ms));
+    }
+    core.flush();
+    if stopping {
+        core.advance(now_ms);
+    } else if now_ms >= core.next_deadline_ms() {
+        core.advance_slice(now_ms, ctx.config.liveness_slice);
+    }
+    ship_events(ctx, core);
+    publish_outbound(&mut ctx.outbound, &ctx.parkers);
 }
 
 /// Publishes the frames pushed to each peer and wakes peers that are parked.

@@ -16,7 +16,7 @@
 //! runtime (when the thread parks), out of the engine's sight, so `enters` stays 0;
 //! the experiment scripts count every engine's system calls with `perf stat` instead.
 
-use super::{publish_outbound, publish_stats, ShardContext, ShardInfo};
+use super::{publish_stats, ShardContext, ShardInfo, PUBLISH_EVERY};
 use crate::core::codec::{DatagramError, FRAME_BYTES, MAX_DATAGRAM_BYTES};
 use crate::core::shard::ShardCore;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -40,7 +40,6 @@ const RECV_DEPTH: usize = 64;
 const ACK_BUFFERS: usize = 64;
 /// Submission queue entries of each shard's ring.
 const RING_ENTRIES: u32 = 256;
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 pub(super) fn run(ctx: ShardContext) {
     super::run_shard(ctx, TokioShard::new, |s| s.info.clone(), TokioShard::run);
@@ -68,20 +67,11 @@ impl TokioShard {
         super::pin_to(ctx.cpu)?;
         let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES))
             .context("starting the tokio-uring runtime")?;
-        let now_ms = ctx.base.elapsed().as_millis() as u64;
-        let core = ShardCore::new(ctx.config.core_config(ctx.index), now_ms)
-            .context("mapping the device table")?;
+        let core = super::new_core(ctx)?;
         Ok(TokioShard {
             rt,
             core,
-            info: ShardInfo {
-                index: ctx.index,
-                cpu: ctx.cpu,
-                numa_node: crate::sys::bufring::current_numa_node(),
-                arena_addr: 0,
-                arena_bytes: 0,
-                min_wait_supported: false,
-            },
+            info: ShardInfo::without_arena(ctx),
             socket_drops_seen: 0,
         })
     }
@@ -215,17 +205,7 @@ async fn shard_loop(
 
         // Hand-offs in, table batch, liveness, events, hand-offs out.
         let now_ms = ctx.base.elapsed().as_millis() as u64;
-        for c in ctx.inbound.iter_mut() {
-            c.drain(|f| core.ingest_forwarded(f, now_ms));
-        }
-        core.flush();
-        if stopping {
-            core.advance(now_ms);
-        } else if now_ms >= core.next_deadline_ms() {
-            core.advance_slice(now_ms, ctx.config.liveness_slice);
-        }
-        super::ship_events(ctx, core);
-        publish_outbound(&mut ctx.outbound, &ctx.parkers);
+        super::after_receive(ctx, core, now_ms, stopping);
         if stopping {
             publish_stats(ctx, core, socket_drops_seen);
             return Ok(());

@@ -7,7 +7,7 @@
 //! one commit → drain inbound hand-offs → flush the table batch and run liveness →
 //! publish outbound hand-offs → wait (see `wait`). It allocates nothing after start-up.
 
-use super::{publish_outbound, ShardContext, ShardInfo};
+use super::{ShardContext, ShardInfo, PUBLISH_EVERY};
 use crate::config::WaitStrategy;
 use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::core::shard::ShardCore;
@@ -32,8 +32,6 @@ const BATCH_WANT: usize = 1 << 16;
 const ADAPTIVE_BATCH_RATE_PER_S: u64 = 200_000;
 /// Window over which the adaptive strategy measures the completion rate.
 const ADAPTIVE_WINDOW_US: u64 = 1_000;
-/// How often the shard copies its counters to the reporter (off the hot path).
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 /// One in-flight ack datagram. Pinned inside a boxed slice that is never resized; the
 /// kernel reads `msg`, `iov`, `addr` and `buf` until the send's completion arrives.
@@ -106,9 +104,7 @@ impl Shard {
             },
             BGID,
         )?;
-        let now_ms = ctx.base.elapsed().as_millis() as u64;
-        let core = ShardCore::new(cfg.core_config(ctx.index), now_ms)
-            .context("mapping the device table")?;
+        let core = super::new_core(ctx)?;
         // SAFETY: SendSlot is plain data (pointers, integers, bytes); all-zero is valid
         // and every pointer is set before use.
         let mut slots: Box<[SendSlot]> = (0..cfg.ack_slots)
@@ -234,18 +230,9 @@ impl Shard {
                 }
             }
             self.core.stats_mut().cqes += reaped as u64;
-            // 2. Frames peers handed to us.
-            for c in ctx.inbound.iter_mut() {
-                c.drain(|f| self.core.ingest_forwarded(f, now_ms));
-            }
-            // 3. Table batch, liveness, events.
-            self.core.flush();
-            if now_ms >= self.core.next_deadline_ms() {
-                self.core.advance_slice(now_ms, ctx.config.liveness_slice);
-            }
-            self.ship_events(ctx);
-            // 4. Hand-offs to peers.
-            publish_outbound(&mut ctx.outbound, &ctx.parkers);
+            // 2-4. Frames peers handed to us, table batch, a liveness slice, events,
+            //      hand-offs to peers (the whole walk comes in `finish`).
+            super::after_receive(ctx, &mut self.core, now_ms, false);
             if stopping {
                 self.finish(ctx);
                 return;
@@ -382,10 +369,6 @@ impl Shard {
         }
     }
 
-    fn ship_events(&mut self, ctx: &mut ShardContext) {
-        super::ship_events(ctx, &mut self.core);
-    }
-
     fn publish_stats(&mut self, ctx: &ShardContext) {
         super::publish_stats(ctx, &mut self.core, &mut self.socket_drops_seen);
     }
@@ -462,13 +445,7 @@ impl Shard {
         for (ud, res, flags) in pending {
             self.on_completion(ctx, ud, res, flags, now_ms);
         }
-        for c in ctx.inbound.iter_mut() {
-            c.drain(|f| self.core.ingest_forwarded(f, now_ms));
-        }
-        self.core.flush();
-        self.core.advance(now_ms);
-        self.ship_events(ctx);
-        publish_outbound(&mut ctx.outbound, &ctx.parkers);
+        super::after_receive(ctx, &mut self.core, now_ms, true);
         self.publish_stats(ctx);
     }
 }
