@@ -488,6 +488,7 @@ fn summary_json(
             let d = |k: &str| counter(e, k).saturating_sub(counter(b, k));
             let cpu = e.cpu_s - b.cpu_s;
             let hb = d("heartbeats");
+            let switches = e.voluntary_switches.saturating_sub(b.voluntary_switches);
             json!({
                 "cpu_seconds": cpu, "shard_threads": e.threads, "heartbeats": hb, "datagrams": d("datagrams"),
                 "heartbeats_per_core_second": if cpu > 0.0 { hb as f64 / cpu } else { f64::NAN },
@@ -497,8 +498,8 @@ fn summary_json(
                 "wakeups_per_s": d("wakeups") as f64 / measured_s,
                 "heartbeats_per_wakeup": hb as f64 / d("wakeups").max(1) as f64,
                 "cqes_per_enter": d("cqes") as f64 / d("enters").max(1) as f64,
-                "kernel_wakeups_per_s": e.voluntary_switches.saturating_sub(b.voluntary_switches) as f64 / measured_s,
-                "heartbeats_per_kernel_wakeup": hb as f64 / e.voluntary_switches.saturating_sub(b.voluntary_switches).max(1) as f64,
+                "kernel_wakeups_per_s": switches as f64 / measured_s,
+                "heartbeats_per_kernel_wakeup": hb as f64 / switches.max(1) as f64,
                 "malformed_total": d("malformed_total"), "table_full": d("table_full"),
             })
         }

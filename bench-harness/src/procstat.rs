@@ -28,26 +28,16 @@ pub fn sample_threads(pid: u32, prefix: &str) -> std::io::Result<ThreadSample> {
         .flatten()
         .unwrap_or(100) as f64;
     let mut out = ThreadSample::default();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let dir = entry?.path();
-        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
-            continue;
-        }; // exited meanwhile
-        let Some((name, (utime, stime))) = parse_stat(&stat) else {
-            continue;
-        };
-        if !name.starts_with(prefix) {
-            continue;
-        }
+    for task in tasks(pid, prefix)? {
         out.threads += 1;
-        let exact = std::fs::read_to_string(dir.join("schedstat"))
+        let exact = std::fs::read_to_string(task.dir.join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
         out.cpu_s += match exact {
             Some(ns) => ns as f64 / 1e9,
-            None => (utime + stime) as f64 / ticks,
+            None => (task.utime + task.stime) as f64 / ticks,
         };
-        out.voluntary_switches += std::fs::read_to_string(dir.join("status"))
+        out.voluntary_switches += std::fs::read_to_string(task.dir.join("status"))
             .ok()
             .and_then(|s| parse_voluntary_switches(&s))
             .unwrap_or(0);
@@ -55,21 +45,37 @@ pub fn sample_threads(pid: u32, prefix: &str) -> std::io::Result<ThreadSample> {
     Ok(out)
 }
 
-/// Thread ids of `pid`'s threads whose name starts with `prefix`.
-pub fn thread_ids(pid: u32, prefix: &str) -> std::io::Result<Vec<u32>> {
+/// One thread of a process, as its `stat` line showed it.
+struct Task {
+    dir: std::path::PathBuf,
+    utime: u64,
+    stime: u64,
+}
+
+/// The threads of `pid` whose name starts with `prefix` (threads that exit meanwhile
+/// are skipped).
+fn tasks(pid: u32, prefix: &str) -> std::io::Result<Vec<Task>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let dir = entry?.path();
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
-        if parse_stat(&stat).is_some_and(|(name, _)| name.starts_with(prefix)) {
-            if let Some(tid) = dir.file_name().and_then(|n| n.to_str()?.parse().ok()) {
-                out.push(tid);
+        if let Some((name, (utime, stime))) = parse_stat(&stat) {
+            if name.starts_with(prefix) {
+                out.push(Task { dir, utime, stime });
             }
         }
     }
     Ok(out)
+}
+
+/// Thread ids of `pid`'s threads whose name starts with `prefix`.
+pub fn thread_ids(pid: u32, prefix: &str) -> std::io::Result<Vec<u32>> {
+    Ok(tasks(pid, prefix)?
+        .iter()
+        .filter_map(|t| t.dir.file_name()?.to_str()?.parse().ok())
+        .collect())
 }
 
 /// Counts the system calls the threads `tids` make for `secs` seconds with

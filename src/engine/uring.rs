@@ -75,7 +75,7 @@ struct Shard {
     /// Last SK_MEMINFO_DROPS value read from the socket.
     socket_drops_seen: u32,
     last_error_log: Option<Instant>,
-    /// When completions were last brought in (an enter with GETEVENTS).
+    /// When a liveness walk last brought completions in (a zero-timeout GETEVENTS).
     last_getevents: Instant,
 }
 
@@ -396,8 +396,11 @@ impl Shard {
             } else {
                 want
             };
-        let reap_due = self.last_getevents.elapsed() >= LIVENESS_REAP_EVERY;
-        let result = if want == 0 && self.core.liveness_pending() && !peer_frames && reap_due {
+        let result = if want == 0
+            && self.core.liveness_pending()
+            && !peer_frames
+            && self.last_getevents.elapsed() >= LIVENESS_REAP_EVERY
+        {
             // Between slices of a liveness walk: run the deferred completions (an enter
             // with GETEVENTS, zero timeout) so datagrams that arrived meanwhile are
             // reaped during the walk instead of after it. Rate-limited: reaping after
@@ -420,7 +423,6 @@ impl Shard {
                 args = args.min_wait_usec(min_wait_us);
             }
             self.core.stats_mut().wakeups += 1;
-            self.last_getevents = Instant::now();
             self.ring.submitter().submit_with_args(want, &args)
         };
         parker.parked.store(false, Ordering::Relaxed);
