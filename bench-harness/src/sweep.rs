@@ -674,16 +674,7 @@ pub fn plot_variants(dir: &Path) -> anyhow::Result<Vec<String>> {
     };
     let mut written = Vec::new();
     if sets[0].rows.len() > 1 {
-        let kind = std::fs::read(dir.join(&labels[0]).join("sweep.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["kind"].as_str().map(String::from))
-            .unwrap_or_else(|| "rate".into());
-        let (x_desc, x_col) = if kind == "devices" {
-            ("devices", "devices")
-        } else {
-            ("offered heartbeats/s", "offered_hb_per_s")
-        };
+        let (x_desc, x_col) = x_axis(&dir.join(&labels[0]));
         let xs: Vec<f64> = sets.iter().flat_map(|p| p.col(x_col)).collect();
         let x_range = xs.iter().cloned().fold(f64::INFINITY, f64::min) * 0.8
             ..xs.iter().cloned().fold(0.0, f64::max) * 1.25;
@@ -841,6 +832,20 @@ pub fn plot_variants(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(written)
 }
 
+/// The x axis of a sweep folder's plots, (description, points.csv column), from the
+/// kind its sweep.json records (a rate scan when unknown).
+fn x_axis(dir: &Path) -> (&'static str, &'static str) {
+    let kind = std::fs::read(dir.join("sweep.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["kind"].as_str().map(String::from));
+    if kind.as_deref() == Some("devices") {
+        ("devices", "devices")
+    } else {
+        ("offered heartbeats/s", "offered_hb_per_s")
+    }
+}
+
 /// Draws latency.svg (p50/p99/p999/max vs x) and efficiency.svg (server heartbeats per
 /// core-second vs x) from `dir/points.csv`.
 pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
@@ -849,16 +854,8 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
     if p.rows.is_empty() {
         bail!("{}/points.csv has no points", dir.display());
     }
-    let kind = std::fs::read(dir.join("sweep.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["kind"].as_str().map(String::from))
-        .unwrap_or_else(|| "rate".into());
-    let (x_desc, xs) = if kind == "devices" {
-        ("devices", p.col("devices"))
-    } else {
-        ("offered heartbeats/s", p.col("offered_hb_per_s"))
-    };
+    let (x_desc, x_col) = x_axis(dir);
+    let xs = p.col(x_col);
     let x_range = xs.iter().cloned().fold(f64::INFINITY, f64::min) * 0.8
         ..xs.iter().cloned().fold(0.0, f64::max) * 1.25;
     let series = [
