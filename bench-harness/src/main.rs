@@ -164,6 +164,13 @@ struct SinkArgs {
     /// generator and the kernel set, rather than the generator's throughput ceiling.
     #[arg(long)]
     busy: bool,
+    /// SO_RCVBUF per socket, bytes (the server's default).
+    #[arg(long, default_value_t = 4 << 20)]
+    rcvbuf: usize,
+    /// Rewrite the counters here every 500 ms (server key names: `heartbeats`,
+    /// `datagrams`, `acks_sent`, `kernel_drops`), for `load --server-stats`.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
 }
 
 fn main() {
@@ -177,16 +184,15 @@ fn main() {
                 .context("--cpus")
                 .unwrap_or_else(|e| exit_err(e));
             let (tx, rx) = mpsc::channel();
-            let t = std::thread::spawn(move || {
-                sink::run(
-                    a.listen,
-                    &cpus,
-                    Duration::from_secs_f64(a.duration),
-                    a.busy,
-                    Default::default(),
-                    tx,
-                )
-            });
+            let o = sink::SinkOptions {
+                listen: a.listen,
+                cpus,
+                duration: Duration::from_secs_f64(a.duration),
+                busy: a.busy,
+                rcvbuf_bytes: a.rcvbuf,
+                stats_json: a.stats_json,
+            };
+            let t = std::thread::spawn(move || sink::run(&o, Default::default(), tx));
             if let Ok(addr) = rx.recv() {
                 eprintln!("sink listening on {addr}");
             }
@@ -246,10 +252,19 @@ struct ServerSample {
     stats: Option<serde_json::Value>,
 }
 
+/// Name prefix of the receiving threads of `pid`: the server's shards, or the bare
+/// receiver's threads when the target is `ringbeat-bench sink`.
+fn receiver_threads(pid: u32) -> &'static str {
+    match procstat::thread_ids(pid, sink::THREAD_PREFIX) {
+        Ok(t) if !t.is_empty() => sink::THREAD_PREFIX,
+        _ => "ringbeat-shard",
+    }
+}
+
 fn sample_server(a: &LoadArgs) -> Option<ServerSample> {
     let t = a
         .server_pid
-        .and_then(|pid| procstat::sample_threads(pid, "ringbeat-shard").ok())
+        .and_then(|pid| procstat::sample_threads(pid, receiver_threads(pid)).ok())
         .unwrap_or_default();
     let stats = a.server_stats.as_deref().and_then(procstat::read_stats);
     (a.server_pid.is_some() || stats.is_some()).then_some(ServerSample {
@@ -380,7 +395,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         if before.is_none() && now >= warmup_at {
             before = sample_server(a).or(Some(ServerSample::default()));
             if let (true, Some(pid)) = (a.count_syscalls, a.server_pid) {
-                let tids = procstat::thread_ids(pid, "ringbeat-shard").unwrap_or_default();
+                let tids = procstat::thread_ids(pid, receiver_threads(pid)).unwrap_or_default();
                 let secs = end_at.saturating_duration_since(now).as_secs_f64();
                 syscalls = match procstat::SyscallCount::start(&tids, secs) {
                     Ok(c) if !tids.is_empty() => Some(c),

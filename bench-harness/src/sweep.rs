@@ -77,6 +77,13 @@ pub struct SweepArgs {
     /// gets its own folder and the comparison goes to variants.csv and compare-*.svg.
     #[arg(long = "variant", value_name = "LABEL=FLAGS", value_parser = parse_variant)]
     variants: Vec<Variant>,
+    /// Also run the bare receiver (`ringbeat-bench sink` on the server's CPUs, the
+    /// server's SO_RCVBUF) as the variant `sink`, interleaved with the others: its CPU
+    /// time per datagram is the kernel's receive cost with nothing above it, so the
+    /// server's cost over the kernel's is a ratio measured in one run. Without
+    /// `--variant` the server runs with its defaults as the variant `server`.
+    #[arg(long)]
+    sink_baseline: bool,
     /// Garbage datagrams per second beside the load (`load --garbage-rate`).
     #[arg(long, default_value_t = 0.0)]
     garbage_rate: f64,
@@ -91,6 +98,18 @@ pub struct SweepArgs {
 pub struct Variant {
     label: String,
     flags: Vec<String>,
+    /// The bare receiver instead of the server (`--sink-baseline`).
+    sink: bool,
+}
+
+impl Variant {
+    fn describe(&self) -> String {
+        if self.sink {
+            "ringbeat-bench sink".into()
+        } else {
+            self.flags.join(" ")
+        }
+    }
 }
 
 fn parse_variant(s: &str) -> Result<Variant, String> {
@@ -106,9 +125,13 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
             "variant label {label:?}: use letters, digits, '-', '_' or '.' (it names a folder)"
         ));
     }
+    if label == "sink" {
+        return Err("variant label \"sink\" is kept for --sink-baseline".into());
+    }
     Ok(Variant {
         label: label.into(),
         flags: flags.split_whitespace().map(String::from).collect(),
+        sink: false,
     })
 }
 
@@ -201,33 +224,49 @@ impl ServerProcess {
     fn start(
         bin: &Path,
         a: &SweepArgs,
-        variant: &[String],
+        variant: &Variant,
         stats: &Path,
         log: &Path,
         run_for: f64,
     ) -> anyhow::Result<ServerProcess> {
-        let mut child = Command::new(bin)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", a.port),
-                "--cores",
-                &a.server_cores,
-                "--quiet",
-            ])
-            .args([
-                "--stats-interval",
-                "0.5",
-                "--run-for",
-                &format!("{run_for}"),
-            ])
-            .arg("--stats-json")
-            .arg(stats)
-            .args(&a.server_args)
-            .args(variant)
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut child = if variant.sink {
+            Command::new(std::env::current_exe()?)
+                .args(["sink", "--listen", &format!("127.0.0.1:{}", a.port)])
+                .args([
+                    "--cpus",
+                    &a.server_cores,
+                    "--duration",
+                    &format!("{run_for}"),
+                ])
+                .arg("--stats-json")
+                .arg(stats)
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting the sink")?
+        } else {
+            Command::new(bin)
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{}", a.port),
+                    "--cores",
+                    &a.server_cores,
+                    "--quiet",
+                ])
+                .args([
+                    "--stats-interval",
+                    "0.5",
+                    "--run-for",
+                    &format!("{run_for}"),
+                ])
+                .arg("--stats-json")
+                .arg(stats)
+                .args(&a.server_args)
+                .args(&variant.flags)
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?
+        };
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         let log = log.to_path_buf();
@@ -239,6 +278,7 @@ impl ServerProcess {
                     use std::io::Write;
                     let _ = writeln!(f, "{line}");
                 }
+                // "… listening on …": the server's log line and the sink's.
                 if !told && line.contains("listening on") {
                     told = tx.send(()).is_ok();
                 }
@@ -275,15 +315,29 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("ringbeat"),
     };
     let dir = a.results.join(format!("{}-{}", today(), a.name));
-    let compare = !a.variants.is_empty();
-    let variants = if compare {
-        a.variants.clone()
-    } else {
-        vec![Variant {
-            label: String::new(),
+    let compare = !a.variants.is_empty() || a.sink_baseline;
+    let mut variants = a.variants.clone();
+    if variants.is_empty() {
+        variants.push(Variant {
+            label: if compare {
+                "server".into()
+            } else {
+                String::new()
+            },
             flags: Vec::new(),
-        }]
-    };
+            sink: false,
+        });
+    }
+    if a.sink_baseline {
+        variants.insert(
+            0,
+            Variant {
+                label: "sink".into(),
+                flags: Vec::new(),
+                sink: true,
+            },
+        );
+    }
     // Each variant's folder: the sweep folder itself when there is only one.
     let vdirs: Vec<PathBuf> = variants
         .iter()
@@ -331,7 +385,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                 let stats = raw.join(format!("{tag}.server.json"));
                 let log = raw.join(format!("{tag}.server.log"));
                 let server =
-                    ServerProcess::start(&server_bin, &a, &v.flags, &stats, &log, duration + 5.0)?;
+                    ServerProcess::start(&server_bin, &a, v, &stats, &log, duration + 5.0)?;
                 let load = LoadArgs {
                     target: format!("127.0.0.1:{}", a.port).parse()?,
                     devices,
@@ -381,7 +435,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                 "{}: variant {} (`{}`)",
                 a.name,
                 variants[vi].label,
-                variants[vi].flags.join(" ")
+                variants[vi].describe()
             )
         } else {
             a.name.clone()
@@ -409,13 +463,13 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         let mut all = format!("variant,flags,{CSV_HEADER}\n");
         for (vi, v) in variants.iter().enumerate() {
             for line in csvs[vi].lines().skip(1) {
-                all += &format!("{},{},{line}\n", v.label, v.flags.join(" "));
+                all += &format!("{},{},{line}\n", v.label, v.describe());
             }
         }
         std::fs::write(dir.join("variants.csv"), &all)?;
         let meta = serde_json::json!({
             "kind": a.kind,
-            "variants": variants.iter().map(|v| serde_json::json!({"label": v.label, "flags": v.flags.join(" ")})).collect::<Vec<_>>(),
+            "variants": variants.iter().map(|v| serde_json::json!({"label": v.label, "flags": v.describe()})).collect::<Vec<_>>(),
         });
         std::fs::write(dir.join("sweep.json"), serde_json::to_vec_pretty(&meta)?)?;
         let plots = plot_variants(&dir)?;

@@ -151,6 +151,8 @@ fn load_against_the_sink_loses_nothing() {
         s.local_addr().unwrap().port()
     };
     let target = format!("127.0.0.1:{port}");
+    let dir = temp("sink");
+    let stats = dir.join("sink.json");
     let sink = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
         .args([
             "sink",
@@ -161,11 +163,20 @@ fn load_against_the_sink_loses_nothing() {
             "--duration",
             "4",
         ])
+        .arg("--stats-json")
+        .arg(&stats)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let d = load(&target, &temp("sink"), &[]);
+    // Measured like a server: its receive thread's CPU time and its counters.
+    let pid = sink.id().to_string();
+    let stats_arg = stats.to_str().unwrap();
+    let d = load(
+        &target,
+        &dir,
+        &["--server-pid", &pid, "--server-stats", stats_arg],
+    );
     let out = sink.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     let total = text
@@ -180,4 +191,12 @@ fn load_against_the_sink_loses_nothing() {
     assert_eq!(nums[1], sent, "sink frames = frames sent: {total}");
     assert_eq!(nums[0], d["sent"]["datagrams"].as_u64().unwrap());
     assert_eq!(d["acks"]["received"], d["acks"]["expected"]);
+    let server = &d["server"];
+    assert_eq!(server["shard_threads"], 1, "{server}");
+    assert!(server["cpu_seconds"].as_f64().unwrap() > 0.0, "{server}");
+    assert!(server["heartbeats"].as_u64().unwrap() > 0, "{server}");
+    let last: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(last["heartbeats"].as_u64(), Some(sent), "{last}");
+    assert_eq!(last["datagrams"], d["sent"]["datagrams"], "{last}");
+    assert_eq!(last["kernel_drops"], 0, "{last}");
 }

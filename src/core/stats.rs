@@ -55,6 +55,9 @@ pub struct ShardStats {
     pub cqes: u64,
     pub enters: u64,
     pub wakeups: u64,
+    /// Batching waits not taken because the socket already held a backlog: the shard
+    /// drained it instead of sleeping for more (io_uring engine).
+    pub backlog_polls: u64,
     /// Receive re-arms (multishot ended without F_MORE).
     pub rearms: u64,
     /// Receive completions with an error other than -ENOBUFS, and malformed
@@ -119,6 +122,7 @@ impl ShardStats {
             cqes,
             enters,
             wakeups,
+            backlog_polls,
             rearms,
             recv_errors
         );

@@ -13,6 +13,7 @@ use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::core::shard::ShardCore;
 use crate::engine::token::Token;
 use crate::sys::bufring::{BufRing, BufRingShape};
+use crate::sys::socket;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -32,6 +33,12 @@ const BATCH_WANT: usize = 1 << 16;
 const ADAPTIVE_BATCH_RATE_PER_S: u64 = 200_000;
 /// Window over which the adaptive strategy measures the completion rate.
 const ADAPTIVE_WINDOW_US: u64 = 1_000;
+/// A batching wait is not taken when at least this much (skb truesize, about 50
+/// small datagrams) already waits in the socket: with DEFER_TASKRUN a sleeping shard
+/// receives nothing until its min-wait ends, and each enter brings in only a bounded
+/// run of completions, so batch-sleeping over a backlog caps the drain rate and turns
+/// a short stall into a lasting overload (results/2026-11-24-kernel-floor).
+const BACKLOG_NO_BATCH_BYTES: u32 = 64 << 10;
 
 /// One in-flight ack datagram. Pinned inside a boxed slice that is never resized; the
 /// kernel reads `msg`, `iov`, `addr` and `buf` until the send's completion arrives.
@@ -51,6 +58,52 @@ fn recv_msghdr() -> libc::msghdr {
     // No control data: kernel drops are polled with SO_MEMINFO (see sys::socket).
     m.msg_controllen = 0;
     m
+}
+
+/// How the next wait goes: how many completions it wants and how long it may sleep
+/// gathering them.
+#[derive(Debug, PartialEq, Eq)]
+struct WaitPlan {
+    want: usize,
+    min_wait_us: u32,
+    /// A batching wait was turned into a drain because the socket held a backlog.
+    backlog: bool,
+}
+
+/// The wait strategy applied to this moment. `queued_bytes` is asked only when the
+/// plan would batch (one getsockopt per batching wait).
+fn wait_plan(
+    strategy: WaitStrategy,
+    busy: bool,
+    ran_dry: bool,
+    queued_bytes: impl FnOnce() -> Option<u32>,
+) -> WaitPlan {
+    let drain = WaitPlan {
+        want: 1,
+        min_wait_us: 0,
+        backlog: false,
+    };
+    let batch_us = match strategy {
+        // The re-armed receive completes at once: data is queued.
+        _ if ran_dry => return drain,
+        WaitStrategy::Fixed { us } => us,
+        WaitStrategy::Adaptive { batch_us } if busy => batch_us,
+        WaitStrategy::Adaptive { .. } => 0,
+    };
+    if batch_us == 0 {
+        return drain;
+    }
+    if queued_bytes().is_some_and(|b| b >= BACKLOG_NO_BATCH_BYTES) {
+        return WaitPlan {
+            backlog: true,
+            ..drain
+        };
+    }
+    WaitPlan {
+        want: BATCH_WANT,
+        min_wait_us: batch_us,
+        backlog: false,
+    }
 }
 
 pub(super) fn run(ctx: ShardContext) {
@@ -383,13 +436,15 @@ impl Shard {
             .saturating_sub(now_ms)
             .clamp(1, ctx.config.tick_ms as u64);
         let ts = types::Timespec::from(Duration::from_millis(until_tick_ms));
-        let (want, min_wait_us) = match ctx.config.wait {
-            _ if std::mem::take(&mut self.ran_dry) => (1, 0),
-            WaitStrategy::Fixed { us: 0 } => (1, 0),
-            WaitStrategy::Fixed { us } => (BATCH_WANT, us),
-            WaitStrategy::Adaptive { batch_us } if busy => (BATCH_WANT, batch_us),
-            WaitStrategy::Adaptive { .. } => (1, 0),
-        };
+        let ran_dry = std::mem::take(&mut self.ran_dry);
+        let fd = ctx.socket.as_raw_fd();
+        let plan = wait_plan(ctx.config.wait, busy, ran_dry, || {
+            socket::socket_queued_bytes(fd).ok()
+        });
+        if plan.backlog {
+            self.core.stats_mut().backlog_polls += 1;
+        }
+        let (want, min_wait_us) = (plan.want, plan.min_wait_us);
         let want =
             if peer_frames || self.core.liveness_pending() || !self.ring.completion().is_empty() {
                 0
@@ -449,5 +504,56 @@ impl Shard {
         }
         super::after_receive(ctx, &mut self.core, now_ms, true);
         self.publish_stats(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADAPTIVE: WaitStrategy = WaitStrategy::Adaptive { batch_us: 50 };
+
+    fn plan(s: WaitStrategy, busy: bool, ran_dry: bool, queued: u32) -> (usize, u32, bool) {
+        let p = wait_plan(s, busy, ran_dry, || Some(queued));
+        (p.want, p.min_wait_us, p.backlog)
+    }
+
+    #[test]
+    fn batches_only_when_busy_and_nothing_is_waiting() {
+        assert_eq!(plan(ADAPTIVE, false, false, 0), (1, 0, false));
+        assert_eq!(plan(ADAPTIVE, true, false, 0), (BATCH_WANT, 50, false));
+        let fixed = WaitStrategy::Fixed { us: 200 };
+        assert_eq!(plan(fixed, false, false, 1000), (BATCH_WANT, 200, false));
+        assert_eq!(
+            plan(WaitStrategy::Fixed { us: 0 }, true, false, 1 << 20),
+            (1, 0, false)
+        );
+    }
+
+    #[test]
+    fn a_backlog_or_a_dry_ring_turns_a_batch_into_a_drain() {
+        let fixed = WaitStrategy::Fixed { us: 200 };
+        let big = BACKLOG_NO_BATCH_BYTES;
+        assert_eq!(plan(ADAPTIVE, true, false, big), (1, 0, true));
+        assert_eq!(plan(fixed, false, false, big), (1, 0, true));
+        assert_eq!(plan(fixed, false, false, big - 1), (BATCH_WANT, 200, false));
+        assert_eq!(plan(fixed, false, true, 0), (1, 0, false));
+        // An unreadable queue size never blocks batching.
+        let p = wait_plan(fixed, false, false, || None);
+        assert_eq!((p.want, p.min_wait_us), (BATCH_WANT, 200));
+    }
+
+    #[test]
+    fn the_queue_is_asked_only_when_the_plan_would_batch() {
+        let asked = std::cell::Cell::new(0);
+        let ask = || {
+            asked.set(asked.get() + 1);
+            Some(0)
+        };
+        wait_plan(ADAPTIVE, false, false, ask);
+        wait_plan(WaitStrategy::Fixed { us: 100 }, true, true, ask);
+        assert_eq!(asked.get(), 0);
+        wait_plan(ADAPTIVE, true, false, ask);
+        assert_eq!(asked.get(), 1);
     }
 }

@@ -191,6 +191,16 @@ pub fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen
 /// Datagrams the kernel dropped on this socket so far (receive buffer full, or
 /// rejected by a socket filter). Wraps at 2^32.
 pub fn socket_drops(fd: RawFd) -> Result<u32, SocketError> {
+    Ok(meminfo(fd)?[libc::SK_MEMINFO_DROPS as usize])
+}
+
+/// Bytes (skb truesize) queued on this socket for the reader right now.
+pub fn socket_queued_bytes(fd: RawFd) -> Result<u32, SocketError> {
+    Ok(meminfo(fd)?[libc::SK_MEMINFO_RMEM_ALLOC as usize])
+}
+
+/// The socket's SK_MEMINFO counters (one getsockopt).
+fn meminfo(fd: RawFd) -> Result<[u32; 9], SocketError> {
     // SK_MEMINFO_VARS is 9 on every kernel that has SK_MEMINFO_DROPS.
     let mut info = [0u32; 9];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
@@ -205,7 +215,7 @@ pub fn socket_drops(fd: RawFd) -> Result<u32, SocketError> {
         )
     };
     check("SO_MEMINFO", rc)?;
-    Ok(info[libc::SK_MEMINFO_DROPS as usize])
+    Ok(info)
 }
 
 /// The address a socket is bound to (to learn the port after binding port 0).
