@@ -3,11 +3,13 @@
 # receiver (`ringbeat-bench sink`: non-blocking recvmmsg in batches of 64, a 50 µs nap
 # when empty, nothing else) at the same loads, interleaved run by run, so that the
 # server's cost above the kernel's receive path is a ratio measured in one run.
-# Variants: the sink, the server with its defaults, and a larger wake-up batch. The
-# last rate is beyond one core (overload: what each keeps applying while dropping).
+# Variants: the sink, the server with its defaults (adaptive: 200 µs batches from
+# 800K completions/s) and with fixed wake-up batches (50 µs: what the adaptive default
+# did at every busy rate before). The last rate is beyond one core (overload: what
+# each keeps applying while dropping).
 #
 # usage: scripts/exp-kernel-floor.sh [OUT_DIR]
-#   env: RATES="1000000,1500000,2000000" DEVICES=2000000 RUNS=3 WAITS="200"
+#   env: RATES="1000000,1500000,2000000" DEVICES=2000000 RUNS=3 WAITS="50 200"
 # Sends only to 127.0.0.1; every run stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,7 @@ OUT=${1:-results}
 RATES=${RATES:-"1000000,1500000,2000000"}
 DEVICES=${DEVICES:-2000000}
 RUNS=${RUNS:-3}
-WAITS=${WAITS:-"200"}
+WAITS=${WAITS:-"50 200"}
 cargo build --release --locked --workspace -q
 variants=(--variant "default=")
 for w in $WAITS; do variants+=(--variant "wait-$w=--wait-us $w"); done

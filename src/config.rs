@@ -88,7 +88,8 @@ pub struct ServeArgs {
 
     /// Wake-up batching: after the first completion, wait up to this many microseconds
     /// for more before processing. 0 = process every completion at once. Unset =
-    /// adaptive: immediate below 200K completions/s, 50 µs batches above.
+    /// adaptive: immediate below 200K completions/s, 50 µs batches above, 200 µs
+    /// from 800K/s (results/2026-11-24-kernel-floor).
     #[arg(long, value_name = "US")]
     pub wait_us: Option<u32>,
 
@@ -168,8 +169,9 @@ pub enum Engine {
 /// How a shard waits for completions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStrategy {
-    /// Immediate wake-ups at light load, `batch_us` batching once busy.
-    Adaptive { batch_us: u32 },
+    /// Immediate wake-ups at light load, `batch_us` batching once busy and
+    /// `heavy_batch_us` under heavy load (io_uring engine).
+    Adaptive { batch_us: u32, heavy_batch_us: u32 },
     /// Always wait up to `us` for more completions (0 = never batch).
     Fixed { us: u32 },
 }
@@ -347,7 +349,10 @@ impl ServeArgs {
             return Err(invalid("tick-ms", "must be 1 ..= 1000"));
         }
         let wait = match a.wait_us {
-            None => WaitStrategy::Adaptive { batch_us: 50 },
+            None => WaitStrategy::Adaptive {
+                batch_us: 50,
+                heavy_batch_us: 200,
+            },
             Some(us) if us <= 100_000 => WaitStrategy::Fixed { us },
             Some(_) => return Err(invalid("wait-us", "must be ≤ 100000")),
         };
