@@ -71,7 +71,10 @@ fn recv_msghdr() -> libc::msghdr {
 struct WaitPlan {
     want: usize,
     min_wait_us: u32,
-    /// A batching wait was turned into a drain because the socket held a backlog.
+    /// Data is known to be queued: run the deferred receive until the socket is empty
+    /// or the buffer ring is dry, and return without sleeping.
+    drain: bool,
+    /// The drain replaces a batching wait because the socket held a backlog.
     backlog: bool,
 }
 
@@ -105,12 +108,13 @@ fn wait_plan(
     queued_bytes: impl FnOnce() -> Option<u32>,
 ) -> WaitPlan {
     let drain = WaitPlan {
-        want: 1,
+        want: BATCH_WANT,
         min_wait_us: 0,
+        drain: true,
         backlog: false,
     };
     let batch_us = match strategy {
-        // The re-armed receive completes at once: data is queued.
+        // The receive was re-armed over queued data.
         _ if ran_dry => return drain,
         WaitStrategy::Fixed { us } => us,
         WaitStrategy::Adaptive {
@@ -123,7 +127,12 @@ fn wait_plan(
         },
     };
     if batch_us == 0 {
-        return drain;
+        return WaitPlan {
+            want: 1,
+            min_wait_us: 0,
+            drain: false,
+            backlog: false,
+        };
     }
     if queued_bytes().is_some_and(|b| b >= BACKLOG_NO_BATCH_BYTES) {
         return WaitPlan {
@@ -134,6 +143,7 @@ fn wait_plan(
     WaitPlan {
         want: BATCH_WANT,
         min_wait_us: batch_us,
+        drain: false,
         backlog: false,
     }
 }
@@ -499,6 +509,13 @@ impl Shard {
                 .submit_with_args(1, &types::SubmitArgs::new().timespec(&zero))
         } else if want == 0 {
             self.ring.submit()
+        } else if plan.drain {
+            // Queued data: with a zero timeout the enter runs the deferred receive until
+            // `want` completions, an empty socket or a dry ring, and never sleeps.
+            let zero = types::Timespec::new();
+            self.ring
+                .submitter()
+                .submit_with_args(want, &types::SubmitArgs::new().timespec(&zero))
         } else {
             // Without min-wait (Linux < 6.12) a batch is a plain timeout of the batch
             // length: the wait returns after it whatever arrived, never a whole tick.
@@ -550,9 +567,10 @@ mod tests {
         heavy_batch_us: 200,
     };
 
-    fn plan(s: WaitStrategy, load: Load, ran_dry: bool, queued: u32) -> (usize, u32, bool) {
+    /// (want, min_wait_us, drain, backlog)
+    fn plan(s: WaitStrategy, load: Load, ran_dry: bool, queued: u32) -> (usize, u32, bool, bool) {
         let p = wait_plan(s, load, ran_dry, || Some(queued));
-        (p.want, p.min_wait_us, p.backlog)
+        (p.want, p.min_wait_us, p.drain, p.backlog)
     }
 
     #[test]
@@ -566,23 +584,38 @@ mod tests {
 
     #[test]
     fn batches_only_when_busy_and_nothing_is_waiting() {
-        assert_eq!(plan(ADAPTIVE, Light, false, 0), (1, 0, false));
-        assert_eq!(plan(ADAPTIVE, Busy, false, 0), (BATCH_WANT, 50, false));
-        assert_eq!(plan(ADAPTIVE, Heavy, false, 0), (BATCH_WANT, 200, false));
+        assert_eq!(plan(ADAPTIVE, Light, false, 0), (1, 0, false, false));
+        assert_eq!(
+            plan(ADAPTIVE, Busy, false, 0),
+            (BATCH_WANT, 50, false, false)
+        );
+        assert_eq!(
+            plan(ADAPTIVE, Heavy, false, 0),
+            (BATCH_WANT, 200, false, false)
+        );
         let fixed = WaitStrategy::Fixed { us: 200 };
-        assert_eq!(plan(fixed, Light, false, 1000), (BATCH_WANT, 200, false));
+        assert_eq!(
+            plan(fixed, Light, false, 1000),
+            (BATCH_WANT, 200, false, false)
+        );
         let never = WaitStrategy::Fixed { us: 0 };
-        assert_eq!(plan(never, Heavy, false, 1 << 20), (1, 0, false));
+        assert_eq!(plan(never, Heavy, false, 1 << 20), (1, 0, false, false));
     }
 
     #[test]
     fn a_backlog_or_a_dry_ring_turns_a_batch_into_a_drain() {
         let fixed = WaitStrategy::Fixed { us: 200 };
         let big = BACKLOG_NO_BATCH_BYTES;
-        assert_eq!(plan(ADAPTIVE, Heavy, false, big), (1, 0, true));
-        assert_eq!(plan(fixed, Light, false, big), (1, 0, true));
-        assert_eq!(plan(fixed, Light, false, big - 1), (BATCH_WANT, 200, false));
-        assert_eq!(plan(fixed, Light, true, 0), (1, 0, false));
+        assert_eq!(
+            plan(ADAPTIVE, Heavy, false, big),
+            (BATCH_WANT, 0, true, true)
+        );
+        assert_eq!(plan(fixed, Light, false, big), (BATCH_WANT, 0, true, true));
+        assert_eq!(
+            plan(fixed, Light, false, big - 1),
+            (BATCH_WANT, 200, false, false)
+        );
+        assert_eq!(plan(fixed, Light, true, 0), (BATCH_WANT, 0, true, false));
         // An unreadable queue size never blocks batching.
         let p = wait_plan(fixed, Light, false, || None);
         assert_eq!((p.want, p.min_wait_us), (BATCH_WANT, 200));
