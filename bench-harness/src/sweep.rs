@@ -1084,4 +1084,17 @@ mod tests {
         let even = vec![vec![2.0, 1.0], vec![4.0, 1.0]];
         assert_eq!(median_row(&even), vec![3.0, 1.0]);
     }
+
+    #[test]
+    fn variants_parse_and_the_sink_label_is_kept() {
+        let v = parse_variant("epoll=--engine epoll --rcvbuf 1M").unwrap();
+        assert_eq!(v.label, "epoll");
+        assert_eq!(v.flags, ["--engine", "epoll", "--rcvbuf", "1M"]);
+        assert!(!v.sink);
+        assert_eq!(v.describe(), "--engine epoll --rcvbuf 1M");
+        assert!(parse_variant("default=").unwrap().flags.is_empty());
+        assert!(parse_variant("no-equals").is_err());
+        assert!(parse_variant("a/b=--wait-us 0").is_err());
+        assert!(parse_variant("sink=--wait-us 0").is_err());
+    }
 }
