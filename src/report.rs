@@ -79,7 +79,7 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         }
     };
     format!(
-        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | wakeups/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
+        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
         rate(prev.heartbeats, now.heartbeats),
         rate(prev.datagrams, now.datagrams),
         rate(prev.acks_sent, now.acks_sent),
@@ -93,6 +93,7 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         now.events_dropped,
         now.malformed_total(),
         rate(prev.wakeups, now.wakeups),
+        rate(prev.backlog_polls, now.backlog_polls),
         heartbeats / wakeups.max(1.0),
         per_enter(heartbeats),
         per_enter(delta(prev.cqes, now.cqes)),
@@ -111,11 +112,12 @@ mod tests {
             wakeups: 10,
             cqes: 500,
             enters: 50,
+            backlog_polls: 3,
             ..Default::default()
         };
         let line = summary_line(&prev, &now, 1.0);
         assert!(
-            line.contains("wakeups/s 10 hb/wakeup 100.0 hb/enter 20.0 cqes/enter 10.0"),
+            line.contains("wakeups/s 10 drains/s 3 hb/wakeup 100.0 hb/enter 20.0 cqes/enter 10.0"),
             "{line}"
         );
         let blind = ShardStats { enters: 0, ..now };
