@@ -503,19 +503,13 @@ impl Shard {
             // reaped during the walk instead of after it. Rate-limited: reaping after
             // every slice cost 6% of throughput at saturation.
             self.last_getevents = Instant::now();
-            let zero = types::Timespec::new();
-            self.ring
-                .submitter()
-                .submit_with_args(1, &types::SubmitArgs::new().timespec(&zero))
+            self.enter_without_sleeping(1)
         } else if want == 0 {
             self.ring.submit()
         } else if plan.drain {
-            // Queued data: with a zero timeout the enter runs the deferred receive until
-            // `want` completions, an empty socket or a dry ring, and never sleeps.
-            let zero = types::Timespec::new();
-            self.ring
-                .submitter()
-                .submit_with_args(want, &types::SubmitArgs::new().timespec(&zero))
+            // Queued data: the enter runs the deferred receive until `want` completions,
+            // an empty socket or a dry ring.
+            self.enter_without_sleeping(want)
         } else {
             // Without min-wait (Linux < 6.12) a batch is a plain timeout of the batch
             // length: the wait returns after it whatever arrived, never a whole tick.
@@ -537,6 +531,15 @@ impl Shard {
                 _ => self.log_error("io_uring_enter failed", e.raw_os_error().unwrap_or(0)),
             }
         }
+    }
+
+    /// Submit, and run deferred completions (GETEVENTS with a zero timeout) until
+    /// `want` are ready or none is left to run; never sleeps.
+    fn enter_without_sleeping(&mut self, want: usize) -> std::io::Result<usize> {
+        let zero = types::Timespec::new();
+        self.ring
+            .submitter()
+            .submit_with_args(want, &types::SubmitArgs::new().timespec(&zero))
     }
 
     /// Stop: reap what already arrived, apply it, ship events and final counters.
