@@ -63,6 +63,9 @@ pub struct ShardStats {
     /// Receive completions with an error other than -ENOBUFS, and malformed
     /// receive buffers (counted, logged at a limited rate).
     pub recv_errors: u64,
+    /// Datagrams still queued on the socket when the stop's drain budget ran out:
+    /// read and counted, not applied.
+    pub unread_at_stop: u64,
 }
 
 impl ShardStats {
@@ -124,7 +127,8 @@ impl ShardStats {
             wakeups,
             backlog_polls,
             rearms,
-            recv_errors
+            recv_errors,
+            unread_at_stop
         );
         for i in 0..self.malformed_frames.len() {
             self.malformed_frames[i] += o.malformed_frames[i];

@@ -5,13 +5,14 @@
 //! counters every 100 ms and reads one stop flag per loop iteration.
 
 pub mod epoll;
+pub mod shard_loop;
 pub mod token;
 #[cfg(feature = "tokio-uring")]
 pub mod tokio_uring;
 pub mod uring;
 
 use crate::config::Config;
-use crate::core::shard::{Event, ShardCore};
+use crate::core::shard::Event;
 use crate::core::stats::ShardStats;
 use crate::sys::notify::EventFd;
 use crate::sys::socket::{self, UdpOptions};
@@ -20,7 +21,7 @@ use anyhow::Context;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,9 +34,11 @@ pub struct Parker {
     pub efd: EventFd,
 }
 
-/// State every shard can see: the stop flag and each shard's published counters.
+/// State every shard can see: the stop flag, each shard's published counters, and how
+/// many shards have drained their sockets at stop.
 pub struct Shared {
     pub stop: AtomicBool,
+    pub drained: AtomicUsize,
     pub stats: Vec<Mutex<ShardStats>>,
 }
 
@@ -118,6 +121,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         .into();
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
+        drained: AtomicUsize::new(0),
         stats: (0..shards)
             .map(|_| Mutex::new(ShardStats::default()))
             .collect(),
@@ -170,10 +174,12 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             std::thread::Builder::new()
                 .name(format!("ringbeat-shard-{index}"))
                 .spawn(move || match ctx.config.engine {
-                    crate::config::Engine::Uring => uring::run(ctx),
-                    crate::config::Engine::Epoll => epoll::run(ctx),
+                    crate::config::Engine::Uring => shard_loop::run(ctx, uring::UringEngine::new),
+                    crate::config::Engine::Epoll => shard_loop::run(ctx, epoll::EpollEngine::new),
                     #[cfg(feature = "tokio-uring")]
-                    crate::config::Engine::TokioUring => tokio_uring::run(ctx),
+                    crate::config::Engine::TokioUring => {
+                        shard_loop::run(ctx, tokio_uring::TokioEngine::new)
+                    }
                 })
                 .context("spawning a shard thread")?,
         );
@@ -227,8 +233,13 @@ impl Server {
     }
 }
 
-/// How often a shard copies its counters to its slot for the reporter.
-pub(crate) const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Pins the calling thread to `cpu`.
+pub(crate) fn pin_to(cpu: usize) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pinning to CPU {cpu}"))
+}
 
 impl ShardInfo {
     /// An engine without a receive arena (epoll, tokio-uring): the shard's CPU and node.
@@ -242,116 +253,4 @@ impl ShardInfo {
             min_wait_supported: false,
         }
     }
-}
-
-/// The shard's sans-IO core, built on the shard's thread (after pinning, so the
-/// table's pages are local).
-pub(crate) fn new_core(ctx: &ShardContext) -> anyhow::Result<ShardCore> {
-    let now_ms = ctx.base.elapsed().as_millis() as u64;
-    ShardCore::new(ctx.config.core_config(ctx.index), now_ms).context("mapping the device table")
-}
-
-/// What every engine does after a receive batch: applies the frames peers handed over
-/// and the table batch, runs liveness (the whole walk when stopping, else a slice once
-/// a tick is due or a walk is unfinished), ships events and publishes hand-offs.
-pub(crate) fn after_receive(
-    ctx: &mut ShardContext,
-    core: &mut ShardCore,
-    now_ms: u64,
-    stopping: bool,
-) {
-    for c in ctx.inbound.iter_mut() {
-        c.drain(|f| core.ingest_forwarded(f, now_ms));
-    }
-    core.flush();
-    if stopping {
-        core.advance(now_ms);
-    } else if now_ms >= core.next_deadline_ms() {
-        core.advance_slice(now_ms, ctx.config.liveness_slice);
-    }
-    ship_events(ctx, core);
-    publish_outbound(&mut ctx.outbound, &ctx.parkers);
-}
-
-/// Publishes the frames pushed to each peer and wakes peers that are parked.
-pub(crate) fn publish_outbound(
-    outbound: &mut [Option<crate::sys::spsc::Producer>],
-    parkers: &[Parker],
-) {
-    for (target, p) in outbound.iter_mut().enumerate() {
-        let Some(p) = p else { continue };
-        if p.unpublished() == 0 {
-            continue;
-        }
-        p.publish();
-        // Pairs with the SeqCst store of `parked` in the consumer's `wait`: either it
-        // sees our tail, or we see it parked and wake it.
-        fence(Ordering::SeqCst);
-        let parker = &parkers[target];
-        if parker.parked.load(Ordering::Relaxed) && parker.parked.swap(false, Ordering::AcqRel) {
-            parker.efd.notify();
-        }
-    }
-}
-
-/// Pins the calling thread to `cpu`.
-pub(crate) fn pin_to(cpu: usize) -> anyhow::Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .with_context(|| format!("pinning to CPU {cpu}"))
-}
-
-/// Adds the socket's new kernel drops to the counters and copies them to the shard's
-/// slot for the reporter.
-pub(crate) fn publish_stats(
-    ctx: &ShardContext,
-    core: &mut crate::core::shard::ShardCore,
-    drops_seen: &mut u32,
-) {
-    use std::os::fd::AsRawFd;
-    if let Ok(drops) = crate::sys::socket::socket_drops(ctx.socket.as_raw_fd()) {
-        // Cumulative per socket, wraps at 2^32: add the difference.
-        let delta = drops.wrapping_sub(*drops_seen);
-        *drops_seen = drops;
-        core.stats_mut().kernel_drops += delta as u64;
-    }
-    let mut slot = ctx.shared.stats[ctx.index as usize]
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    *slot = *core.stats();
-}
-
-/// Runs one shard thread: builds the engine's shard on the thread (after pinning, so
-/// its memory is local), reports ready or the error to `start`, then runs its loop.
-pub(crate) fn run_shard<S>(
-    mut ctx: ShardContext,
-    new: impl FnOnce(&mut ShardContext) -> anyhow::Result<S>,
-    info: impl FnOnce(&S) -> ShardInfo,
-    run: impl FnOnce(&mut S, &mut ShardContext),
-) {
-    let ready = ctx.ready.take().expect("ready channel");
-    match new(&mut ctx) {
-        Ok(mut shard) => {
-            let _ = ready.send(Ok(info(&shard)));
-            drop(ready);
-            run(&mut shard, &mut ctx);
-        }
-        Err(e) => {
-            let _ = ready.send(Err(format!("shard {} (CPU {}): {e:#}", ctx.index, ctx.cpu)));
-        }
-    }
-}
-
-/// Hands the core's new events to the writer's queue; a full queue is a counted drop.
-pub(crate) fn ship_events(ctx: &ShardContext, core: &mut crate::core::shard::ShardCore) {
-    let mut dropped = 0;
-    for e in core.drain_events() {
-        if let Some(tx) = &ctx.events_tx {
-            if tx.try_send((ctx.index, e)).is_err() {
-                dropped += 1;
-            }
-        }
-    }
-    core.stats_mut().events_dropped += dropped;
 }

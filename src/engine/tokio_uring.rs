@@ -6,7 +6,12 @@
 //! operation. That is exactly what the comparison measures.
 //!
 //! Per shard: `RECV_DEPTH` receives in flight, each owning a buffer; a completed
-//! receive is ingested and resubmitted with the same buffer. Acks go out with
+//! receive is ingested and resubmitted with the same buffer. The runtime only runs
+//! inside `block_on`, so the engine's `wait` is one `block_on` of a future that handles
+//! every ready completion and returns once something happened (datagrams are ingested
+//! there; `receive` has nothing left to do). The operations outlive each `block_on`,
+//! so they are boxed futures owned by the engine (one more allocation per operation,
+//! beside tokio-uring's own). Acks go out with
 //! `send_to` from a fixed pool of buffers; when the pool is empty the ack is a counted
 //! drop, so receiving never waits on sending. The peers' wake-up eventfd is watched
 //! through tokio's reactor; ticks come from a tokio timer.
@@ -16,14 +21,16 @@
 //! runtime (when the thread parks), out of the engine's sight, so `enters` stays 0;
 //! the experiment scripts count every engine's system calls with `perf stat` instead.
 
-use super::{publish_stats, ShardContext, ShardInfo, PUBLISH_EVERY};
-use crate::core::codec::{DatagramError, FRAME_BYTES, MAX_DATAGRAM_BYTES};
-use crate::core::shard::ShardCore;
+use super::shard_loop::{AckStats, Engine, Ingest, Wait};
+use super::{ShardContext, ShardInfo};
+use crate::core::codec::MAX_DATAGRAM_BYTES;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::pin;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
@@ -36,21 +43,18 @@ use tokio::io::Interest;
 /// because every armed receive on the socket is woken and retried per datagram. The
 /// comparison runs near saturation, so capacity decides.
 const RECV_DEPTH: usize = 64;
-/// Ack buffers (and so ack sends in flight).
+/// Ack buffers (and so ack sends in flight): as many as receives in flight, so one
+/// round of completed receives can always be acked.
 const ACK_BUFFERS: usize = 64;
-/// Submission queue entries of each shard's ring.
+/// Submission queue entries of each shard's ring: room for every receive and send in
+/// flight (128) twice over.
 const RING_ENTRIES: u32 = 256;
+/// Longest a wait lasts while draining at stop.
+const STOP_WAIT: Duration = Duration::from_millis(1);
 
-pub(super) fn run(ctx: ShardContext) {
-    super::run_shard(ctx, TokioShard::new, |s| s.info.clone(), TokioShard::run);
-}
-
-struct TokioShard {
-    rt: tokio_uring::Runtime,
-    core: ShardCore,
-    info: ShardInfo,
-    socket_drops_seen: u32,
-}
+type Op<T> = Pin<Box<dyn Future<Output = T>>>;
+type Received = (std::io::Result<(usize, SocketAddr)>, Vec<u8>);
+type Sent = (std::io::Result<usize>, Vec<u8>);
 
 /// The shard's wake-up eventfd, watched by tokio's reactor (owned by the parkers).
 struct WakeFd(RawFd);
@@ -61,126 +65,149 @@ impl AsRawFd for WakeFd {
     }
 }
 
-impl TokioShard {
-    fn new(ctx: &mut ShardContext) -> anyhow::Result<TokioShard> {
+/// One shard's tokio-uring engine. Fields drop in declaration order: the operations
+/// and the reactor registration go before the runtime (`rt`, last) that they need.
+pub(super) struct TokioEngine {
+    recvs: FuturesUnordered<Op<Received>>,
+    sends: FuturesUnordered<Op<Sent>>,
+    ack_pool: Vec<Vec<u8>>,
+    wake: AsyncFd<WakeFd>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    socket: Rc<tokio_uring::net::UdpSocket>,
+    /// Holds the eventfd `wake` watches open.
+    parkers: Arc<[super::Parker]>,
+    index: usize,
+    tick: Duration,
+    /// Shard time zero (the loop's clock).
+    base: Instant,
+    info: ShardInfo,
+    last_error_log: Option<Instant>,
+    rt: tokio_uring::Runtime,
+}
+
+impl TokioEngine {
+    pub(super) fn new(ctx: &mut ShardContext) -> anyhow::Result<TokioEngine> {
         use anyhow::Context;
-        super::pin_to(ctx.cpu)?;
         let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES))
             .context("starting the tokio-uring runtime")?;
-        let core = super::new_core(ctx)?;
-        Ok(TokioShard {
-            rt,
-            core,
+        // A second descriptor of the same socket (same SO_REUSEPORT member): the
+        // runtime owns this one, the shard keeps its own for SO_MEMINFO.
+        let std_socket = std::net::UdpSocket::from(ctx.socket.try_clone()?);
+        let wake_fd = WakeFd(ctx.parkers[ctx.index as usize].efd.raw());
+        let tick = Duration::from_millis(ctx.config.tick_ms as u64);
+        // The reactor registration and the timer need the runtime's context.
+        let (socket, wake, sleep) = rt.block_on(async {
+            let socket = Rc::new(tokio_uring::net::UdpSocket::from_std(std_socket));
+            // SAFETY: the eventfd belongs to the parkers, which the engine holds (an
+            // Arc) for longer than `wake` lives (field order), so it stays open and
+            // the same file while registered.
+            let wake = unsafe { AsyncFd::register_with_interest(wake_fd, Interest::READABLE) };
+            (socket, wake, Box::pin(tokio::time::sleep(tick)))
+        });
+        let mut engine = TokioEngine {
+            recvs: FuturesUnordered::new(),
+            sends: FuturesUnordered::new(),
+            ack_pool: (0..ACK_BUFFERS)
+                .map(|_| Vec::with_capacity(MAX_DATAGRAM_BYTES))
+                .collect(),
+            wake: wake.context("registering the wake-up eventfd")?,
+            sleep,
+            socket,
+            parkers: ctx.parkers.clone(),
+            index: ctx.index as usize,
+            tick,
+            base: ctx.base,
             info: ShardInfo::without_arena(ctx),
-            socket_drops_seen: 0,
-        })
+            last_error_log: None,
+            rt,
+        };
+        for _ in 0..RECV_DEPTH {
+            // One byte more than the largest valid datagram: a longer one shows as
+            // too long instead of being cut to a valid size.
+            engine.recv(Vec::with_capacity(MAX_DATAGRAM_BYTES + 1));
+        }
+        Ok(engine)
     }
 
-    fn run(&mut self, ctx: &mut ShardContext) {
-        let TokioShard {
-            rt,
-            core,
-            socket_drops_seen,
-            ..
-        } = self;
-        rt.block_on(async {
-            if let Err(e) = shard_loop(ctx, core, socket_drops_seen).await {
-                tracing::error!(shard = ctx.index, "tokio-uring shard stopped: {e:#}");
-                ctx.shared.stop.store(true, Ordering::Relaxed);
-            }
-        });
+    fn recv(&mut self, buf: Vec<u8>) {
+        let socket = self.socket.clone();
+        self.recvs
+            .push(Box::pin(async move { socket.recv_from(buf).await }));
     }
 }
 
-async fn shard_loop(
-    ctx: &mut ShardContext,
-    core: &mut ShardCore,
-    socket_drops_seen: &mut u32,
-) -> anyhow::Result<()> {
-    // A second descriptor of the same socket (same SO_REUSEPORT member): the runtime
-    // owns this one, the shard keeps its own for SO_MEMINFO.
-    let socket =
-        tokio_uring::net::UdpSocket::from_std(std::net::UdpSocket::from(ctx.socket.try_clone()?));
-    let wake_fd = WakeFd(ctx.parkers[ctx.index as usize].efd.raw());
-    // SAFETY: the eventfd belongs to the parkers, which `ctx` holds (an Arc) for longer
-    // than this function runs, so it stays open and the same file while `wake` lives.
-    let wake = unsafe { AsyncFd::register_with_interest(wake_fd, Interest::READABLE) }?;
-    let tick = Duration::from_millis(ctx.config.tick_ms as u64);
-    let mut sleep = pin!(tokio::time::sleep(tick));
+impl Engine for TokioEngine {
+    /// Nothing: completions are only handled inside the runtime, in `wait`.
+    fn receive(&mut self, _io: &mut Ingest<'_>, _now_ms: u64) {}
 
-    let mut recvs = FuturesUnordered::new();
-    for _ in 0..RECV_DEPTH {
-        // One byte more than the largest valid datagram: a longer one shows as too long.
-        recvs.push(socket.recv_from(Vec::with_capacity(MAX_DATAGRAM_BYTES + 1)));
-    }
-    let mut sends = FuturesUnordered::new();
-    let mut ack_pool: Vec<Vec<u8>> = (0..ACK_BUFFERS)
-        .map(|_| Vec::with_capacity(MAX_DATAGRAM_BYTES))
-        .collect();
-    let mut ack_buf = Box::new([0u8; MAX_DATAGRAM_BYTES]);
-    let mut last_publish = Instant::now();
-    let mut last_error_log: Option<Instant> = None;
-
-    loop {
-        let stopping = ctx.shared.stop.load(Ordering::Relaxed);
-        let parker = &ctx.parkers[ctx.index as usize];
-        // Announce that we may sleep before the last look at the hand-off rings: a
-        // peer either sees the flag and signals the eventfd, or we see its frames.
-        parker.parked.store(true, Ordering::SeqCst);
-        let work_pending = core.liveness_pending() || ctx.inbound.iter().any(|c| c.has_pending());
+    fn wait(&mut self, io: &mut Ingest<'_>, wait: Wait) {
+        let TokioEngine {
+            recvs,
+            sends,
+            ack_pool,
+            wake,
+            sleep,
+            socket,
+            parkers,
+            index,
+            tick,
+            base,
+            last_error_log,
+            rt,
+            ..
+        } = self;
+        if wait.stopping {
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + STOP_WAIT);
+        }
+        let parker = &parkers[*index];
+        // Busy: handle what is ready and return without letting the runtime park.
+        let mut progressed = wait.busy();
         let mut polled_idle = false;
-        // Wait until a receive completes, a peer wakes us or the tick fires; handle
-        // every completion that is ready.
-        poll_fn(|cx| {
+        rt.block_on(poll_fn(|cx| {
             if polled_idle {
-                core.stats_mut().wakeups += 1;
+                io.stats().wakeups += 1;
             }
-            let now_ms = ctx.base.elapsed().as_millis() as u64;
-            let mut progressed = work_pending || stopping;
+            let now_ms = base.elapsed().as_millis() as u64;
             while let Poll::Ready(Some((res, buf))) = sends.poll_next_unpin(cx) {
-                finish_send(core, &mut ack_pool, res, buf);
+                finish_send(io, ack_pool, res, buf);
             }
             while let Poll::Ready(Some((res, mut buf))) = recvs.poll_next_unpin(cx) {
                 progressed = true;
-                core.stats_mut().cqes += 1;
+                io.stats().cqes += 1;
                 match res {
-                    Ok((n, _)) if n > MAX_DATAGRAM_BYTES => {
-                        let s = core.stats_mut();
-                        s.datagrams += 1;
-                        s.count_datagram_error(DatagramError::TooLong);
-                    }
+                    Ok((n, _)) if n > MAX_DATAGRAM_BYTES => io.too_long(),
                     Ok((n, peer)) => {
-                        let outbound = &mut ctx.outbound;
-                        let ack_len =
-                            core.ingest_datagram(&buf[..n], now_ms, &mut ack_buf, |t, f| {
-                                outbound[t as usize].as_mut().is_some_and(|p| p.push(f))
-                            });
-                        if ack_len > 0 {
+                        let ack = io.datagram(&buf[..n], now_ms);
+                        if !ack.is_empty() {
                             if let Some(mut out) = ack_pool.pop() {
                                 out.clear();
-                                out.extend_from_slice(&ack_buf[..ack_len]);
-                                sends.push(socket.send_to(out, peer));
+                                out.extend_from_slice(ack);
+                                let socket = socket.clone();
+                                sends
+                                    .push(Box::pin(async move { socket.send_to(out, peer).await }));
                             } else {
-                                let s = core.stats_mut();
-                                s.ack_datagrams_dropped += 1;
-                                s.acks_dropped += (ack_len / FRAME_BYTES) as u64;
+                                let len = ack.len();
+                                io.stats().count_acks_dropped(1, len);
                             }
                         }
                     }
                     Err(e) => {
-                        core.stats_mut().recv_errors += 1;
+                        io.stats().recv_errors += 1;
                         if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                            last_error_log = Some(Instant::now());
-                            tracing::warn!(shard = ctx.index, "recv_from failed: {e}");
+                            *last_error_log = Some(Instant::now());
+                            tracing::warn!(shard = *index, "recv_from failed: {e}");
                         }
                     }
                 }
                 buf.clear();
-                recvs.push(socket.recv_from(buf));
+                let socket = socket.clone();
+                recvs.push(Box::pin(async move { socket.recv_from(buf).await }));
             }
             // Sends queued above are submitted when first polled: poll them now.
             while let Poll::Ready(Some((res, buf))) = sends.poll_next_unpin(cx) {
-                finish_send(core, &mut ack_pool, res, buf);
+                finish_send(io, ack_pool, res, buf);
             }
             if let Poll::Ready(Ok(mut guard)) = wake.poll_read_ready(cx) {
                 parker.efd.drain();
@@ -190,7 +217,7 @@ async fn shard_loop(
             if sleep.as_mut().poll(cx).is_ready() {
                 sleep
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + Duration::from_millis(1).max(tick));
+                    .reset(tokio::time::Instant::now() + Duration::from_millis(1).max(*tick));
                 progressed = true;
             }
             if progressed {
@@ -199,42 +226,26 @@ async fn shard_loop(
                 polled_idle = true;
                 Poll::Pending
             }
-        })
-        .await;
-        parker.parked.store(false, Ordering::Relaxed);
+        }));
+    }
 
-        // Hand-offs in, table batch, liveness, events, hand-offs out.
-        let now_ms = ctx.base.elapsed().as_millis() as u64;
-        super::after_receive(ctx, core, now_ms, stopping);
-        if stopping {
-            publish_stats(ctx, core, socket_drops_seen);
-            return Ok(());
-        }
-        if last_publish.elapsed() >= PUBLISH_EVERY {
-            last_publish = Instant::now();
-            publish_stats(ctx, core, socket_drops_seen);
-        }
+    fn info(&self) -> ShardInfo {
+        self.info.clone()
     }
 }
 
 /// Counts a finished ack send and returns its buffer to the pool.
 fn finish_send(
-    core: &mut ShardCore,
+    io: &mut Ingest<'_>,
     pool: &mut Vec<Vec<u8>>,
     res: std::io::Result<usize>,
     buf: Vec<u8>,
 ) {
-    let s = core.stats_mut();
+    let s = io.stats();
     s.cqes += 1;
     match res {
-        Ok(n) => {
-            s.ack_datagrams += 1;
-            s.acks_sent += (n / FRAME_BYTES) as u64;
-        }
-        Err(_) => {
-            s.ack_datagrams_dropped += 1;
-            s.acks_dropped += (buf.len() / FRAME_BYTES) as u64;
-        }
+        Ok(n) => s.count_acks_sent(1, n),
+        Err(_) => s.count_acks_dropped(1, buf.len()),
     }
     pool.push(buf);
 }

@@ -1,31 +1,38 @@
-//! The io_uring engine: one shard's event loop.
+//! The io_uring engine: how one shard moves bytes.
 //!
 //! Per shard: one ring (SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN), one multishot
 //! RecvMsg over a provided buffer ring, ack sends from a fixed pool of send slots, and a
-//! read on the shard's eventfd that peers use to wake it after a hand-off. The loop:
-//! reap completions in a batch → hand datagrams to the `ShardCore` → recycle buffers in
-//! one commit → drain inbound hand-offs → flush the table batch and run liveness →
-//! publish outbound hand-offs → wait (see `wait`). It allocates nothing after start-up.
+//! read on the shard's eventfd that peers use to wake it after a hand-off. `receive`
+//! reaps completions in batches (datagrams to the core, buffers recycled in one commit);
+//! `wait` re-arms what ended and enters the ring as [`decide`] says. It allocates
+//! nothing after start-up.
 
-use super::{ShardContext, ShardInfo, PUBLISH_EVERY};
+use super::shard_loop::{AckStats, Engine, Ingest, Wait};
+use super::{ShardContext, ShardInfo};
 use crate::config::WaitStrategy;
 use crate::core::codec::MAX_DATAGRAM_BYTES;
-use crate::core::shard::ShardCore;
+use crate::core::stats::ShardStats;
 use crate::engine::token::Token;
 use crate::sys::bufring::{BufRing, BufRingShape};
 use crate::sys::socket;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-/// Buffer group id of the shard's receive buffers (one group per ring).
-/// During a liveness walk, new completions are brought in at most this often.
-const LIVENESS_REAP_EVERY: Duration = Duration::from_micros(20);
+/// Buffer group id of the shard's receive buffers: each shard has its own ring, and
+/// the group ids of one ring are its own, so every shard uses group 0.
 const BGID: u16 = 0;
-/// Reaped completions per batch before running the rest of the loop.
+/// During a liveness walk, new completions are brought in at most this often: after
+/// every slice (~10 µs) the extra enters cost 7% of throughput at saturation; every
+/// 20 µs kept p99 at 1M hb/s at 33 µs (results/2026-11-24-liveness-slice).
+const LIVENESS_REAP_EVERY: Duration = Duration::from_micros(20);
+/// Completions copied out of the CQ at a time; the buffer ring's tail is published
+/// after each such batch, so during a long reap the kernel gets buffers back every
+/// 1,024 datagrams (a quarter of the default 4,096-buffer ring) instead of at the end.
 const REAP_BATCH: usize = 1024;
-/// `want` when batching by time: larger than any burst, so the wait ends at min-wait.
+/// `want` when batching by time or draining: larger than any burst a ring can hold
+/// (the CQ is sized to 2 × buffers + 2 × send slots, at most 2^15 by default), so a
+/// batching wait ends at its min-wait, a drain at an empty socket or a dry ring.
 const BATCH_WANT: usize = 1 << 16;
 /// Completion rate at or above which the adaptive strategy batches wake-ups. Below it,
 /// waking per completion costs little CPU and keeps latency at its floor; above it, a
@@ -36,7 +43,9 @@ const ADAPTIVE_BATCH_RATE_PER_S: u64 = 200_000;
 /// 10–13% less CPU per heartbeat than 50 µs ones and keep 1.5M/s without drops, for
 /// a p99 about twice as long (results/2026-11-24-kernel-floor).
 const ADAPTIVE_HEAVY_RATE_PER_S: u64 = 800_000;
-/// Window over which the adaptive strategy measures the completion rate.
+/// Window over which the adaptive strategy measures the completion rate: 1 ms holds
+/// 200 completions at the batching threshold (a stable rate estimate) and reacts
+/// within 5 batches of 200 µs when the load changes.
 const ADAPTIVE_WINDOW_US: u64 = 1_000;
 /// A batching wait is not taken when at least this much (skb truesize, about 50
 /// small datagrams) already waits in the socket: with DEFER_TASKRUN a sleeping shard
@@ -55,7 +64,8 @@ struct SendSlot {
     buf: [u8; MAX_DATAGRAM_BYTES],
 }
 
-/// Receive metadata lengths the kernel lays out ahead of each payload.
+/// The receive's msghdr: the lengths the kernel lays out ahead of each payload in a
+/// provided buffer (`io_uring_recvmsg_out`, then the source address, no control data).
 fn recv_msghdr() -> libc::msghdr {
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -63,19 +73,6 @@ fn recv_msghdr() -> libc::msghdr {
     // No control data: kernel drops are polled with SO_MEMINFO (see sys::socket).
     m.msg_controllen = 0;
     m
-}
-
-/// How the next wait goes: how many completions it wants and how long it may sleep
-/// gathering them.
-#[derive(Debug, PartialEq, Eq)]
-struct WaitPlan {
-    want: usize,
-    min_wait_us: u32,
-    /// Data is known to be queued: run the deferred receive until the socket is empty
-    /// or the buffer ring is dry, and return without sleeping.
-    drain: bool,
-    /// The drain replaces a batching wait because the socket held a backlog.
-    backlog: bool,
 }
 
 /// Completion rate over the last adaptive window.
@@ -99,86 +96,162 @@ impl Load {
     }
 }
 
-/// The wait strategy applied to this moment. `queued_bytes` is asked only when the
-/// plan would batch (one getsockopt per batching wait).
-fn wait_plan(
+/// The completion rate, measured over windows of `ADAPTIVE_WINDOW_US`.
+#[derive(Debug)]
+struct LoadWindow {
+    start_us: u64,
+    cqes: u64,
+    load: Load,
+}
+
+impl LoadWindow {
+    fn new() -> LoadWindow {
+        LoadWindow {
+            start_us: 0,
+            cqes: 0,
+            load: Load::Light,
+        }
+    }
+
+    /// Adds `cqes` reaped by `now_us`; the load changes only when a window closes.
+    fn record(&mut self, cqes: u64, now_us: u64) -> Load {
+        self.cqes += cqes;
+        let elapsed_us = now_us.saturating_sub(self.start_us);
+        if elapsed_us >= ADAPTIVE_WINDOW_US {
+            self.load = Load::of(self.cqes, elapsed_us);
+            (self.start_us, self.cqes) = (now_us, 0);
+        }
+        self.load
+    }
+}
+
+/// How the next `io_uring_enter` goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Enter {
+    /// Submit what is queued and return: work already waits in user space.
+    Submit,
+    /// Run the deferred completions (GETEVENTS, zero timeout) until `want` are ready
+    /// or none is left to run; never sleeps. With `BATCH_WANT`, a drain: the deferred
+    /// receive runs until the socket is empty or the buffer ring is dry.
+    Reap { want: usize },
+    /// Sleep until `want` completions or the next tick; with `min_wait_us` > 0 a
+    /// batch: once one completion is in, keep gathering for up to `min_wait_us`.
+    Sleep { want: usize, min_wait_us: u32 },
+}
+
+/// What the wait decision sees.
+#[derive(Clone, Copy, Debug)]
+struct WaitInputs {
     strategy: WaitStrategy,
     load: Load,
+    /// The buffer ring ran dry since the last drain: data is queued.
     ran_dry: bool,
-    queued_bytes: impl FnOnce() -> Option<u32>,
-) -> WaitPlan {
-    let drain = WaitPlan {
-        want: BATCH_WANT,
-        min_wait_us: 0,
-        drain: true,
+    /// Completions are in the CQ already.
+    completions_ready: bool,
+    wait: Wait,
+    /// A liveness-walk reap is due (`LIVENESS_REAP_EVERY` since the last one).
+    reap_due: bool,
+}
+
+/// The decision and what it did that counters report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Decision {
+    enter: Enter,
+    /// A batching wait was replaced by a drain because the socket held a backlog.
+    backlog: bool,
+}
+
+/// The one wait decision, every override included; a pure function of its inputs
+/// (`queued_bytes` reads the socket's queue and is called only when the decision would
+/// otherwise batch: one getsockopt per batching wait, never per datagram).
+fn decide(i: WaitInputs, queued_bytes: impl FnOnce() -> Option<u32>) -> Decision {
+    let enter = |enter| Decision {
+        enter,
         backlog: false,
     };
-    let batch_us = match strategy {
+    const DRAIN: Enter = Enter::Reap { want: BATCH_WANT };
+    if i.wait.stopping {
+        return enter(DRAIN);
+    }
+    if i.completions_ready || i.wait.peer_frames {
+        return enter(Enter::Submit);
+    }
+    if i.wait.liveness_pending {
+        // Between slices of a walk: bring in what arrived meanwhile, rate-limited.
+        return enter(if i.reap_due {
+            Enter::Reap { want: 1 }
+        } else {
+            Enter::Submit
+        });
+    }
+    if i.ran_dry {
         // The receive was re-armed over queued data.
-        _ if ran_dry => return drain,
+        return enter(DRAIN);
+    }
+    let batch_us = match i.strategy {
         WaitStrategy::Fixed { us } => us,
         WaitStrategy::Adaptive {
             batch_us,
             heavy_batch_us,
-        } => match load {
+        } => match i.load {
             Load::Light => 0,
             Load::Busy => batch_us,
             Load::Heavy => heavy_batch_us,
         },
     };
     if batch_us == 0 {
-        return WaitPlan {
+        return enter(Enter::Sleep {
             want: 1,
             min_wait_us: 0,
-            drain: false,
-            backlog: false,
-        };
+        });
     }
     if queued_bytes().is_some_and(|b| b >= BACKLOG_NO_BATCH_BYTES) {
-        return WaitPlan {
+        return Decision {
+            enter: DRAIN,
             backlog: true,
-            ..drain
         };
     }
-    WaitPlan {
+    enter(Enter::Sleep {
         want: BATCH_WANT,
         min_wait_us: batch_us,
-        drain: false,
-        backlog: false,
-    }
+    })
 }
 
-pub(super) fn run(ctx: ShardContext) {
-    super::run_shard(ctx, Shard::new, |s| s.info.clone(), Shard::run);
-}
-
-struct Shard {
+/// One shard's io_uring engine. Field order is part of soundness: fields drop in
+/// declaration order, and `ring` must go first, before the memory its operations
+/// point into (`bufring`, `recv_msg`, `slots`, `wake_buf`).
+pub(super) struct UringEngine {
     ring: IoUring,
     bufring: BufRing,
-    core: ShardCore,
     recv_msg: Box<libc::msghdr>,
     slots: Box<[SendSlot]>,
     free_slots: Vec<u32>,
     wake_buf: Box<u64>,
-    ack_buf: Box<[u8; MAX_DATAGRAM_BYTES]>,
+    /// Completions copied out of the CQ (capacity `REAP_BATCH`, never grows).
+    cqes: Vec<(u64, i32, u32)>,
+    socket: RawFd,
+    wake_fd: RawFd,
     info: ShardInfo,
+    strategy: WaitStrategy,
     rearm_recv: bool,
     rearm_wake: bool,
-    /// The ring ran dry since the last wait: data is queued, so the next wait must
+    /// The ring ran dry since the last drain: data is queued, so the next wait must
     /// not add a batching delay (the re-armed receive completes at once).
     ran_dry: bool,
-    /// Last SK_MEMINFO_DROPS value read from the socket.
-    socket_drops_seen: u32,
+    load: LoadWindow,
+    /// Completions reaped since the last wait (for the load window).
+    reaped: u64,
+    /// The engine's clock for the load window.
+    epoch: Instant,
     last_error_log: Option<Instant>,
-    /// When a liveness walk last brought completions in (a zero-timeout GETEVENTS).
-    last_getevents: Instant,
+    /// When a liveness walk last brought completions in.
+    last_reap: Instant,
 }
 
-impl Shard {
-    fn new(ctx: &mut ShardContext) -> anyhow::Result<Shard> {
+impl UringEngine {
+    pub(super) fn new(ctx: &mut ShardContext) -> anyhow::Result<UringEngine> {
         use anyhow::Context;
         let cfg = &ctx.config;
-        super::pin_to(ctx.cpu)?;
         // CQ: every buffer can be in one completion at once, plus sends and the wake-up.
         let sq_entries = cfg.ack_slots.next_power_of_two();
         let cq_entries = (cfg.buf_count as u32 * 2 + cfg.ack_slots * 2)
@@ -199,7 +272,6 @@ impl Shard {
             },
             BGID,
         )?;
-        let core = super::new_core(ctx)?;
         // SAFETY: SendSlot is plain data (pointers, integers, bytes); all-zero is valid
         // and every pointer is set before use.
         let mut slots: Box<[SendSlot]> = (0..cfg.ack_slots)
@@ -222,58 +294,62 @@ impl Shard {
             min_wait_supported: ring.params().is_feature_min_timeout()
                 && std::env::var_os("RINGBEAT_FORCE_NO_MIN_WAIT").is_none(),
         };
-        Ok(Shard {
+        Ok(UringEngine {
             ring,
             bufring,
-            core,
             recv_msg: Box::new(recv_msghdr()),
             free_slots: (0..cfg.ack_slots).rev().collect(),
             slots,
             wake_buf: Box::new(0),
-            ack_buf: Box::new([0; MAX_DATAGRAM_BYTES]),
+            cqes: Vec::with_capacity(REAP_BATCH),
+            socket: ctx.socket.as_raw_fd(),
+            wake_fd: ctx.parkers[ctx.index as usize].efd.raw(),
             info,
+            strategy: cfg.wait,
             rearm_recv: true,
             rearm_wake: true,
             ran_dry: false,
-            socket_drops_seen: 0,
+            load: LoadWindow::new(),
+            reaped: 0,
+            epoch: ctx.base,
             last_error_log: None,
-            last_getevents: Instant::now(),
+            last_reap: Instant::now(),
         })
     }
 
     /// Pushes an SQE, submitting first if the queue is full. False if it cannot.
-    fn push(&mut self, entry: &squeue::Entry) -> bool {
+    fn push(&mut self, stats: &mut ShardStats, entry: &squeue::Entry) -> bool {
         for _ in 0..2 {
             // SAFETY: every entry pushed here points only at memory owned by `self`
             // (recv msghdr, send slots, wake buffer) that stays put until its completion
-            // is reaped; the ring is dropped before that memory (see `run`).
+            // is reaped; the ring is dropped before that memory (field order).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return true;
             }
             if self.ring.submit().is_err() {
                 break;
             }
-            self.core.stats_mut().enters += 1;
+            stats.enters += 1;
         }
         false
     }
 
-    fn arm(&mut self, sock: i32, wake_fd: i32) {
+    fn arm(&mut self, stats: &mut ShardStats) {
         if self.rearm_recv {
-            let e = opcode::RecvMsgMulti::new(types::Fd(sock), &*self.recv_msg, BGID)
+            let e = opcode::RecvMsgMulti::new(types::Fd(self.socket), &*self.recv_msg, BGID)
                 .build()
                 .user_data(Token::Recv.encode());
-            self.rearm_recv = !self.push(&e);
+            self.rearm_recv = !self.push(stats, &e);
         }
         if self.rearm_wake {
             let e = opcode::Read::new(
-                types::Fd(wake_fd),
+                types::Fd(self.wake_fd),
                 (&mut *self.wake_buf as *mut u64).cast(),
                 8,
             )
             .build()
             .user_data(Token::Wake.encode());
-            self.rearm_wake = !self.push(&e);
+            self.rearm_wake = !self.push(stats, &e);
         }
     }
 
@@ -292,108 +368,37 @@ impl Shard {
         }
     }
 
-    fn run(&mut self, ctx: &mut ShardContext) {
-        let sock = ctx.socket.as_raw_fd();
-        let wake_fd = ctx.parkers[ctx.index as usize].efd.raw();
-        let mut last_publish = Instant::now();
-        let mut load = Load::Light;
-        let (mut window_start_us, mut window_cqes) = (0u64, 0u64);
-        let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(REAP_BATCH);
-        loop {
-            let stopping = ctx.shared.stop.load(Ordering::Relaxed);
-            let now_ms = ctx.base.elapsed().as_millis() as u64;
-            // 1. Reap a batch of completions.
-            let mut reaped = 0;
-            loop {
-                cqes.clear();
-                cqes.extend(
-                    self.ring
-                        .completion()
-                        .take(REAP_BATCH)
-                        .map(|c| (c.user_data(), c.result(), c.flags())),
-                );
-                if cqes.is_empty() {
-                    break;
-                }
-                reaped += cqes.len();
-                for &(ud, res, flags) in cqes.iter() {
-                    self.on_completion(ctx, ud, res, flags, now_ms);
-                }
-                self.bufring.commit();
-                if cqes.len() < REAP_BATCH {
-                    break;
-                }
-            }
-            self.core.stats_mut().cqes += reaped as u64;
-            // 2-4. Frames peers handed to us, table batch, a liveness slice, events,
-            //      hand-offs to peers (the whole walk comes in `finish`).
-            super::after_receive(ctx, &mut self.core, now_ms, false);
-            if stopping {
-                self.finish(ctx);
-                return;
-            }
-            if last_publish.elapsed() >= PUBLISH_EVERY {
-                last_publish = Instant::now();
-                self.publish_stats(ctx);
-            }
-            // 5. Re-arm what ended in this batch (before waiting: a receive that ran
-            //    dry must be back in the ring before we sleep), then wait.
-            self.arm(sock, wake_fd);
-            if let WaitStrategy::Adaptive { .. } = ctx.config.wait {
-                window_cqes += reaped as u64;
-                let now_us = ctx.base.elapsed().as_micros() as u64;
-                let elapsed_us = now_us - window_start_us;
-                if elapsed_us >= ADAPTIVE_WINDOW_US {
-                    load = Load::of(window_cqes, elapsed_us);
-                    (window_start_us, window_cqes) = (now_us, 0);
-                }
-            }
-            self.wait(ctx, load, now_ms);
-        }
-    }
-
-    fn on_completion(
-        &mut self,
-        ctx: &mut ShardContext,
-        ud: u64,
-        res: i32,
-        flags: u32,
-        now_ms: u64,
-    ) {
+    fn on_completion(&mut self, io: &mut Ingest<'_>, ud: u64, res: i32, flags: u32, now_ms: u64) {
         match Token::decode(ud) {
             Some(Token::Recv) => {
                 if !cqueue::more(flags) {
                     self.rearm_recv = true;
-                    self.core.stats_mut().rearms += 1;
+                    io.stats().rearms += 1;
                 }
                 if res < 0 {
                     if -res == libc::ENOBUFS {
-                        self.core.stats_mut().ring_dry += 1;
+                        io.stats().ring_dry += 1;
                         self.ran_dry = true;
                     } else if -res != libc::ECANCELED {
-                        self.core.stats_mut().recv_errors += 1;
+                        io.stats().recv_errors += 1;
                         self.log_error("receive failed", -res);
                     }
                     return;
                 }
                 let Some(bid) = cqueue::buffer_select(flags) else {
-                    self.core.stats_mut().recv_errors += 1;
+                    io.stats().recv_errors += 1;
                     return;
                 };
-                self.on_datagram(ctx, bid, res as usize, now_ms);
+                self.on_datagram(io, bid, res as usize, now_ms);
                 self.bufring.recycle(bid);
             }
             Some(Token::Send(slot)) => {
-                let frames = self.slots[slot as usize].iov.iov_len as u64 / 32;
+                let bytes = self.slots[slot as usize].iov.iov_len;
                 if res < 0 {
-                    let s = self.core.stats_mut();
-                    s.ack_datagrams_dropped += 1;
-                    s.acks_dropped += frames;
+                    io.stats().count_acks_dropped(1, bytes);
                     self.log_error("ack send failed", -res);
                 } else {
-                    let s = self.core.stats_mut();
-                    s.ack_datagrams += 1;
-                    s.acks_sent += frames;
+                    io.stats().count_acks_sent(1, bytes);
                 }
                 self.free_slots.push(slot);
             }
@@ -401,48 +406,35 @@ impl Shard {
                 self.rearm_wake = true;
             }
             None => {
-                self.core.stats_mut().recv_errors += 1;
+                io.stats().recv_errors += 1;
                 tracing::error!(user_data = ud, "completion with unknown user_data");
             }
         }
     }
 
-    fn on_datagram(&mut self, ctx: &mut ShardContext, bid: u16, len: usize, now_ms: u64) {
+    fn on_datagram(&mut self, io: &mut Ingest<'_>, bid: u16, len: usize, now_ms: u64) {
         let buf = self.bufring.buffer(bid, len);
         let Ok(out) = types::RecvMsgOut::parse(buf, &self.recv_msg) else {
-            self.core.stats_mut().recv_errors += 1;
+            io.stats().recv_errors += 1;
             return;
         };
         if out.is_payload_truncated() {
-            let s = self.core.stats_mut();
-            s.datagrams += 1;
-            s.count_datagram_error(crate::core::codec::DatagramError::TooLong);
+            io.too_long();
             return;
         }
-        let outbound = &mut ctx.outbound;
-        let ack_len = self.core.ingest_datagram(
-            out.payload_data(),
-            now_ms,
-            &mut self.ack_buf,
-            |target, frame| {
-                outbound[target as usize]
-                    .as_mut()
-                    .is_some_and(|p| p.push(frame))
-            },
-        );
+        let ack = io.datagram(out.payload_data(), now_ms);
+        let ack_len = ack.len();
         if ack_len == 0 {
             return;
         }
-        let name = out.name_data();
-        let name_len = (out.incoming_name_len() as usize).min(name.len());
         let Some(slot) = self.free_slots.pop() else {
-            let s = self.core.stats_mut();
-            s.ack_datagrams_dropped += 1;
-            s.acks_dropped += (ack_len / 32) as u64;
+            io.stats().count_acks_dropped(1, ack_len);
             return;
         };
+        let name = out.name_data();
+        let name_len = (out.incoming_name_len() as usize).min(name.len());
         let s = &mut self.slots[slot as usize];
-        s.buf[..ack_len].copy_from_slice(&self.ack_buf[..ack_len]);
+        s.buf[..ack_len].copy_from_slice(ack);
         s.iov.iov_len = ack_len;
         // SAFETY: `addr` is a sockaddr_storage (128 bytes) and `name_len` ≤ 28.
         let addr_bytes = unsafe {
@@ -453,83 +445,12 @@ impl Shard {
         };
         addr_bytes.copy_from_slice(&name[..name_len]);
         s.msg.msg_namelen = name_len as u32;
-        let e = opcode::SendMsg::new(types::Fd(ctx.socket.as_raw_fd()), &s.msg)
+        let e = opcode::SendMsg::new(types::Fd(self.socket), &s.msg)
             .build()
             .user_data(Token::Send(slot).encode());
-        if !self.push(&e) {
+        if !self.push(io.stats(), &e) {
             self.free_slots.push(slot);
-            let s = self.core.stats_mut();
-            s.ack_datagrams_dropped += 1;
-            s.acks_dropped += (ack_len / 32) as u64;
-        }
-    }
-
-    fn publish_stats(&mut self, ctx: &ShardContext) {
-        super::publish_stats(ctx, &mut self.core, &mut self.socket_drops_seen);
-    }
-
-    fn wait(&mut self, ctx: &mut ShardContext, load: Load, now_ms: u64) {
-        let parker = &ctx.parkers[ctx.index as usize];
-        parker.parked.store(true, Ordering::SeqCst);
-        let peer_frames = ctx.inbound.iter().any(|c| c.has_pending());
-        let until_tick_ms = self
-            .core
-            .next_deadline_ms()
-            .saturating_sub(now_ms)
-            .clamp(1, ctx.config.tick_ms as u64);
-        let ts = types::Timespec::from(Duration::from_millis(until_tick_ms));
-        let ran_dry = std::mem::take(&mut self.ran_dry);
-        let fd = ctx.socket.as_raw_fd();
-        let plan = wait_plan(ctx.config.wait, load, ran_dry, || {
-            socket::socket_queued_bytes(fd).ok()
-        });
-        if plan.backlog {
-            self.core.stats_mut().backlog_polls += 1;
-        }
-        let (want, min_wait_us) = (plan.want, plan.min_wait_us);
-        let want =
-            if peer_frames || self.core.liveness_pending() || !self.ring.completion().is_empty() {
-                0
-            } else {
-                want
-            };
-        let result = if want == 0
-            && self.core.liveness_pending()
-            && !peer_frames
-            && self.last_getevents.elapsed() >= LIVENESS_REAP_EVERY
-        {
-            // Between slices of a liveness walk: run the deferred completions (an enter
-            // with GETEVENTS, zero timeout) so datagrams that arrived meanwhile are
-            // reaped during the walk instead of after it. Rate-limited: reaping after
-            // every slice cost 6% of throughput at saturation.
-            self.last_getevents = Instant::now();
-            self.enter_without_sleeping(1)
-        } else if want == 0 {
-            self.ring.submit()
-        } else if plan.drain {
-            // Queued data: the enter runs the deferred receive until `want` completions,
-            // an empty socket or a dry ring.
-            self.enter_without_sleeping(want)
-        } else {
-            // Without min-wait (Linux < 6.12) a batch is a plain timeout of the batch
-            // length: the wait returns after it whatever arrived, never a whole tick.
-            let batch_ts = types::Timespec::from(Duration::from_micros(min_wait_us as u64));
-            let fallback = min_wait_us > 0 && !self.info.min_wait_supported;
-            let mut args =
-                types::SubmitArgs::new().timespec(if fallback { &batch_ts } else { &ts });
-            if min_wait_us > 0 && self.info.min_wait_supported {
-                args = args.min_wait_usec(min_wait_us);
-            }
-            self.core.stats_mut().wakeups += 1;
-            self.ring.submitter().submit_with_args(want, &args)
-        };
-        parker.parked.store(false, Ordering::Relaxed);
-        self.core.stats_mut().enters += 1;
-        if let Err(e) = result {
-            match e.raw_os_error() {
-                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
-                _ => self.log_error("io_uring_enter failed", e.raw_os_error().unwrap_or(0)),
-            }
+            io.stats().count_acks_dropped(1, ack_len);
         }
     }
 
@@ -542,20 +463,107 @@ impl Shard {
             .submit_with_args(want, &types::SubmitArgs::new().timespec(&zero))
     }
 
-    /// Stop: reap what already arrived, apply it, ship events and final counters.
-    fn finish(&mut self, ctx: &mut ShardContext) {
-        let _ = self.ring.submit_and_wait(0);
-        let now_ms = ctx.base.elapsed().as_millis() as u64;
-        let pending: Vec<(u64, i32, u32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result(), c.flags()))
-            .collect();
-        for (ud, res, flags) in pending {
-            self.on_completion(ctx, ud, res, flags, now_ms);
+    fn enter(
+        &mut self,
+        stats: &mut ShardStats,
+        enter: Enter,
+        timeout_ms: u64,
+    ) -> std::io::Result<usize> {
+        match enter {
+            Enter::Submit => self.ring.submit(),
+            Enter::Reap { want } => self.enter_without_sleeping(want),
+            Enter::Sleep { want, min_wait_us } => {
+                stats.wakeups += 1;
+                let tick = types::Timespec::from(Duration::from_millis(timeout_ms));
+                // Without min-wait (Linux < 6.12) a batch is a plain timeout of the
+                // batch length: the wait returns after it whatever arrived, never a
+                // whole tick.
+                let batch = types::Timespec::from(Duration::from_micros(min_wait_us as u64));
+                let with_min_wait = min_wait_us > 0 && self.info.min_wait_supported;
+                let fallback = min_wait_us > 0 && !self.info.min_wait_supported;
+                let mut args =
+                    types::SubmitArgs::new().timespec(if fallback { &batch } else { &tick });
+                if with_min_wait {
+                    args = args.min_wait_usec(min_wait_us);
+                }
+                self.ring.submitter().submit_with_args(want, &args)
+            }
         }
-        super::after_receive(ctx, &mut self.core, now_ms, true);
-        self.publish_stats(ctx);
+    }
+}
+
+impl Engine for UringEngine {
+    fn receive(&mut self, io: &mut Ingest<'_>, now_ms: u64) {
+        // Copied out of the CQ first: handling a completion pushes sends, which needs
+        // the ring the completion queue borrows.
+        let mut cqes = std::mem::take(&mut self.cqes);
+        let mut reaped = 0;
+        loop {
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .take(REAP_BATCH)
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if cqes.is_empty() {
+                break;
+            }
+            reaped += cqes.len();
+            for &(ud, res, flags) in cqes.iter() {
+                self.on_completion(io, ud, res, flags, now_ms);
+            }
+            self.bufring.commit();
+            if cqes.len() < REAP_BATCH {
+                break;
+            }
+        }
+        self.cqes = cqes;
+        io.stats().cqes += reaped as u64;
+        self.reaped += reaped as u64;
+    }
+
+    fn wait(&mut self, io: &mut Ingest<'_>, wait: Wait) {
+        // Re-arm what ended (before waiting: a receive that ran dry must be back in
+        // the ring before the shard sleeps).
+        self.arm(io.stats());
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        let load = match self.strategy {
+            WaitStrategy::Adaptive { .. } => {
+                self.load.record(std::mem::take(&mut self.reaped), now_us)
+            }
+            WaitStrategy::Fixed { .. } => Load::Light,
+        };
+        let inputs = WaitInputs {
+            strategy: self.strategy,
+            load,
+            ran_dry: self.ran_dry,
+            completions_ready: !self.ring.completion().is_empty(),
+            wait,
+            reap_due: self.last_reap.elapsed() >= LIVENESS_REAP_EVERY,
+        };
+        let fd = self.socket;
+        let d = decide(inputs, || socket::socket_queued_bytes(fd).ok());
+        if d.backlog {
+            io.stats().backlog_polls += 1;
+        }
+        match d.enter {
+            Enter::Reap { want: BATCH_WANT } => self.ran_dry = false,
+            Enter::Reap { .. } => self.last_reap = Instant::now(),
+            _ => {}
+        }
+        let result = self.enter(io.stats(), d.enter, wait.timeout_ms);
+        io.stats().enters += 1;
+        if let Err(e) = result {
+            match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => self.log_error("io_uring_enter failed", e.raw_os_error().unwrap_or(0)),
+            }
+        }
+    }
+
+    fn info(&self) -> ShardInfo {
+        self.info.clone()
     }
 }
 
@@ -569,11 +577,27 @@ mod tests {
         batch_us: 50,
         heavy_batch_us: 200,
     };
+    const FIXED: WaitStrategy = WaitStrategy::Fixed { us: 200 };
+    const NEVER: WaitStrategy = WaitStrategy::Fixed { us: 0 };
+    const DRAIN: Enter = Enter::Reap { want: BATCH_WANT };
+    const BIG: u32 = BACKLOG_NO_BATCH_BYTES;
 
-    /// (want, min_wait_us, drain, backlog)
-    fn plan(s: WaitStrategy, load: Load, ran_dry: bool, queued: u32) -> (usize, u32, bool, bool) {
-        let p = wait_plan(s, load, ran_dry, || Some(queued));
-        (p.want, p.min_wait_us, p.drain, p.backlog)
+    /// Inputs with nothing pending: only the named conditions set.
+    fn inputs(strategy: WaitStrategy, load: Load, set: &[&str]) -> WaitInputs {
+        let has = |k: &str| set.contains(&k);
+        WaitInputs {
+            strategy,
+            load,
+            ran_dry: has("ran_dry"),
+            completions_ready: has("ready"),
+            wait: Wait {
+                timeout_ms: 10,
+                peer_frames: has("peer"),
+                liveness_pending: has("walk"),
+                stopping: has("stop"),
+            },
+            reap_due: has("reap_due"),
+        }
     }
 
     #[test]
@@ -586,55 +610,89 @@ mod tests {
     }
 
     #[test]
-    fn batches_only_when_busy_and_nothing_is_waiting() {
-        assert_eq!(plan(ADAPTIVE, Light, false, 0), (1, 0, false, false));
-        assert_eq!(
-            plan(ADAPTIVE, Busy, false, 0),
-            (BATCH_WANT, 50, false, false)
-        );
-        assert_eq!(
-            plan(ADAPTIVE, Heavy, false, 0),
-            (BATCH_WANT, 200, false, false)
-        );
-        let fixed = WaitStrategy::Fixed { us: 200 };
-        assert_eq!(
-            plan(fixed, Light, false, 1000),
-            (BATCH_WANT, 200, false, false)
-        );
-        let never = WaitStrategy::Fixed { us: 0 };
-        assert_eq!(plan(never, Heavy, false, 1 << 20), (1, 0, false, false));
+    fn the_load_window_changes_only_when_a_window_closes() {
+        let mut w = LoadWindow::new();
+        assert_eq!(w.record(500, 999), Light, "window still open");
+        assert_eq!(w.record(500, 1_000), Heavy, "1,000 in 1 ms");
+        assert_eq!(w.record(100, 1_500), Heavy, "next window open: load kept");
+        assert_eq!(w.record(200, 2_000), Busy, "300 in 1 ms");
+        assert_eq!(w.record(0, 5_000), Light);
     }
 
+    /// strategy, load, conditions set, queued bytes → enter, backlog counted.
+    type Row = (
+        WaitStrategy,
+        Load,
+        &'static [&'static str],
+        u32,
+        Enter,
+        bool,
+    );
+
     #[test]
-    fn a_backlog_or_a_dry_ring_turns_a_batch_into_a_drain() {
-        let fixed = WaitStrategy::Fixed { us: 200 };
-        let big = BACKLOG_NO_BATCH_BYTES;
-        assert_eq!(
-            plan(ADAPTIVE, Heavy, false, big),
-            (BATCH_WANT, 0, true, true)
-        );
-        assert_eq!(plan(fixed, Light, false, big), (BATCH_WANT, 0, true, true));
-        assert_eq!(
-            plan(fixed, Light, false, big - 1),
-            (BATCH_WANT, 200, false, false)
-        );
-        assert_eq!(plan(fixed, Light, true, 0), (BATCH_WANT, 0, true, false));
+    fn every_wait_decision_as_a_table() {
+        let sleep = |want, min_wait_us| Enter::Sleep { want, min_wait_us };
+        #[rustfmt::skip]
+        let rows: &[Row] = &[
+            // Nothing pending: the strategy decides.
+            (ADAPTIVE, Light, &[], 0, sleep(1, 0), false),
+            (ADAPTIVE, Busy, &[], 0, sleep(BATCH_WANT, 50), false),
+            (ADAPTIVE, Heavy, &[], 0, sleep(BATCH_WANT, 200), false),
+            (FIXED, Light, &[], 1000, sleep(BATCH_WANT, 200), false),
+            (NEVER, Heavy, &[], 1 << 20, sleep(1, 0), false),
+            // A backlog turns a batch into a drain (counted); not a per-completion wait.
+            (ADAPTIVE, Heavy, &[], BIG, DRAIN, true),
+            (FIXED, Light, &[], BIG, DRAIN, true),
+            (FIXED, Light, &[], BIG - 1, sleep(BATCH_WANT, 200), false),
+            (ADAPTIVE, Light, &[], BIG, sleep(1, 0), false),
+            // A dry ring re-armed over queued data: drain, not counted as a backlog.
+            (FIXED, Light, &["ran_dry"], 0, DRAIN, false),
+            (ADAPTIVE, Light, &["ran_dry"], 0, DRAIN, false),
+            // Work already waits in user space: submit only, whatever the rest says.
+            (FIXED, Heavy, &["ready"], BIG, Enter::Submit, false),
+            (FIXED, Heavy, &["peer"], BIG, Enter::Submit, false),
+            (FIXED, Heavy, &["peer", "walk", "reap_due"], BIG, Enter::Submit, false),
+            (ADAPTIVE, Light, &["ready", "ran_dry"], 0, Enter::Submit, false),
+            // An unfinished walk: reap at most every LIVENESS_REAP_EVERY, else submit.
+            (FIXED, Heavy, &["walk"], BIG, Enter::Submit, false),
+            (FIXED, Heavy, &["walk", "reap_due"], BIG, Enter::Reap { want: 1 }, false),
+            (ADAPTIVE, Light, &["walk", "ran_dry"], 0, Enter::Submit, false),
+            // Stopping: drain, whatever else holds.
+            (FIXED, Heavy, &["stop", "peer", "ready"], BIG, DRAIN, false),
+            (NEVER, Light, &["stop"], 0, DRAIN, false),
+        ];
+        for (n, &(strategy, load, set, queued, enter, backlog)) in rows.iter().enumerate() {
+            let d = decide(inputs(strategy, load, set), || Some(queued));
+            assert_eq!(
+                d,
+                Decision { enter, backlog },
+                "row {n}: {strategy:?} {load:?} {set:?} {queued}"
+            );
+        }
         // An unreadable queue size never blocks batching.
-        let p = wait_plan(fixed, Light, false, || None);
-        assert_eq!((p.want, p.min_wait_us), (BATCH_WANT, 200));
+        let d = decide(inputs(FIXED, Light, &[]), || None);
+        assert_eq!(d.enter, sleep(BATCH_WANT, 200));
     }
 
     #[test]
-    fn the_queue_is_asked_only_when_the_plan_would_batch() {
+    fn the_queue_is_asked_only_when_the_decision_would_batch() {
         let asked = std::cell::Cell::new(0);
         let ask = || {
             asked.set(asked.get() + 1);
-            Some(0)
+            Some(BIG)
         };
-        wait_plan(ADAPTIVE, Light, false, ask);
-        wait_plan(WaitStrategy::Fixed { us: 100 }, Heavy, true, ask);
+        for set in [
+            &["ready"][..],
+            &["peer"],
+            &["walk"],
+            &["ran_dry"],
+            &["stop"],
+        ] {
+            decide(inputs(FIXED, Heavy, set), ask);
+        }
+        decide(inputs(ADAPTIVE, Light, &[]), ask);
         assert_eq!(asked.get(), 0);
-        wait_plan(ADAPTIVE, Busy, false, ask);
+        decide(inputs(ADAPTIVE, Busy, &[]), ask);
         assert_eq!(asked.get(), 1);
     }
 }

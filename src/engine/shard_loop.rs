@@ -1,0 +1,356 @@
+//! The one shard loop every engine runs in. The loop owns the shard's sans-IO core, the
+//! stop flag, time, ingest and forwarding (through [`Ingest`]), liveness slices, the
+//! park protocol, publishing counters and the drain at stop; an engine only moves bytes
+//! (receive, send acks) and sleeps the way its I/O interface sleeps (see [`Engine`]).
+//!
+//! One iteration: `receive` (datagrams into the core, acks out) → frames peers handed
+//! over → table batch → a liveness slice when due → events → hand-offs to peers →
+//! publish counters every `PUBLISH_EVERY` → park → `wait`.
+//!
+//! Stop: whatever reached the socket before the stop is applied: the loop keeps
+//! receiving without sleeping until the socket is empty and a round brings nothing,
+//! for at most `STOP_DRAIN`; what is still queued then is read, discarded and counted
+//! in `unread_at_stop`. Then it waits (bounded) for every peer to finish the same
+//! drain, so that frames they hand over are applied too, runs the whole liveness walk,
+//! ships events and publishes the final counters.
+
+use super::{ShardContext, ShardInfo};
+use crate::core::codec::{DatagramError, FRAME_BYTES, MAX_DATAGRAM_BYTES};
+use crate::core::shard::ShardCore;
+use crate::core::stats::ShardStats;
+use crate::sys::spsc::Producer;
+use anyhow::Context;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often a shard copies its counters to its slot for the reporter.
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Longest a shard spends applying what its socket holds at stop. A full 4 MiB receive
+/// queue of one-frame datagrams (~10,000 of them at ~770 bytes of truesize each, doubled
+/// by the kernel's accounting) drains in well under 20 ms at the measured ~1.5M
+/// datagrams per core-second; 500 ms leaves room for a much deeper queue and a sender
+/// still flooding, and keeps the exit within the promised second.
+const STOP_DRAIN: Duration = Duration::from_millis(500);
+/// Longest a shard then spends reading and counting (not applying) what is left, and
+/// waiting for its peers' hand-offs: the rest of the one-second exit, with room for the
+/// events flush and the final stats.
+const STOP_COUNT: Duration = Duration::from_millis(150);
+
+/// What an engine sees of the shard while it moves bytes: the core (ingest and
+/// counters) and the rings towards peers (frames owned elsewhere).
+pub(crate) struct Ingest<'a> {
+    pub core: &'a mut ShardCore,
+    outbound: &'a mut [Option<Producer>],
+    ack: &'a mut [u8; MAX_DATAGRAM_BYTES],
+}
+
+impl Ingest<'_> {
+    /// One received datagram: validated and applied (or forwarded, or counted). Returns
+    /// the ack datagram to send back to its source; empty when nothing asked for one.
+    pub fn datagram(&mut self, payload: &[u8], now_ms: u64) -> &[u8] {
+        let outbound = &mut *self.outbound;
+        let len = self
+            .core
+            .ingest_datagram(payload, now_ms, self.ack, |target, frame| {
+                outbound[target as usize]
+                    .as_mut()
+                    .is_some_and(|p| p.push(frame))
+            });
+        &self.ack[..len]
+    }
+
+    /// A datagram longer than any valid one (truncated by the receive).
+    pub fn too_long(&mut self) {
+        let s = self.core.stats_mut();
+        s.datagrams += 1;
+        s.count_datagram_error(DatagramError::TooLong);
+    }
+
+    pub fn stats(&mut self) -> &mut ShardStats {
+        self.core.stats_mut()
+    }
+}
+
+/// Ack accounting, one place for every engine.
+pub(crate) trait AckStats {
+    /// `datagrams` ack datagrams of `bytes` in total that went out.
+    fn count_acks_sent(&mut self, datagrams: usize, bytes: usize);
+    /// `datagrams` ack datagrams of `bytes` in total that could not be queued or
+    /// failed to send.
+    fn count_acks_dropped(&mut self, datagrams: usize, bytes: usize);
+}
+
+impl AckStats for ShardStats {
+    fn count_acks_sent(&mut self, datagrams: usize, bytes: usize) {
+        self.ack_datagrams += datagrams as u64;
+        self.acks_sent += (bytes / FRAME_BYTES) as u64;
+    }
+    fn count_acks_dropped(&mut self, datagrams: usize, bytes: usize) {
+        self.ack_datagrams_dropped += datagrams as u64;
+        self.acks_dropped += (bytes / FRAME_BYTES) as u64;
+    }
+}
+
+/// What the loop knows when an engine is about to wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wait {
+    /// Until the next liveness tick (≥ 1): the longest the engine may sleep.
+    pub timeout_ms: u64,
+    /// Peers handed over frames that are not applied yet: do not sleep.
+    pub peer_frames: bool,
+    /// A liveness walk is unfinished: do not sleep.
+    pub liveness_pending: bool,
+    /// The loop is draining at stop: take in what is queued, never sleep long.
+    pub stopping: bool,
+}
+
+impl Wait {
+    /// The engine must return without sleeping.
+    pub fn busy(&self) -> bool {
+        self.peer_frames || self.liveness_pending
+    }
+}
+
+/// An I/O engine: how bytes move between the shard's socket and the loop.
+pub(crate) trait Engine {
+    /// Takes in what has already arrived without sleeping: each datagram goes to
+    /// `io.datagram` and its ack is sent (or counted as dropped).
+    fn receive(&mut self, io: &mut Ingest<'_>, now_ms: u64);
+    /// Waits for a datagram, a peer's wake-up or `wait.timeout_ms`, as the engine's
+    /// interface waits; returns at once when `wait.busy()`. An engine whose waits
+    /// deliver data (tokio-uring) may ingest it here.
+    fn wait(&mut self, io: &mut Ingest<'_>, wait: Wait);
+    fn info(&self) -> ShardInfo;
+}
+
+/// Runs one shard thread: builds the engine and the core on the thread (after pinning,
+/// so their memory is local), reports ready or the error to `start`, then loops.
+pub(crate) fn run<E: Engine>(
+    mut ctx: ShardContext,
+    new: impl FnOnce(&mut ShardContext) -> anyhow::Result<E>,
+) {
+    let ready = ctx.ready.take().expect("ready channel");
+    let built = super::pin_to(ctx.cpu)
+        .and_then(|()| new(&mut ctx))
+        .and_then(|engine| Ok((engine, new_core(&ctx)?)));
+    match built {
+        Ok((mut engine, mut core)) => {
+            let _ = ready.send(Ok(engine.info()));
+            drop(ready);
+            ShardLoop {
+                ctx: &mut ctx,
+                core: &mut core,
+                ack: Box::new([0; MAX_DATAGRAM_BYTES]),
+                socket_drops_seen: 0,
+            }
+            .run(&mut engine);
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {} (CPU {}): {e:#}", ctx.index, ctx.cpu)));
+        }
+    }
+}
+
+/// The shard's sans-IO core, built on the shard's thread (after pinning, so the
+/// table's pages are local).
+fn new_core(ctx: &ShardContext) -> anyhow::Result<ShardCore> {
+    let now_ms = ctx.base.elapsed().as_millis() as u64;
+    ShardCore::new(ctx.config.core_config(ctx.index), now_ms).context("mapping the device table")
+}
+
+struct ShardLoop<'a> {
+    ctx: &'a mut ShardContext,
+    core: &'a mut ShardCore,
+    ack: Box<[u8; MAX_DATAGRAM_BYTES]>,
+    /// Last SK_MEMINFO_DROPS value read from the socket.
+    socket_drops_seen: u32,
+}
+
+impl ShardLoop<'_> {
+    fn now_ms(&self) -> u64 {
+        self.ctx.base.elapsed().as_millis() as u64
+    }
+
+    fn ingest(&mut self) -> Ingest<'_> {
+        Ingest {
+            core: self.core,
+            outbound: &mut self.ctx.outbound,
+            ack: &mut self.ack,
+        }
+    }
+
+    fn run<E: Engine>(mut self, engine: &mut E) {
+        let mut last_publish = Instant::now();
+        loop {
+            if self.ctx.shared.stop.load(Ordering::Relaxed) {
+                return self.stop(engine);
+            }
+            let now_ms = self.now_ms();
+            engine.receive(&mut self.ingest(), now_ms);
+            self.after_receive(now_ms, false);
+            if last_publish.elapsed() >= PUBLISH_EVERY {
+                last_publish = Instant::now();
+                self.publish_stats();
+            }
+            self.park_and_wait(engine, now_ms, false);
+        }
+    }
+
+    /// Announces that the shard may sleep, looks at the hand-off rings one last time,
+    /// and waits. The park protocol is a store-fence-load on both sides (here: parked,
+    /// fence, tails; in `publish_outbound`: tail, fence, parked), so on every memory
+    /// model either the consumer sees the new frames or the producer sees it parked and
+    /// signals its eventfd.
+    fn park_and_wait<E: Engine>(&mut self, engine: &mut E, now_ms: u64, stopping: bool) {
+        let index = self.ctx.index as usize;
+        self.ctx.parkers[index]
+            .parked
+            .store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let wait = Wait {
+            timeout_ms: self
+                .core
+                .next_deadline_ms()
+                .saturating_sub(now_ms)
+                .clamp(1, self.ctx.config.tick_ms as u64),
+            peer_frames: self.ctx.inbound.iter().any(|c| c.has_pending()),
+            liveness_pending: self.core.liveness_pending(),
+            stopping,
+        };
+        engine.wait(&mut self.ingest(), wait);
+        self.ctx.parkers[index]
+            .parked
+            .store(false, Ordering::Relaxed);
+    }
+
+    /// Applies the frames peers handed over and the table batch, runs liveness (the
+    /// whole walk when `whole_walk`, else a slice once a tick is due or a walk is
+    /// unfinished), ships events and publishes hand-offs.
+    fn after_receive(&mut self, now_ms: u64, whole_walk: bool) {
+        let core = &mut *self.core;
+        for c in self.ctx.inbound.iter_mut() {
+            c.drain(|f| core.ingest_forwarded(f, now_ms));
+        }
+        core.flush();
+        if whole_walk {
+            core.advance(now_ms);
+        } else if now_ms >= core.next_deadline_ms() {
+            core.advance_slice(now_ms, self.ctx.config.liveness_slice);
+        }
+        self.ship_events();
+        publish_outbound(&mut self.ctx.outbound, &self.ctx.parkers);
+    }
+
+    /// Hands the core's new events to the writer's queue; a full queue is a counted drop.
+    fn ship_events(&mut self) {
+        let mut dropped = 0;
+        for e in self.core.drain_events() {
+            if let Some(tx) = &self.ctx.events_tx {
+                if tx.try_send((self.ctx.index, e)).is_err() {
+                    dropped += 1;
+                }
+            }
+        }
+        self.core.stats_mut().events_dropped += dropped;
+    }
+
+    /// Adds the socket's new kernel drops to the counters and copies them to the
+    /// shard's slot for the reporter.
+    fn publish_stats(&mut self) {
+        if let Ok(drops) = crate::sys::socket::socket_drops(self.ctx.socket.as_raw_fd()) {
+            // Cumulative per socket, wraps at 2^32: add the difference.
+            let delta = drops.wrapping_sub(self.socket_drops_seen);
+            self.socket_drops_seen = drops;
+            self.core.stats_mut().kernel_drops += delta as u64;
+        }
+        let mut slot = self.ctx.shared.stats[self.ctx.index as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot = *self.core.stats();
+    }
+
+    /// The stop sequence (module doc).
+    fn stop<E: Engine>(mut self, engine: &mut E) {
+        let started = Instant::now();
+        let fd = self.ctx.socket.as_raw_fd();
+        // 1. Apply what the socket holds.
+        loop {
+            let before = self.received();
+            let now_ms = self.now_ms();
+            engine.receive(&mut self.ingest(), now_ms);
+            self.after_receive(now_ms, false);
+            self.park_and_wait(engine, now_ms, true);
+            let progressed = self.received() != before;
+            let empty = crate::sys::socket::socket_queued_bytes(fd).is_ok_and(|b| b == 0);
+            if !progressed && empty {
+                break;
+            }
+            if started.elapsed() >= STOP_DRAIN {
+                self.count_unread(started + STOP_DRAIN + STOP_COUNT);
+                break;
+            }
+        }
+        // 2. Frames peers hand over while they drain their own sockets.
+        let shared = &self.ctx.shared;
+        shared.drained.fetch_add(1, Ordering::Release);
+        let shards = self.ctx.shared.stats.len();
+        let deadline = started + STOP_DRAIN + STOP_COUNT;
+        while self.ctx.shared.drained.load(Ordering::Acquire) < shards && Instant::now() < deadline
+        {
+            let now_ms = self.now_ms();
+            self.after_receive(now_ms, false);
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // 3. The whole liveness walk, events, final counters. (Acks went out in the
+        //    drain rounds: a round that brought nothing sent nothing new.)
+        let now_ms = self.now_ms();
+        self.after_receive(now_ms, true);
+        self.publish_stats();
+    }
+
+    /// Datagrams the core has seen plus receive errors: progress of a drain round.
+    fn received(&self) -> u64 {
+        let s = self.core.stats();
+        s.datagrams + s.recv_errors
+    }
+
+    /// Reads what is still queued after the drain budget, counting it without applying
+    /// it, until the socket is empty or `deadline`.
+    fn count_unread(&mut self, deadline: Instant) {
+        let fd = self.ctx.socket.as_raw_fd();
+        let mut batch = crate::sys::mmsg::RecvBatch::new(64);
+        let mut unread = 0u64;
+        while Instant::now() < deadline {
+            match batch.recv(fd) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => unread += n as u64,
+            }
+        }
+        self.core.stats_mut().unread_at_stop += unread;
+        tracing::warn!(
+            shard = self.ctx.index,
+            unread,
+            "the socket still held datagrams after {} ms of draining at stop: counted in unread_at_stop, not applied",
+            STOP_DRAIN.as_millis()
+        );
+    }
+}
+
+/// Publishes the frames pushed to each peer and wakes peers that are parked.
+fn publish_outbound(outbound: &mut [Option<Producer>], parkers: &[super::Parker]) {
+    for (target, p) in outbound.iter_mut().enumerate() {
+        let Some(p) = p else { continue };
+        if p.unpublished() == 0 {
+            continue;
+        }
+        p.publish();
+        // The producer half of the park protocol (see `park_and_wait`).
+        fence(Ordering::SeqCst);
+        let parker = &parkers[target];
+        if parker.parked.load(Ordering::Relaxed) && parker.parked.swap(false, Ordering::AcqRel) {
+            parker.efd.notify();
+        }
+    }
+}
