@@ -1,15 +1,20 @@
 //! ringbeat: heartbeat ingestion and device liveness tracking.
 //!
-//! * [`core`]: the sans-IO core (codec, device table, liveness wheel, stats).
-//! * [`engine`]: the io_uring engine and the runtime that runs one pinned shard per CPU.
-//! * [`sys`]: kernel-facing code (memory mappings, sockets, buffer rings, SPSC rings);
-//!   the only place with unsafe code.
-//! * [`config`], [`preflight`], [`events`], [`report`]: operating the server.
+//! Three layers, each its own crate so the compiler holds the line between them:
+//! * [`core`] (`ringbeat-core`): the sans-IO core (codec, device table, liveness wheel,
+//!   ownership, kernel programs as data, stats); `forbid(unsafe_code)`, nothing
+//!   OS-facing.
+//! * [`sys`] (`ringbeat-sys`): every unsafe call (memory mappings, sockets, buffer
+//!   rings, SPSC rings), each behind a safe API; imports nothing from the others.
+//! * this crate: the [`engine`]s and the one shard loop that join the two, and
+//!   [`config`], [`preflight`], [`events`], [`report`] for operating the server.
+
+pub use ringbeat_core as core;
+pub use ringbeat_sys as sys;
 
 pub mod config;
-pub mod core;
 pub mod engine;
 pub mod events;
+pub mod memory;
 pub mod preflight;
 pub mod report;
-pub mod sys;

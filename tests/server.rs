@@ -329,7 +329,8 @@ fn stop_right_after_a_20000_burst_applies_or_counts_every_datagram() {
         let server = Server::start("stop-burst", &["--cores", cores]);
         let c = client();
         let (to, to_len) = ringbeat::sys::socket::sockaddr_from(server.addr);
-        let mut batch = ringbeat::sys::mmsg::SendBatch::new(64);
+        let mut batch =
+            ringbeat::sys::mmsg::SendBatch::new(64, ringbeat::core::codec::MAX_DATAGRAM_BYTES);
         let mut sent = 0u64;
         let base = 1 + round as u64 * BURST;
         nix::sched::sched_setaffinity(pid, &cpu0).unwrap();

@@ -14,6 +14,7 @@ use ringbeat::core::codec::{
     self, FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES, MAX_DATAGRAM_BYTES,
 };
 use ringbeat::core::liveness::Thresholds;
+use ringbeat::core::memory::Heap;
 use ringbeat::core::owner::owner;
 use ringbeat::core::shard::{CoreConfig, Event, ShardCore};
 use ringbeat::core::table::Liveness;
@@ -175,7 +176,7 @@ fn reference_events(
 fn run(sc: &Scenario) {
     let mut rng = Rng(sc.seed);
     let start_ms = 1_000u64;
-    let mut cores: Vec<ShardCore> = (0..sc.shards)
+    let mut cores: Vec<ShardCore<Heap>> = (0..sc.shards)
         .map(|s| {
             ShardCore::new(
                 CoreConfig {

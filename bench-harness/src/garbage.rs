@@ -44,7 +44,7 @@ pub fn flood(
     let sock = net::connected_udp(target, 4 << 20)?;
     let (addr, addr_len) = ringbeat::sys::socket::sockaddr_from(target);
     let kinds: Vec<Vec<u8>> = (0..3).map(datagram).collect();
-    let mut batch = SendBatch::new(BATCH);
+    let mut batch = SendBatch::new(BATCH, ringbeat::core::codec::MAX_DATAGRAM_BYTES);
     let (mut due_sent, mut accepted) = (0u64, 0u64);
     while Instant::now() < start {
         std::thread::sleep(Duration::from_micros(200));

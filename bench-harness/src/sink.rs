@@ -53,7 +53,7 @@ pub fn run(
     let (listen, cpus, duration, busy) = (o.listen, &o.cpus[..], o.duration, o.busy);
     let opts = UdpOptions {
         rcvbuf_bytes: o.rcvbuf_bytes,
-        prefilter: false,
+        prefilter: None,
     };
     let (first, _) = udp_reuseport(listen, opts)?;
     let addr = ringbeat::sys::socket::local_addr(&first)?;

@@ -7,6 +7,7 @@
 
 use super::shard_loop::{AckStats, Engine, Ingest, Wait};
 use super::{ShardContext, ShardInfo};
+use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -53,8 +54,8 @@ impl EpollEngine {
             socket: ctx.socket.as_raw_fd(),
             parkers: ctx.parkers.clone(),
             index: ctx.index as usize,
-            recv: RecvBatch::new(BATCH),
-            send: SendBatch::new(BATCH),
+            recv: RecvBatch::new(BATCH, MAX_DATAGRAM_BYTES),
+            send: SendBatch::new(BATCH, MAX_DATAGRAM_BYTES),
             info: ShardInfo::without_arena(ctx),
             more: false,
         })
@@ -73,7 +74,7 @@ impl EpollEngine {
         }
         if self.send.is_full() {
             // Copy out first: flushing counts into the same stats the ack borrows from.
-            let mut held = [0u8; crate::core::codec::MAX_DATAGRAM_BYTES];
+            let mut held = [0u8; MAX_DATAGRAM_BYTES];
             let len = ack.len();
             held[..len].copy_from_slice(ack);
             self.flush_acks(io);

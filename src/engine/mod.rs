@@ -94,9 +94,12 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
     let base_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let prefilter = config
+        .kernel_prefilter
+        .then(|| sock_filters(&crate::core::bpf::prefilter_program()));
     let opts = UdpOptions {
         rcvbuf_bytes: config.rcvbuf_bytes,
-        prefilter: config.kernel_prefilter,
+        prefilter: prefilter.as_deref(),
     };
     let mut sockets = Vec::with_capacity(shards);
     let (first, rcvbuf) = socket::udp_reuseport(config.listen, opts)?;
@@ -107,7 +110,8 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         sockets.push(socket::udp_reuseport(listen, opts)?.0);
     }
     if shards > 1 {
-        socket::attach_reuseport_steering(&sockets[0], shards as u32)?;
+        let steering = sock_filters(&crate::core::bpf::steering_program(shards as u32));
+        socket::attach_reuseport_steering(&sockets[0], &steering)?;
     }
     let parkers: Arc<[Parker]> = (0..shards)
         .map(|_| {
@@ -231,6 +235,19 @@ impl Server {
             e.finish();
         }
     }
+}
+
+/// The core's BPF instructions in the kernel's layout.
+fn sock_filters(program: &[crate::core::bpf::Insn]) -> Vec<libc::sock_filter> {
+    program
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect()
 }
 
 /// Pins the calling thread to `cpu`.

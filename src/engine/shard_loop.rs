@@ -16,8 +16,8 @@
 
 use super::{ShardContext, ShardInfo};
 use crate::core::codec::{DatagramError, FRAME_BYTES, MAX_DATAGRAM_BYTES};
-use crate::core::shard::ShardCore;
 use crate::core::stats::ShardStats;
+use crate::memory::Core as ShardCore;
 use crate::sys::spsc::Producer;
 use anyhow::Context;
 use std::os::fd::AsRawFd;
@@ -320,7 +320,7 @@ impl ShardLoop<'_> {
     /// it, until the socket is empty or `deadline`.
     fn count_unread(&mut self, deadline: Instant) {
         let fd = self.ctx.socket.as_raw_fd();
-        let mut batch = crate::sys::mmsg::RecvBatch::new(64);
+        let mut batch = crate::sys::mmsg::RecvBatch::new(64, MAX_DATAGRAM_BYTES);
         let mut unread = 0u64;
         while Instant::now() < deadline {
             match batch.recv(fd) {

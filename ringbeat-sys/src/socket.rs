@@ -1,14 +1,13 @@
 //! UDP socket setup: SO_REUSEPORT group, receive buffer sizing (with SO_RCVBUFFORCE
-//! when `rmem_max` clamps), kernel drop counts, and the classic-BPF programs attached
-//! to the group (ownership steering) and to sockets (optional prefilter).
+//! when `rmem_max` clamps), kernel drop counts, and attaching classic-BPF programs to
+//! the group (ownership steering) and to sockets (optional prefilter). The programs
+//! themselves are plain data made by the caller (in ringbeat, by the core).
 //!
 //! Kernel drops are read with SO_MEMINFO (`SK_MEMINFO_DROPS`, the socket's `sk_drops`,
 //! the same counter SO_RXQ_OVFL reports) when a shard publishes its stats, rather than
 //! as an SO_RXQ_OVFL control message on every datagram: the per-datagram cmsg cost
 //! ~4% of a core at one heartbeat per datagram (results/2026-11-24-foundation).
 
-use crate::core::codec::MAGIC;
-use crate::core::owner::OWNER_MIX;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -82,15 +81,17 @@ pub struct RcvbufOutcome {
 
 /// Options for one socket of the group.
 #[derive(Clone, Copy, Debug)]
-pub struct UdpOptions {
+pub struct UdpOptions<'a> {
     pub rcvbuf_bytes: usize,
-    pub prefilter: bool,
+    /// A socket filter (SO_ATTACH_FILTER) attached before the bind, so no datagram is
+    /// queued unfiltered.
+    pub prefilter: Option<&'a [libc::sock_filter]>,
 }
 
 /// Opens a non-blocking UDP socket in the SO_REUSEPORT group for `addr`.
 pub fn udp_reuseport(
     addr: SocketAddr,
-    opts: UdpOptions,
+    opts: UdpOptions<'_>,
 ) -> Result<(OwnedFd, RcvbufOutcome), SocketError> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
@@ -110,8 +111,8 @@ pub fn udp_reuseport(
     let s = fd.as_raw_fd();
     set_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1, "SO_REUSEPORT")?;
     let rcv = size_rcvbuf(s, opts.rcvbuf_bytes)?;
-    if opts.prefilter {
-        attach_filter(s, &prefilter_program())?;
+    if let Some(program) = opts.prefilter {
+        attach_filter(s, program)?;
     }
     let (storage, len) = sockaddr_from(addr);
     // SAFETY: `storage` holds a sockaddr of length `len` for this socket's family.
@@ -268,62 +269,6 @@ pub fn socketaddr_from_raw(raw: &[u8]) -> Option<SocketAddr> {
     }
 }
 
-fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
-}
-
-/// The reuseport steering program: returns `owner(first frame's device_id, shards)` as
-/// the socket index. For UDP the kernel runs it with the data pointer at the payload,
-/// so the device id's halves are the words at offsets 8 and 12. A datagram too short
-/// to load aborts the program with 0 (socket 0), where it is rejected and counted.
-pub fn reuseport_steering_program(shards: u32) -> Vec<libc::sock_filter> {
-    use libc::*;
-    let c = |x: u32| x;
-    vec![
-        bpf(c(BPF_LD | BPF_W | BPF_ABS), 0, 0, 12),
-        bpf(c(BPF_ST), 0, 0, 0),
-        bpf(c(BPF_LD | BPF_W | BPF_ABS), 0, 0, 8),
-        bpf(c(BPF_LDX | BPF_W | BPF_MEM), 0, 0, 0),
-        bpf(c(BPF_ALU | BPF_XOR | BPF_X), 0, 0, 0),
-        bpf(c(BPF_MISC | BPF_TAX), 0, 0, 0),
-        bpf(c(BPF_ALU | BPF_RSH | BPF_K), 0, 0, 16),
-        bpf(c(BPF_ALU | BPF_XOR | BPF_X), 0, 0, 0),
-        bpf(c(BPF_ALU | BPF_MUL | BPF_K), 0, 0, OWNER_MIX),
-        bpf(c(BPF_MISC | BPF_TAX), 0, 0, 0),
-        bpf(c(BPF_ALU | BPF_RSH | BPF_K), 0, 0, 16),
-        bpf(c(BPF_ALU | BPF_XOR | BPF_X), 0, 0, 0),
-        bpf(c(BPF_ALU | BPF_MOD | BPF_K), 0, 0, shards),
-        bpf(c(BPF_RET | BPF_A), 0, 0, 0),
-    ]
-}
-
-/// The optional prefilter: accept a datagram only when its length is a non-zero
-/// multiple of 32 and ≤ 2048 and it starts with the magic. Rejected datagrams are
-/// dropped before queueing and show up in the socket's drop count, not in `malformed`.
-pub fn prefilter_program() -> Vec<libc::sock_filter> {
-    use libc::*;
-    let c = |x: u32| x;
-    let magic_be = u32::from_be_bytes(MAGIC);
-    vec![
-        bpf(c(BPF_LD | BPF_W | BPF_LEN), 0, 0, 0),
-        // For SO_ATTACH_FILTER on UDP, len includes the 8-byte UDP header.
-        bpf(c(BPF_ALU | BPF_SUB | BPF_K), 0, 0, 8),
-        bpf(c(BPF_JMP | BPF_JEQ | BPF_K), 6, 0, 0), // empty → drop
-        bpf(c(BPF_JMP | BPF_JGT | BPF_K), 5, 0, 2048), // too long → drop
-        bpf(c(BPF_ALU | BPF_AND | BPF_K), 0, 0, 31),
-        bpf(c(BPF_JMP | BPF_JEQ | BPF_K), 0, 3, 0), // not a multiple of 32 → drop
-        bpf(c(BPF_LD | BPF_W | BPF_ABS), 0, 0, 8),  // magic (payload offset 0)
-        bpf(c(BPF_JMP | BPF_JEQ | BPF_K), 0, 1, magic_be),
-        bpf(c(BPF_RET | BPF_K), 0, 0, u32::MAX),
-        bpf(c(BPF_RET | BPF_K), 0, 0, 0),
-    ]
-}
-
 fn attach(
     fd: RawFd,
     option: i32,
@@ -356,12 +301,16 @@ fn attach_filter(fd: RawFd, prog: &[libc::sock_filter]) -> Result<(), SocketErro
     )
 }
 
-/// Attaches the steering program to the group (through any one of its sockets).
-pub fn attach_reuseport_steering(fd: &OwnedFd, shards: u32) -> Result<(), SocketError> {
+/// Attaches a steering program to the group (through any one of its sockets): its
+/// return value is the index, in bind order, of the socket that gets the datagram.
+pub fn attach_reuseport_steering(
+    fd: &OwnedFd,
+    program: &[libc::sock_filter],
+) -> Result<(), SocketError> {
     attach(
         fd.as_raw_fd(),
         libc::SO_ATTACH_REUSEPORT_CBPF,
-        &reuseport_steering_program(shards),
+        program,
         "SO_ATTACH_REUSEPORT_CBPF",
     )
 }

@@ -5,22 +5,12 @@
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-/// Types for which the all-zero byte pattern is a valid value.
-///
-/// # Safety
-/// Implementors must be plain data (no references, no niches that exclude zero, no
-/// `Drop`) whose all-zero bit pattern is a valid, meaningful value.
-pub unsafe trait ZeroValid: Copy {}
-
-// SAFETY: integers are valid for every bit pattern, zero included.
-unsafe impl ZeroValid for u32 {}
-// SAFETY: as above.
-unsafe impl ZeroValid for u64 {}
-// SAFETY: as above.
-unsafe impl ZeroValid for u8 {}
+/// Types for which the all-zero byte pattern is a valid value: `bytemuck::Zeroable`,
+/// which its derive checks field by field (so callers need no unsafe code of their own).
+pub use bytemuck::Zeroable as ZeroValid;
 
 /// An owned, fixed-length, zero-initialised array in its own anonymous mapping.
-pub struct ZeroedRegion<T: ZeroValid> {
+pub struct ZeroedRegion<T: ZeroValid + Copy> {
     ptr: NonNull<T>,
     len: usize,
     map_bytes: usize,
@@ -29,9 +19,9 @@ pub struct ZeroedRegion<T: ZeroValid> {
 
 // SAFETY: the region is uniquely owned memory, like a `Box<[T]>`; moving it to another
 // thread moves ownership of the mapping with it.
-unsafe impl<T: ZeroValid + Send> Send for ZeroedRegion<T> {}
+unsafe impl<T: ZeroValid + Copy + Send> Send for ZeroedRegion<T> {}
 
-impl<T: ZeroValid> ZeroedRegion<T> {
+impl<T: ZeroValid + Copy> ZeroedRegion<T> {
     /// Maps `len` zeroed elements. `MAP_NORESERVE`: pages are committed on first touch.
     pub fn new(len: usize) -> std::io::Result<Self> {
         Self::with_pages(len, false)
@@ -89,7 +79,7 @@ impl<T: ZeroValid> ZeroedRegion<T> {
     }
 }
 
-impl<T: ZeroValid> std::ops::Deref for ZeroedRegion<T> {
+impl<T: ZeroValid + Copy> std::ops::Deref for ZeroedRegion<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         // SAFETY: `ptr` points to `map_bytes >= len * size_of::<T>()` bytes, mapped
@@ -99,14 +89,14 @@ impl<T: ZeroValid> std::ops::Deref for ZeroedRegion<T> {
     }
 }
 
-impl<T: ZeroValid> std::ops::DerefMut for ZeroedRegion<T> {
+impl<T: ZeroValid + Copy> std::ops::DerefMut for ZeroedRegion<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as in `deref`; `&mut self` gives exclusive access to the mapping.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl<T: ZeroValid> Drop for ZeroedRegion<T> {
+impl<T: ZeroValid + Copy> Drop for ZeroedRegion<T> {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`map_bytes` are exactly what mmap returned, unmapped once here;
         // no borrow of the slice can outlive `self`.
@@ -114,6 +104,25 @@ impl<T: ZeroValid> Drop for ZeroedRegion<T> {
             libc::munmap(self.ptr.as_ptr().cast(), self.map_bytes);
         }
     }
+}
+
+/// Hints the CPU to start loading the cache line holding `value` (x86_64; elsewhere
+/// nothing, which is correct, only slower).
+#[inline(always)]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: prefetch is a hint that never faults, and SSE is part of the x86_64
+        // baseline; `value` is a valid reference regardless.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(
+                (value as *const T).cast::<i8>(),
+                std::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 #[cfg(test)]

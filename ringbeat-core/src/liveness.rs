@@ -25,8 +25,8 @@
 //! is ≤ its next deadline. Heartbeats only push deadlines later; the exceptions (a new
 //! or returning device, a shorter interval) re-schedule the device.
 
-use super::table::{prefetch, Device, DeviceTable, Liveness, Slot};
-use crate::sys::mem::ZeroedRegion;
+use super::table::{Device, DeviceTable, Liveness, Slot};
+use crate::memory::Memory;
 
 /// Number of wheel buckets. 4096 × 10 ms ticks spans 41 s; longer deadlines wrap and
 /// are rechecked once per revolution (one cheap visit per 41 s).
@@ -73,12 +73,12 @@ pub struct Transition {
     pub now_ms: u64,
 }
 
-pub struct Wheel {
+pub struct Wheel<M: Memory> {
     /// Per bucket: newest chunk + 1 (0 = empty); chunks chain to older ones.
     heads: Box<[u32; WHEEL_BUCKETS]>,
     /// Chunk storage, sized at start for every device plus half as many stale entries
     /// plus one partly filled chunk per bucket; pages are touched only as used.
-    pool: ZeroedRegion<u32>,
+    pool: M::Words,
     /// Chunks returned after their bucket was processed (capacity = all chunks).
     free: Vec<u32>,
     /// Chunks never used yet (taken in order, so untouched ones cost no memory).
@@ -107,15 +107,15 @@ struct Cursor {
     k: usize,
 }
 
-impl Wheel {
+impl<M: Memory> Wheel<M> {
     /// A wheel for up to `capacity` devices.
-    pub fn new(tick_ms: u32, now_ms: u64, capacity: u32) -> std::io::Result<Wheel> {
+    pub fn new(tick_ms: u32, now_ms: u64, capacity: u32) -> std::io::Result<Wheel<M>> {
         assert!(tick_ms > 0);
         let entries = capacity as usize + capacity as usize / 2;
         let chunks = entries.div_ceil(CHUNK_ENTRIES) + WHEEL_BUCKETS + 1;
         Ok(Wheel {
             heads: Box::new([0; WHEEL_BUCKETS]),
-            pool: ZeroedRegion::new(chunks * CHUNK_WORDS)?,
+            pool: M::words(chunks * CHUNK_WORDS, false)?,
             free: Vec::with_capacity(chunks),
             fresh_next: 0,
             chunks: chunks as u32,
@@ -205,7 +205,7 @@ impl Wheel {
     pub fn advance(
         &mut self,
         th: &Thresholds,
-        table: &mut DeviceTable,
+        table: &mut DeviceTable<M>,
         now_ms: u64,
         mut emit: impl FnMut(Transition, &Device),
     ) {
@@ -219,7 +219,7 @@ impl Wheel {
     pub fn advance_budget(
         &mut self,
         th: &Thresholds,
-        table: &mut DeviceTable,
+        table: &mut DeviceTable<M>,
         now_ms: u64,
         budget: usize,
         emit: &mut impl FnMut(Transition, &Device),
@@ -257,7 +257,7 @@ impl Wheel {
                     left -= 1;
                     let devices = table.devices_mut();
                     if c.k + PREFETCH_AHEAD < used {
-                        prefetch(&devices[self.pool[base + 2 + c.k + PREFETCH_AHEAD] as usize]);
+                        M::prefetch(&devices[self.pool[base + 2 + c.k + PREFETCH_AHEAD] as usize]);
                     }
                     let slot = self.pool[base + 2 + c.k];
                     c.k += 1;
@@ -314,11 +314,12 @@ impl Wheel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::Heap;
 
     /// `n` online devices with interval `interval_ds`, seen at time 0.
-    fn scheduled(n: u64, interval_ds: u16, th: &Thresholds) -> (DeviceTable, Wheel) {
-        let mut table = DeviceTable::new(n as u32).unwrap();
-        let mut wheel = Wheel::new(10, 0, n as u32).unwrap();
+    fn scheduled(n: u64, interval_ds: u16, th: &Thresholds) -> (DeviceTable<Heap>, Wheel<Heap>) {
+        let mut table = DeviceTable::<Heap>::new(n as u32).unwrap();
+        let mut wheel = Wheel::<Heap>::new(10, 0, n as u32).unwrap();
         for id in 1..=n {
             let super::super::table::Lookup::Inserted(slot) = table.lookup_or_insert(id) else {
                 panic!()
@@ -372,8 +373,8 @@ mod tests {
             late_after_permille: 1500,
             offline_after_permille: 3000,
         };
-        let mut table = DeviceTable::new(2_000).unwrap();
-        let mut wheel = Wheel::new(10, 0, 2_000).unwrap();
+        let mut table = DeviceTable::<Heap>::new(2_000).unwrap();
+        let mut wheel = Wheel::<Heap>::new(10, 0, 2_000).unwrap();
         for id in 1..=2_000u64 {
             let super::super::table::Lookup::Inserted(slot) = table.lookup_or_insert(id) else {
                 panic!()

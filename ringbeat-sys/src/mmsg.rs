@@ -2,12 +2,7 @@
 //! of receive slots (buffer + source address) and a fixed set of send slots, set up once
 //! and reused, so a batch costs one syscall and no allocation.
 
-use crate::core::codec::MAX_DATAGRAM_BYTES;
 use std::os::fd::RawFd;
-
-/// Receive buffers hold one byte more than the largest valid datagram, so a longer one
-/// is seen as too long (MSG_TRUNC) rather than silently cut to a valid size.
-const RECV_BYTES: usize = MAX_DATAGRAM_BYTES + 64;
 
 /// `n` zeroed values of a plain C struct.
 ///
@@ -19,14 +14,21 @@ unsafe fn zeroed_slice<T>(n: usize) -> Box<[T]> {
 }
 
 pub struct RecvBatch {
-    bufs: Box<[[u8; RECV_BYTES]]>,
+    /// One buffer of `stride` bytes per slot.
+    bufs: Box<[u8]>,
+    stride: usize,
+    max_datagram_bytes: usize,
     addrs: Box<[libc::sockaddr_storage]>,
     iovs: Box<[libc::iovec]>,
     msgs: Box<[libc::mmsghdr]>,
 }
 
 impl RecvBatch {
-    pub fn new(slots: usize) -> RecvBatch {
+    /// `slots` receive slots for datagrams of up to `max_datagram_bytes`. Each buffer
+    /// is larger than that (by 64 bytes), so a longer datagram arrives as one longer
+    /// than the maximum (or flagged MSG_TRUNC) and is reported as too long, never cut
+    /// to a valid-looking size.
+    pub fn new(slots: usize, max_datagram_bytes: usize) -> RecvBatch {
         // Zero is valid for sockaddr_storage, iovec and mmsghdr (plain C data); every
         // pointer is set in `recv` before the kernel sees it.
         // SAFETY: sockaddr_storage is plain C data, valid when zeroed.
@@ -35,8 +37,11 @@ impl RecvBatch {
         let iovs = unsafe { zeroed_slice(slots) };
         // SAFETY: mmsghdr is plain C data, valid when zeroed.
         let msgs = unsafe { zeroed_slice(slots) };
+        let stride = max_datagram_bytes + 64;
         RecvBatch {
-            bufs: vec![[0u8; RECV_BYTES]; slots].into_boxed_slice(),
+            bufs: vec![0u8; slots * stride].into_boxed_slice(),
+            stride,
+            max_datagram_bytes,
             addrs,
             iovs,
             msgs,
@@ -48,8 +53,8 @@ impl RecvBatch {
     pub fn recv(&mut self, fd: RawFd) -> Result<usize, i32> {
         for i in 0..self.msgs.len() {
             self.iovs[i] = libc::iovec {
-                iov_base: self.bufs[i].as_mut_ptr().cast(),
-                iov_len: RECV_BYTES,
+                iov_base: self.bufs[i * self.stride..].as_mut_ptr().cast(),
+                iov_len: self.stride,
             };
             let m = &mut self.msgs[i].msg_hdr;
             m.msg_iov = &mut self.iovs[i];
@@ -82,8 +87,9 @@ impl RecvBatch {
     pub fn get(&self, i: usize) -> (Option<&[u8]>, &libc::sockaddr_storage, u32) {
         let m = &self.msgs[i];
         let len = m.msg_len as usize;
-        let truncated = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_DATAGRAM_BYTES;
-        let payload = (!truncated).then(|| &self.bufs[i][..len]);
+        let truncated = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > self.max_datagram_bytes;
+        let start = i * self.stride;
+        let payload = (!truncated).then(|| &self.bufs[start..start + len]);
         (payload, &self.addrs[i], m.msg_hdr.msg_namelen)
     }
 }
@@ -98,7 +104,9 @@ pub struct Flushed {
 }
 
 pub struct SendBatch {
-    bufs: Box<[[u8; MAX_DATAGRAM_BYTES]]>,
+    /// One buffer of `stride` bytes per slot.
+    bufs: Box<[u8]>,
+    stride: usize,
     lens: Box<[usize]>,
     addrs: Box<[libc::sockaddr_storage]>,
     addr_lens: Box<[u32]>,
@@ -108,7 +116,8 @@ pub struct SendBatch {
 }
 
 impl SendBatch {
-    pub fn new(slots: usize) -> SendBatch {
+    /// `slots` send slots for datagrams of up to `max_datagram_bytes`.
+    pub fn new(slots: usize, max_datagram_bytes: usize) -> SendBatch {
         // SAFETY: sockaddr_storage is plain C data, valid when zeroed.
         let addrs = unsafe { zeroed_slice(slots) };
         // SAFETY: iovec is plain C data, valid when zeroed; set in `flush` before use.
@@ -116,7 +125,8 @@ impl SendBatch {
         // SAFETY: mmsghdr is plain C data, valid when zeroed; set in `flush` before use.
         let msgs = unsafe { zeroed_slice(slots) };
         SendBatch {
-            bufs: vec![[0u8; MAX_DATAGRAM_BYTES]; slots].into_boxed_slice(),
+            bufs: vec![0u8; slots * max_datagram_bytes].into_boxed_slice(),
+            stride: max_datagram_bytes,
             lens: vec![0; slots].into_boxed_slice(),
             addrs,
             addr_lens: vec![0; slots].into_boxed_slice(),
@@ -132,16 +142,22 @@ impl SendBatch {
     }
 
     pub fn is_full(&self) -> bool {
-        self.used == self.bufs.len()
+        self.used == self.lens.len()
     }
 
-    /// Queues one datagram to `addr`; false when the batch is full.
+    /// Queues one datagram to `addr`; false when the batch is full. Panics when `data`
+    /// is longer than the batch's `max_datagram_bytes` (a caller bug).
     pub fn push(&mut self, data: &[u8], addr: &libc::sockaddr_storage, addr_len: u32) -> bool {
         if self.is_full() {
             return false;
         }
+        assert!(
+            data.len() <= self.stride,
+            "datagram longer than the send slots"
+        );
         let i = self.used;
-        self.bufs[i][..data.len()].copy_from_slice(data);
+        let start = i * self.stride;
+        self.bufs[start..start + data.len()].copy_from_slice(data);
         self.lens[i] = data.len();
         self.addrs[i] = *addr;
         self.addr_lens[i] = addr_len;
@@ -155,7 +171,7 @@ impl SendBatch {
         let n = self.used;
         for i in 0..n {
             self.iovs[i] = libc::iovec {
-                iov_base: self.bufs[i].as_mut_ptr().cast(),
+                iov_base: self.bufs[i * self.stride..].as_mut_ptr().cast(),
                 iov_len: self.lens[i],
             };
             let m = &mut self.msgs[i].msg_hdr;

@@ -5,7 +5,7 @@
 //! rejection names its reason so that it can be counted by reason.
 //!
 //! ```
-//! use ringbeat::core::codec::{self, FrameFields, FLAG_ACK_REQUESTED};
+//! use ringbeat_core::codec::{self, FrameFields, FLAG_ACK_REQUESTED};
 //!
 //! // A device builds a heartbeat asking for an ack...
 //! let mut hb = FrameFields::heartbeat(42, 7, 100, 123_456);

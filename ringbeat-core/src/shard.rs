@@ -8,6 +8,7 @@ use super::liveness::{Thresholds, Wheel};
 use super::owner::owner;
 use super::stats::ShardStats;
 use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
+use crate::memory::Memory;
 
 /// Wheel entries an engine visits per `advance_slice` between receive batches. A
 /// tick's rechecks come in bursts (every device about once per interval: 1M devices on
@@ -54,18 +55,20 @@ struct Pending {
     interval_ds: u16,
 }
 
-pub struct ShardCore {
+/// Generic over where its large arrays live (`Memory`): mapped memory in the server,
+/// heap vectors in tests and the simulation.
+pub struct ShardCore<M: Memory> {
     cfg: CoreConfig,
-    table: DeviceTable,
-    wheel: Wheel,
+    table: DeviceTable<M>,
+    wheel: Wheel<M>,
     stats: ShardStats,
     pending: Vec<Pending>,
     pending_now_ms: u64,
     events: Vec<Event>,
 }
 
-impl ShardCore {
-    pub fn new(cfg: CoreConfig, now_ms: u64) -> std::io::Result<ShardCore> {
+impl<M: Memory> ShardCore<M> {
+    pub fn new(cfg: CoreConfig, now_ms: u64) -> std::io::Result<ShardCore<M>> {
         assert!(cfg.shard < cfg.shards && cfg.default_interval_ds > 0 && cfg.event_capacity > 0);
         Ok(ShardCore {
             table: DeviceTable::with_pages(cfg.max_devices, cfg.huge_pages)?,
@@ -88,7 +91,7 @@ impl ShardCore {
     pub fn stats_mut(&mut self) -> &mut ShardStats {
         &mut self.stats
     }
-    pub fn table(&self) -> &DeviceTable {
+    pub fn table(&self) -> &DeviceTable<M> {
         &self.table
     }
 

@@ -1,8 +1,9 @@
 //! The shard's device table: device_id → dense slot → per-device state.
 //!
 //! Fixed capacity chosen at start-up (`--max-devices`), never resized, so there is no
-//! rehash and no incremental evacuation on the hot path. Both arrays live in
-//! [`ZeroedRegion`]s: capacity nobody has used costs address space, not memory.
+//! rehash and no incremental evacuation on the hot path. Both arrays come from the
+//! [`Memory`] handed in (in the server, lazily committed mappings: capacity nobody has
+//! used costs address space, not memory).
 //!
 //! * index: open addressing with linear probing over `u32` buckets holding `slot + 1`
 //!   (0 = empty). Bucket count is the power of two ≥ 2 × capacity, so the load factor
@@ -17,7 +18,7 @@
 //! before any dependent record load, so a batch's cache misses overlap instead of
 //! queueing behind one another.
 
-use crate::sys::mem::{ZeroValid, ZeroedRegion};
+use crate::memory::Memory;
 
 /// Liveness state of a device. `Unknown` only appears as the `from` of the first event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,8 +50,8 @@ impl Liveness {
 }
 
 /// One device's state. 32 bytes, so two share a cache line and none straddles one;
-/// all-zero is "unused".
-#[derive(Clone, Copy, Debug, Default)]
+/// all-zero is "unused" (`Zeroable`: every field is an integer, checked by the derive).
+#[derive(Clone, Copy, Debug, Default, bytemuck::Zeroable)]
 #[repr(C)]
 pub struct Device {
     pub device_id: u64,
@@ -74,9 +75,6 @@ pub struct Device {
 
 const _: () = assert!(std::mem::size_of::<Device>() == 32);
 
-// SAFETY: `Device` is `repr(C)` plain integers; all-zero is the documented "unused" value.
-unsafe impl ZeroValid for Device {}
-
 impl Device {
     pub fn liveness(&self) -> Liveness {
         Liveness::from_u8(self.state)
@@ -98,11 +96,11 @@ pub enum Lookup {
     Full,
 }
 
-pub struct DeviceTable {
-    index: ZeroedRegion<u32>,
+pub struct DeviceTable<M: Memory> {
+    index: M::Words,
     index_shift: u32,
     index_mask: usize,
-    devices: ZeroedRegion<Device>,
+    devices: M::Devices,
     len: u32,
 }
 
@@ -113,35 +111,17 @@ fn mix(device_id: u64) -> u64 {
     (device_id ^ (device_id >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Hints the CPU to start loading the cache line holding `value`.
-#[inline(always)]
-pub(crate) fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: prefetch is a hint that never faults, and SSE is part of the x86_64
-        // baseline; `value` is a valid reference regardless.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch(
-                (value as *const T).cast::<i8>(),
-                std::arch::x86_64::_MM_HINT_T0,
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
-
 /// Most ids one batch call may carry (bounded stack arrays).
 pub const MAX_BATCH: usize = 256;
 
-impl DeviceTable {
+impl<M: Memory> DeviceTable<M> {
     /// A table for up to `capacity` devices (1 ..= 2^31), on 4 KiB pages.
     pub fn new(capacity: u32) -> std::io::Result<Self> {
         Self::with_pages(capacity, false)
     }
 
-    /// As `new`; `huge` asks for transparent huge pages (see `ZeroedRegion::with_pages`).
-    /// The hashed index then becomes resident in 2 MiB steps as devices appear.
+    /// As `new`; `huge` asks for transparent huge pages (`Memory::words`). The hashed
+    /// index then becomes resident in 2 MiB steps as devices appear.
     pub fn with_pages(capacity: u32, huge: bool) -> std::io::Result<Self> {
         assert!(
             capacity > 0 && capacity <= 1 << 31,
@@ -149,10 +129,10 @@ impl DeviceTable {
         );
         let buckets = (capacity as usize * 2).next_power_of_two();
         Ok(DeviceTable {
-            index: ZeroedRegion::with_pages(buckets, huge)?,
+            index: M::words(buckets, huge)?,
             index_shift: 64 - buckets.trailing_zeros(),
             index_mask: buckets - 1,
-            devices: ZeroedRegion::with_pages(capacity as usize, huge)?,
+            devices: M::devices(capacity as usize, huge)?,
             len: 0,
         })
     }
@@ -205,12 +185,12 @@ impl DeviceTable {
         let mut homes = [0usize; MAX_BATCH];
         for (i, &id) in device_ids.iter().enumerate() {
             homes[i] = self.home(id);
-            prefetch(&self.index[homes[i]]);
+            M::prefetch(&self.index[homes[i]]);
         }
         for &home in &homes[..device_ids.len()] {
             let entry = self.index[home];
             if entry != 0 {
-                prefetch(&self.devices[(entry - 1) as usize]);
+                M::prefetch(&self.devices[(entry - 1) as usize]);
             }
         }
         for (i, &id) in device_ids.iter().enumerate() {
@@ -251,10 +231,11 @@ impl DeviceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::Heap;
 
     #[test]
     fn insert_find_and_reject_when_full() {
-        let mut t = DeviceTable::new(1000).unwrap();
+        let mut t = DeviceTable::<Heap>::new(1000).unwrap();
         for id in 1..=1000u64 {
             assert_eq!(
                 t.lookup_or_insert(id * 7919),
@@ -277,8 +258,8 @@ mod tests {
 
     #[test]
     fn batch_agrees_with_single_lookups() {
-        let mut a = DeviceTable::new(5000).unwrap();
-        let mut b = DeviceTable::new(5000).unwrap();
+        let mut a = DeviceTable::<Heap>::new(5000).unwrap();
+        let mut b = DeviceTable::<Heap>::new(5000).unwrap();
         let ids: Vec<u64> = (0..6000u64)
             .map(|i| (i % 4500 + 1) * 0x1_0000_0001)
             .collect();
@@ -289,24 +270,5 @@ mod tests {
                 assert_eq!(out[i], b.lookup_or_insert(id));
             }
         }
-    }
-
-    #[test]
-    fn untouched_capacity_costs_no_resident_memory() {
-        fn rss_kib() -> u64 {
-            let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-            let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-            pages * 4
-        }
-        let before = rss_kib();
-        let t = DeviceTable::new(4 * 1024 * 1024).unwrap();
-        let after = rss_kib();
-        // 4M devices would be 192 MiB if touched; allow a little noise.
-        assert!(
-            after.saturating_sub(before) < 8 * 1024,
-            "rss grew {} KiB",
-            after - before
-        );
-        assert_eq!(t.capacity(), 4 * 1024 * 1024);
     }
 }

@@ -1,0 +1,43 @@
+//! What the core needs from the machine: large zero-initialised arrays sized at
+//! start-up, and a cache-line prefetch hint. The core cannot provide either without
+//! unsafe code or OS calls, so whoever runs it hands them in as a [`Memory`] type: the
+//! server hands in lazily committed anonymous mappings (`ringbeat-sys`'s
+//! `ZeroedRegion`, where capacity nobody used costs address space, not memory, and
+//! `prefetch` is the CPU's hint); tests, the simulation and the bench harness's
+//! liveness study use [`Heap`] (plain vectors, no hint).
+
+use crate::table::Device;
+use std::ops::DerefMut;
+
+/// Storage and cache hints for a [`crate::shard::ShardCore`] and its parts.
+pub trait Memory: 'static {
+    /// `len` words, all zero.
+    type Words: DerefMut<Target = [u32]> + Send;
+    /// `len` device records, all zero (the "unused" record).
+    type Devices: DerefMut<Target = [Device]> + Send;
+
+    /// `huge_pages` asks for transparent huge pages where the memory supports them.
+    fn words(len: usize, huge_pages: bool) -> std::io::Result<Self::Words>;
+    fn devices(len: usize, huge_pages: bool) -> std::io::Result<Self::Devices>;
+
+    /// Asks the CPU to start loading the cache line holding `value`. Only a hint: doing
+    /// nothing is correct, just slower on batched lookups and wheel walks.
+    fn prefetch<T>(value: &T);
+}
+
+/// Ordinary heap vectors, touched (zeroed) at allocation; no prefetch.
+pub struct Heap;
+
+impl Memory for Heap {
+    type Words = Vec<u32>;
+    type Devices = Vec<Device>;
+
+    fn words(len: usize, _huge_pages: bool) -> std::io::Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+    fn devices(len: usize, _huge_pages: bool) -> std::io::Result<Vec<Device>> {
+        Ok(vec![Device::default(); len])
+    }
+    #[inline(always)]
+    fn prefetch<T>(_value: &T) {}
+}
