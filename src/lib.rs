@@ -9,6 +9,8 @@
 //! * this crate: the [`engine`]s and the one shard loop that join the two, and
 //!   [`config`], [`preflight`], [`events`], [`report`] for operating the server.
 
+#![forbid(unsafe_code)]
+
 pub use ringbeat_core as core;
 pub use ringbeat_sys as sys;
 

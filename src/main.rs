@@ -1,6 +1,8 @@
 //! The `ringbeat` binary: argument parsing, logging and the main thread's life
 //! (start shards, report stats each interval, stop on SIGINT/SIGTERM or `--run-for`).
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ringbeat::config::ServeArgs;

@@ -3,7 +3,7 @@
 //! start on a failure, with the same message.
 
 use crate::config::Config;
-use crate::sys::bufring::{BufRing, BufRingShape};
+use crate::sys::uring::{UdpRing, UdpRingError, UdpRingShape};
 use io_uring::{opcode, IoUring, Probe};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,18 +169,23 @@ fn ring_checks(config: &Config) -> Vec<Check> {
             "Linux 6.12+ needed for --wait-us batching; waits fall back to plain timeouts",
         ));
     }
-    let shape = BufRingShape {
-        count: config.buf_count,
-        size: config.buf_size,
+    // A shard's whole ring as the engine builds it (its own io_uring, buffer ring and
+    // arena), so this check fails exactly when a shard would.
+    drop(ring);
+    let shape = UdpRingShape {
+        buf_count: config.buf_count,
+        buf_size: config.buf_size,
+        send_slots: config.ack_slots,
+        max_datagram_bytes: crate::core::codec::MAX_DATAGRAM_BYTES,
     };
-    match BufRing::new(&ring.submitter(), shape, 0) {
-        Ok(br) => out.push(line(
+    match UdpRing::new(shape) {
+        Ok(r) => out.push(line(
             "provided buffer ring",
             format!(
                 "{} × {} B = {} KiB per shard",
                 config.buf_count,
                 config.buf_size,
-                br.arena_bytes() / 1024
+                r.arena().2 / 1024
             ),
             Verdict::Ok,
             "",
@@ -189,7 +194,12 @@ fn ring_checks(config: &Config) -> Vec<Check> {
             "provided buffer ring",
             e.to_string(),
             Verdict::Fail,
-            "needs Linux 5.19+; raise `ulimit -l` if memlock-limited",
+            match e {
+                UdpRingError::Setup(_) => "io_uring_setup failed with the shard's queue sizes",
+                UdpRingError::BufRing(_) => {
+                    "needs Linux 5.19+; raise `ulimit -l` if memlock-limited"
+                }
+            },
         )),
     }
     out

@@ -5,6 +5,8 @@
 //!   stats file) heartbeats per server core-second.
 //! * `sink`: a minimal receiver that only counts and acks, to calibrate the generator.
 
+#![forbid(unsafe_code)]
+
 mod garbage;
 mod latency;
 mod liveness;

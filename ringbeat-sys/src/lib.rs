@@ -1,10 +1,17 @@
-//! The few modules that talk to the kernel directly (or share memory between threads)
-//! and so hold the crate's unsafe code, each behind a safe API.
+//! ringbeat's system layer: every call into the kernel that needs unsafe code (memory
+//! mappings, sockets and their BPF programs, the io_uring and its buffer ring, SPSC
+//! rings between threads, eventfds, signals, PM QoS, the load generator's batched
+//! sends), each behind a safe API with its invariants written next to it. It knows
+//! nothing of ringbeat's protocol: sizes, constants and BPF programs are passed in.
 
-pub mod bufring;
+mod bufring;
 pub mod mem;
 pub mod mmsg;
 pub mod notify;
 pub mod pmqos;
 pub mod socket;
 pub mod spsc;
+pub mod udp;
+pub mod uring;
+
+pub use bufring::current_numa_node;

@@ -1,7 +1,7 @@
 //! Small kernel helpers for waking and stopping: eventfd (a shard wakes a sleeping
 //! peer after handing it frames) and blocking/awaiting SIGINT/SIGTERM on the main thread.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 pub struct EventFd(OwnedFd);
@@ -34,6 +34,38 @@ impl EventFd {
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }
+
+    /// A second descriptor of the same eventfd (a notify on either wakes readers of
+    /// both).
+    pub fn try_clone(&self) -> std::io::Result<EventFd> {
+        Ok(EventFd(self.0.try_clone()?))
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// An eventfd watched by the current tokio reactor (for an engine on a tokio runtime).
+/// Registers a second descriptor of `efd` that the returned `AsyncFd` owns. Panics
+/// outside a tokio runtime context.
+#[cfg(feature = "tokio")]
+pub fn async_eventfd(efd: &EventFd) -> std::io::Result<tokio::io::unix::AsyncFd<EventFd>> {
+    let own = efd.try_clone()?;
+    // SAFETY: the AsyncFd owns `own`, an open eventfd that only its drop closes, so
+    // the descriptor stays open and the same file for as long as it is registered.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(own, tokio::io::Interest::READABLE)
+    };
+    Ok(registered?)
 }
 
 fn stop_signals() -> libc::sigset_t {

@@ -10,7 +10,7 @@ use super::{ShardContext, ShardInfo};
 use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 /// Datagrams per recvmmsg / sendmmsg: the batch size of the classic recvmmsg servers
@@ -45,10 +45,10 @@ impl EpollEngine {
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SOCKET),
         )?;
         let parker = &ctx.parkers[ctx.index as usize];
-        // SAFETY: the eventfd is owned by the shared parkers, which this engine holds
-        // (an Arc) for as long as the epoll set exists.
-        let wake = unsafe { BorrowedFd::borrow_raw(parker.efd.raw()) };
-        epoll.add(wake, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
+        epoll.add(
+            &parker.efd,
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE),
+        )?;
         Ok(EpollEngine {
             epoll,
             socket: ctx.socket.as_raw_fd(),

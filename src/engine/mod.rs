@@ -264,7 +264,7 @@ impl ShardInfo {
         ShardInfo {
             index: ctx.index,
             cpu: ctx.cpu,
-            numa_node: crate::sys::bufring::current_numa_node(),
+            numa_node: crate::sys::current_numa_node(),
             arena_addr: 0,
             arena_bytes: 0,
             min_wait_supported: false,

@@ -24,17 +24,15 @@
 use super::shard_loop::{AckStats, Engine, Ingest, Wait};
 use super::{ShardContext, ShardInfo};
 use crate::core::codec::MAX_DATAGRAM_BYTES;
+use crate::sys::notify::EventFd;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 /// Receives kept in flight. Measured on the reference machine (one shard, 100K devices,
 /// batch 1): at 1M heartbeats/s depth 1, 4 and 16 saturate the core (0.29M, 0.62M,
@@ -56,26 +54,17 @@ type Op<T> = Pin<Box<dyn Future<Output = T>>>;
 type Received = (std::io::Result<(usize, SocketAddr)>, Vec<u8>);
 type Sent = (std::io::Result<usize>, Vec<u8>);
 
-/// The shard's wake-up eventfd, watched by tokio's reactor (owned by the parkers).
-struct WakeFd(RawFd);
-
-impl AsRawFd for WakeFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
 /// One shard's tokio-uring engine. Fields drop in declaration order: the operations
 /// and the reactor registration go before the runtime (`rt`, last) that they need.
 pub(super) struct TokioEngine {
     recvs: FuturesUnordered<Op<Received>>,
     sends: FuturesUnordered<Op<Sent>>,
     ack_pool: Vec<Vec<u8>>,
-    wake: AsyncFd<WakeFd>,
+    /// The shard's wake-up eventfd (a second descriptor of it), watched by tokio's
+    /// reactor.
+    wake: AsyncFd<EventFd>,
     sleep: Pin<Box<tokio::time::Sleep>>,
     socket: Rc<tokio_uring::net::UdpSocket>,
-    /// Holds the eventfd `wake` watches open.
-    parkers: Arc<[super::Parker]>,
     index: usize,
     tick: Duration,
     /// Shard time zero (the loop's clock).
@@ -93,15 +82,12 @@ impl TokioEngine {
         // A second descriptor of the same socket (same SO_REUSEPORT member): the
         // runtime owns this one, the shard keeps its own for SO_MEMINFO.
         let std_socket = std::net::UdpSocket::from(ctx.socket.try_clone()?);
-        let wake_fd = WakeFd(ctx.parkers[ctx.index as usize].efd.raw());
+        let efd = &ctx.parkers[ctx.index as usize].efd;
         let tick = Duration::from_millis(ctx.config.tick_ms as u64);
         // The reactor registration and the timer need the runtime's context.
         let (socket, wake, sleep) = rt.block_on(async {
             let socket = Rc::new(tokio_uring::net::UdpSocket::from_std(std_socket));
-            // SAFETY: the eventfd belongs to the parkers, which the engine holds (an
-            // Arc) for longer than `wake` lives (field order), so it stays open and
-            // the same file while registered.
-            let wake = unsafe { AsyncFd::register_with_interest(wake_fd, Interest::READABLE) };
+            let wake = crate::sys::notify::async_eventfd(efd);
             (socket, wake, Box::pin(tokio::time::sleep(tick)))
         });
         let mut engine = TokioEngine {
@@ -113,7 +99,6 @@ impl TokioEngine {
             wake: wake.context("registering the wake-up eventfd")?,
             sleep,
             socket,
-            parkers: ctx.parkers.clone(),
             index: ctx.index as usize,
             tick,
             base: ctx.base,
@@ -148,7 +133,6 @@ impl Engine for TokioEngine {
             wake,
             sleep,
             socket,
-            parkers,
             index,
             tick,
             base,
@@ -161,7 +145,6 @@ impl Engine for TokioEngine {
                 .as_mut()
                 .reset(tokio::time::Instant::now() + STOP_WAIT);
         }
-        let parker = &parkers[*index];
         // Busy: handle what is ready and return without letting the runtime park.
         let mut progressed = wait.busy();
         let mut polled_idle = false;
@@ -210,7 +193,7 @@ impl Engine for TokioEngine {
                 finish_send(io, ack_pool, res, buf);
             }
             if let Poll::Ready(Ok(mut guard)) = wake.poll_read_ready(cx) {
-                parker.efd.drain();
+                wake.get_ref().drain();
                 guard.clear_ready();
                 progressed = true;
             }

@@ -13,15 +13,11 @@ use crate::config::WaitStrategy;
 use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::core::stats::ShardStats;
 use crate::engine::token::Token;
-use crate::sys::bufring::{BufRing, BufRingShape};
 use crate::sys::socket;
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use crate::sys::uring::{Pushed, UdpRing, UdpRingShape};
+use io_uring::cqueue;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
-
-/// Buffer group id of the shard's receive buffers: each shard has its own ring, and
-/// the group ids of one ring are its own, so every shard uses group 0.
-const BGID: u16 = 0;
 /// During a liveness walk, new completions are brought in at most this often: after
 /// every slice (~10 µs) the extra enters cost 7% of throughput at saturation; every
 /// 20 µs kept p99 at 1M hb/s at 33 µs (results/2026-11-24-liveness-slice).
@@ -53,27 +49,6 @@ const ADAPTIVE_WINDOW_US: u64 = 1_000;
 /// run of completions, so batch-sleeping over a backlog caps the drain rate and turns
 /// a short stall into a lasting overload (results/2026-11-24-kernel-floor).
 const BACKLOG_NO_BATCH_BYTES: u32 = 64 << 10;
-
-/// One in-flight ack datagram. Pinned inside a boxed slice that is never resized; the
-/// kernel reads `msg`, `iov`, `addr` and `buf` until the send's completion arrives.
-#[repr(C)]
-struct SendSlot {
-    msg: libc::msghdr,
-    iov: libc::iovec,
-    addr: libc::sockaddr_storage,
-    buf: [u8; MAX_DATAGRAM_BYTES],
-}
-
-/// The receive's msghdr: the lengths the kernel lays out ahead of each payload in a
-/// provided buffer (`io_uring_recvmsg_out`, then the source address, no control data).
-fn recv_msghdr() -> libc::msghdr {
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-    m.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-    // No control data: kernel drops are polled with SO_MEMINFO (see sys::socket).
-    m.msg_controllen = 0;
-    m
-}
 
 /// Completion rate over the last adaptive window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,16 +192,11 @@ fn decide(i: WaitInputs, queued_bytes: impl FnOnce() -> Option<u32>) -> Decision
     })
 }
 
-/// One shard's io_uring engine. Field order is part of soundness: fields drop in
-/// declaration order, and `ring` must go first, before the memory its operations
-/// point into (`bufring`, `recv_msg`, `slots`, `wake_buf`).
+/// One shard's io_uring engine: the ring and its memory (`sys::uring::UdpRing`, which
+/// holds every unsafe operation), the tokens, the wait decision and the counters.
 pub(super) struct UringEngine {
-    ring: IoUring,
-    bufring: BufRing,
-    recv_msg: Box<libc::msghdr>,
-    slots: Box<[SendSlot]>,
+    ring: UdpRing,
     free_slots: Vec<u32>,
-    wake_buf: Box<u64>,
     /// Completions copied out of the CQ (capacity `REAP_BATCH`, never grows).
     cqes: Vec<(u64, i32, u32)>,
     socket: RawFd,
@@ -250,57 +220,28 @@ pub(super) struct UringEngine {
 
 impl UringEngine {
     pub(super) fn new(ctx: &mut ShardContext) -> anyhow::Result<UringEngine> {
-        use anyhow::Context;
         let cfg = &ctx.config;
-        // CQ: every buffer can be in one completion at once, plus sends and the wake-up.
-        let sq_entries = cfg.ack_slots.next_power_of_two();
-        let cq_entries = (cfg.buf_count as u32 * 2 + cfg.ack_slots * 2)
-            .next_power_of_two()
-            .max(2 * sq_entries);
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_coop_taskrun()
-            .setup_cqsize(cq_entries)
-            .build(sq_entries)
-            .context("creating the io_uring (run `ringbeat check`)")?;
-        let bufring = BufRing::new(
-            &ring.submitter(),
-            BufRingShape {
-                count: cfg.buf_count,
-                size: cfg.buf_size,
-            },
-            BGID,
-        )?;
-        // SAFETY: SendSlot is plain data (pointers, integers, bytes); all-zero is valid
-        // and every pointer is set before use.
-        let mut slots: Box<[SendSlot]> = (0..cfg.ack_slots)
-            .map(|_| unsafe { std::mem::zeroed::<SendSlot>() })
-            .collect();
-        for s in slots.iter_mut() {
-            s.iov.iov_base = s.buf.as_mut_ptr().cast();
-            s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
-            s.msg.msg_iov = &mut s.iov;
-            s.msg.msg_iovlen = 1;
-        }
+        let ring = UdpRing::new(UdpRingShape {
+            buf_count: cfg.buf_count,
+            buf_size: cfg.buf_size,
+            send_slots: cfg.ack_slots,
+            max_datagram_bytes: MAX_DATAGRAM_BYTES,
+        })?;
+        let (numa_node, arena_addr, arena_bytes) = ring.arena();
         let info = ShardInfo {
             index: ctx.index,
             cpu: ctx.cpu,
-            numa_node: bufring.node(),
-            arena_addr: bufring.arena_addr(),
-            arena_bytes: bufring.arena_bytes(),
+            numa_node,
+            arena_addr,
+            arena_bytes,
             // RINGBEAT_FORCE_NO_MIN_WAIT=1 behaves as on Linux < 6.12 (for testing the
             // fallback on kernels that have min-wait).
-            min_wait_supported: ring.params().is_feature_min_timeout()
+            min_wait_supported: ring.min_wait_supported()
                 && std::env::var_os("RINGBEAT_FORCE_NO_MIN_WAIT").is_none(),
         };
         Ok(UringEngine {
+            free_slots: (0..ring.send_slots()).rev().collect(),
             ring,
-            bufring,
-            recv_msg: Box::new(recv_msghdr()),
-            free_slots: (0..cfg.ack_slots).rev().collect(),
-            slots,
-            wake_buf: Box::new(0),
             cqes: Vec::with_capacity(REAP_BATCH),
             socket: ctx.socket.as_raw_fd(),
             wake_fd: ctx.parkers[ctx.index as usize].efd.raw(),
@@ -317,39 +258,15 @@ impl UringEngine {
         })
     }
 
-    /// Pushes an SQE, submitting first if the queue is full. False if it cannot.
-    fn push(&mut self, stats: &mut ShardStats, entry: &squeue::Entry) -> bool {
-        for _ in 0..2 {
-            // SAFETY: every entry pushed here points only at memory owned by `self`
-            // (recv msghdr, send slots, wake buffer) that stays put until its completion
-            // is reaped; the ring is dropped before that memory (field order).
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return true;
-            }
-            if self.ring.submit().is_err() {
-                break;
-            }
-            stats.enters += 1;
-        }
-        false
-    }
-
+    /// Re-arms the receive and the wake-up read if they ended.
     fn arm(&mut self, stats: &mut ShardStats) {
         if self.rearm_recv {
-            let e = opcode::RecvMsgMulti::new(types::Fd(self.socket), &*self.recv_msg, BGID)
-                .build()
-                .user_data(Token::Recv.encode());
-            self.rearm_recv = !self.push(stats, &e);
+            let p = self.ring.push_recv(self.socket, Token::Recv.encode());
+            self.rearm_recv = !pushed(stats, p);
         }
         if self.rearm_wake {
-            let e = opcode::Read::new(
-                types::Fd(self.wake_fd),
-                (&mut *self.wake_buf as *mut u64).cast(),
-                8,
-            )
-            .build()
-            .user_data(Token::Wake.encode());
-            self.rearm_wake = !self.push(stats, &e);
+            let p = self.ring.push_wake_read(self.wake_fd, Token::Wake.encode());
+            self.rearm_wake = !pushed(stats, p);
         }
     }
 
@@ -390,10 +307,10 @@ impl UringEngine {
                     return;
                 };
                 self.on_datagram(io, bid, res as usize, now_ms);
-                self.bufring.recycle(bid);
+                self.ring.recycle(bid);
             }
             Some(Token::Send(slot)) => {
-                let bytes = self.slots[slot as usize].iov.iov_len;
+                let bytes = self.ring.send_len(slot);
                 if res < 0 {
                     io.stats().count_acks_dropped(1, bytes);
                     self.log_error("ack send failed", -res);
@@ -413,16 +330,15 @@ impl UringEngine {
     }
 
     fn on_datagram(&mut self, io: &mut Ingest<'_>, bid: u16, len: usize, now_ms: u64) {
-        let buf = self.bufring.buffer(bid, len);
-        let Ok(out) = types::RecvMsgOut::parse(buf, &self.recv_msg) else {
+        let Some(d) = self.ring.received(bid, len) else {
             io.stats().recv_errors += 1;
             return;
         };
-        if out.is_payload_truncated() {
+        if d.truncated {
             io.too_long();
             return;
         }
-        let ack = io.datagram(out.payload_data(), now_ms);
+        let ack = io.datagram(d.payload, now_ms);
         let ack_len = ack.len();
         if ack_len == 0 {
             return;
@@ -431,65 +347,29 @@ impl UringEngine {
             io.stats().count_acks_dropped(1, ack_len);
             return;
         };
-        let name = out.name_data();
-        let name_len = (out.incoming_name_len() as usize).min(name.len());
-        let s = &mut self.slots[slot as usize];
-        s.buf[..ack_len].copy_from_slice(ack);
-        s.iov.iov_len = ack_len;
-        // SAFETY: `addr` is a sockaddr_storage (128 bytes) and `name_len` ≤ 28.
-        let addr_bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                (&mut s.addr as *mut libc::sockaddr_storage).cast::<u8>(),
-                name_len,
-            )
-        };
-        addr_bytes.copy_from_slice(&name[..name_len]);
-        s.msg.msg_namelen = name_len as u32;
-        let e = opcode::SendMsg::new(types::Fd(self.socket), &s.msg)
-            .build()
-            .user_data(Token::Send(slot).encode());
-        if !self.push(io.stats(), &e) {
+        // The source address out of the receive buffer (≤ 28 bytes: sockaddr_in6)
+        // before the ring is borrowed to queue the send.
+        let mut to = [0u8; std::mem::size_of::<libc::sockaddr_in6>()];
+        let to_len = d.name.len().min(to.len());
+        to[..to_len].copy_from_slice(&d.name[..to_len]);
+        let p = self.ring.push_send(
+            self.socket,
+            slot,
+            ack,
+            &to[..to_len],
+            Token::Send(slot).encode(),
+        );
+        if !pushed(io.stats(), p) {
             self.free_slots.push(slot);
             io.stats().count_acks_dropped(1, ack_len);
         }
     }
+}
 
-    /// Submit, and run deferred completions (GETEVENTS with a zero timeout) until
-    /// `want` are ready or none is left to run; never sleeps.
-    fn enter_without_sleeping(&mut self, want: usize) -> std::io::Result<usize> {
-        let zero = types::Timespec::new();
-        self.ring
-            .submitter()
-            .submit_with_args(want, &types::SubmitArgs::new().timespec(&zero))
-    }
-
-    fn enter(
-        &mut self,
-        stats: &mut ShardStats,
-        enter: Enter,
-        timeout_ms: u64,
-    ) -> std::io::Result<usize> {
-        match enter {
-            Enter::Submit => self.ring.submit(),
-            Enter::Reap { want } => self.enter_without_sleeping(want),
-            Enter::Sleep { want, min_wait_us } => {
-                stats.wakeups += 1;
-                let tick = types::Timespec::from(Duration::from_millis(timeout_ms));
-                // Without min-wait (Linux < 6.12) a batch is a plain timeout of the
-                // batch length: the wait returns after it whatever arrived, never a
-                // whole tick.
-                let batch = types::Timespec::from(Duration::from_micros(min_wait_us as u64));
-                let with_min_wait = min_wait_us > 0 && self.info.min_wait_supported;
-                let fallback = min_wait_us > 0 && !self.info.min_wait_supported;
-                let mut args =
-                    types::SubmitArgs::new().timespec(if fallback { &batch } else { &tick });
-                if with_min_wait {
-                    args = args.min_wait_usec(min_wait_us);
-                }
-                self.ring.submitter().submit_with_args(want, &args)
-            }
-        }
-    }
+/// Counts the enters a push made and says whether it went in.
+fn pushed(stats: &mut ShardStats, p: Pushed) -> bool {
+    stats.enters += p.enters as u64;
+    p.pushed
 }
 
 impl Engine for UringEngine {
@@ -500,21 +380,16 @@ impl Engine for UringEngine {
         let mut reaped = 0;
         loop {
             cqes.clear();
-            cqes.extend(
-                self.ring
-                    .completion()
-                    .take(REAP_BATCH)
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
-            if cqes.is_empty() {
+            let n = self.ring.reap(&mut cqes, REAP_BATCH);
+            if n == 0 {
                 break;
             }
-            reaped += cqes.len();
+            reaped += n;
             for &(ud, res, flags) in cqes.iter() {
                 self.on_completion(io, ud, res, flags, now_ms);
             }
-            self.bufring.commit();
-            if cqes.len() < REAP_BATCH {
+            self.ring.commit();
+            if n < REAP_BATCH {
                 break;
             }
         }
@@ -538,7 +413,7 @@ impl Engine for UringEngine {
             strategy: self.strategy,
             load,
             ran_dry: self.ran_dry,
-            completions_ready: !self.ring.completion().is_empty(),
+            completions_ready: self.ring.has_completions(),
             wait,
             reap_due: self.last_reap.elapsed() >= LIVENESS_REAP_EVERY,
         };
@@ -547,12 +422,32 @@ impl Engine for UringEngine {
         if d.backlog {
             io.stats().backlog_polls += 1;
         }
-        match d.enter {
-            Enter::Reap { want: BATCH_WANT } => self.ran_dry = false,
-            Enter::Reap { .. } => self.last_reap = Instant::now(),
-            _ => {}
-        }
-        let result = self.enter(io.stats(), d.enter, wait.timeout_ms);
+        let result = match d.enter {
+            Enter::Submit => self.ring.submit(),
+            Enter::Reap { want } => {
+                if want == BATCH_WANT {
+                    self.ran_dry = false;
+                } else {
+                    self.last_reap = Instant::now();
+                }
+                self.ring.reap_without_sleeping(want)
+            }
+            Enter::Sleep { want, min_wait_us } => {
+                io.stats().wakeups += 1;
+                let tick = Duration::from_millis(wait.timeout_ms);
+                let batch = Duration::from_micros(min_wait_us as u64);
+                if min_wait_us == 0 {
+                    self.ring.wait(want, tick, None)
+                } else if self.info.min_wait_supported {
+                    self.ring.wait(want, tick, Some(batch))
+                } else {
+                    // Without min-wait (Linux < 6.12) a batch is a plain timeout of the
+                    // batch length: the wait returns after it whatever arrived, never a
+                    // whole tick.
+                    self.ring.wait(want, batch, None)
+                }
+            }
+        };
         io.stats().enters += 1;
         if let Err(e) = result {
             match e.raw_os_error() {

@@ -1,0 +1,336 @@
+//! One UDP shard's io_uring with the memory its operations point into: the ring, the
+//! provided buffer ring and its arena, the multishot receive's `msghdr`, a pool of send
+//! slots (header, address and bytes of one ack datagram each) and the wake-up read's
+//! buffer. Owning them together is what makes the operations safe to offer: an SQE only
+//! ever points into this struct, whose memory does not move (boxed) and outlives the
+//! ring (field order, see [`UdpRing`]).
+//!
+//! The ring is `SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN`: create it on the thread
+//! that will use it (the struct is deliberately not `Send`).
+
+use crate::bufring::{BufRing, BufRingError, BufRingShape};
+use io_uring::{opcode, squeue, types, IoUring};
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Buffer group id of the receive buffers: each shard has its own ring, and a ring's
+/// group ids are its own, so every shard uses group 0.
+const BGID: u16 = 0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UdpRingError {
+    #[error(
+        "creating the io_uring failed: {0} (needs Linux 6.1+ with io_uring allowed: \
+         kernel.io_uring_disabled=0 and no seccomp filter on io_uring_setup; run `ringbeat check`)"
+    )]
+    Setup(std::io::Error),
+    #[error(transparent)]
+    BufRing(#[from] BufRingError),
+}
+
+/// Sizes of a shard's ring, from the validated configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct UdpRingShape {
+    /// Receive buffers (a power of two ≤ 32768) and their size (a multiple of 64).
+    pub buf_count: u16,
+    pub buf_size: u32,
+    /// Ack datagrams that can be in flight at once.
+    pub send_slots: u32,
+    /// Largest datagram a send slot holds.
+    pub max_datagram_bytes: usize,
+}
+
+/// One in-flight send. Boxed slices of these never move or resize; the kernel reads
+/// `msg`, `iov`, `addr` and `buf` until the send's completion arrives.
+struct SendSlot {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    addr: libc::sockaddr_storage,
+    buf: Box<[u8]>,
+}
+
+/// A received datagram in a provided buffer, as `RecvMsgMulti` laid it out.
+pub struct Received<'a> {
+    pub payload: &'a [u8],
+    /// The source address, raw (`sockaddr_in` or `sockaddr_in6` bytes).
+    pub name: &'a [u8],
+    /// The datagram was longer than the buffer: `payload` is cut.
+    pub truncated: bool,
+}
+
+/// The ring and everything its operations point into.
+///
+/// Field order is part of soundness: fields drop in declaration order, and `ring` goes
+/// first, so the ring's file is closed (the kernel cancels every operation, and a
+/// cancelled operation writes nothing) before the buffer arena, the headers, the send
+/// slots and the wake-up buffer are freed.
+pub struct UdpRing {
+    ring: IoUring,
+    bufring: BufRing,
+    recv_msg: Box<libc::msghdr>,
+    slots: Box<[SendSlot]>,
+    wake_buf: Box<u64>,
+    /// Makes the type `!Send`: a SINGLE_ISSUER ring is used by its creating thread only.
+    _single_thread: std::marker::PhantomData<*const ()>,
+}
+
+/// `n` is an `io_uring_enter` count; `pushed` whether the SQE went in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    pub pushed: bool,
+    /// `io_uring_enter` calls made to free room in a full submission queue.
+    pub enters: u32,
+}
+
+impl UdpRing {
+    /// Creates the ring on the calling thread (CQ sized so every buffer and every send
+    /// slot can be in one completion at once, twice over) and registers the buffer ring
+    /// with its arena bound to the calling thread's NUMA node.
+    pub fn new(shape: UdpRingShape) -> Result<UdpRing, UdpRingError> {
+        let sq_entries = shape.send_slots.next_power_of_two();
+        let cq_entries = (shape.buf_count as u32 * 2 + shape.send_slots * 2)
+            .next_power_of_two()
+            .max(2 * sq_entries);
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .setup_cqsize(cq_entries)
+            .build(sq_entries)
+            .map_err(UdpRingError::Setup)?;
+        let bufring = BufRing::new(
+            &ring.submitter(),
+            BufRingShape {
+                count: shape.buf_count,
+                size: shape.buf_size,
+            },
+            BGID,
+        )?;
+        let slots = (0..shape.send_slots)
+            .map(|_| SendSlot {
+                msg: zeroed_msghdr(),
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                addr: zeroed_sockaddr(),
+                buf: vec![0u8; shape.max_datagram_bytes].into_boxed_slice(),
+            })
+            .collect();
+        let mut recv_msg = Box::new(zeroed_msghdr());
+        // The kernel lays out `io_uring_recvmsg_out`, then up to this much source
+        // address, then the payload; no control data (drops are read with SO_MEMINFO).
+        recv_msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+        Ok(UdpRing {
+            ring,
+            bufring,
+            recv_msg,
+            slots,
+            wake_buf: Box::new(0),
+            _single_thread: std::marker::PhantomData,
+        })
+    }
+
+    /// The kernel supports min-wait batching (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12+).
+    pub fn min_wait_supported(&self) -> bool {
+        self.ring.params().is_feature_min_timeout()
+    }
+    /// NUMA node, start address and size of the receive arena.
+    pub fn arena(&self) -> (u32, usize, usize) {
+        (
+            self.bufring.node(),
+            self.bufring.arena_addr(),
+            self.bufring.arena_bytes(),
+        )
+    }
+
+    /// Pushes an SQE that points only into `self`, submitting first when the queue is
+    /// full.
+    fn push(&mut self, entry: &squeue::Entry) -> Pushed {
+        let mut enters = 0;
+        for _ in 0..2 {
+            // SAFETY: every entry built in this module points only at memory owned by
+            // `self` (receive msghdr, send slots, wake-up buffer, buffer ring), boxed so
+            // it never moves, and freed only after the ring is closed (field order).
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Pushed {
+                    pushed: true,
+                    enters,
+                };
+            }
+            if self.ring.submit().is_err() {
+                break;
+            }
+            enters += 1;
+        }
+        Pushed {
+            pushed: false,
+            enters,
+        }
+    }
+
+    /// Queues the multishot receive on socket `fd` over the provided buffers.
+    pub fn push_recv(&mut self, fd: RawFd, user_data: u64) -> Pushed {
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_msg, BGID)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Queues an 8-byte read of eventfd `fd` into the ring's wake-up buffer.
+    pub fn push_wake_read(&mut self, fd: RawFd, user_data: u64) -> Pushed {
+        let e = opcode::Read::new(types::Fd(fd), (&mut *self.wake_buf as *mut u64).cast(), 8)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Number of send slots.
+    pub fn send_slots(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// Copies `bytes` and the raw source address `to` (as a receive gave it) into send
+    /// slot `slot` and queues a send of it on socket `fd`. The slot must not be in
+    /// flight (the caller tracks free slots). Panics when `bytes` is longer than a
+    /// slot or `to` longer than a socket address (caller bugs).
+    pub fn push_send(
+        &mut self,
+        fd: RawFd,
+        slot: u32,
+        bytes: &[u8],
+        to: &[u8],
+        user_data: u64,
+    ) -> Pushed {
+        let s = &mut self.slots[slot as usize];
+        assert!(bytes.len() <= s.buf.len(), "ack longer than a send slot");
+        s.buf[..bytes.len()].copy_from_slice(bytes);
+        let addr = sockaddr_bytes(&mut s.addr);
+        assert!(
+            to.len() <= addr.len(),
+            "address longer than sockaddr_storage"
+        );
+        addr[..to.len()].copy_from_slice(to);
+        s.iov = libc::iovec {
+            iov_base: s.buf.as_mut_ptr().cast(),
+            iov_len: bytes.len(),
+        };
+        s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
+        s.msg.msg_namelen = to.len() as u32;
+        s.msg.msg_iov = &mut s.iov;
+        s.msg.msg_iovlen = 1;
+        let e = opcode::SendMsg::new(types::Fd(fd), &s.msg)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Bytes of the datagram last queued from send slot `slot`.
+    pub fn send_len(&self, slot: u32) -> usize {
+        self.slots[slot as usize].iov.iov_len
+    }
+
+    /// Moves up to `max` completions into `out` as (user_data, result, flags); returns
+    /// how many.
+    pub fn reap(&mut self, out: &mut Vec<(u64, i32, u32)>, max: usize) -> usize {
+        let before = out.len();
+        out.extend(
+            self.ring
+                .completion()
+                .take(max)
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        out.len() - before
+    }
+
+    /// Completions are waiting in the CQ.
+    pub fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    /// The datagram a receive completion put in buffer `bid` (`len` bytes in all).
+    /// None when the buffer does not hold a well-formed `io_uring_recvmsg_out`.
+    pub fn received(&self, bid: u16, len: usize) -> Option<Received<'_>> {
+        let buf = self.bufring.buffer(bid, len);
+        let out = types::RecvMsgOut::parse(buf, &self.recv_msg).ok()?;
+        // `RecvMsgOut`'s accessors borrow the parser, not the buffer: locate the parts
+        // in the buffer by their offsets to hand out slices of the buffer itself.
+        let range_in_buf = |part: &[u8]| {
+            let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+            start..start + part.len()
+        };
+        let name = out.name_data();
+        let name_len = (out.incoming_name_len() as usize).min(name.len());
+        let name = range_in_buf(&name[..name_len]);
+        let payload = range_in_buf(out.payload_data());
+        Some(Received {
+            payload: &buf[payload],
+            name: &buf[name],
+            truncated: out.is_payload_truncated(),
+        })
+    }
+
+    /// Hands buffer `bid` back; visible to the kernel at `commit`.
+    pub fn recycle(&mut self, bid: u16) {
+        self.bufring.recycle(bid);
+    }
+    /// Publishes every recycled buffer (one release store).
+    pub fn commit(&mut self) {
+        self.bufring.commit();
+    }
+
+    /// Submits what is queued; never waits and runs no deferred completions.
+    pub fn submit(&mut self) -> std::io::Result<usize> {
+        self.ring.submit()
+    }
+
+    /// Submits, then runs deferred completions (GETEVENTS with a zero timeout) until
+    /// `want` are ready or none is left to run; never sleeps.
+    pub fn reap_without_sleeping(&mut self, want: usize) -> std::io::Result<usize> {
+        let zero = types::Timespec::new();
+        self.ring
+            .submitter()
+            .submit_with_args(want, &types::SubmitArgs::new().timespec(&zero))
+    }
+
+    /// Submits and sleeps until `want` completions or `timeout`; with `min_wait`
+    /// (needs `min_wait_supported`), once one completion is in, the wait keeps
+    /// gathering for up to `min_wait` before returning short of `want`.
+    pub fn wait(
+        &mut self,
+        want: usize,
+        timeout: Duration,
+        min_wait: Option<Duration>,
+    ) -> std::io::Result<usize> {
+        let ts = types::Timespec::from(timeout);
+        let mut args = types::SubmitArgs::new().timespec(&ts);
+        if let Some(m) = min_wait {
+            args = args.min_wait_usec(m.as_micros().min(u32::MAX as u128) as u32);
+        }
+        self.ring.submitter().submit_with_args(want, &args)
+    }
+}
+
+fn zeroed_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is plain C data (pointers and integers); all-zero is a valid
+    // empty header.
+    unsafe { std::mem::zeroed() }
+}
+
+fn zeroed_sockaddr() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain C data; all-zero is a valid (AF_UNSPEC) value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The bytes of a `sockaddr_storage`, to copy a raw address into.
+fn sockaddr_bytes(addr: &mut libc::sockaddr_storage) -> &mut [u8] {
+    // SAFETY: sockaddr_storage is plain C data of `size_of` bytes with no padding
+    // invariants (every byte pattern is a valid value), borrowed mutably for the
+    // slice's lifetime.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            (addr as *mut libc::sockaddr_storage).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr_storage>(),
+        )
+    }
+}
