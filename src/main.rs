@@ -119,11 +119,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let total = |s: &[ShardStats]| {
-        let mut t = ShardStats::default();
-        s.iter().for_each(|x| t.add(x));
-        t
-    };
+    let total = |s: &[ShardStats]| ShardStats::total(s);
     let mut prev = total(&server.snapshot());
     let mut last = Instant::now();
     let deadline = config.run_for.map(|d| started + d);

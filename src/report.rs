@@ -7,12 +7,14 @@ use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::time::Duration;
 
+/// Every declared value by name (`ShardStats::FIELDS`), then `malformed` by reason and
+/// `malformed_total`.
 fn stats_object(s: &ShardStats) -> Map<String, Value> {
-    let Value::Object(mut m) = serde_json::to_value(s).expect("plain counters serialize") else {
-        unreachable!("a struct serializes to an object")
-    };
-    m.remove("malformed_frames");
-    m.remove("rejected_datagrams");
+    let mut m: Map<String, Value> = ShardStats::FIELDS
+        .iter()
+        .zip(s.values())
+        .map(|(f, v)| (f.name.to_string(), json!(v)))
+        .collect();
     let malformed: Map<String, Value> = s
         .malformed_by_reason()
         .into_iter()
@@ -30,11 +32,7 @@ pub fn stats_json(
     uptime: Duration,
     listen: &str,
 ) -> Value {
-    let mut total = ShardStats::default();
-    for s in per_shard {
-        total.add(s);
-    }
-    let mut top = stats_object(&total);
+    let mut top = stats_object(&ShardStats::total(per_shard));
     top.insert("uptime_s".into(), json!(uptime.as_secs_f64()));
     top.insert("listen".into(), json!(listen));
     let shards: Vec<Value> = per_shard
@@ -63,40 +61,37 @@ pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// One human line for the interval between `prev` and `now`.
+/// One human line for the interval between `prev` and `now` (server totals).
 pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
-    let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs.max(1e-9);
-    let delta = |a: u64, b: u64| b.saturating_sub(a) as f64;
-    let wakeups = delta(prev.wakeups, now.wakeups);
-    let heartbeats = delta(prev.heartbeats, now.heartbeats);
-    let enters = delta(prev.enters, now.enters);
+    let d = now.since(prev);
+    let rate = |v: u64| v as f64 / secs.max(1e-9);
     // Engines that cannot see their own system calls (tokio-uring) report no enters.
-    let per_enter = |v: f64| {
-        if enters > 0.0 {
-            format!("{:.1}", v / enters)
+    let per_enter = |v: u64| {
+        if d.enters > 0 {
+            format!("{:.1}", v as f64 / d.enters as f64)
         } else {
             "n/a".into()
         }
     };
     format!(
         "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
-        rate(prev.heartbeats, now.heartbeats),
-        rate(prev.datagrams, now.datagrams),
-        rate(prev.acks_sent, now.acks_sent),
-        now.devices,
-        now.online,
-        now.late,
-        now.offline,
+        rate(d.heartbeats),
+        rate(d.datagrams),
+        rate(d.acks_sent),
+        d.devices,
+        d.online,
+        d.late,
+        d.offline,
         now.kernel_drops,
         now.ring_dry,
         now.forward_drops,
         now.events_dropped,
         now.malformed_total(),
-        rate(prev.wakeups, now.wakeups),
-        rate(prev.backlog_polls, now.backlog_polls),
-        heartbeats / wakeups.max(1.0),
-        per_enter(heartbeats),
-        per_enter(delta(prev.cqes, now.cqes)),
+        rate(d.wakeups),
+        rate(d.backlog_polls),
+        d.heartbeats as f64 / d.wakeups.max(1) as f64,
+        per_enter(d.heartbeats),
+        per_enter(d.cqes),
     )
 }
 

@@ -86,8 +86,7 @@ fn steady_state_allocates_nothing() {
     std::thread::sleep(Duration::from_millis(300)); // liveness ticks, acks, hand-offs
     let during = ALLOCATIONS.load(Ordering::Relaxed) - before;
     server.stop();
-    let mut total = ringbeat::core::stats::ShardStats::default();
-    server.snapshot().iter().for_each(|s| total.add(s));
+    let total = ringbeat::core::stats::ShardStats::total(&server.snapshot());
     assert_eq!(total.heartbeats, devices * 15, "every heartbeat applied");
     assert!(
         total.forwarded > 0 && total.acks_sent > 0,

@@ -383,10 +383,7 @@ fn run(sc: &Scenario) {
     }
 
     // Invariants.
-    let mut total = ringbeat::core::stats::ShardStats::default();
-    for c in &cores {
-        total.add(c.stats());
-    }
+    let total = ringbeat::core::stats::ShardStats::total(cores.iter().map(|c| c.stats()));
     assert_eq!(total.frames_valid, injected.valid_delivered);
     assert_eq!(
         total.heartbeats + total.forward_drops + total.table_full,

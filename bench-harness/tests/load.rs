@@ -72,9 +72,7 @@ fn start_server() -> ringbeat::engine::Server {
 fn stop_and_total(mut server: ringbeat::engine::Server) -> ringbeat::core::stats::ShardStats {
     std::thread::sleep(Duration::from_millis(300));
     server.stop();
-    let mut total = ringbeat::core::stats::ShardStats::default();
-    server.snapshot().iter().for_each(|s| total.add(s));
-    total
+    ringbeat::core::stats::ShardStats::total(&server.snapshot())
 }
 
 fn temp(name: &str) -> std::path::PathBuf {

@@ -1,71 +1,131 @@
-//! Per-shard counters. Each shard owns its `ShardStats` outright (plain `u64`s, no
-//! atomics); a copy is published off the hot path once per publish period and summed by
-//! the reporter. Every drop in the server has a counter here.
+//! Per-shard counters, declared once. Each shard owns its `ShardStats` outright (plain
+//! `u64`s, no atomics); a copy is published off the hot path once per publish period
+//! and combined by the reporter. Every drop in the server has a counter here.
+//!
+//! The one declaration below (`stats!`) gives each value its name, kind (a counter only
+//! grows; a gauge is a current level), unit and help text; the stats JSON, the summary
+//! line and any exporter read them through [`ShardStats::FIELDS`] and
+//! [`ShardStats::values`], so a new counter is one line here and appears everywhere.
 
 use super::codec::{DatagramError, FrameError};
-use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ShardStats {
+/// What a value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only grows; per-interval deltas and rates make sense.
+    Counter,
+    /// A current level. Per-shard gauges here count disjoint sets (each device has one
+    /// owner), so the server's total is their sum; a delta of a gauge means nothing.
+    Gauge,
+}
+
+/// One declared value.
+#[derive(Clone, Copy, Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// What is counted, plural (`heartbeats`, `datagrams`, ...).
+    pub unit: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! stats {
+    ($($(#[doc = $doc:literal])+ $kind:ident $name:ident ($unit:literal),)+) => {
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct ShardStats {
+            $($(#[doc = $doc])+ pub $name: u64,)+
+            /// Rejected frames by reason (`FrameError` order).
+            pub malformed_frames: [u64; FrameError::ALL.len()],
+            /// Rejected whole datagrams by reason (`DatagramError` order).
+            pub rejected_datagrams: [u64; DatagramError::ALL.len()],
+        }
+
+        impl ShardStats {
+            /// Every declared value, in declaration order.
+            pub const FIELDS: &'static [Field] = &[$(Field {
+                name: stringify!($name),
+                kind: Kind::$kind,
+                unit: $unit,
+                help: concat!($($doc),+),
+            },)+];
+
+            /// The values of `FIELDS`, in the same order.
+            pub fn values(&self) -> [u64; Self::FIELDS.len()] {
+                [$(self.$name,)+]
+            }
+
+            fn values_mut(&mut self) -> [&mut u64; Self::FIELDS.len()] {
+                [$(&mut self.$name,)+]
+            }
+        }
+    };
+}
+
+stats! {
     /// Valid heartbeats applied to the device table (by the owning shard).
-    pub heartbeats: u64,
+    Counter heartbeats ("heartbeats"),
     /// Datagrams received (valid or not).
-    pub datagrams: u64,
+    Counter datagrams ("datagrams"),
     /// Valid heartbeat frames received from the network by this shard (owned or not).
-    pub frames_valid: u64,
-    /// Rejected frames by reason (`FrameError` order).
-    pub malformed_frames: [u64; 4],
-    /// Rejected whole datagrams by reason (`DatagramError` order).
-    pub rejected_datagrams: [u64; 3],
-    /// Ack frames sent / ack datagrams sent.
-    pub acks_sent: u64,
-    pub ack_datagrams: u64,
-    /// Ack datagrams that could not be queued or failed to send, and their frames.
-    pub ack_datagrams_dropped: u64,
-    pub acks_dropped: u64,
+    Counter frames_valid ("frames"),
+    /// Ack frames sent.
+    Counter acks_sent ("frames"),
+    /// Ack datagrams sent.
+    Counter ack_datagrams ("datagrams"),
+    /// Ack datagrams that could not be queued or failed to send.
+    Counter ack_datagrams_dropped ("datagrams"),
+    /// Ack frames in dropped ack datagrams.
+    Counter acks_dropped ("frames"),
     /// Heartbeats missing from forward seq gaps.
-    pub lost_heartbeats: u64,
+    Counter lost_heartbeats ("heartbeats"),
     /// Heartbeats whose seq was equal to or behind the last one.
-    pub duplicates: u64,
+    Counter duplicates ("heartbeats"),
     /// Devices known to this shard.
-    pub devices: u64,
+    Gauge devices ("devices"),
     /// Heartbeats of new devices rejected because the table was full.
-    pub table_full: u64,
-    /// Datagrams the kernel dropped on this shard's socket (SO_RXQ_OVFL).
-    pub kernel_drops: u64,
+    Counter table_full ("heartbeats"),
+    /// Datagrams the kernel dropped on this shard's socket (its receive queue was full,
+    /// or the prefilter refused them): SK_MEMINFO_DROPS.
+    Counter kernel_drops ("datagrams"),
     /// Times the provided buffer ring ran dry (-ENOBUFS).
-    pub ring_dry: u64,
-    /// Frames handed to their owner shard / dropped because the hand-off ring was full.
-    pub forwarded: u64,
-    pub forward_drops: u64,
+    Counter ring_dry ("times"),
+    /// Frames handed to their owner shard.
+    Counter forwarded ("frames"),
+    /// Frames dropped because the hand-off ring to their owner was full.
+    Counter forward_drops ("frames"),
     /// Frames received from other shards.
-    pub forwarded_in: u64,
-    /// Liveness transitions detected / not delivered to the event sink (queue full).
-    pub events: u64,
-    pub events_dropped: u64,
-    /// Devices currently in each state.
-    pub online: u64,
-    pub late: u64,
-    pub offline: u64,
-    /// Wheel rechecks (liveness cost).
-    pub rechecks: u64,
+    Counter forwarded_in ("frames"),
+    /// Liveness transitions detected.
+    Counter events ("events"),
+    /// Liveness transitions not delivered to the event sink (its queue was full).
+    Counter events_dropped ("events"),
+    /// Devices currently online.
+    Gauge online ("devices"),
+    /// Devices currently late.
+    Gauge late ("devices"),
+    /// Devices currently offline.
+    Gauge offline ("devices"),
+    /// Liveness wheel rechecks (the cost of liveness detection).
+    Counter rechecks ("rechecks"),
     /// Liveness re-schedules refused because the wheel's entry pool was full.
-    pub wheel_overflow: u64,
-    /// Event density: completions reaped, io_uring_enter calls, waits that slept.
-    pub cqes: u64,
-    pub enters: u64,
-    pub wakeups: u64,
+    Counter wheel_overflow ("rechecks"),
+    /// Event density: completions (io_uring) or datagrams (epoll) handled.
+    Counter cqes ("completions"),
+    /// Event density: io_uring_enter calls (io_uring) or loop syscalls (epoll).
+    Counter enters ("calls"),
+    /// Event density: waits that may sleep.
+    Counter wakeups ("waits"),
     /// Batching waits not taken because the socket already held a backlog: the shard
     /// drained it instead of sleeping for more (io_uring engine).
-    pub backlog_polls: u64,
-    /// Receive re-arms (multishot ended without F_MORE).
-    pub rearms: u64,
-    /// Receive completions with an error other than -ENOBUFS, and malformed
-    /// receive buffers (counted, logged at a limited rate).
-    pub recv_errors: u64,
+    Counter backlog_polls ("waits"),
+    /// Receive re-arms (the multishot receive ended without F_MORE).
+    Counter rearms ("receives"),
+    /// Receive completions with an error other than -ENOBUFS, and malformed receive
+    /// buffers (counted, logged at a limited rate).
+    Counter recv_errors ("errors"),
     /// Datagrams still queued on the socket when the stop's drain budget ran out:
     /// read and counted, not applied.
-    pub unread_at_stop: u64,
+    Counter unread_at_stop ("datagrams"),
 }
 
 impl ShardStats {
@@ -93,48 +153,99 @@ impl ShardStats {
         out
     }
 
-    /// Field-wise sum (gauges such as `devices` sum too: each device has one owner).
-    pub fn add(&mut self, o: &ShardStats) {
-        macro_rules! sum {
-            ($($f:ident),*) => { $( self.$f += o.$f; )* };
+    /// The server's total over its shards: counters add up, and so do the gauges,
+    /// whose per-shard sets are disjoint (see [`Kind::Gauge`]).
+    pub fn total<'a>(shards: impl IntoIterator<Item = &'a ShardStats>) -> ShardStats {
+        let mut t = ShardStats::default();
+        for s in shards {
+            for (sum, v) in t.values_mut().into_iter().zip(s.values()) {
+                *sum += v;
+            }
+            for (sum, v) in t.malformed_frames.iter_mut().zip(s.malformed_frames) {
+                *sum += v;
+            }
+            for (sum, v) in t.rejected_datagrams.iter_mut().zip(s.rejected_datagrams) {
+                *sum += v;
+            }
         }
-        sum!(
-            heartbeats,
-            datagrams,
-            frames_valid,
-            acks_sent,
-            ack_datagrams,
-            ack_datagrams_dropped,
-            acks_dropped,
-            lost_heartbeats,
-            duplicates,
-            devices,
-            table_full,
-            kernel_drops,
-            ring_dry,
-            forwarded,
-            forward_drops,
-            forwarded_in,
-            events,
-            events_dropped,
-            online,
-            late,
-            offline,
-            rechecks,
-            wheel_overflow,
-            cqes,
-            enters,
-            wakeups,
-            backlog_polls,
-            rearms,
-            recv_errors,
-            unread_at_stop
-        );
-        for i in 0..self.malformed_frames.len() {
-            self.malformed_frames[i] += o.malformed_frames[i];
+        t
+    }
+
+    /// What happened since `earlier`: counters as differences, gauges as they are now.
+    pub fn since(&self, earlier: &ShardStats) -> ShardStats {
+        let mut d = *self;
+        for ((field, v), before) in Self::FIELDS
+            .iter()
+            .zip(d.values_mut())
+            .zip(earlier.values())
+        {
+            if field.kind == Kind::Counter {
+                *v = v.saturating_sub(before);
+            }
         }
-        for i in 0..self.rejected_datagrams.len() {
-            self.rejected_datagrams[i] += o.rejected_datagrams[i];
+        for (v, before) in d.malformed_frames.iter_mut().zip(earlier.malformed_frames) {
+            *v = v.saturating_sub(before);
         }
+        for (v, before) in d
+            .rejected_datagrams
+            .iter_mut()
+            .zip(earlier.rejected_datagrams)
+        {
+            *v = v.saturating_sub(before);
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_declared_once_with_help_and_a_unit() {
+        let mut names: Vec<&str> = ShardStats::FIELDS.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ShardStats::FIELDS.len());
+        for f in ShardStats::FIELDS {
+            assert!(!f.help.trim().is_empty() && !f.unit.is_empty(), "{f:?}");
+        }
+        let gauges: Vec<&str> = ShardStats::FIELDS
+            .iter()
+            .filter(|f| f.kind == Kind::Gauge)
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(gauges, ["devices", "online", "late", "offline"]);
+    }
+
+    #[test]
+    fn totals_add_shards_and_deltas_leave_gauges_alone() {
+        let a = ShardStats {
+            heartbeats: 10,
+            devices: 3,
+            online: 2,
+            late: 1,
+            ..Default::default()
+        };
+        let mut b = ShardStats {
+            heartbeats: 5,
+            devices: 4,
+            online: 4,
+            ..Default::default()
+        };
+        b.malformed_frames[1] = 2;
+        let t = ShardStats::total([&a, &b]);
+        assert_eq!((t.heartbeats, t.devices, t.online, t.late), (15, 7, 6, 1));
+        assert_eq!(t.malformed_total(), 2);
+        let later = ShardStats {
+            heartbeats: 40,
+            devices: 9,
+            online: 5,
+            ..t
+        };
+        let d = later.since(&t);
+        assert_eq!(d.heartbeats, 25, "a counter's delta");
+        assert_eq!((d.devices, d.online), (9, 5), "gauges as they are now");
+        assert_eq!(d.malformed_total(), 0);
     }
 }
