@@ -1,12 +1,24 @@
-//! Configuration in two stages: `ServeArgs` (what the user typed, from flags and an
-//! optional TOML file with the same keys, all optional) → `Config` (validated, with
-//! defaults applied and derived sizes computed). Flags win over the file.
+//! Configuration in two stages, one group per concern: `ServeArgs` (what the user
+//! typed: flags, and `--config FILE.toml` whose keys are the same flags) → `Config`
+//! (validated, derived sizes computed). Each group (`NetworkArgs`, `LivenessArgs`,
+//! `UringArgs`, `OutputArgs`, `ProcessArgs`) is a flattened clap struct whose doc
+//! comments are the `--help` text and whose defaults are written once, in its `#[arg]`
+//! attributes; each validates into its part of `Config`. A new concern (TCP, snapshots,
+//! HTTP, MQTT) is one more group.
+//!
+//! The config file cannot drift from the flags because it *is* flags: each key
+//! `name = value` becomes `--name=value` ahead of the command line, and clap parses the
+//! whole list with later occurrences winning, so the command line overrides the file
+//! (booleans too: `--huge-pages=false` turns off `huge-pages = true`).
 
 use crate::core::liveness::Thresholds;
 use crate::core::shard::CoreConfig;
-use serde::Deserialize;
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches};
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,10 +28,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
-    Parse {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Flags(Box<clap::Error>),
+    #[error("in config file {path} or on the command line: {source}")]
+    FileOrFlags {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        source: Box<clap::Error>,
     },
     #[error("invalid {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
@@ -32,60 +48,96 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Flags of `ringbeat serve`. Every key may also be given in `--config FILE.toml`
-/// (with `-` in names written as `_` or `-`).
-#[derive(clap::Args, Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// Flags of `ringbeat serve` (and `check`). Every flag but `--config` may also be a key
+/// of the config file.
+#[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// TOML file with any of these keys; flags given on the command line win.
+    /// TOML file whose keys are these flags' names (`tick-ms = 5`, `huge-pages = true`);
+    /// flags given on the command line win.
     #[arg(long, value_name = "FILE")]
-    #[serde(skip)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    #[command(flatten)]
+    pub liveness: LivenessArgs,
+    #[command(flatten)]
+    pub uring: UringArgs,
+    #[command(flatten)]
+    pub outputs: OutputArgs,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// Ids of the flags given explicitly (on the command line or in the file).
+    #[arg(skip)]
+    pub given: BTreeSet<String>,
+}
 
-    /// I/O engine [default: uring]. `epoll` (recvmmsg/sendmmsg) and `tokio-uring`
-    /// (one-shot recv_from/send_to) are there to compare; `--wait-us` and the buffer
-    /// ring flags apply to `uring` only.
-    #[arg(long, value_enum)]
-    pub engine: Option<Engine>,
-
-    /// UDP address to receive heartbeats on [default: 0.0.0.0:7979]. Port 0 picks a
-    /// free port (printed at start).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<SocketAddr>,
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Network")]
+pub struct NetworkArgs {
+    /// UDP address to receive heartbeats on. Port 0 picks a free port (printed at start).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7979")]
+    pub listen: String,
 
     /// CPUs to run one pinned shard each on, e.g. `0,1` or `0-3` [default: every CPU
     /// this process may run on].
     #[arg(long, value_name = "LIST")]
     pub cores: Option<String>,
 
-    /// Devices the server can track in total [default: 4194304]. Memory is reserved
-    /// up front but only used as devices appear (≤ 48 bytes each).
-    #[arg(long, value_name = "N")]
-    pub max_devices: Option<u64>,
+    /// Socket receive buffer per shard, e.g. `4M`, `262144`. When net.core.rmem_max is
+    /// lower, SO_RCVBUFFORCE is used if permitted.
+    #[arg(long, value_name = "BYTES", default_value = "4M")]
+    pub rcvbuf: String,
 
-    /// A device is late after this many of its intervals without a heartbeat [default: 1.5].
-    #[arg(long, value_name = "MULTIPLE")]
-    pub late_after: Option<f64>,
+    /// Drop datagrams with a bad length or magic in the kernel (classic BPF socket
+    /// filter), before they are queued. Such drops show in the socket's drop count.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    pub kernel_prefilter: bool,
+}
 
-    /// A device is offline after this many of its intervals without a heartbeat [default: 3.0].
-    #[arg(long, value_name = "MULTIPLE")]
-    pub offline_after: Option<f64>,
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Devices and liveness")]
+pub struct LivenessArgs {
+    /// Devices the server can track in total. Memory is reserved up front but only
+    /// used as devices appear.
+    #[arg(long, value_name = "N", default_value_t = 4_194_304)]
+    pub max_devices: u64,
 
-    /// Interval assumed for heartbeats that carry interval 0, in seconds [default: 10].
-    #[arg(long, value_name = "SECS")]
-    pub default_interval: Option<f64>,
+    /// A device is late after this many of its intervals without a heartbeat.
+    #[arg(long, value_name = "MULTIPLE", default_value_t = 1.5)]
+    pub late_after: f64,
 
-    /// Liveness detection granularity in milliseconds [default: 10]. A transition is
-    /// reported within its threshold plus one tick.
-    #[arg(long, value_name = "MS")]
-    pub tick_ms: Option<u32>,
+    /// A device is offline after this many of its intervals without a heartbeat.
+    #[arg(long, value_name = "MULTIPLE", default_value_t = 3.0)]
+    pub offline_after: f64,
 
-    /// Liveness wheel entries a shard visits between two receive batches [default:
-    /// 256]; a tick's rechecks are spread over the tick in slices this large. 0 = the
-    /// whole tick's rechecks at once (receive waits behind them).
-    #[arg(long, value_name = "N")]
-    pub liveness_slice: Option<u32>,
+    /// Interval assumed for heartbeats that carry interval 0, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub default_interval: f64,
 
+    /// Liveness detection granularity in milliseconds. A transition is reported within
+    /// its threshold plus one tick.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    pub tick_ms: u32,
+
+    /// Liveness wheel entries a shard visits between two receive batches; a tick's
+    /// rechecks are spread over the tick in slices this large. 0 = the whole tick's
+    /// rechecks at once (receive waits behind them).
+    #[arg(long, value_name = "N", default_value_t = crate::core::shard::LIVENESS_SLICE as u32)]
+    pub liveness_slice: u32,
+
+    /// Back the device table with transparent huge pages: ~7% more heartbeats per
+    /// core-second at 2M devices in steady state, but when many new devices appear at
+    /// once, faulting 2 MiB pages (with compaction) stalled a shard for 130–200 ms and
+    /// overflowed its socket in 2 of 4 runs, so it is off by default.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    pub huge_pages: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "io_uring engine (--engine uring only)")]
+pub struct UringArgs {
     /// Wake-up batching: after the first completion, wait up to this many microseconds
     /// for more before processing. 0 = process every completion at once. Unset =
     /// adaptive: immediate below 200K completions/s, 50 µs batches above, 200 µs
@@ -93,34 +145,45 @@ pub struct ServeArgs {
     #[arg(long, value_name = "US")]
     pub wait_us: Option<u32>,
 
-    /// Socket receive buffer per shard, e.g. `4M`, `262144` [default: 4M]. When
-    /// net.core.rmem_max is lower, SO_RCVBUFFORCE is used if permitted.
-    #[arg(long, value_name = "BYTES")]
-    pub rcvbuf: Option<String>,
-
-    /// Receive buffers in each shard's provided buffer ring, a power of two ≤ 32768
-    /// [default: 4096].
-    #[arg(long, value_name = "N")]
-    pub buf_count: Option<u32>,
+    /// Receive buffers in each shard's provided buffer ring, a power of two ≤ 32768.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub buf_count: u32,
 
     /// Bytes per receive buffer, a multiple of 64, room for the 2048-byte maximum
-    /// datagram plus 68 bytes of receive metadata [default: 2176].
-    #[arg(long, value_name = "BYTES")]
-    pub buf_size: Option<u32>,
+    /// datagram plus 44 bytes of receive metadata.
+    #[arg(long, value_name = "BYTES", default_value_t = 2176)]
+    pub buf_size: u32,
+}
 
-    /// Drop datagrams with a bad length or magic in the kernel (classic BPF socket
-    /// filter), before they are queued. Such drops show in the socket's drop count.
-    #[arg(long)]
-    #[serde(default)]
-    pub kernel_prefilter: bool,
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Outputs")]
+pub struct OutputArgs {
+    /// Write one JSON object per liveness transition to this file (`-` = stdout).
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
 
-    /// Back the device table with transparent huge pages: ~7% more heartbeats per
-    /// core-second at 2M devices in steady state, but when many new devices appear at
-    /// once, faulting 2 MiB pages (with compaction) stalled a shard for 130–200 ms and
-    /// overflowed its socket in 2 of 4 runs, so it is off by default.
-    #[arg(long)]
-    #[serde(default)]
-    pub huge_pages: bool,
+    /// Rewrite all counters to this JSON file (atomically) every stats interval and at exit.
+    #[arg(long, value_name = "PATH")]
+    pub stats_json: Option<PathBuf>,
+
+    /// Seconds between stats reports.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub stats_interval: f64,
+
+    /// Do not print the per-interval summary line to stderr.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Process")]
+pub struct ProcessArgs {
+    /// I/O engine. `epoll` (recvmmsg/sendmmsg) and `tokio-uring` (one-shot
+    /// recv_from/send_to) are there to compare; the io_uring flags apply to `uring`
+    /// only (given with another engine, they are an error).
+    #[arg(long, value_enum, default_value_t = Engine::Uring)]
+    pub engine: Engine,
 
     /// Keep every CPU out of idle states slower than this many microseconds to wake
     /// from, while the server runs (PM QoS, /dev/cpu_dma_latency; needs root). 0 cuts
@@ -130,33 +193,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "US")]
     pub cpu_dma_latency_us: Option<u32>,
 
-    /// Write one JSON object per liveness transition to this file (`-` = stdout).
-    #[arg(long, value_name = "PATH")]
-    pub events: Option<PathBuf>,
-
-    /// Rewrite all counters to this JSON file (atomically) every stats interval and at exit.
-    #[arg(long, value_name = "PATH")]
-    pub stats_json: Option<PathBuf>,
-
-    /// Seconds between stats reports [default: 1].
-    #[arg(long, value_name = "SECS")]
-    pub stats_interval: Option<f64>,
-
-    /// Do not print the per-interval summary line to stderr.
-    #[arg(long)]
-    #[serde(default)]
-    pub quiet: bool,
-
     /// Stop by itself after this many seconds (as on SIGTERM).
     #[arg(long, value_name = "SECS")]
     pub run_for: Option<f64>,
 }
 
-/// The I/O engine under the shards (all feed the same core).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// The I/O engine under the shards (all run the same shard loop and core).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
     /// io_uring: multishot receive over a provided buffer ring (the default).
+    #[default]
     Uring,
     /// epoll + recvmmsg/sendmmsg in batches: the classic design, for comparison.
     Epoll,
@@ -176,12 +222,34 @@ pub enum WaitStrategy {
     Fixed { us: u32 },
 }
 
-/// Validated configuration with derived sizes.
+/// Validated configuration with derived sizes, in the same groups as the flags.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub engine: Engine,
+    pub network: NetworkConfig,
+    pub liveness: LivenessConfig,
+    pub uring: UringConfig,
+    pub outputs: OutputConfig,
+    pub process: ProcessConfig,
+    /// Frames per shard-to-shard hand-off ring: 8192 = 4 ms of a 2M frames/s shard
+    /// sending everything to one peer.
+    pub forward_ring_frames: u32,
+    /// Events a shard may hand to the writer before waiting ones are counted dropped:
+    /// 65536 = a second of one shard's transitions when 1M devices on 15 s intervals
+    /// all go late at once, with room to spare.
+    pub event_queue: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
     pub listen: SocketAddr,
     pub cores: Vec<usize>,
+    pub rcvbuf_bytes: usize,
+    pub kernel_prefilter: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct LivenessConfig {
     pub max_devices: u64,
     /// Per-shard table capacity: max_devices / shards plus 1/16 headroom for hash
     /// imbalance between shards, so the total is reached before any shard fills.
@@ -191,35 +259,38 @@ pub struct Config {
     pub tick_ms: u32,
     /// Wheel entries per `advance_slice` (usize::MAX = unbounded).
     pub liveness_slice: usize,
+    pub huge_pages: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct UringConfig {
     pub wait: WaitStrategy,
-    pub rcvbuf_bytes: usize,
     pub buf_count: u16,
     pub buf_size: u32,
-    pub kernel_prefilter: bool,
-    pub huge_pages: bool,
-    pub cpu_dma_latency_us: Option<u32>,
-    pub events: Option<PathBuf>,
-    pub stats_json: Option<PathBuf>,
-    pub stats_interval: Duration,
-    pub quiet: bool,
-    pub run_for: Option<Duration>,
-    /// Frames per shard-to-shard hand-off ring: 8192 = 4 ms of a 2M frames/s shard
-    /// sending everything to one peer.
-    pub forward_ring_frames: u32,
-    /// Events a shard may hand to the writer before waiting ones are counted dropped.
-    pub event_queue: usize,
     /// Ack datagrams in flight per shard (each slot holds a 2048-byte buffer): one per
     /// receive buffer, because one loop iteration reaps at most a full buffer ring of
     /// datagrams and each may need an ack (256 slots dropped acks at 10M hb/s); ≥ 64.
     pub ack_slots: u32,
 }
 
-/// Bytes of receive metadata ahead of the payload in a multishot recvmsg buffer:
-/// io_uring_recvmsg_out (16) + name (sockaddr_in6, 28) + control (CMSG_SPACE(4), 24).
-pub const RECV_META_BYTES: u32 = 16 + 28 + 24;
+#[derive(Clone, Debug)]
+pub struct OutputConfig {
+    pub events: Option<PathBuf>,
+    pub stats_json: Option<PathBuf>,
+    pub stats_interval: Duration,
+    pub quiet: bool,
+}
 
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:7979";
-pub const DEFAULT_MAX_DEVICES: u64 = 4_194_304;
+#[derive(Clone, Debug)]
+pub struct ProcessConfig {
+    pub cpu_dma_latency_us: Option<u32>,
+    pub run_for: Option<Duration>,
+}
+
+/// Bytes of receive metadata ahead of the payload in a multishot recvmsg buffer:
+/// `io_uring_recvmsg_out` (16) + the source address (room for a sockaddr_in6, 28); no
+/// control data is asked for (kernel drops are read with SO_MEMINFO).
+pub const RECV_META_BYTES: u32 = 16 + 28;
 
 /// Parses `4M`, `256K`, `1G`, `65536` (binary multiples).
 pub fn parse_bytes(s: &str) -> Option<usize> {
@@ -261,53 +332,151 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// `ServeArgs` as a command of its own, to parse a flag list (file keys + command line)
+/// with later occurrences winning.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "ringbeat serve",
+    no_binary_name = true,
+    args_override_self = true
+)]
+struct ServeFlags {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
 impl ServeArgs {
-    /// Fills keys missing from the command line with the file's.
-    pub fn merged_with_file(self) -> Result<ServeArgs, ConfigError> {
-        let Some(path) = self.config.clone() else {
-            return Ok(self);
+    /// Parses the flags after `serve` (or `check`): when they name a `--config` file,
+    /// its keys go first as flags, so the command line wins.
+    pub fn parse_flags<I, T>(flags: I) -> Result<ServeArgs, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let flags: Vec<OsString> = flags.into_iter().map(Into::into).collect();
+        let cli = parse_flag_list(&flags).map_err(ConfigError::Flags)?;
+        let Some(path) = cli.config.clone() else {
+            return Ok(cli);
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let file: ServeArgs = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.clone(),
-            source: Box::new(e),
-        })?;
-        Ok(ServeArgs {
-            config: self.config,
-            engine: self.engine.or(file.engine),
-            listen: self.listen.or(file.listen),
-            cores: self.cores.or(file.cores),
-            max_devices: self.max_devices.or(file.max_devices),
-            late_after: self.late_after.or(file.late_after),
-            offline_after: self.offline_after.or(file.offline_after),
-            default_interval: self.default_interval.or(file.default_interval),
-            tick_ms: self.tick_ms.or(file.tick_ms),
-            liveness_slice: self.liveness_slice.or(file.liveness_slice),
-            wait_us: self.wait_us.or(file.wait_us),
-            rcvbuf: self.rcvbuf.or(file.rcvbuf),
-            buf_count: self.buf_count.or(file.buf_count),
-            buf_size: self.buf_size.or(file.buf_size),
-            kernel_prefilter: self.kernel_prefilter || file.kernel_prefilter,
-            huge_pages: self.huge_pages || file.huge_pages,
-            cpu_dma_latency_us: self.cpu_dma_latency_us.or(file.cpu_dma_latency_us),
-            events: self.events.or(file.events),
-            stats_json: self.stats_json.or(file.stats_json),
-            stats_interval: self.stats_interval.or(file.stats_interval),
-            quiet: self.quiet || file.quiet,
-            run_for: self.run_for.or(file.run_for),
-        })
+        let mut all = file_flags(&path)?;
+        all.extend(flags);
+        parse_flag_list(&all).map_err(|source| ConfigError::FileOrFlags { path, source })
     }
 
     /// Validates and derives the `Config`.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let a = self.merged_with_file()?;
-        let listen = a
-            .listen
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
-        let cores = match &a.cores {
+        let engine = self.process.engine;
+        if engine != Engine::Uring {
+            for (id, flag) in [
+                ("wait_us", "--wait-us"),
+                ("buf_count", "--buf-count"),
+                ("buf_size", "--buf-size"),
+            ] {
+                if self.given.contains(id) {
+                    return Err(invalid(
+                        "engine",
+                        format!(
+                            "{flag} applies to --engine uring only and would be ignored by \
+                             --engine {}: drop it, or use --engine uring",
+                            clap::ValueEnum::to_possible_value(&engine)
+                                .map_or_else(String::new, |v| v.get_name().to_string())
+                        ),
+                    ));
+                }
+            }
+        }
+        let network = self.network.validate()?;
+        let shards = network.cores.len() as u64;
+        Ok(Config {
+            engine,
+            liveness: self.liveness.validate(shards)?,
+            uring: self.uring.validate()?,
+            outputs: self.outputs.validate()?,
+            process: self.process.validate()?,
+            network,
+            forward_ring_frames: 8192,
+            event_queue: 65_536,
+        })
+    }
+}
+
+fn parse_flag_list(flags: &[OsString]) -> Result<ServeArgs, Box<clap::Error>> {
+    let matches = ServeFlags::command()
+        .try_get_matches_from(flags)
+        .map_err(Box::new)?;
+    let mut args = ServeFlags::from_arg_matches(&matches)
+        .map_err(Box::new)?
+        .args;
+    args.given = matches
+        .ids()
+        .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect();
+    Ok(args)
+}
+
+/// The config file's keys as `--key=value` flags. Keys are the long flag names (`_` and
+/// `-` alike); values may be strings, numbers or booleans, or arrays of them (a
+/// repeated flag).
+fn file_flags(path: &Path) -> Result<Vec<OsString>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file_error = |reason: String| ConfigError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+    let command = ServeFlags::command();
+    let known: BTreeSet<&str> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|&l| l != "config")
+        .collect();
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let flag = key.replace('_', "-");
+        if !known.contains(flag.as_str()) {
+            return Err(file_error(format!(
+                "unknown key `{key}` (the keys are the flags of `ringbeat serve --help`, \
+                 without the dashes; `config` cannot be nested)"
+            )));
+        }
+        let scalars = match value {
+            toml::Value::Array(items) => items.iter().collect(),
+            v => vec![v],
+        };
+        for v in scalars {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    return Err(file_error(format!(
+                        "`{key}` must be a string, a number or a boolean"
+                    )))
+                }
+            };
+            out.push(OsString::from(format!("--{flag}={text}")));
+        }
+    }
+    Ok(out)
+}
+
+impl NetworkArgs {
+    fn validate(self) -> Result<NetworkConfig, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!(
+                    "`{}` is not an ADDR:PORT like 0.0.0.0:7979 or [::1]:7979",
+                    self.listen
+                ),
+            )
+        })?;
+        let cores = match &self.cores {
             Some(s) => parse_cpu_list(s)
                 .ok_or_else(|| invalid("cores", format!("`{s}` is not a CPU list like 0,2-3")))?,
             None => allowed_cpus(),
@@ -319,8 +488,26 @@ impl ServeArgs {
                 format!("CPU {c} is not available to this process (allowed: {allowed:?})"),
             ));
         }
-        let shards = cores.len() as u64;
-        let max_devices = a.max_devices.unwrap_or(DEFAULT_MAX_DEVICES);
+        let rcvbuf_bytes = parse_bytes(&self.rcvbuf)
+            .filter(|&b| (4096..=1 << 30).contains(&b))
+            .ok_or_else(|| {
+                invalid(
+                    "rcvbuf",
+                    format!("`{}` is not a size between 4K and 1G", self.rcvbuf),
+                )
+            })?;
+        Ok(NetworkConfig {
+            listen,
+            cores,
+            rcvbuf_bytes,
+            kernel_prefilter: self.kernel_prefilter,
+        })
+    }
+}
+
+impl LivenessArgs {
+    fn validate(self, shards: u64) -> Result<LivenessConfig, ConfigError> {
+        let max_devices = self.max_devices;
         if max_devices == 0 || max_devices > (1u64 << 31) * shards {
             return Err(invalid(
                 "max-devices",
@@ -329,72 +516,27 @@ impl ServeArgs {
         }
         let per_shard =
             (max_devices.div_ceil(shards) + max_devices.div_ceil(shards * 16)).min(1 << 31) as u32;
-        let late_after = a.late_after.unwrap_or(1.5);
-        let offline_after = a.offline_after.unwrap_or(3.0);
+        let (late_after, offline_after) = (self.late_after, self.offline_after);
         if !(late_after > 0.0 && offline_after > late_after && offline_after <= 300.0) {
             return Err(invalid(
                 "late-after/offline-after",
-                "need 0 < late-after < offline-after ≤ 300",
+                format!(
+                    "need 0 < late-after < offline-after ≤ 300 \
+                     (late-after is {late_after}, offline-after {offline_after})"
+                ),
             ));
         }
-        let default_interval = a.default_interval.unwrap_or(10.0);
+        let default_interval = self.default_interval;
         if !(0.1..=6553.5).contains(&default_interval) {
             return Err(invalid(
                 "default-interval",
                 "must be 0.1 ..= 6553.5 seconds (a u16 of deciseconds)",
             ));
         }
-        let tick_ms = a.tick_ms.unwrap_or(10);
-        if !(1..=1000).contains(&tick_ms) {
+        if !(1..=1000).contains(&self.tick_ms) {
             return Err(invalid("tick-ms", "must be 1 ..= 1000"));
         }
-        let wait = match a.wait_us {
-            None => WaitStrategy::Adaptive {
-                batch_us: 50,
-                heavy_batch_us: 200,
-            },
-            Some(us) if us <= 100_000 => WaitStrategy::Fixed { us },
-            Some(_) => return Err(invalid("wait-us", "must be ≤ 100000")),
-        };
-        let rcvbuf_text = a.rcvbuf.as_deref().unwrap_or("4M");
-        let rcvbuf_bytes = parse_bytes(rcvbuf_text)
-            .filter(|&b| (4096..=1 << 30).contains(&b))
-            .ok_or_else(|| {
-                invalid(
-                    "rcvbuf",
-                    format!("`{rcvbuf_text}` is not a size between 4K and 1G"),
-                )
-            })?;
-        let buf_count = a.buf_count.unwrap_or(4096);
-        if !buf_count.is_power_of_two() || !(2..=32768).contains(&buf_count) {
-            return Err(invalid(
-                "buf-count",
-                "must be a power of two between 2 and 32768",
-            ));
-        }
-        let buf_size = a.buf_size.unwrap_or(2176);
-        if buf_size % 64 != 0 || buf_size < RECV_META_BYTES + 2048 {
-            return Err(invalid(
-                "buf-size",
-                format!(
-                    "must be a multiple of 64 and ≥ {} (68 bytes metadata + 2048 payload)",
-                    RECV_META_BYTES + 2048
-                ),
-            ));
-        }
-        let stats_interval = a.stats_interval.unwrap_or(1.0);
-        if !(0.05..=3600.0).contains(&stats_interval) {
-            return Err(invalid("stats-interval", "must be 0.05 ..= 3600 seconds"));
-        }
-        let run_for = match a.run_for {
-            Some(s) if s > 0.0 && s.is_finite() => Some(Duration::from_secs_f64(s)),
-            Some(_) => return Err(invalid("run-for", "must be a positive number of seconds")),
-            None => None,
-        };
-        Ok(Config {
-            engine: a.engine.unwrap_or(Engine::Uring),
-            listen,
-            cores,
+        Ok(LivenessConfig {
             max_devices,
             devices_per_shard: per_shard,
             thresholds: Thresholds {
@@ -402,34 +544,84 @@ impl ServeArgs {
                 offline_after_permille: (offline_after * 1000.0).round() as u32,
             },
             default_interval_ds: (default_interval * 10.0).round() as u16,
-            tick_ms,
-            liveness_slice: match a.liveness_slice {
-                None => crate::core::shard::LIVENESS_SLICE,
-                Some(0) => usize::MAX,
-                Some(n) => n as usize,
+            tick_ms: self.tick_ms,
+            liveness_slice: match self.liveness_slice {
+                0 => usize::MAX,
+                n => n as usize,
             },
+            huge_pages: self.huge_pages,
+        })
+    }
+}
+
+impl UringArgs {
+    fn validate(self) -> Result<UringConfig, ConfigError> {
+        let wait = match self.wait_us {
+            None => WaitStrategy::Adaptive {
+                batch_us: 50,
+                heavy_batch_us: 200,
+            },
+            Some(us) if us <= 100_000 => WaitStrategy::Fixed { us },
+            Some(_) => return Err(invalid("wait-us", "must be ≤ 100000")),
+        };
+        let buf_count = self.buf_count;
+        if !buf_count.is_power_of_two() || !(2..=32768).contains(&buf_count) {
+            return Err(invalid(
+                "buf-count",
+                "must be a power of two between 2 and 32768",
+            ));
+        }
+        let buf_size = self.buf_size;
+        let least = RECV_META_BYTES + crate::core::codec::MAX_DATAGRAM_BYTES as u32;
+        if !buf_size.is_multiple_of(64) || buf_size < least {
+            return Err(invalid(
+                "buf-size",
+                format!(
+                    "must be a multiple of 64 and ≥ {least} ({RECV_META_BYTES} bytes of \
+                     receive metadata + the 2048-byte maximum datagram)"
+                ),
+            ));
+        }
+        Ok(UringConfig {
             wait,
-            rcvbuf_bytes,
             buf_count: buf_count as u16,
             buf_size,
-            kernel_prefilter: a.kernel_prefilter,
-            huge_pages: a.huge_pages,
-            cpu_dma_latency_us: a.cpu_dma_latency_us,
-            events: a.events,
-            stats_json: a.stats_json,
-            stats_interval: Duration::from_secs_f64(stats_interval),
-            quiet: a.quiet,
-            run_for,
-            forward_ring_frames: 8192,
-            event_queue: 65_536,
             ack_slots: buf_count.max(64),
+        })
+    }
+}
+
+impl OutputArgs {
+    fn validate(self) -> Result<OutputConfig, ConfigError> {
+        if !(0.05..=3600.0).contains(&self.stats_interval) {
+            return Err(invalid("stats-interval", "must be 0.05 ..= 3600 seconds"));
+        }
+        Ok(OutputConfig {
+            events: self.events,
+            stats_json: self.stats_json,
+            stats_interval: Duration::from_secs_f64(self.stats_interval),
+            quiet: self.quiet,
+        })
+    }
+}
+
+impl ProcessArgs {
+    fn validate(self) -> Result<ProcessConfig, ConfigError> {
+        let run_for = match self.run_for {
+            Some(s) if s > 0.0 && s.is_finite() => Some(Duration::from_secs_f64(s)),
+            Some(_) => return Err(invalid("run-for", "must be a positive number of seconds")),
+            None => None,
+        };
+        Ok(ProcessConfig {
+            cpu_dma_latency_us: self.cpu_dma_latency_us,
+            run_for,
         })
     }
 }
 
 impl Config {
     pub fn shards(&self) -> u32 {
-        self.cores.len() as u32
+        self.network.cores.len() as u32
     }
 
     /// The core configuration of shard `shard`.
@@ -437,12 +629,12 @@ impl Config {
         CoreConfig {
             shard,
             shards: self.shards(),
-            max_devices: self.devices_per_shard,
-            thresholds: self.thresholds,
-            default_interval_ds: self.default_interval_ds,
-            tick_ms: self.tick_ms,
+            max_devices: self.liveness.devices_per_shard,
+            thresholds: self.liveness.thresholds,
+            default_interval_ds: self.liveness.default_interval_ds,
+            tick_ms: self.liveness.tick_ms,
             event_capacity: self.event_queue,
-            huge_pages: self.huge_pages,
+            huge_pages: self.liveness.huge_pages,
         }
     }
 }
@@ -451,47 +643,55 @@ impl Config {
 mod tests {
     use super::*;
 
+    fn config(flags: &[&str]) -> Result<Config, ConfigError> {
+        ServeArgs::parse_flags(flags.iter().copied())?.into_config()
+    }
+
     #[test]
     fn defaults_are_valid_and_thresholds_fit_32_bit_time() {
-        let c = ServeArgs {
-            cores: Some("0".into()),
-            ..Default::default()
-        }
-        .into_config()
-        .unwrap();
-        assert_eq!(c.listen.to_string(), "0.0.0.0:7979");
-        assert_eq!(c.rcvbuf_bytes, 4 << 20);
-        assert_eq!(c.default_interval_ds, 100);
-        assert_eq!(c.devices_per_shard, 4_194_304 + 262_144);
+        let c = config(&["--cores", "0"]).unwrap();
+        assert_eq!(c.network.listen.to_string(), "0.0.0.0:7979");
+        assert_eq!(c.network.rcvbuf_bytes, 4 << 20);
+        assert_eq!(c.liveness.default_interval_ds, 100);
+        assert_eq!(c.liveness.devices_per_shard, 4_194_304 + 262_144);
+        assert_eq!(
+            c.liveness.liveness_slice,
+            crate::core::shard::LIVENESS_SLICE
+        );
+        assert_eq!(c.engine, Engine::Uring);
+        assert!(matches!(c.uring.wait, WaitStrategy::Adaptive { .. }));
         // Worst case deadline: 6553.5 s × 300 must stay below 2^31 ms.
         assert!(6553.5 * 300.0 * 1000.0 < 2f64.powi(31));
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = ServeArgs {
-            cores: Some("0".into()),
-            buf_count: Some(1000),
-            ..Default::default()
-        }
-        .into_config()
-        .unwrap_err();
+        let e = config(&["--cores", "0", "--buf-count", "1000"]).unwrap_err();
         assert!(e.to_string().contains("buf-count"), "{e}");
-        let e = ServeArgs {
-            cores: Some("0".into()),
-            late_after: Some(4.0),
-            ..Default::default()
-        }
-        .into_config()
-        .unwrap_err();
-        assert!(e.to_string().contains("late-after"), "{e}");
-        let e = ServeArgs {
-            cores: Some("x".into()),
-            ..Default::default()
-        }
-        .into_config()
-        .unwrap_err();
+        let e = config(&["--cores", "0", "--late-after", "4"]).unwrap_err();
+        assert!(
+            e.to_string().contains("late-after is 4, offline-after 3"),
+            "{e}"
+        );
+        let e = config(&["--cores", "x"]).unwrap_err();
         assert!(e.to_string().contains("cores"), "{e}");
+        let e = config(&["--tick-ms", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("--tick-ms"), "{e}");
+    }
+
+    #[test]
+    fn io_uring_flags_with_another_engine_are_an_error() {
+        for flag in ["--wait-us=50", "--buf-count=1024", "--buf-size=4096"] {
+            let e = config(&["--cores", "0", "--engine", "epoll", flag]).unwrap_err();
+            let name = flag.split('=').next().unwrap();
+            assert!(
+                e.to_string()
+                    .contains(&format!("{name} applies to --engine uring only")),
+                "{e}"
+            );
+        }
+        assert!(config(&["--cores", "0", "--engine", "uring", "--wait-us=50"]).is_ok());
+        assert!(config(&["--cores", "0", "--engine", "epoll"]).is_ok());
     }
 
     #[test]
@@ -504,33 +704,86 @@ mod tests {
         assert_eq!(parse_cpu_list("3-1"), None);
     }
 
-    #[test]
-    fn file_keys_fill_in_and_flags_win() {
+    fn file(name: &str, text: &str) -> String {
         let dir = std::env::temp_dir().join(format!("ringbeat-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:9000\"\ntick-ms = 5\nrcvbuf = \"1M\"\ncores = \"0\"\n",
-        )
-        .unwrap();
-        let c = ServeArgs {
-            config: Some(path.clone()),
-            tick_ms: Some(7),
-            ..Default::default()
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn file_keys_fill_in_and_flags_win() {
+        let path = file(
+            "c.toml",
+            "listen = \"127.0.0.1:9000\"\ntick-ms = 5\nrcvbuf = 1048576\ncores = \"0\"\n\
+             huge_pages = true\nkernel-prefilter = true\n",
+        );
+        let c = config(&["--config", &path, "--tick-ms", "7", "--huge-pages=false"]).unwrap();
+        assert_eq!(c.network.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.liveness.tick_ms, 7, "the command line wins");
+        assert_eq!(
+            c.network.rcvbuf_bytes,
+            1 << 20,
+            "a number where the flag takes text"
+        );
+        assert!(
+            !c.liveness.huge_pages,
+            "a flag turns off the file's boolean"
+        );
+        assert!(c.network.kernel_prefilter);
+        // Keys given in the file count as given.
+        let path = file(
+            "e.toml",
+            "engine = \"epoll\"\nwait-us = 10\ncores = \"0\"\n",
+        );
+        let e = config(&["--config", &path]).unwrap_err();
+        assert!(e.to_string().contains("--wait-us applies"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_file_names_the_file_and_the_key() {
+        let path = file("bogus.toml", "bogus = 1\n");
+        let e = config(&["--config", &path]).unwrap_err().to_string();
+        assert!(
+            e.contains("bogus.toml") && e.contains("unknown key `bogus`"),
+            "{e}"
+        );
+        let path = file("nested.toml", "config = \"x.toml\"\n");
+        let e = config(&["--config", &path]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `config`"), "{e}");
+        let path = file("table.toml", "[listen]\nport = 1\n");
+        let e = config(&["--config", &path]).unwrap_err().to_string();
+        assert!(e.contains("`listen` must be"), "{e}");
+        let path = file("broken.toml", "tick-ms = \n");
+        let e = config(&["--config", &path]).unwrap_err().to_string();
+        assert!(e.contains("broken.toml"), "{e}");
+        let e = config(&["--config", "/nonexistent/ringbeat.toml"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot read config file /nonexistent/ringbeat.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_flag_is_a_file_key() {
+        // The file is turned into flags, so any flag works as a key: try them all with
+        // their defaults spelled out where they have one.
+        let cmd = ServeFlags::command();
+        let mut text = String::new();
+        for a in cmd.get_arguments() {
+            let Some(long) = a.get_long() else { continue };
+            if long == "config" {
+                continue;
+            }
+            if let Some(v) = a.get_default_values().first() {
+                text.push_str(&format!("{long} = \"{}\"\n", v.to_string_lossy()));
+            }
         }
-        .into_config()
-        .unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
-        assert_eq!(c.tick_ms, 7);
-        assert_eq!(c.rcvbuf_bytes, 1 << 20);
-        std::fs::write(&path, "bogus = 1\n").unwrap();
-        let e = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        }
-        .into_config()
-        .unwrap_err();
-        assert!(e.to_string().contains("bogus"), "{e}");
+        text.push_str("cores = \"0\"\n");
+        let path = file("all.toml", &text);
+        config(&["--config", &path]).unwrap();
     }
 }

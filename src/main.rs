@@ -39,10 +39,19 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let result = match Cli::parse().command {
-        Command::Serve(args) => serve(args),
-        Command::Check(args) => check(args),
-    };
+    // clap answers --help, --version and syntax errors; the subcommand's flags are then
+    // parsed again together with the --config file's keys (see `config`).
+    let command = Cli::parse().command;
+    let flags = std::env::args_os()
+        .skip(1)
+        .skip_while(|a| a != "serve" && a != "check")
+        .skip(1);
+    let result = ServeArgs::parse_flags(flags)
+        .map_err(anyhow::Error::from)
+        .and_then(|args| match command {
+            Command::Serve(_) => serve(args),
+            Command::Check(_) => check(args),
+        });
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -77,6 +86,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     // Held until serve returns: the request ends when the device is closed.
     let _cpu_latency = config
+        .process
         .cpu_dma_latency_us
         .map(|us| {
             ringbeat::sys::pmqos::CpuLatencyRequest::hold(us).with_context(|| {
@@ -107,7 +117,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     let listen = server.listen.to_string();
     let write_stats = |server: &engine::Server| {
-        if let Some(path) = &config.stats_json {
+        if let Some(path) = &config.outputs.stats_json {
             let doc = report::stats_json(
                 &server.snapshot(),
                 &server.infos,
@@ -122,9 +132,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let total = |s: &[ShardStats]| ShardStats::total(s);
     let mut prev = total(&server.snapshot());
     let mut last = Instant::now();
-    let deadline = config.run_for.map(|d| started + d);
+    let deadline = config.process.run_for.map(|d| started + d);
     loop {
-        let mut wait = config.stats_interval.saturating_sub(last.elapsed());
+        let mut wait = config.outputs.stats_interval.saturating_sub(last.elapsed());
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
@@ -138,9 +148,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::info!("--run-for elapsed: stopping");
             break;
         }
-        if last.elapsed() >= config.stats_interval {
+        if last.elapsed() >= config.outputs.stats_interval {
             let now = total(&server.snapshot());
-            if !config.quiet {
+            if !config.outputs.quiet {
                 eprintln!(
                     "{}",
                     report::summary_line(&prev, &now, last.elapsed().as_secs_f64())

@@ -173,9 +173,9 @@ fn ring_checks(config: &Config) -> Vec<Check> {
     // arena), so this check fails exactly when a shard would.
     drop(ring);
     let shape = UdpRingShape {
-        buf_count: config.buf_count,
-        buf_size: config.buf_size,
-        send_slots: config.ack_slots,
+        buf_count: config.uring.buf_count,
+        buf_size: config.uring.buf_size,
+        send_slots: config.uring.ack_slots,
         max_datagram_bytes: crate::core::codec::MAX_DATAGRAM_BYTES,
     };
     match UdpRing::new(shape) {
@@ -183,8 +183,8 @@ fn ring_checks(config: &Config) -> Vec<Check> {
             "provided buffer ring",
             format!(
                 "{} × {} B = {} KiB per shard",
-                config.buf_count,
-                config.buf_size,
+                config.uring.buf_count,
+                config.uring.buf_size,
                 r.arena().2 / 1024
             ),
             Verdict::Ok,
@@ -207,7 +207,7 @@ fn ring_checks(config: &Config) -> Vec<Check> {
 
 fn limit_checks(config: &Config) -> Vec<Check> {
     let mut out = Vec::new();
-    let want = config.rcvbuf_bytes;
+    let want = config.network.rcvbuf_bytes;
     match read_trim("/proc/sys/net/core/rmem_max").and_then(|s| s.parse::<usize>().ok()) {
         Some(max) if max >= want => out.push(line("net.core.rmem_max", format!("{max} ≥ rcvbuf {want}"), Verdict::Ok, "")),
         Some(max) if nix::unistd::geteuid().is_root() => out.push(line(
@@ -259,7 +259,10 @@ fn limit_checks(config: &Config) -> Vec<Check> {
     let allowed = crate::config::allowed_cpus();
     out.push(line(
         "cpus",
-        format!("shards on {:?} of allowed {:?}", config.cores, allowed),
+        format!(
+            "shards on {:?} of allowed {:?}",
+            config.network.cores, allowed
+        ),
         Verdict::Ok,
         "",
     ));
@@ -284,7 +287,7 @@ fn cpu_idle_check(config: &Config) -> Check {
         })
         .unwrap_or_default();
     exit_us.sort_unstable();
-    if let Some(us) = config.cpu_dma_latency_us {
+    if let Some(us) = config.process.cpu_dma_latency_us {
         let writable = std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/cpu_dma_latency")
@@ -298,7 +301,11 @@ fn cpu_idle_check(config: &Config) -> Check {
             );
         }
     }
-    let (value, fix) = idle_summary(driver.as_deref(), &exit_us, config.cpu_dma_latency_us);
+    let (value, fix) = idle_summary(
+        driver.as_deref(),
+        &exit_us,
+        config.process.cpu_dma_latency_us,
+    );
     line("cpu idle", value, Verdict::Ok, fix)
 }
 

@@ -54,19 +54,18 @@ fn send_round(sock: &UdpSocket, to: std::net::SocketAddr, round: u32, devices: u
 
 #[test]
 fn steady_state_allocates_nothing() {
-    let config = ringbeat::config::ServeArgs {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        cores: Some("0,1".into()),
-        max_devices: Some(100_000),
-        tick_ms: Some(5),
-        engine: std::env::var("RINGBEAT_TEST_ENGINE").ok().map(|e| {
-            <ringbeat::config::Engine as clap::ValueEnum>::from_str(&e, true)
-                .expect("an engine name")
-        }),
-        ..Default::default()
+    let mut flags = vec![
+        "--listen=127.0.0.1:0".to_string(),
+        "--cores=0,1".into(),
+        "--max-devices=100000".into(),
+        "--tick-ms=5".into(),
+    ];
+    if let Ok(engine) = std::env::var("RINGBEAT_TEST_ENGINE") {
+        flags.push(format!("--engine={engine}"));
     }
-    .into_config()
-    .unwrap();
+    let config = ringbeat::config::ServeArgs::parse_flags(flags)
+        .and_then(|a| a.into_config())
+        .unwrap();
     let mut server = ringbeat::engine::start(&config)
         .expect("start the server (needs io_uring: `ringbeat check`)");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();

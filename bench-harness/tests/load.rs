@@ -57,13 +57,12 @@ fn load(target: &str, dir: &std::path::Path, extra: &[&str]) -> serde_json::Valu
 
 /// One shard on CPU 0, in-process, on a free loopback port.
 fn start_server() -> ringbeat::engine::Server {
-    let config = ringbeat::config::ServeArgs {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        cores: Some("0".into()),
-        max_devices: Some(100_000),
-        ..Default::default()
-    }
-    .into_config()
+    let config = ringbeat::config::ServeArgs::parse_flags([
+        "--listen=127.0.0.1:0",
+        "--cores=0",
+        "--max-devices=100000",
+    ])
+    .and_then(|a| a.into_config())
     .unwrap();
     ringbeat::engine::start(&config).expect("start the server (needs io_uring: `ringbeat check`)")
 }

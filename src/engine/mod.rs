@@ -95,14 +95,15 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let prefilter = config
+        .network
         .kernel_prefilter
         .then(|| sock_filters(&crate::core::bpf::prefilter_program()));
     let opts = UdpOptions {
-        rcvbuf_bytes: config.rcvbuf_bytes,
+        rcvbuf_bytes: config.network.rcvbuf_bytes,
         prefilter: prefilter.as_deref(),
     };
     let mut sockets = Vec::with_capacity(shards);
-    let (first, rcvbuf) = socket::udp_reuseport(config.listen, opts)?;
+    let (first, rcvbuf) = socket::udp_reuseport(config.network.listen, opts)?;
     // Port 0: every later socket joins the port the first one got.
     let listen = socket::local_addr(&first)?;
     sockets.push(first);
@@ -144,7 +145,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             }
         }
     }
-    let events = match &config.events {
+    let events = match &config.outputs.events {
         Some(path) => Some(crate::events::EventWriter::start(
             path,
             base_unix_ms,
@@ -163,7 +164,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
     {
         let ctx = ShardContext {
             index: index as u32,
-            cpu: config.cores[index],
+            cpu: config.network.cores[index],
             config: config.clone(),
             socket,
             outbound,

@@ -214,7 +214,7 @@ impl ShardLoop<'_> {
                 .core
                 .next_deadline_ms()
                 .saturating_sub(now_ms)
-                .clamp(1, self.ctx.config.tick_ms as u64),
+                .clamp(1, self.ctx.config.liveness.tick_ms as u64),
             peer_frames: self.ctx.inbound.iter().any(|c| c.has_pending()),
             liveness_pending: self.core.liveness_pending(),
             stopping,
@@ -237,7 +237,7 @@ impl ShardLoop<'_> {
         if whole_walk {
             core.advance(now_ms);
         } else if now_ms >= core.next_deadline_ms() {
-            core.advance_slice(now_ms, self.ctx.config.liveness_slice);
+            core.advance_slice(now_ms, self.ctx.config.liveness.liveness_slice);
         }
         self.ship_events();
         publish_outbound(&mut self.ctx.outbound, &self.ctx.parkers);

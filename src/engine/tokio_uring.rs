@@ -83,7 +83,7 @@ impl TokioEngine {
         // runtime owns this one, the shard keeps its own for SO_MEMINFO.
         let std_socket = std::net::UdpSocket::from(ctx.socket.try_clone()?);
         let efd = &ctx.parkers[ctx.index as usize].efd;
-        let tick = Duration::from_millis(ctx.config.tick_ms as u64);
+        let tick = Duration::from_millis(ctx.config.liveness.tick_ms as u64);
         // The reactor registration and the timer need the runtime's context.
         let (socket, wake, sleep) = rt.block_on(async {
             let socket = Rc::new(tokio_uring::net::UdpSocket::from_std(std_socket));

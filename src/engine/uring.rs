@@ -222,9 +222,9 @@ impl UringEngine {
     pub(super) fn new(ctx: &mut ShardContext) -> anyhow::Result<UringEngine> {
         let cfg = &ctx.config;
         let ring = UdpRing::new(UdpRingShape {
-            buf_count: cfg.buf_count,
-            buf_size: cfg.buf_size,
-            send_slots: cfg.ack_slots,
+            buf_count: cfg.uring.buf_count,
+            buf_size: cfg.uring.buf_size,
+            send_slots: cfg.uring.ack_slots,
             max_datagram_bytes: MAX_DATAGRAM_BYTES,
         })?;
         let (numa_node, arena_addr, arena_bytes) = ring.arena();
@@ -246,7 +246,7 @@ impl UringEngine {
             socket: ctx.socket.as_raw_fd(),
             wake_fd: ctx.parkers[ctx.index as usize].efd.raw(),
             info,
-            strategy: cfg.wait,
+            strategy: cfg.uring.wait,
             rearm_recv: true,
             rearm_wake: true,
             ran_dry: false,
