@@ -18,9 +18,11 @@ use crate::sys::uring::{Pushed, UdpRing, UdpRingShape};
 use io_uring::cqueue;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
-/// During a liveness walk, new completions are brought in at most this often: after
-/// every slice (~10 µs) the extra enters cost 7% of throughput at saturation; every
-/// 20 µs kept p99 at 1M hb/s at 33 µs (results/2026-11-24-liveness-slice).
+/// During a liveness walk, new completions are brought in at most this often. Reaping
+/// after every slice (~10 µs) cost 6% of throughput at saturation, and letting every
+/// submit run deferred completions (IORING_SETUP_TASKRUN_FLAG) 7% (32 heartbeats per
+/// datagram, 2M devices; runs that chose this design, not kept as a results folder);
+/// every 20 µs took p99 at 1M hb/s from 118 to 33 µs (results/2026-11-24-liveness-slice).
 const LIVENESS_REAP_EVERY: Duration = Duration::from_micros(20);
 /// Completions copied out of the CQ at a time; the buffer ring's tail is published
 /// after each such batch, so during a long reap the kernel gets buffers back every
