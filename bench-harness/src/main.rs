@@ -91,17 +91,8 @@ pub struct LoadArgs {
     /// Aggregate heartbeats per second (overrides --interval: interval = devices/rate).
     #[arg(long)]
     rate: Option<f64>,
-    /// Each heartbeat leaves up to ± this fraction of its interval away from the
-    /// device's phase (0 ..= 0.5; 0 = exactly periodic).
-    #[arg(long, default_value_t = 0.0)]
-    jitter: f64,
-    /// Bursty load at the same average rate, `PERIOD_MS:DUTY`: each period's
-    /// heartbeats go out in its first DUTY part (peak = average / DUTY), e.g. `100:0.1`.
-    #[arg(long, value_name = "PERIOD_MS:DUTY", value_parser = schedule::Burst::parse)]
-    burst: Option<schedule::Burst>,
-    /// Frames per datagram (a gateway packing K devices).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    #[command(flatten)]
+    shape: ShapeArgs,
     /// Seconds of load, warm-up included.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -111,35 +102,17 @@ pub struct LoadArgs {
     /// Ask for an ack on one frame in M (the latency sample); 0 = no acks.
     #[arg(long, default_value_t = 100)]
     ack_every: u64,
-    /// CPUs to run one pinned sender thread each on, e.g. `1` or `1-3`.
-    #[arg(long, default_value = "1")]
-    cpus: String,
-    /// Source sockets (ports) per sender thread.
-    #[arg(long, default_value_t = 64)]
-    source_ports: usize,
-    /// Send one datagram per buffer instead of UDP GSO (slower; for comparison).
-    #[arg(long)]
-    no_gso: bool,
+    #[command(flatten)]
+    generator: GeneratorArgs,
     /// Transport. Only `udp` exists in the server today.
     #[arg(long, default_value = "udp")]
     proto: String,
     /// Seconds to wait for outstanding acks after the last send.
     #[arg(long, default_value_t = 0.5)]
     grace: f64,
-    /// Seed of the device phases.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Server pid: sample its shard threads' CPU time (else looked up via --server-stats' owner is not possible; give it).
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Also send this many garbage datagrams per second (rejected by the server: bad
-    /// length or magic), from one more thread on the first --cpus CPU.
-    #[arg(long, default_value_t = 0.0)]
-    garbage_rate: f64,
-    /// Count the server shard threads' system calls over the measured window with
-    /// `perf stat -e raw_syscalls:sys_enter` (needs --server-pid and perf).
-    #[arg(long)]
-    count_syscalls: bool,
     /// Server's --stats-json file: its counters are reported beside ours.
     #[arg(long)]
     server_stats: Option<PathBuf>,
@@ -152,6 +125,49 @@ pub struct LoadArgs {
     /// Write one latency histogram per second here (.hlog, V2 + DEFLATE).
     #[arg(long)]
     hlog: Option<PathBuf>,
+}
+
+/// How the load looks: shared by `load` and `sweep`.
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Load shape")]
+pub struct ShapeArgs {
+    /// Frames per datagram (a gateway packing K devices).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Each heartbeat leaves up to ± this fraction of its interval away from the
+    /// device's phase (0 ..= 0.5; 0 = exactly periodic).
+    #[arg(long, default_value_t = 0.0)]
+    jitter: f64,
+    /// Bursty load at the same average rate, `PERIOD_MS:DUTY`: each period's
+    /// heartbeats go out in its first DUTY part (peak = average / DUTY), e.g. `100:0.1`.
+    #[arg(long, value_name = "PERIOD_MS:DUTY", value_parser = schedule::Burst::parse)]
+    burst: Option<schedule::Burst>,
+    /// Seed of the device phases.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// The generator's own resources and extras: shared by `load` and `sweep`.
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Generator")]
+pub struct GeneratorArgs {
+    /// CPUs to run one pinned sender thread each on, e.g. `1` or `1-3`.
+    #[arg(long, default_value = "1")]
+    cpus: String,
+    /// Source sockets (ports) per sender thread.
+    #[arg(long, default_value_t = 64)]
+    source_ports: usize,
+    /// Send one datagram per buffer instead of UDP GSO (slower; for comparison).
+    #[arg(long)]
+    no_gso: bool,
+    /// Also send this many garbage datagrams per second (rejected by the server: bad
+    /// length or magic), from one more thread on the first --cpus CPU.
+    #[arg(long, default_value_t = 0.0)]
+    garbage_rate: f64,
+    /// Count the server shard threads' system calls over the measured window with
+    /// `perf stat -e raw_syscalls:sys_enter` (needs the server's pid and perf).
+    #[arg(long)]
+    count_syscalls: bool,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -291,16 +307,17 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     if a.proto != "udp" {
         bail!("--proto {}: the server speaks UDP only so far", a.proto);
     }
-    if a.batch == 0 || a.batch > ringbeat::core::codec::MAX_FRAMES_PER_DATAGRAM {
+    if a.shape.batch == 0 || a.shape.batch > ringbeat::core::codec::MAX_FRAMES_PER_DATAGRAM {
         bail!("--batch must be 1..=64");
     }
-    if !(0.0..=0.5).contains(&a.jitter) {
+    if !(0.0..=0.5).contains(&a.shape.jitter) {
         bail!("--jitter must be between 0 and 0.5 (a fraction of the interval)");
     }
     if a.devices == 0 || a.duration <= a.warmup {
         bail!("need --devices > 0 and --duration > --warmup");
     }
-    let cpus = ringbeat::config::parse_cpu_list(&a.cpus).context("--cpus is not a CPU list")?;
+    let cpus =
+        ringbeat::config::parse_cpu_list(&a.generator.cpus).context("--cpus is not a CPU list")?;
     let rate = a.rate.unwrap_or(a.devices as f64 / a.interval);
     let interval_s = a.devices as f64 / rate;
     let interval_ds = (interval_s * 10.0).round().clamp(1.0, u16::MAX as f64) as u16;
@@ -310,21 +327,29 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     let cfg = sender::SenderConfig {
         target: a.target,
         cpu: None,
-        source_ports: a.source_ports,
+        source_ports: a.generator.source_ports,
         duration: Duration::from_secs_f64(a.duration),
         warmup: Duration::from_secs_f64(a.warmup),
         ack_every: a.ack_every,
         interval_ds,
-        gso: !a.no_gso,
+        gso: !a.generator.no_gso,
         grace: Duration::from_secs_f64(a.grace),
-        jitter: a.jitter,
+        jitter: a.shape.jitter,
     };
     let threads: Vec<_> = cpus
         .iter()
         .enumerate()
         .map(|(i, &cpu)| {
-            let sched = schedule::Schedule::new(a.devices, 1, cpus.len(), i, a.batch, rate, a.seed)
-                .with_burst(a.burst);
+            let sched = schedule::Schedule::new(
+                a.devices,
+                1,
+                cpus.len(),
+                i,
+                a.shape.batch,
+                rate,
+                a.shape.seed,
+            )
+            .with_burst(a.shape.burst);
             if i == 0 {
                 eprintln!(
                     "load: each device sends every {:.3} s",
@@ -340,14 +365,14 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         })
         .collect();
     drop(tx);
-    let flood = (a.garbage_rate > 0.0).then(|| {
-        let (target, rate, cpu) = (a.target, a.garbage_rate, cpus.first().copied());
+    let flood = (a.generator.garbage_rate > 0.0).then(|| {
+        let (target, rate, cpu) = (a.target, a.generator.garbage_rate, cpus.first().copied());
         let duration = Duration::from_secs_f64(a.duration);
         std::thread::spawn(move || garbage::flood(target, rate, start, duration, cpu))
     });
     eprintln!(
         "load: {} devices, {:.0} hb/s ({:.0} datagrams/s, {} per datagram), interval {:.3} s, {} s (warm-up {} s), acks 1/{}",
-        a.devices, rate, rate / a.batch as f64, a.batch, interval_s, a.duration, a.warmup, a.ack_every
+        a.devices, rate, rate / a.shape.batch as f64, a.shape.batch, interval_s, a.duration, a.warmup, a.ack_every
     );
     // Progress and interval log; server samples at the end of warm-up and of the load.
     let mut intervals: Vec<(Duration, Histogram<u64>)> = Vec::new();
@@ -396,7 +421,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         let now = Instant::now();
         if before.is_none() && now >= warmup_at {
             before = sample_server(a).or(Some(ServerSample::default()));
-            if let (true, Some(pid)) = (a.count_syscalls, a.server_pid) {
+            if let (true, Some(pid)) = (a.generator.count_syscalls, a.server_pid) {
                 let tids = procstat::thread_ids(pid, receiver_threads(pid)).unwrap_or_default();
                 let secs = end_at.saturating_duration_since(now).as_secs_f64();
                 syscalls = match procstat::SyscallCount::start(&tids, secs) {
@@ -452,7 +477,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         before.as_ref(),
         after.as_ref(),
     );
-    doc["garbage"] = json!({ "rate": a.garbage_rate, "sent": garbage_sent });
+    doc["garbage"] = json!({ "rate": a.generator.garbage_rate, "sent": garbage_sent });
     if let (Some(n), Some(server)) = (syscalls, doc["server"].as_object_mut()) {
         let hb = server["heartbeats"].as_u64().unwrap_or(0);
         server.insert("syscalls".into(), n.into());
@@ -524,10 +549,10 @@ fn summary_json(
     };
     json!({
         "config": {
-            "target": a.target.to_string(), "devices": a.devices, "rate_hb_per_s": rate, "batch": a.batch,
-            "duration_s": a.duration, "warmup_s": a.warmup, "ack_every": a.ack_every, "cpus": a.cpus,
-            "source_ports": a.source_ports, "gso": !a.no_gso, "jitter": a.jitter,
-            "burst": a.burst.map(|b| format!("{}:{}", b.period_ns / 1e6, b.duty)),
+            "target": a.target.to_string(), "devices": a.devices, "rate_hb_per_s": rate, "batch": a.shape.batch,
+            "duration_s": a.duration, "warmup_s": a.warmup, "ack_every": a.ack_every, "cpus": a.generator.cpus,
+            "source_ports": a.generator.source_ports, "gso": !a.generator.no_gso, "jitter": a.shape.jitter,
+            "burst": a.shape.burst.map(|b| format!("{}:{}", b.period_ns / 1e6, b.duty)),
         },
         "sent": {
             "frames": t.frames_sent, "datagrams": t.datagrams_sent, "send_errors": t.send_errors,

@@ -1,0 +1,379 @@
+//! `ringbeat-bench sweep` and `ringbeat-bench plot`: whole experiments in one command.
+//!
+//! A sweep starts the server itself (pinned to its own CPUs), runs one open-loop load
+//! per point (a rate scan: latency vs offered load up to and past saturation, like
+//! mutilate's `--scan`; or a device-count scan at a fixed per-device interval), and
+//! writes `results/<date>-<name>/`: README.md (exact command, git revision, kernel, CPU,
+//! pinning, sysctls, server flags), points.csv, summary.md, raw/ (each point's load
+//! JSON, `.hgrm`, `.hlog`, server stats and logs) and SVG plots. `plot DIR` redraws the
+//! plots from points.csv alone.
+//!
+//! One module per job: `plan` (the points), `server` (the measured process and the
+//! environment), `record` (the typed row every CSV is written and read through),
+//! `readme` and `plot`; this module runs them in order.
+
+mod plan;
+mod plot;
+mod readme;
+mod record;
+mod server;
+
+pub use plot::plot;
+
+use crate::{run_load, GeneratorArgs, LoadArgs, ShapeArgs};
+use anyhow::Context;
+use record::Row;
+use server::ServerProcess;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SweepArgs {
+    /// The scan.
+    #[arg(long, value_enum)]
+    pub kind: Kind,
+    /// Folder name: the results go to `<results>/<UTC date>-<name>/`.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Rate scan: offered heartbeats per second, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Device scan: device counts, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    device_counts: Vec<u64>,
+    /// Rate scan: number of devices.
+    #[arg(long, default_value_t = 2_000_000)]
+    devices: u64,
+    /// Device scan: each device's heartbeat period, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    #[command(flatten)]
+    pub generator: GeneratorArgs,
+    /// Seconds of load per run, warm-up included (the warm-up grows to one device
+    /// interval + 1 s where that is longer; the measured window stays as asked).
+    #[arg(long, default_value_t = 8.0)]
+    pub duration: f64,
+    /// Seconds at the start of each run left out of the measurement.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Latency sample: one ack per this many datagrams (--ack-every = this × batch).
+    #[arg(long, default_value_t = 100)]
+    pub ack_every_datagrams: u64,
+    /// Server binary [default: `ringbeat` beside this binary].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// CPUs of the server's shards.
+    #[arg(long, default_value = "0")]
+    pub server_cores: String,
+    /// Extra server flag (repeatable), e.g. `--server-arg=--wait-us=0`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    #[arg(long, default_value_t = 7979)]
+    pub port: u16,
+    /// Runs per point (each with a fresh server); points.csv holds their medians and
+    /// runs.csv every run.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// A server variant to compare, `LABEL=FLAGS` (repeatable), e.g.
+    /// `--variant 'epoll=--engine epoll'`. Every point runs every variant, interleaved
+    /// run by run so that the machine's noise falls on all of them alike; each variant
+    /// gets its own folder and the comparison goes to variants.csv and compare-*.svg.
+    #[arg(long = "variant", value_name = "LABEL=FLAGS", value_parser = parse_variant)]
+    variants: Vec<Variant>,
+    /// Also run the bare receiver (`ringbeat-bench sink` on the server's CPUs, the
+    /// server's SO_RCVBUF) as the variant `sink`, interleaved with the others: its CPU
+    /// time per datagram is the kernel's receive cost with nothing above it, so the
+    /// server's cost over the kernel's is a ratio measured in one run. Without
+    /// `--variant` the server runs with its defaults as the variant `server`.
+    #[arg(long)]
+    sink_baseline: bool,
+}
+
+/// The kind of scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Latency vs offered heartbeats/s at a fixed device count.
+    Rate,
+    /// Latency vs device count at a fixed per-device interval.
+    Devices,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Rate => "rate",
+            Kind::Devices => "devices",
+        }
+    }
+}
+
+/// A labelled set of extra server flags.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    pub label: String,
+    pub flags: Vec<String>,
+    /// The bare receiver instead of the server (`--sink-baseline`).
+    pub sink: bool,
+}
+
+impl Variant {
+    pub fn describe(&self) -> String {
+        if self.sink {
+            "ringbeat-bench sink".into()
+        } else {
+            self.flags.join(" ")
+        }
+    }
+}
+
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    let (label, flags) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--variant wants LABEL=FLAGS, got {s:?}"))?;
+    if label.is_empty()
+        || !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "variant label {label:?}: use letters, digits, '-', '_' or '.' (it names a folder)"
+        ));
+    }
+    if label == "sink" {
+        return Err("variant label \"sink\" is kept for --sink-baseline".into());
+    }
+    Ok(Variant {
+        label: label.into(),
+        flags: flags.split_whitespace().map(String::from).collect(),
+        sink: false,
+    })
+}
+
+/// The variants a sweep runs, in run order: the sink first (with `--sink-baseline`),
+/// then the asked ones, or the server with its defaults.
+fn variants(a: &SweepArgs) -> Vec<Variant> {
+    let compare = !a.variants.is_empty() || a.sink_baseline;
+    let mut variants = a.variants.clone();
+    if variants.is_empty() {
+        variants.push(Variant {
+            label: if compare {
+                "server".into()
+            } else {
+                String::new()
+            },
+            flags: Vec::new(),
+            sink: false,
+        });
+    }
+    if a.sink_baseline {
+        variants.insert(
+            0,
+            Variant {
+                label: "sink".into(),
+                flags: Vec::new(),
+                sink: true,
+            },
+        );
+    }
+    variants
+}
+
+pub fn run(a: SweepArgs) -> anyhow::Result<()> {
+    let points = plan::points(&plan::Scan {
+        kind: a.kind,
+        rates: &a.rates,
+        device_counts: &a.device_counts,
+        devices: a.devices,
+        interval_s: a.interval,
+        duration_s: a.duration,
+        warmup_s: a.warmup,
+    })?;
+    let server_bin = match &a.server_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("ringbeat"),
+    };
+    let dir = a.results.join(format!("{}-{}", server::today(), a.name));
+    let compare = !a.variants.is_empty() || a.sink_baseline;
+    let variants = variants(&a);
+    // Each variant's folder: the sweep folder itself when there is only one.
+    let vdirs: Vec<PathBuf> = variants
+        .iter()
+        .map(|v| {
+            if compare {
+                dir.join(&v.label)
+            } else {
+                dir.clone()
+            }
+        })
+        .collect();
+    for d in &vdirs {
+        let raw = d.join("raw");
+        std::fs::create_dir_all(&raw).with_context(|| format!("creating {}", raw.display()))?;
+    }
+    let mut medians: Vec<Vec<Row>> = vec![Vec::new(); variants.len()];
+    let mut all_runs: Vec<Vec<Row>> = vec![Vec::new(); variants.len()];
+    for (i, p) in points.iter().enumerate() {
+        eprintln!(
+            "== point {}/{}: {} devices, {:.0} hb/s, batch {}, warm-up {:.1} s",
+            i + 1,
+            points.len(),
+            p.devices,
+            p.rate_hb_per_s,
+            a.shape.batch,
+            p.warmup_s
+        );
+        let mut runs = vec![Vec::with_capacity(a.runs); variants.len()];
+        for run in 1..=a.runs {
+            for (vi, v) in variants.iter().enumerate() {
+                if compare {
+                    eprintln!("-- run {run}/{}: {}", a.runs, v.label);
+                }
+                let tag = if a.runs == 1 {
+                    format!("p{i:02}")
+                } else {
+                    format!("p{i:02}-r{run}")
+                };
+                let raw = vdirs[vi].join("raw");
+                let row = measure(&a, &server_bin, v, p, &raw, &tag)?;
+                all_runs[vi].push(Row {
+                    run: Some(run),
+                    ..row.clone()
+                });
+                runs[vi].push(row);
+            }
+        }
+        for (vi, d) in vdirs.iter().enumerate() {
+            medians[vi].push(Row::median(&runs[vi]));
+            record::write(&d.join("runs.csv"), &all_runs[vi])?;
+            record::write(&d.join("points.csv"), &medians[vi])?;
+        }
+    }
+    write_results(&a, &server_bin, &dir, &variants, &vdirs, &medians)?;
+    eprintln!("wrote {}", dir.display());
+    Ok(())
+}
+
+/// One run of one variant at one point: a fresh server, the load, the row.
+fn measure(
+    a: &SweepArgs,
+    server_bin: &Path,
+    v: &Variant,
+    p: &plan::Point,
+    raw: &Path,
+    tag: &str,
+) -> anyhow::Result<Row> {
+    let stats = raw.join(format!("{tag}.server.json"));
+    let log = raw.join(format!("{tag}.server.log"));
+    let server = ServerProcess::start(server_bin, a, v, &stats, &log, p.duration_s + 5.0)?;
+    let load = LoadArgs {
+        target: format!("127.0.0.1:{}", a.port).parse()?,
+        devices: p.devices,
+        interval: 1.0,
+        rate: Some(p.rate_hb_per_s),
+        shape: a.shape.clone(),
+        generator: a.generator.clone(),
+        duration: p.duration_s,
+        warmup: p.warmup_s,
+        ack_every: a.ack_every_datagrams * a.shape.batch as u64,
+        proto: "udp".into(),
+        grace: 0.5,
+        server_pid: Some(server.child.id()),
+        server_stats: Some(stats),
+        json: Some(raw.join(format!("{tag}.load.json"))),
+        hgrm: Some(raw.join(format!("{tag}.hgrm"))),
+        hlog: Some(raw.join(format!("{tag}.hlog"))),
+    };
+    let result = run_load(&load);
+    server.stop();
+    Ok(Row::from_load(p.x, p.devices, a.shape.batch, &result?))
+}
+
+/// sweep.json, summary.md, plots and README per variant folder, and the comparison.
+fn write_results(
+    a: &SweepArgs,
+    server_bin: &Path,
+    dir: &Path,
+    variants: &[Variant],
+    vdirs: &[PathBuf],
+    medians: &[Vec<Row>],
+) -> anyhow::Result<()> {
+    let compare = vdirs.first().is_some_and(|d| d != dir);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let environment = server::environment(a, server_bin);
+    let ctx = readme::Context {
+        args: a,
+        command: &command,
+        environment: &environment,
+    };
+    let meta = serde_json::json!({
+        "kind": a.kind.name(), "batch": a.shape.batch, "devices": a.devices, "interval_s": a.interval,
+    });
+    for (vi, d) in vdirs.iter().enumerate() {
+        let csv = record::to_csv(&medians[vi])?;
+        std::fs::write(d.join("sweep.json"), serde_json::to_vec_pretty(&meta)?)?;
+        std::fs::write(d.join("summary.md"), record::markdown_table(&csv, &[]))?;
+        plot::plot_dir(d)?;
+        let title = if compare {
+            format!(
+                "{}: variant {} (`{}`)",
+                a.name,
+                variants[vi].label,
+                variants[vi].describe()
+            )
+        } else {
+            a.name.clone()
+        };
+        let text = readme::variant(&ctx, &title, &d.display().to_string(), &csv);
+        std::fs::write(d.join("README.md"), text)?;
+    }
+    if compare {
+        let rows: Vec<Row> = variants
+            .iter()
+            .zip(medians)
+            .flat_map(|(v, rows)| {
+                rows.iter().map(|r| Row {
+                    variant: Some(v.label.clone()),
+                    flags: Some(v.describe()),
+                    ..r.clone()
+                })
+            })
+            .collect();
+        record::write(&dir.join("variants.csv"), &rows)?;
+        let meta = serde_json::json!({
+            "kind": a.kind.name(),
+            "variants": variants.iter().map(|v| serde_json::json!({"label": v.label, "flags": v.describe()})).collect::<Vec<_>>(),
+        });
+        std::fs::write(dir.join("sweep.json"), serde_json::to_vec_pretty(&meta)?)?;
+        let plots = plot::plot_variants(dir)?;
+        let text = readme::comparison(
+            &ctx,
+            variants,
+            &dir.display().to_string(),
+            &record::to_csv(&rows)?,
+            &plots,
+        );
+        std::fs::write(dir.join("README.md"), text)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_parse_and_the_sink_label_is_kept() {
+        let v = parse_variant("epoll=--engine epoll --rcvbuf 1M").unwrap();
+        assert_eq!(v.label, "epoll");
+        assert_eq!(v.flags, ["--engine", "epoll", "--rcvbuf", "1M"]);
+        assert!(!v.sink);
+        assert_eq!(v.describe(), "--engine epoll --rcvbuf 1M");
+        assert!(parse_variant("default=").unwrap().flags.is_empty());
+        assert!(parse_variant("no-equals").is_err());
+        assert!(parse_variant("a/b=--wait-us 0").is_err());
+        assert!(parse_variant("sink=--wait-us 0").is_err());
+    }
+}
