@@ -28,9 +28,11 @@ const LIVENESS_REAP_EVERY: Duration = Duration::from_micros(20);
 /// after each such batch, so during a long reap the kernel gets buffers back every
 /// 1,024 datagrams (a quarter of the default 4,096-buffer ring) instead of at the end.
 const REAP_BATCH: usize = 1024;
-/// `want` when batching by time or draining: larger than any burst a ring can hold
-/// (the CQ is sized to 2 × buffers + 2 × send slots, at most 2^15 by default), so a
-/// batching wait ends at its min-wait, a drain at an empty socket or a dry ring.
+/// `want` when batching by time or draining: more than the default ring can complete
+/// at once (its CQ holds 2 × 4,096 buffers + 2 × 4,096 send slots = 16,384 entries), so
+/// a batching wait ends at its min-wait and a drain at an empty socket or a dry ring.
+/// With the largest rings (`--buf-count 32768`, a 131,072-entry CQ) a drain may stop at
+/// 65,536 completions; the loop then reaps them and decides again, so nothing waits.
 const BATCH_WANT: usize = 1 << 16;
 /// Completion rate at or above which the adaptive strategy batches wake-ups. Below it,
 /// waking per completion costs little CPU and keeps latency at its floor; above it, a
