@@ -78,7 +78,8 @@ pub struct SweepArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// A server variant to compare, `LABEL=FLAGS` (repeatable), e.g.
-    /// `--variant 'epoll=--engine epoll'`. Every point runs every variant, interleaved
+    /// `--variant 'epoll=--engine epoll'`; `LABEL=@PATH FLAGS` runs another server
+    /// binary (an earlier revision's build, say). Every point runs every variant, interleaved
     /// run by run so that the machine's noise falls on all of them alike; each variant
     /// gets its own folder and the comparison goes to variants.csv and compare-*.svg.
     #[arg(long = "variant", value_name = "LABEL=FLAGS", value_parser = parse_variant)]
@@ -114,6 +115,9 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub struct Variant {
     pub label: String,
+    /// Another server binary for this variant (`@PATH` first in its flags), e.g. a
+    /// build of an earlier revision to measure a change against in the same runs.
+    pub bin: Option<PathBuf>,
     pub flags: Vec<String>,
     /// The bare receiver instead of the server (`--sink-baseline`).
     pub sink: bool,
@@ -122,10 +126,12 @@ pub struct Variant {
 impl Variant {
     pub fn describe(&self) -> String {
         if self.sink {
-            "ringbeat-bench sink".into()
-        } else {
-            self.flags.join(" ")
+            return "ringbeat-bench sink".into();
         }
+        let bin = self.bin.iter().map(|b| format!("@{}", b.display()));
+        bin.chain(self.flags.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -145,9 +151,20 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
     if label == "sink" {
         return Err("variant label \"sink\" is kept for --sink-baseline".into());
     }
+    let mut flags: Vec<String> = flags.split_whitespace().map(String::from).collect();
+    let bin = match flags.first().and_then(|f| f.strip_prefix('@')) {
+        Some("") => return Err(format!("variant {label}: `@` wants a server binary path")),
+        Some(path) => {
+            let path = PathBuf::from(path);
+            flags.remove(0);
+            Some(path)
+        }
+        None => None,
+    };
     Ok(Variant {
         label: label.into(),
-        flags: flags.split_whitespace().map(String::from).collect(),
+        bin,
+        flags,
         sink: false,
     })
 }
@@ -164,6 +181,7 @@ fn variants(a: &SweepArgs) -> Vec<Variant> {
             } else {
                 String::new()
             },
+            bin: None,
             flags: Vec::new(),
             sink: false,
         });
@@ -173,6 +191,7 @@ fn variants(a: &SweepArgs) -> Vec<Variant> {
             0,
             Variant {
                 label: "sink".into(),
+                bin: None,
                 flags: Vec::new(),
                 sink: true,
             },
@@ -267,7 +286,8 @@ fn measure(
 ) -> anyhow::Result<Row> {
     let stats = raw.join(format!("{tag}.server.json"));
     let log = raw.join(format!("{tag}.server.log"));
-    let server = ServerProcess::start(server_bin, a, v, &stats, &log, p.duration_s + 5.0)?;
+    let bin = v.bin.as_deref().unwrap_or(server_bin);
+    let server = ServerProcess::start(bin, a, v, &stats, &log, p.duration_s + 5.0)?;
     let load = LoadArgs {
         target: format!("127.0.0.1:{}", a.port).parse()?,
         devices: p.devices,
@@ -375,5 +395,10 @@ mod tests {
         assert!(parse_variant("no-equals").is_err());
         assert!(parse_variant("a/b=--wait-us 0").is_err());
         assert!(parse_variant("sink=--wait-us 0").is_err());
+        let v = parse_variant("before=@/tmp/old/ringbeat --wait-us 0").unwrap();
+        assert_eq!(v.bin.as_deref(), Some(Path::new("/tmp/old/ringbeat")));
+        assert_eq!(v.flags, ["--wait-us", "0"]);
+        assert_eq!(v.describe(), "@/tmp/old/ringbeat --wait-us 0");
+        assert!(parse_variant("before=@ --wait-us 0").is_err());
     }
 }
