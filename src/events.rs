@@ -3,6 +3,11 @@
 //! Each shard has its own bounded queue to the writer (no queue shared between shards);
 //! a shard never waits on it — when a queue is full the event is counted in
 //! `events_dropped`. The writer flushes whenever it runs out of work.
+//!
+//! `time_ms` is the real-time clock (Unix ms) read by the shard when it made the event,
+//! so a clock step after start (NTP on a box without an RTC) does not skew later
+//! events; `shard` and `event_seq` (1, 2, 3, ... per shard, dropped events included)
+//! let a consumer order, deduplicate and see gaps.
 
 use crate::core::shard::Event;
 use std::io::Write;
@@ -11,33 +16,46 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// An event on its way to the writer.
+#[derive(Clone, Copy, Debug)]
+pub struct Made {
+    pub shard: u32,
+    /// Real-time clock when the shard made it (Unix ms).
+    pub unix_ms: u64,
+    pub event: Event,
+}
+
 pub struct EventWriter {
-    senders: Vec<SyncSender<(u32, Event)>>,
+    senders: Vec<SyncSender<Made>>,
     thread: JoinHandle<std::io::Result<()>>,
 }
 
 /// One event as a JSON object (no trailing newline).
-pub fn event_json(shard: u32, e: &Event, base_unix_ms: u64) -> String {
+pub fn event_json(m: &Made) -> String {
+    let e = &m.event;
     format!(
-        "{{\"device_id\":{},\"from\":\"{}\",\"to\":\"{}\",\"epoch\":{},\"seq\":{},\"status\":{},\"time_ms\":{},\"shard\":{}}}",
+        "{{\"device_id\":{},\"from\":\"{}\",\"to\":\"{}\",\"epoch\":{},\"seq\":{},\"status\":{},\"time_ms\":{},\"shard\":{},\"event_seq\":{}}}",
         e.device_id,
         e.from.name(),
         e.to.name(),
         e.epoch,
         e.seq,
         e.status,
-        base_unix_ms + e.time_ms,
-        shard
+        m.unix_ms,
+        m.shard,
+        e.event_seq
     )
 }
 
+/// The real-time clock in Unix milliseconds (0 before 1970).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl EventWriter {
-    pub fn start(
-        path: &Path,
-        base_unix_ms: u64,
-        queue: usize,
-        shards: usize,
-    ) -> anyhow::Result<EventWriter> {
+    pub fn start(path: &Path, queue: usize, shards: usize) -> anyhow::Result<EventWriter> {
         let out: Box<dyn Write + Send> = if path == Path::new("-") {
             Box::new(std::io::stdout())
         } else {
@@ -50,16 +68,12 @@ impl EventWriter {
         let thread = std::thread::Builder::new()
             .name("ringbeat-events".into())
             .spawn(move || {
-                write_loop(
-                    receivers,
-                    std::io::BufWriter::with_capacity(1 << 16, out),
-                    base_unix_ms,
-                )
+                write_loop(receivers, std::io::BufWriter::with_capacity(1 << 16, out))
             })?;
         Ok(EventWriter { senders, thread })
     }
 
-    pub fn sender(&self, shard: usize) -> SyncSender<(u32, Event)> {
+    pub fn sender(&self, shard: usize) -> SyncSender<Made> {
         self.senders[shard].clone()
     }
 
@@ -74,11 +88,7 @@ impl EventWriter {
     }
 }
 
-fn write_loop(
-    receivers: Vec<Receiver<(u32, Event)>>,
-    mut out: impl Write,
-    base_unix_ms: u64,
-) -> std::io::Result<()> {
+fn write_loop(receivers: Vec<Receiver<Made>>, mut out: impl Write) -> std::io::Result<()> {
     let mut open = receivers.len();
     let mut closed = vec![false; receivers.len()];
     while open > 0 {
@@ -89,8 +99,8 @@ fn write_loop(
             }
             loop {
                 match rx.try_recv() {
-                    Ok((shard, e)) => {
-                        writeln!(out, "{}", event_json(shard, &e, base_unix_ms))?;
+                    Ok(m) => {
+                        writeln!(out, "{}", event_json(&m))?;
                         wrote = true;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -125,15 +135,22 @@ mod tests {
             seq: 5,
             status: 1,
             time_ms: 40,
+            event_seq: 7,
         };
-        let v: serde_json::Value = serde_json::from_str(&event_json(1, &e, 1000)).unwrap();
+        let m = Made {
+            shard: 1,
+            unix_ms: 1_795_502_734_556,
+            event: e,
+        };
+        let v: serde_json::Value = serde_json::from_str(&event_json(&m)).unwrap();
         assert_eq!(v["device_id"], 9);
         assert_eq!(v["from"], "online");
         assert_eq!(v["to"], "late");
         assert_eq!(v["epoch"], 2);
         assert_eq!(v["seq"], 5);
         assert_eq!(v["status"], 1);
-        assert_eq!(v["time_ms"], 1040);
+        assert_eq!(v["time_ms"], 1_795_502_734_556u64);
         assert_eq!(v["shard"], 1);
+        assert_eq!(v["event_seq"], 7);
     }
 }

@@ -69,8 +69,10 @@ pub struct Transition {
     pub slot: Slot,
     pub from: Liveness,
     pub to: Liveness,
-    /// When it was detected (shard ms).
-    pub now_ms: u64,
+    /// When it took effect (shard ms): the first tick boundary at or after the deadline,
+    /// whenever the walk got to it, so a transition's time does not depend on how far
+    /// a sliced walk had come.
+    pub at_ms: u64,
 }
 
 pub struct Wheel<M: Memory> {
@@ -182,6 +184,49 @@ impl<M: Memory> Wheel<M> {
         Some((now_ms as i64 + delta).max(0) as u64)
     }
 
+    /// The tick boundary at which a deadline `due` takes effect: `ceil(due / tick)`
+    /// ticks. A heartbeat at that same instant still counts (it is applied first).
+    pub fn detection_ms(&self, due: u64) -> u64 {
+        due.div_ceil(self.tick_ms) * self.tick_ms
+    }
+
+    /// Before a heartbeat at `now_ms` is applied to device `slot`: emits every
+    /// transition whose detection time is already past (strictly before `now_ms`) that
+    /// the walk has not reached yet, so the device goes Online → Late → Offline before
+    /// it comes back, exactly as if the walk had kept up. Its wheel entry stays; when
+    /// the walk reaches it, the recheck finds nothing due or a stale entry.
+    pub fn catch_up(
+        &self,
+        th: &Thresholds,
+        device: &mut Device,
+        slot: Slot,
+        now_ms: u64,
+        emit: &mut impl FnMut(Transition, &Device),
+    ) {
+        while let Some(due) = Self::deadline_abs_ms(th, device, now_ms) {
+            let at_ms = self.detection_ms(due);
+            if at_ms >= now_ms {
+                return;
+            }
+            let from = device.liveness();
+            let to = if from == Liveness::Online {
+                Liveness::Late
+            } else {
+                Liveness::Offline
+            };
+            device.set_liveness(to);
+            emit(
+                Transition {
+                    slot,
+                    from,
+                    to,
+                    at_ms,
+                },
+                device,
+            );
+        }
+    }
+
     /// (Re)schedules `slot` for its next deadline; unscheduled if it has none.
     pub fn schedule(&mut self, th: &Thresholds, devices: &mut [Device], slot: Slot, now_ms: u64) {
         let Some(due) = Self::deadline_abs_ms(th, &devices[slot as usize], now_ms) else {
@@ -289,7 +334,8 @@ impl<M: Memory> Wheel<M> {
         let Some(due) = Self::deadline_abs_ms(th, d, now_ms) else {
             return;
         };
-        if due <= now_ms {
+        let at_ms = self.detection_ms(due);
+        if at_ms <= now_ms {
             let from = d.liveness();
             let to = if from == Liveness::Online {
                 Liveness::Late
@@ -302,7 +348,7 @@ impl<M: Memory> Wheel<M> {
                     slot,
                     from,
                     to,
-                    now_ms,
+                    at_ms,
                 },
                 d,
             );

@@ -43,8 +43,67 @@ pub struct Event {
     pub epoch: u32,
     pub seq: u32,
     pub status: u16,
-    /// Shard time of the transition (ms).
+    /// Shard time of the transition (ms): the heartbeat's arrival for → online, the
+    /// deadline's tick for → late and → offline.
     pub time_ms: u64,
+    /// This shard's event number: 1, 2, 3, ... in the order events are made, dropped
+    /// ones included, so a consumer orders and deduplicates by (shard, number) and sees
+    /// a gap where an event was lost.
+    pub event_seq: u64,
+}
+
+/// Where transitions go: the bounded buffer the engine drains, the counters, and the
+/// event numbering. Split from `ShardCore` so the wheel can walk the table while
+/// transitions are recorded.
+struct Emitter {
+    events: Vec<Event>,
+    next_seq: u64,
+}
+
+impl Emitter {
+    fn emit(
+        &mut self,
+        stats: &mut ShardStats,
+        d: &Device,
+        from: Liveness,
+        to: Liveness,
+        at_ms: u64,
+    ) {
+        count_state(stats, from, to);
+        stats.events += 1;
+        let event_seq = self.next_seq;
+        self.next_seq += 1;
+        if self.events.len() == self.events.capacity() {
+            stats.events_dropped += 1;
+            return;
+        }
+        self.events.push(Event {
+            device_id: d.device_id,
+            from,
+            to,
+            epoch: d.epoch,
+            seq: d.last_seq,
+            status: d.status,
+            time_ms: at_ms,
+            event_seq,
+        });
+    }
+}
+
+/// Moves one device from `from` to `to` in the state gauges.
+fn count_state(s: &mut ShardStats, from: Liveness, to: Liveness) {
+    match from {
+        Liveness::Online => s.online -= 1,
+        Liveness::Late => s.late -= 1,
+        Liveness::Offline => s.offline -= 1,
+        Liveness::Unknown => {}
+    }
+    match to {
+        Liveness::Online => s.online += 1,
+        Liveness::Late => s.late += 1,
+        Liveness::Offline => s.offline += 1,
+        Liveness::Unknown => {}
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -64,7 +123,7 @@ pub struct ShardCore<M: Memory> {
     stats: ShardStats,
     pending: Vec<Pending>,
     pending_now_ms: u64,
-    events: Vec<Event>,
+    emitter: Emitter,
 }
 
 impl<M: Memory> ShardCore<M> {
@@ -77,7 +136,10 @@ impl<M: Memory> ShardCore<M> {
             // Capacities fixed here; pushes never exceed them (checked before each push).
             pending: Vec::with_capacity(MAX_BATCH),
             pending_now_ms: now_ms,
-            events: Vec::with_capacity(cfg.event_capacity),
+            emitter: Emitter {
+                events: Vec::with_capacity(cfg.event_capacity),
+                next_seq: 1,
+            },
             cfg,
         })
     }
@@ -213,6 +275,15 @@ impl<M: Memory> ShardCore<M> {
         };
         self.stats.heartbeats += 1;
         let th = self.cfg.thresholds;
+        // Transitions already due that the walk has not reached come first.
+        let (stats, emitter) = (&mut self.stats, &mut self.emitter);
+        self.wheel.catch_up(
+            &th,
+            self.table.device_mut(slot),
+            slot,
+            now_ms,
+            &mut |t, d| emitter.emit(stats, d, t.from, t.to, t.at_ms),
+        );
         let d = self.table.device_mut(slot);
         let before = d.liveness();
         let old_interval = d.interval_ds;
@@ -243,12 +314,11 @@ impl<M: Memory> ShardCore<M> {
         let reschedule =
             matches!(before, Liveness::Unknown | Liveness::Offline) || p.interval_ds < old_interval;
         if before != Liveness::Online {
-            let d = self.table.device_mut(slot);
             d.epoch = d.epoch.wrapping_add(1);
             d.set_liveness(Liveness::Online);
             let d = *d;
-            self.count_state(before, Liveness::Online);
-            self.push_event(&d, before, Liveness::Online, now_ms);
+            self.emitter
+                .emit(&mut self.stats, &d, before, Liveness::Online, now_ms);
         }
         if reschedule {
             self.wheel
@@ -256,37 +326,14 @@ impl<M: Memory> ShardCore<M> {
         }
     }
 
-    fn count_state(&mut self, from: Liveness, to: Liveness) {
-        let s = &mut self.stats;
-        match from {
-            Liveness::Online => s.online -= 1,
-            Liveness::Late => s.late -= 1,
-            Liveness::Offline => s.offline -= 1,
-            Liveness::Unknown => {}
+    /// The liveness part of one loop iteration, the same for every engine and for the
+    /// simulation: applies queued heartbeats, then visits up to `budget` wheel entries
+    /// when a tick is due or a walk is unfinished.
+    pub fn step(&mut self, now_ms: u64, budget: usize) {
+        self.flush();
+        if now_ms >= self.next_deadline_ms() {
+            self.advance_slice(now_ms, budget);
         }
-        match to {
-            Liveness::Online => s.online += 1,
-            Liveness::Late => s.late += 1,
-            Liveness::Offline => s.offline += 1,
-            Liveness::Unknown => {}
-        }
-    }
-
-    fn push_event(&mut self, d: &Device, from: Liveness, to: Liveness, now_ms: u64) {
-        self.stats.events += 1;
-        if self.events.len() == self.events.capacity() {
-            self.stats.events_dropped += 1;
-            return;
-        }
-        self.events.push(Event {
-            device_id: d.device_id,
-            from,
-            to,
-            epoch: d.epoch,
-            seq: d.last_seq,
-            status: d.status,
-            time_ms: now_ms,
-        });
     }
 
     /// Runs liveness detection up to `now_ms` (flushes queued heartbeats first so a
@@ -302,35 +349,11 @@ impl<M: Memory> ShardCore<M> {
         self.flush();
         let th = self.cfg.thresholds;
         // Split borrows: the wheel walks the table while transitions go to the buffer.
-        let events = &mut self.events;
-        let stats = &mut self.stats;
+        let (stats, emitter) = (&mut self.stats, &mut self.emitter);
         let done = self
             .wheel
             .advance_budget(&th, &mut self.table, now_ms, budget, &mut |t, d| {
-                match t.to {
-                    Liveness::Late => {
-                        stats.online -= 1;
-                        stats.late += 1;
-                    }
-                    _ => {
-                        stats.late -= 1;
-                        stats.offline += 1;
-                    }
-                }
-                stats.events += 1;
-                if events.len() == events.capacity() {
-                    stats.events_dropped += 1;
-                    return;
-                }
-                events.push(Event {
-                    device_id: d.device_id,
-                    from: t.from,
-                    to: t.to,
-                    epoch: d.epoch,
-                    seq: d.last_seq,
-                    status: d.status,
-                    time_ms: t.now_ms,
-                });
+                emitter.emit(stats, d, t.from, t.to, t.at_ms)
             });
         self.stats.rechecks = self.wheel.rechecks;
         self.stats.wheel_overflow = self.wheel.overflow;
@@ -355,7 +378,7 @@ impl<M: Memory> ShardCore<M> {
 
     /// Takes the events emitted since the last drain.
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
-        self.events.drain(..)
+        self.emitter.events.drain(..)
     }
 
     /// The state of one device, if known (for tests and introspection).

@@ -12,7 +12,6 @@ pub mod tokio_uring;
 pub mod uring;
 
 use crate::config::Config;
-use crate::core::shard::Event;
 use crate::core::stats::ShardStats;
 use crate::sys::notify::EventFd;
 use crate::sys::socket::{self, UdpOptions};
@@ -25,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// A shard's "I may be asleep" flag and the eventfd that wakes it.
 #[repr(align(128))]
@@ -70,7 +69,7 @@ pub struct ShardContext {
     pub inbound: Vec<Consumer>,
     pub parkers: Arc<[Parker]>,
     pub shared: Arc<Shared>,
-    pub events_tx: Option<SyncSender<(u32, Event)>>,
+    pub events_tx: Option<SyncSender<crate::events::Made>>,
     /// Shard time zero; all shards share it so event times compare.
     pub base: Instant,
     pub ready: Option<mpsc::Sender<Result<ShardInfo, String>>>,
@@ -82,7 +81,6 @@ pub struct Server {
     pub infos: Vec<ShardInfo>,
     pub listen: SocketAddr,
     pub rcvbuf: socket::RcvbufOutcome,
-    pub base_unix_ms: u64,
     threads: Vec<JoinHandle<()>>,
     events: Option<crate::events::EventWriter>,
 }
@@ -91,9 +89,6 @@ pub struct Server {
 pub fn start(config: &Config) -> anyhow::Result<Server> {
     let shards = config.shards() as usize;
     let base = Instant::now();
-    let base_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     let prefilter = config
         .network
         .kernel_prefilter
@@ -148,7 +143,6 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
     let events = match &config.outputs.events {
         Some(path) => Some(crate::events::EventWriter::start(
             path,
-            base_unix_ms,
             config.event_queue,
             shards,
         )?),
@@ -204,7 +198,6 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         infos,
         listen,
         rcvbuf,
-        base_unix_ms,
         threads,
         events,
     };

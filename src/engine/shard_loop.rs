@@ -233,22 +233,29 @@ impl ShardLoop<'_> {
         for c in self.ctx.inbound.iter_mut() {
             c.drain(|f| core.ingest_forwarded(f, now_ms));
         }
-        core.flush();
         if whole_walk {
             core.advance(now_ms);
-        } else if now_ms >= core.next_deadline_ms() {
-            core.advance_slice(now_ms, self.ctx.config.liveness.liveness_slice);
+        } else {
+            core.step(now_ms, self.ctx.config.liveness.liveness_slice);
         }
         self.ship_events();
         publish_outbound(&mut self.ctx.outbound, &self.ctx.parkers);
     }
 
-    /// Hands the core's new events to the writer's queue; a full queue is a counted drop.
+    /// Hands the core's new events to the writer's queue, stamped with the real-time
+    /// clock (read once per batch); a full queue is a counted drop.
     fn ship_events(&mut self) {
         let mut dropped = 0;
-        for e in self.core.drain_events() {
+        let mut unix_ms = None;
+        for event in self.core.drain_events() {
             if let Some(tx) = &self.ctx.events_tx {
-                if tx.try_send((self.ctx.index, e)).is_err() {
+                let unix_ms = *unix_ms.get_or_insert_with(crate::events::unix_now_ms);
+                let made = crate::events::Made {
+                    shard: self.ctx.index,
+                    unix_ms,
+                    event,
+                };
+                if tx.try_send(made).is_err() {
                     dropped += 1;
                 }
             }
