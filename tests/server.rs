@@ -368,6 +368,101 @@ fn stop_right_after_a_20000_burst_applies_or_counts_every_datagram() {
     }
 }
 
+/// No false transitions from the server's own blindness: 100 devices heartbeat every
+/// 200 ms while a flood of other device ids overflows the socket buffer for 1.5 s
+/// (kernel drops, so some of their heartbeats are lost). None of them may go late or
+/// offline; a device that really went silent is still reported late and offline.
+#[test]
+fn a_flood_that_overflows_the_socket_causes_no_false_late_or_offline() {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // 64 KiB holds the steady devices' heartbeats (sent in groups of 10) with room to
+    // spare; the flood, 64-frame datagrams sent as fast as a thread can from the
+    // shard's own CPU (so the shard also loses the CPU to it), overflows it.
+    let server = Server::start("blind", &["--cores", "0", "--rcvbuf", "64K"]);
+    let addr = server.addr;
+    let silent = 999_999u64;
+    client()
+        .send_to(&heartbeat(silent, 1, 2, false), addr)
+        .unwrap();
+    let flooding = std::sync::Arc::new(AtomicBool::new(true));
+    let flood = {
+        let flooding = flooding.clone();
+        std::thread::spawn(move || {
+            let mut cpu0 = nix::sched::CpuSet::new();
+            cpu0.set(0).unwrap();
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0).unwrap();
+            let c = client();
+            let (to, to_len) = ringbeat::sys::socket::sockaddr_from(addr);
+            let mut batch =
+                ringbeat::sys::mmsg::SendBatch::new(64, ringbeat::core::codec::MAX_DATAGRAM_BYTES);
+            let mut id = 0u64;
+            while flooding.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    id += 1;
+                    batch.push(
+                        &heartbeat(1_000_000 + id % 50_000, 1, 100, false),
+                        &to,
+                        to_len,
+                    );
+                }
+                batch.flush(c.as_raw_fd());
+            }
+        })
+    };
+    let c = client();
+    let started = std::time::Instant::now();
+    let mut round = 0u32;
+    let mut last_round = std::time::Instant::now();
+    let mut worst_gap = Duration::ZERO;
+    // The steady devices send until the end, well past the silent device's offline.
+    while started.elapsed() < Duration::from_millis(3_500) {
+        worst_gap = worst_gap.max(last_round.elapsed());
+        last_round = std::time::Instant::now();
+        if started.elapsed() >= Duration::from_millis(1_500) {
+            flooding.store(false, Ordering::Relaxed);
+        }
+        round += 1;
+        for group in 0..10u64 {
+            for d in group * 10 + 1..=group * 10 + 10 {
+                c.send_to(&heartbeat(d, round, 2, false), addr).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    flood.join().unwrap();
+    let (status, s, events) = server.terminate();
+    assert!(status.success());
+    assert!(
+        s["kernel_drops"].as_u64().unwrap() > 0,
+        "the flood must overflow the socket for this test to mean anything: {s:#}"
+    );
+    assert!(s["blind_ms"].as_u64().unwrap() > 0, "{s:#}");
+    let ev: Vec<serde_json::Value> = events
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |id: u64| -> Vec<&str> {
+        ev.iter()
+            .filter(|e| e["device_id"] == id)
+            .map(|e| e["to"].as_str().unwrap())
+            .collect()
+    };
+    assert!(
+        worst_gap < Duration::from_millis(290),
+        "the test's own sender fell behind ({worst_gap:?} between rounds): its devices \
+         really were late, so this run proves nothing"
+    );
+    for d in 1..=100u64 {
+        assert_eq!(of(d), ["online"], "device {d}: no false late or offline");
+    }
+    assert_eq!(
+        of(silent),
+        ["online", "late", "offline"],
+        "the silent device is reported"
+    );
+}
+
 #[test]
 fn sigterm_exits_zero_within_a_second_and_writes_stats() {
     let server = Server::start("sigterm", &["--cores", "0,1", "--stats-interval", "30"]);

@@ -80,6 +80,8 @@ struct Scenario {
     duration_ms: u64,
     forward_capacity: usize,
     max_devices_per_shard: u32,
+    /// Shards are told now and then that they were blind (and flooded for a while).
+    blindness: bool,
 }
 
 #[derive(Default)]
@@ -89,10 +91,44 @@ struct Injected {
     valid_delivered: u64,
 }
 
+/// The union of a shard's blind spans, sorted and disjoint.
+fn union(spans: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut v = spans.to_vec();
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// The first instant `t ≥ last_ms + threshold_ms` at which the window
+/// `[t − threshold_ms, t)` holds no blind time: a device is late (or offline) only
+/// after a whole threshold of silence the shard could see.
+fn observed_deadline(union: &[(u64, u64)], last_ms: u64, threshold_ms: u64) -> u64 {
+    let mut t = last_ms + threshold_ms;
+    loop {
+        let window = t - threshold_ms;
+        let blind_end = union
+            .iter()
+            .filter(|&&(a, b)| a < t && b > window)
+            .map(|&(_, b)| b)
+            .max();
+        match blind_end {
+            Some(end) => t = end + threshold_ms,
+            None => return t,
+        }
+    }
+}
+
 fn reference_events(
     id: u64,
     applied: &[Applied],
     end_ms: u64,
+    blind: &[(u64, u64)],
 ) -> (Vec<Event>, u64 /* lost */, u64 /* dups */) {
     let tick = TICK_MS as u64;
     let detect = |due: u64| due.div_ceil(tick) * tick;
@@ -114,7 +150,7 @@ fn reference_events(
             let Some(after) = TH.deadline_after_ms(*state, interval) else {
                 return;
             };
-            let t = detect(last_ms + after as u64);
+            let t = detect(observed_deadline(blind, last_ms, after as u64));
             if t >= until {
                 return;
             }
@@ -187,7 +223,7 @@ fn reference_events(
     (out, lost, dups)
 }
 
-fn run(sc: &Scenario) {
+fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     let mut rng = Rng(sc.seed);
     let start_ms = 1_000u64;
     let mut cores: Vec<ShardCore<Heap>> = (0..sc.shards)
@@ -239,8 +275,26 @@ fn run(sc: &Scenario) {
         .collect();
     // Per shard: the time until which it is stalled (its loop does not step).
     let mut stalled_until = vec![0u64; sc.shards as usize];
+    // Per shard: the spans it was told it was blind over, when it last flushed or
+    // stepped (a span starts there), and until when a long blindness (a flood) lasts.
+    let mut blind_spans: Vec<Vec<(u64, u64)>> = vec![Vec::new(); sc.shards as usize];
+    let mut last_eval = vec![start_ms; sc.shards as usize];
+    let mut flood_until = vec![0u64; sc.shards as usize];
     let mut now = start_ms;
     while now <= end_ms {
+        // 0. Blindness, as an engine notes it before receiving: since the shard's last
+        //    step, now and then (kernel drops, a dry ring), and for floods that last.
+        if sc.blindness {
+            for s in 0..sc.shards as usize {
+                if rng.below(10_000) < 3 {
+                    flood_until[s] = now + rng.below(2_000);
+                }
+                if (flood_until[s] >= now || rng.chance(5)) && now > last_eval[s] {
+                    cores[s].note_blind(last_eval[s], now);
+                    blind_spans[s].push((last_eval[s], now));
+                }
+            }
+        }
         // 1. Devices due now produce frames; a gateway packs this instant's frames.
         let mut frames: Vec<[u8; FRAME_BYTES]> = Vec::new();
         while let Some(&Reverse((at, i))) = sends.peek() {
@@ -409,6 +463,7 @@ fn run(sc: &Scenario) {
         //    now and then a shard stalls for a while (a slow loop), so its walk falls
         //    behind the heartbeats it applies.
         for (s, core) in cores.iter_mut().enumerate() {
+            last_eval[s] = now;
             if stalled_until[s] > now {
                 core.flush();
                 shard_events[s].extend(core.drain_events());
@@ -485,8 +540,10 @@ fn run(sc: &Scenario) {
     }
     let (mut lost, mut dups) = (0u64, 0u64);
     let mut transitions = 0usize;
+    let unions: Vec<Vec<(u64, u64)>> = blind_spans.iter().map(|s| union(s)).collect();
     for (id, list) in &applied {
-        let (want, l, d) = reference_events(*id, list, end_ms);
+        let owner_shard = owner(*id, sc.shards) as usize;
+        let (want, l, d) = reference_events(*id, list, end_ms, &unions[owner_shard]);
         lost += l;
         dups += d;
         transitions += want.len();
@@ -507,29 +564,36 @@ fn run(sc: &Scenario) {
     assert_eq!(total.events_dropped, 0);
     let states = total.online + total.late + total.offline;
     assert_eq!(states, total.devices);
-    // The scenario must actually exercise the interesting paths.
+    // The scenario must actually exercise the interesting paths (with blindness,
+    // a seed may defer every offline past the end: checked over all seeds instead).
     assert!(total.forwarded > 0 && total.duplicates > 0 && total.lost_heartbeats > 0);
     assert!(events.iter().any(|e| e.to == Liveness::Late));
-    assert!(events.iter().any(|e| e.to == Liveness::Offline));
-    assert!(events
-        .iter()
-        .any(|e| e.from == Liveness::Offline && e.epoch > 1));
+    if !sc.blindness {
+        assert!(events.iter().any(|e| e.to == Liveness::Offline));
+        assert!(events
+            .iter()
+            .any(|e| e.from == Liveness::Offline && e.epoch > 1));
+    }
+    total
 }
 
 /// Runs `sc`, naming the seed if it fails.
-fn run_seed(sc: &Scenario) {
+fn run_seed(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     let outcome = std::panic::catch_unwind(|| run(sc));
-    if let Err(e) = outcome {
-        let msg = e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        panic!(
-            "simulation failed with seed {seed}: {msg}\n(rerun just this seed: \
-             RINGBEAT_SIM_SEED={seed} cargo test --test simulation)",
-            seed = sc.seed
-        );
+    match outcome {
+        Ok(total) => total,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!(
+                "simulation failed with seed {seed}: {msg}\n(rerun just this seed: \
+                 RINGBEAT_SIM_SEED={seed} cargo test --test simulation)",
+                seed = sc.seed
+            );
+        }
     }
 }
 
@@ -556,8 +620,37 @@ fn simulation_many_seeds() {
             duration_ms: 20_000,
             forward_capacity: 64,
             max_devices_per_shard: 1_000,
+            blindness: false,
         });
     }
+}
+
+#[test]
+fn simulation_blind_shards_defer_exactly_by_their_blind_time() {
+    let n: u64 = std::env::var("RINGBEAT_SIM_SEEDS")
+        .ok()
+        .map(|v| v.parse().expect("RINGBEAT_SIM_SEEDS is a number"))
+        .unwrap_or(200);
+    let (mut deferred, mut blind_ms, mut offline) = (0, 0, 0);
+    for seed in seeds(1..=n) {
+        let t = run_seed(&Scenario {
+            seed,
+            shards: 3,
+            devices: 120,
+            duration_ms: 20_000,
+            forward_capacity: 64,
+            max_devices_per_shard: 1_000,
+            blindness: true,
+        });
+        deferred += t.deferred;
+        blind_ms += t.blind_ms;
+        offline += t.offline;
+    }
+    assert!(
+        deferred > 0 && blind_ms > 0,
+        "blindness really deferred transitions"
+    );
+    assert!(offline > 0, "silent devices still went offline");
 }
 
 #[test]
@@ -570,6 +663,7 @@ fn simulation_three_shards_larger_worlds() {
             duration_ms: 30_000,
             forward_capacity: 64,
             max_devices_per_shard: 1_000,
+            blindness: false,
         });
     }
 }
@@ -584,6 +678,7 @@ fn simulation_forward_ring_overflow_is_counted_not_lost() {
             duration_ms: 15_000,
             forward_capacity: 2,
             max_devices_per_shard: 1_000,
+            blindness: true,
         });
     }
 }
@@ -598,6 +693,7 @@ fn simulation_full_table_rejects_new_devices_only() {
             duration_ms: 15_000,
             forward_capacity: 64,
             max_devices_per_shard: 150,
+            blindness: false,
         });
     }
 }

@@ -26,6 +26,7 @@
 //! or returning device, a shorter interval) re-schedule the device.
 
 use super::table::{Device, DeviceTable, Liveness, Slot};
+use crate::blind::BlindLog;
 use crate::memory::Memory;
 
 /// Number of wheel buckets. 4096 × 10 ms ticks spans 41 s; longer deadlines wrap and
@@ -98,6 +99,10 @@ pub struct Wheel<M: Memory> {
     pub overflow: u64,
     /// A bucket walk that ran out of budget, resumed by the next `advance_budget`.
     cursor: Option<Cursor>,
+    /// When this shard may have missed heartbeats; deadlines are deferred by it.
+    pub blind: BlindLog,
+    /// Rechecks at which a transition was due but deferred by blindness.
+    pub deferred: u64,
 }
 
 /// Where an interrupted bucket walk stands: the detached chain of bucket `tick`, at
@@ -127,6 +132,8 @@ impl<M: Memory> Wheel<M> {
             stale: 0,
             overflow: 0,
             cursor: None,
+            blind: BlindLog::default(),
+            deferred: 0,
         })
     }
 
@@ -175,13 +182,21 @@ impl<M: Memory> Wheel<M> {
         true
     }
 
-    /// Absolute shard time of the device's next deadline, if any.
-    fn deadline_abs_ms(th: &Thresholds, d: &Device, now_ms: u64) -> Option<u64> {
+    /// Absolute shard time of the device's next deadline, if any, and of its last
+    /// heartbeat.
+    fn deadline_abs_ms(th: &Thresholds, d: &Device, now_ms: u64) -> Option<(u64, u64)> {
         let after = th.deadline_after_ms(d.liveness(), d.interval_ds)?;
         let due32 = d.last_seen_ms.wrapping_add(after);
         // Signed distance from now (both < 2^31 apart by construction).
         let delta = due32.wrapping_sub(now_ms as u32) as i32 as i64;
-        Some((now_ms as i64 + delta).max(0) as u64)
+        let due = (now_ms as i64 + delta).max(0) as u64;
+        Some((due.saturating_sub(after as u64), due))
+    }
+
+    /// The device's next deadline, deferred by the blindness since its last heartbeat.
+    fn effective_due(&self, th: &Thresholds, d: &Device, now_ms: u64) -> Option<(u64, u64)> {
+        let (seen, due) = Self::deadline_abs_ms(th, d, now_ms)?;
+        Some((due, self.blind.defer(seen, due)))
     }
 
     /// The tick boundary at which a deadline `due` takes effect: `ceil(due / tick)`
@@ -196,14 +211,14 @@ impl<M: Memory> Wheel<M> {
     /// it comes back, exactly as if the walk had kept up. Its wheel entry stays; when
     /// the walk reaches it, the recheck finds nothing due or a stale entry.
     pub fn catch_up(
-        &self,
+        &mut self,
         th: &Thresholds,
         device: &mut Device,
         slot: Slot,
         now_ms: u64,
         emit: &mut impl FnMut(Transition, &Device),
     ) {
-        while let Some(due) = Self::deadline_abs_ms(th, device, now_ms) {
+        while let Some((_, due)) = self.effective_due(th, device, now_ms) {
             let at_ms = self.detection_ms(due);
             if at_ms >= now_ms {
                 return;
@@ -229,7 +244,7 @@ impl<M: Memory> Wheel<M> {
 
     /// (Re)schedules `slot` for its next deadline; unscheduled if it has none.
     pub fn schedule(&mut self, th: &Thresholds, devices: &mut [Device], slot: Slot, now_ms: u64) {
-        let Some(due) = Self::deadline_abs_ms(th, &devices[slot as usize], now_ms) else {
+        let Some((_, due)) = self.effective_due(th, &devices[slot as usize], now_ms) else {
             devices[slot as usize].wheel_bucket = 0;
             return;
         };
@@ -331,10 +346,13 @@ impl<M: Memory> Wheel<M> {
         }
         d.wheel_bucket = 0;
         self.rechecks += 1;
-        let Some(due) = Self::deadline_abs_ms(th, d, now_ms) else {
+        let Some((plain, due)) = self.effective_due(th, d, now_ms) else {
             return;
         };
         let at_ms = self.detection_ms(due);
+        if at_ms > now_ms && self.detection_ms(plain) <= now_ms {
+            self.deferred += 1;
+        }
         if at_ms <= now_ms {
             let from = d.liveness();
             let to = if from == Liveness::Online {

@@ -308,11 +308,12 @@ impl<M: Memory> ShardCore<M> {
             }
         }
         // Re-schedule only where the deadline may now be earlier than the device's
-        // wheel entry: a new or returning device (no entry) or a shorter interval.
-        // A late device coming back keeps its entry: it sits at the old offline
-        // deadline, which is before the new late deadline unless the interval shrank.
-        let reschedule =
-            matches!(before, Liveness::Unknown | Liveness::Offline) || p.interval_ds < old_interval;
+        // wheel entry: a new, returning or late device, or a shorter interval. (A late
+        // device's entry sits at its offline deadline, which blindness may have
+        // deferred past the new late deadline; late devices coming back are rare.)
+        // An online device keeps its entry, which is never later than its new
+        // deadline: heartbeats only push deadlines later.
+        let reschedule = before != Liveness::Online || p.interval_ds < old_interval;
         if before != Liveness::Online {
             d.epoch = d.epoch.wrapping_add(1);
             d.set_liveness(Liveness::Online);
@@ -324,6 +325,16 @@ impl<M: Memory> ShardCore<M> {
             self.wheel
                 .schedule(&th, self.table.devices_mut(), slot, now_ms);
         }
+    }
+
+    /// Records that this shard was blind over `[from_ms, to_ms)`: it may have missed
+    /// heartbeats then (its socket dropped datagrams, its loop stalled, its receive ring
+    /// ran dry), so late and offline deadlines are deferred by that time (see
+    /// `blind`). Spans come in time order, each starting at or after the previous
+    /// liveness step.
+    pub fn note_blind(&mut self, from_ms: u64, to_ms: u64) {
+        self.wheel.blind.note(from_ms, to_ms);
+        self.stats.blind_ms = self.wheel.blind.total_ms;
     }
 
     /// The liveness part of one loop iteration, the same for every engine and for the
@@ -357,6 +368,7 @@ impl<M: Memory> ShardCore<M> {
             });
         self.stats.rechecks = self.wheel.rechecks;
         self.stats.wheel_overflow = self.wheel.overflow;
+        self.stats.deferred = self.wheel.deferred;
         done
     }
 

@@ -109,6 +109,11 @@ stats! {
     Counter rechecks ("rechecks"),
     /// Liveness re-schedules refused because the wheel's entry pool was full.
     Counter wheel_overflow ("rechecks"),
+    /// Time the shard knew it may have missed heartbeats (kernel drops, a stalled loop,
+    /// a dry receive ring), by which late and offline deadlines were deferred.
+    Counter blind_ms ("milliseconds"),
+    /// Late or offline transitions that were due but deferred by that blindness.
+    Counter deferred ("transitions"),
     /// Event density: completions (io_uring) or datagrams (epoll) handled.
     Counter cqes ("completions"),
     /// Event density: io_uring_enter calls (io_uring) or loop syscalls (epoll).

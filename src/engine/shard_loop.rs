@@ -73,6 +73,14 @@ impl Ingest<'_> {
     }
 }
 
+/// Why the shard was blind.
+#[derive(Clone, Copy, Debug)]
+enum Cause {
+    Drops,
+    Stall,
+    DryRing,
+}
+
 /// Ack accounting, one place for every engine.
 pub(crate) trait AckStats {
     /// `datagrams` ack datagrams of `bytes` in total that went out.
@@ -144,6 +152,7 @@ pub(crate) fn run<E: Engine>(
                 core: &mut core,
                 ack: Box::new([0; MAX_DATAGRAM_BYTES]),
                 socket_drops_seen: 0,
+                blind: Blindness::default(),
             }
             .run(&mut engine);
         }
@@ -166,7 +175,30 @@ struct ShardLoop<'a> {
     ack: Box<[u8; MAX_DATAGRAM_BYTES]>,
     /// Last SK_MEMINFO_DROPS value read from the socket.
     socket_drops_seen: u32,
+    blind: Blindness,
 }
+
+/// What the loop watches to know when the shard may have missed heartbeats (see
+/// `ringbeat_core::blind`): kernel drops (read at most once per tick, and before
+/// every liveness walk), a loop iteration that starts more than two ticks after the
+/// previous one (a wait never sleeps longer than one tick), and a receive ring that ran
+/// dry while data waited.
+#[derive(Default)]
+struct Blindness {
+    /// Start of the previous loop iteration (shard ms).
+    last_iteration_ms: u64,
+    /// When the socket's drop count was last read.
+    last_drop_check_ms: u64,
+    /// Blind time and causes since the last log line.
+    unlogged_ms: u64,
+    drops: u64,
+    stalls: u64,
+    dry: u64,
+    last_log: Option<Instant>,
+}
+
+/// Least time between two "blind" log lines of one shard.
+const BLIND_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl ShardLoop<'_> {
     fn now_ms(&self) -> u64 {
@@ -183,13 +215,28 @@ impl ShardLoop<'_> {
 
     fn run<E: Engine>(mut self, engine: &mut E) {
         let mut last_publish = Instant::now();
+        let start_ms = self.now_ms();
+        (self.blind.last_iteration_ms, self.blind.last_drop_check_ms) = (start_ms, start_ms);
         loop {
             if self.ctx.shared.stop.load(Ordering::Relaxed) {
                 return self.stop(engine);
             }
             let now_ms = self.now_ms();
+            let stalled = now_ms > self.blind.last_iteration_ms + 2 * self.tick_ms();
+            if stalled {
+                self.note_blind(self.blind.last_iteration_ms, now_ms, Cause::Stall);
+            }
+            let dry_before = self.core.stats().ring_dry;
             engine.receive(&mut self.ingest(), now_ms);
+            if self.core.stats().ring_dry > dry_before {
+                self.note_blind(self.blind.last_iteration_ms, now_ms, Cause::DryRing);
+            }
+            let walk_due = now_ms >= self.core.next_deadline_ms();
+            if walk_due || now_ms >= self.blind.last_drop_check_ms + self.tick_ms() {
+                self.check_drops(now_ms);
+            }
             self.after_receive(now_ms, false);
+            self.blind.last_iteration_ms = now_ms;
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 last_publish = Instant::now();
                 self.publish_stats();
@@ -263,15 +310,57 @@ impl ShardLoop<'_> {
         self.core.stats_mut().events_dropped += dropped;
     }
 
-    /// Adds the socket's new kernel drops to the counters and copies them to the
-    /// shard's slot for the reporter.
-    fn publish_stats(&mut self) {
+    fn tick_ms(&self) -> u64 {
+        self.ctx.config.liveness.tick_ms as u64
+    }
+
+    /// Reads the socket's drop count; new drops mean heartbeats may have been lost
+    /// since the last check.
+    fn check_drops(&mut self, now_ms: u64) {
         if let Ok(drops) = crate::sys::socket::socket_drops(self.ctx.socket.as_raw_fd()) {
             // Cumulative per socket, wraps at 2^32: add the difference.
             let delta = drops.wrapping_sub(self.socket_drops_seen);
             self.socket_drops_seen = drops;
             self.core.stats_mut().kernel_drops += delta as u64;
+            if delta > 0 {
+                self.note_blind(self.blind.last_drop_check_ms, now_ms, Cause::Drops);
+            }
         }
+        self.blind.last_drop_check_ms = now_ms;
+    }
+
+    /// Tells the core the shard was blind over `[from_ms, to_ms)`, and logs it at a
+    /// limited rate.
+    fn note_blind(&mut self, from_ms: u64, to_ms: u64, cause: Cause) {
+        let before = self.core.stats().blind_ms;
+        self.core.note_blind(from_ms, to_ms);
+        let b = &mut self.blind;
+        b.unlogged_ms += self.core.stats().blind_ms - before;
+        match cause {
+            Cause::Drops => b.drops += 1,
+            Cause::Stall => b.stalls += 1,
+            Cause::DryRing => b.dry += 1,
+        }
+        if b.last_log.is_none_or(|t| t.elapsed() >= BLIND_LOG_EVERY) {
+            b.last_log = Some(Instant::now());
+            tracing::warn!(
+                shard = self.ctx.index,
+                blind_ms = b.unlogged_ms,
+                kernel_drop_spans = b.drops,
+                stalls = b.stalls,
+                dry_ring_spans = b.dry,
+                deferred_total = self.core.stats().deferred,
+                "the shard may have missed heartbeats: late and offline deadlines are deferred by the blind time (counted in blind_ms and deferred)"
+            );
+            (b.unlogged_ms, b.drops, b.stalls, b.dry) = (0, 0, 0, 0);
+        }
+    }
+
+    /// Adds the socket's new kernel drops to the counters and copies them to the
+    /// shard's slot for the reporter.
+    fn publish_stats(&mut self) {
+        let now_ms = self.now_ms();
+        self.check_drops(now_ms);
         let mut slot = self.ctx.shared.stats[self.ctx.index as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
