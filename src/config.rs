@@ -65,6 +65,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub outputs: OutputArgs,
     #[command(flatten)]
+    pub snapshot: SnapshotArgs,
+    #[command(flatten)]
     pub process: ProcessArgs,
     /// Ids of the flags given explicitly (on the command line or in the file).
     #[arg(skip)]
@@ -177,6 +179,26 @@ pub struct OutputArgs {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Snapshots")]
+pub struct SnapshotArgs {
+    /// Save every device's liveness state to this file, periodically and at SIGTERM or
+    /// SIGINT, and restore it at start (deadlines then count from the restart). Off
+    /// when unset.
+    #[arg(long, value_name = "PATH")]
+    pub snapshot: Option<PathBuf>,
+
+    /// Seconds between snapshots: a kill -9 loses at most this much.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub snapshot_interval: f64,
+
+    /// Start without restoring the snapshot (a damaged one, say); the next snapshot
+    /// replaces it.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    pub no_restore: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Process")]
 pub struct ProcessArgs {
     /// I/O engine. `epoll` (recvmmsg/sendmmsg) and `tokio-uring` (one-shot
@@ -230,6 +252,7 @@ pub struct Config {
     pub liveness: LivenessConfig,
     pub uring: UringConfig,
     pub outputs: OutputConfig,
+    pub snapshot: SnapshotConfig,
     pub process: ProcessConfig,
     /// Frames per shard-to-shard hand-off ring: 8192 = 4 ms of a 2M frames/s shard
     /// sending everything to one peer.
@@ -279,6 +302,13 @@ pub struct OutputConfig {
     pub stats_json: Option<PathBuf>,
     pub stats_interval: Duration,
     pub quiet: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SnapshotConfig {
+    pub path: Option<PathBuf>,
+    pub interval: Duration,
+    pub restore: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -392,6 +422,7 @@ impl ServeArgs {
             liveness: self.liveness.validate(shards)?,
             uring: self.uring.validate()?,
             outputs: self.outputs.validate()?,
+            snapshot: self.snapshot.validate()?,
             process: self.process.validate()?,
             network,
             forward_ring_frames: 8192,
@@ -601,6 +632,19 @@ impl OutputArgs {
             stats_json: self.stats_json,
             stats_interval: Duration::from_secs_f64(self.stats_interval),
             quiet: self.quiet,
+        })
+    }
+}
+
+impl SnapshotArgs {
+    fn validate(self) -> Result<SnapshotConfig, ConfigError> {
+        if !(1.0..=86_400.0).contains(&self.snapshot_interval) {
+            return Err(invalid("snapshot-interval", "must be 1 ..= 86400 seconds"));
+        }
+        Ok(SnapshotConfig {
+            path: self.snapshot,
+            interval: Duration::from_secs_f64(self.snapshot_interval),
+            restore: !self.no_restore,
         })
     }
 }

@@ -20,3 +20,4 @@ pub mod events;
 pub mod memory;
 pub mod preflight;
 pub mod report;
+pub mod snapshot;

@@ -118,12 +118,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listen = server.listen.to_string();
     let write_stats = |server: &engine::Server| {
         if let Some(path) = &config.outputs.stats_json {
-            let doc = report::stats_json(
+            let mut doc = report::stats_json(
                 &server.snapshot(),
                 &server.infos,
                 started.elapsed(),
                 &listen,
             );
+            if let Some(s) = &server.snapshot_stats {
+                doc["snapshot"] = report::snapshot_json(s);
+            }
             if let Err(e) = report::write_atomically(path, &doc) {
                 tracing::error!("writing {}: {e}", path.display());
             }
@@ -132,9 +135,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let total = |s: &[ShardStats]| ShardStats::total(s);
     let mut prev = total(&server.snapshot());
     let mut last = Instant::now();
+    let mut last_snapshot = Instant::now();
     let deadline = config.process.run_for.map(|d| started + d);
     loop {
         let mut wait = config.outputs.stats_interval.saturating_sub(last.elapsed());
+        if config.snapshot.path.is_some() {
+            wait = wait.min(
+                config
+                    .snapshot
+                    .interval
+                    .saturating_sub(last_snapshot.elapsed()),
+            );
+        }
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
@@ -147,6 +159,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::info!("--run-for elapsed: stopping");
             break;
+        }
+        if config.snapshot.path.is_some() && last_snapshot.elapsed() >= config.snapshot.interval {
+            server.request_snapshot();
+            last_snapshot = Instant::now();
         }
         if last.elapsed() >= config.outputs.stats_interval {
             let now = total(&server.snapshot());

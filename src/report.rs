@@ -52,6 +52,18 @@ pub fn stats_json(
     Value::Object(top)
 }
 
+/// The snapshot writer's counters: snapshots `written` and `failed` (each failure
+/// logged, rate-limited), and the last one's `records` and `write_ms`.
+pub fn snapshot_json(s: &crate::snapshot::WriterStats) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "written": s.written.load(Relaxed),
+        "failed": s.failed.load(Relaxed),
+        "last_records": s.last_records.load(Relaxed),
+        "last_write_ms": s.last_write_ms.load(Relaxed),
+    })
+}
+
 /// Writes `value` to `path` atomically.
 pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();

@@ -13,5 +13,6 @@ pub mod liveness;
 pub mod memory;
 pub mod owner;
 pub mod shard;
+pub mod snapshot;
 pub mod stats;
 pub mod table;

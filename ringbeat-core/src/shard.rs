@@ -9,6 +9,7 @@ use super::owner::owner;
 use super::stats::ShardStats;
 use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
 use crate::memory::Memory;
+use crate::snapshot::Record;
 
 /// Wheel entries an engine visits per `advance_slice` between receive batches. A
 /// tick's rechecks come in bursts (every device about once per interval: 1M devices on
@@ -393,8 +394,167 @@ impl<M: Memory> ShardCore<M> {
         self.emitter.events.drain(..)
     }
 
+    /// Saves devices in slots `from_slot..` (at most `max`) as snapshot records, their
+    /// last heartbeat converted to the real-time clock; returns the next slot (the
+    /// table's length once all are done). A shard calls it in slices, so a snapshot
+    /// never holds the loop for more than one slice.
+    pub fn save_slice(
+        &self,
+        from_slot: u32,
+        max: u32,
+        now_ms: u64,
+        unix_now_ms: u64,
+        mut out: impl FnMut(&Record),
+    ) -> u32 {
+        let end = self.table.len().min(from_slot.saturating_add(max));
+        for slot in from_slot..end {
+            let d = self.table.device(slot);
+            let state = d.liveness();
+            if state == Liveness::Unknown {
+                continue;
+            }
+            // Shard time is kept in 32 bits and compared with wrapping arithmetic.
+            let ago_ms = (now_ms as u32).wrapping_sub(d.last_seen_ms) as u64;
+            out(&Record {
+                device_id: d.device_id,
+                last_seen_unix_ms: unix_now_ms.saturating_sub(ago_ms),
+                epoch: d.epoch,
+                last_seq: d.last_seq,
+                lost: d.lost,
+                interval_ds: d.interval_ds,
+                status: d.status,
+                state,
+            });
+        }
+        end
+    }
+
+    /// Takes back devices from a snapshot at start (each to its owner: the caller
+    /// sends every record to `owner(id, shards)`). A restored device keeps its state,
+    /// epoch, sequence and interval, but its deadlines count from `now_ms`, the
+    /// restart: the server heard nothing while it was down, so downtime is not
+    /// silence. A device that is back before its restored deadlines gets no event; one
+    /// that stays silent goes late, then offline, on its normal schedule from the
+    /// restart. Returns how many were restored; the rest did not fit the table
+    /// (`table_full`).
+    pub fn restore(&mut self, records: &[Record], now_ms: u64) -> u64 {
+        let th = self.cfg.thresholds;
+        let mut restored = 0;
+        for r in records {
+            debug_assert_eq!(owner(r.device_id, self.cfg.shards), self.cfg.shard);
+            let slot = match self.table.lookup_or_insert(r.device_id) {
+                Lookup::Inserted(s) => s,
+                // A device given twice keeps its first record (the decoder refuses
+                // duplicates, so only a caller bug gets here).
+                Lookup::Found(_) => continue,
+                Lookup::Full => {
+                    self.stats.table_full += 1;
+                    continue;
+                }
+            };
+            let d = self.table.device_mut(slot);
+            d.last_seen_ms = now_ms as u32;
+            d.last_seq = r.last_seq;
+            d.epoch = r.epoch;
+            d.lost = r.lost;
+            d.interval_ds = r.interval_ds;
+            d.status = r.status;
+            d.set_liveness(r.state);
+            self.stats.devices += 1;
+            count_state(&mut self.stats, Liveness::Unknown, r.state);
+            self.wheel
+                .schedule(&th, self.table.devices_mut(), slot, now_ms);
+            restored += 1;
+        }
+        restored
+    }
+
     /// The state of one device, if known (for tests and introspection).
     pub fn device(&self, device_id: u64) -> Option<&Device> {
         self.table.find(device_id).map(|s| self.table.device(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::FrameFields;
+    use crate::memory::Heap;
+
+    fn core(now_ms: u64) -> ShardCore<Heap> {
+        ShardCore::new(
+            CoreConfig {
+                shard: 0,
+                shards: 1,
+                max_devices: 100,
+                thresholds: Thresholds {
+                    late_after_permille: 1500,
+                    offline_after_permille: 3000,
+                },
+                default_interval_ds: 10,
+                tick_ms: 10,
+                event_capacity: 1024,
+                huge_pages: false,
+            },
+            now_ms,
+        )
+        .unwrap()
+    }
+
+    fn beat(c: &mut ShardCore<Heap>, id: u64, seq: u32, now_ms: u64) {
+        let f = FrameFields::heartbeat(id, seq, 10, 0).to_bytes();
+        let mut acks = [0u8; MAX_DATAGRAM_BYTES];
+        c.ingest_datagram(&f, now_ms, &mut acks, |_, _| false);
+        c.flush();
+    }
+
+    fn events(c: &mut ShardCore<Heap>) -> Vec<(u64, Liveness, Liveness, u32, u64)> {
+        c.drain_events()
+            .map(|e| (e.device_id, e.from, e.to, e.epoch, e.time_ms))
+            .collect()
+    }
+
+    #[test]
+    fn restored_devices_count_their_deadlines_from_the_restart() {
+        // Before: devices 1 and 2 online (1 s interval), 3 offline.
+        let mut a = core(0);
+        for (id, seq) in [(1, 5), (2, 9), (3, 1)] {
+            beat(&mut a, id, seq, 1_000);
+        }
+        a.advance(5_000); // 1, 2, 3 all go late then offline...
+        beat(&mut a, 1, 6, 5_000); // ...1 and 2 come back, 3 stays offline
+        beat(&mut a, 2, 10, 5_000);
+        let _ = events(&mut a);
+        let mut saved = Vec::new();
+        let next = a.save_slice(0, 2, 5_100, 1_000_000, |r| saved.push(*r));
+        assert_eq!(next, 2, "a slice of 2");
+        a.save_slice(next, 100, 5_100, 1_000_000, |r| saved.push(*r));
+        assert_eq!(saved.len(), 3);
+        assert_eq!(saved[0].last_seen_unix_ms, 1_000_000 - 100);
+        // After a downtime far longer than the offline threshold, at shard time 50.
+        let mut b = core(50);
+        assert_eq!(b.restore(&saved, 50), 3);
+        assert_eq!((b.stats().online, b.stats().offline), (2, 1));
+        // Device 1 resumes: no event at all. Device 2 stays silent: late at restart +
+        // 1.5 s, offline at restart + 3 s. Device 3 comes back: offline → online,
+        // its epoch continuing.
+        beat(&mut b, 1, 7, 1_000);
+        beat(&mut b, 3, 2, 1_000);
+        b.advance(4_000);
+        let mut got = events(&mut b);
+        got.sort_by_key(|e| (e.4, e.0));
+        assert_eq!(
+            got,
+            [
+                (3, Liveness::Offline, Liveness::Online, 2, 1_000),
+                (2, Liveness::Online, Liveness::Late, 2, 1_550),
+                (1, Liveness::Online, Liveness::Late, 2, 2_500),
+                (3, Liveness::Online, Liveness::Late, 2, 2_500),
+                (2, Liveness::Late, Liveness::Offline, 2, 3_050),
+                (1, Liveness::Late, Liveness::Offline, 2, 4_000),
+                (3, Liveness::Late, Liveness::Offline, 2, 4_000),
+            ]
+        );
+        assert_eq!(b.stats().duplicates, 0, "sequences continue");
     }
 }

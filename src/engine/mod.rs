@@ -38,6 +38,8 @@ pub struct Parker {
 pub struct Shared {
     pub stop: AtomicBool,
     pub drained: AtomicUsize,
+    /// The newest snapshot generation asked for (bumped by the main thread).
+    pub snapshot_gen: std::sync::atomic::AtomicU64,
     pub stats: Vec<Mutex<ShardStats>>,
 }
 
@@ -70,6 +72,10 @@ pub struct ShardContext {
     pub parkers: Arc<[Parker]>,
     pub shared: Arc<Shared>,
     pub events_tx: Option<SyncSender<crate::events::Made>>,
+    /// This shard's end of the snapshot writer (with `--snapshot`).
+    pub saver: Option<crate::snapshot::ShardSaver>,
+    /// Devices to restore at start (this shard's share of the snapshot).
+    pub restore: Vec<crate::core::snapshot::Record>,
     /// Shard time zero; all shards share it so event times compare.
     pub base: Instant,
     pub ready: Option<mpsc::Sender<Result<ShardInfo, String>>>,
@@ -83,6 +89,9 @@ pub struct Server {
     pub rcvbuf: socket::RcvbufOutcome,
     threads: Vec<JoinHandle<()>>,
     events: Option<crate::events::EventWriter>,
+    snapshots: Option<crate::snapshot::SnapshotWriter>,
+    /// The snapshot writer's counters (with `--snapshot`).
+    pub snapshot_stats: Option<Arc<crate::snapshot::WriterStats>>,
 }
 
 /// Opens the sockets, starts every shard and waits until all are ready.
@@ -122,6 +131,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         drained: AtomicUsize::new(0),
+        snapshot_gen: std::sync::atomic::AtomicU64::new(0),
         stats: (0..shards)
             .map(|_| Mutex::new(ShardStats::default()))
             .collect(),
@@ -148,6 +158,28 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         )?),
         None => None,
     };
+    let mut snapshots = match &config.snapshot.path {
+        Some(path) => Some(crate::snapshot::SnapshotWriter::start(path, shards)?),
+        None => None,
+    };
+    let mut restore = match (&config.snapshot.path, config.snapshot.restore) {
+        (Some(path), true) => match crate::snapshot::load(path)? {
+            Some(snap) => {
+                tracing::info!(
+                    devices = snap.records.len(),
+                    saved_unix_ms = snap.created_unix_ms,
+                    "restoring from snapshot {}",
+                    path.display()
+                );
+                crate::snapshot::split(snap.records, shards as u32)
+            }
+            None => {
+                tracing::info!("no snapshot at {} yet: starting empty", path.display());
+                vec![Vec::new(); shards]
+            }
+        },
+        _ => vec![Vec::new(); shards],
+    };
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
     for (index, ((socket, outbound), inbound)) in sockets
@@ -166,6 +198,8 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             parkers: parkers.clone(),
             shared: shared.clone(),
             events_tx: events.as_ref().map(|e| e.sender(index)),
+            saver: snapshots.as_mut().map(|w| w.saver(index)),
+            restore: std::mem::take(&mut restore[index]),
             base,
             ready: Some(ready_tx.clone()),
         };
@@ -200,6 +234,8 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         rcvbuf,
         threads,
         events,
+        snapshot_stats: snapshots.as_ref().map(|w| w.stats.clone()),
+        snapshots,
     };
     if let Some(e) = failure {
         server.stop();
@@ -219,7 +255,13 @@ impl Server {
             .collect()
     }
 
-    /// Stops receiving, lets every shard drain and publish, flushes events.
+    /// Asks every shard for a snapshot (with `--snapshot`); they copy it in slices.
+    pub fn request_snapshot(&self) {
+        self.shared.snapshot_gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops receiving, lets every shard drain and publish, flushes events, writes the
+    /// final snapshot.
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
@@ -227,6 +269,9 @@ impl Server {
         }
         if let Some(e) = self.events.take() {
             e.finish();
+        }
+        if let Some(w) = self.snapshots.take() {
+            w.finish();
         }
     }
 }

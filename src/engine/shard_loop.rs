@@ -38,6 +38,10 @@ const STOP_DRAIN: Duration = Duration::from_millis(500);
 /// events flush and the final stats.
 const STOP_COUNT: Duration = Duration::from_millis(150);
 
+/// Longest a shard waits for snapshot buffers at stop (the writer writing earlier
+/// slices): the copy itself takes ~10 ms per million devices.
+const STOP_SAVE: Duration = Duration::from_millis(200);
+
 /// What an engine sees of the shard while it moves bytes: the core (ingest and
 /// counters) and the rings towards peers (frames owned elsewhere).
 pub(crate) struct Ingest<'a> {
@@ -145,6 +149,20 @@ pub(crate) fn run<E: Engine>(
         .and_then(|engine| Ok((engine, new_core(&ctx)?)));
     match built {
         Ok((mut engine, mut core)) => {
+            let restore = std::mem::take(&mut ctx.restore);
+            if !restore.is_empty() {
+                let now_ms = ctx.base.elapsed().as_millis() as u64;
+                let n = core.restore(&restore, now_ms);
+                if n < restore.len() as u64 {
+                    tracing::warn!(
+                        shard = ctx.index,
+                        restored = n,
+                        refused = restore.len() as u64 - n,
+                        "the snapshot holds more devices than this shard's table: raise --max-devices"
+                    );
+                }
+            }
+            drop(restore);
             let _ = ready.send(Ok(engine.info()));
             drop(ready);
             ShardLoop {
@@ -236,6 +254,10 @@ impl ShardLoop<'_> {
                 self.check_drops(now_ms);
             }
             self.after_receive(now_ms, false);
+            if let Some(saver) = self.ctx.saver.as_mut() {
+                let requested = self.ctx.shared.snapshot_gen.load(Ordering::Relaxed);
+                saver.step(self.core, requested, now_ms);
+            }
             self.blind.last_iteration_ms = now_ms;
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 last_publish = Instant::now();
@@ -399,10 +421,18 @@ impl ShardLoop<'_> {
             self.after_receive(now_ms, false);
             std::thread::sleep(Duration::from_micros(100));
         }
-        // 3. The whole liveness walk, events, final counters. (Acks went out in the
-        //    drain rounds: a round that brought nothing sent nothing new.)
+        // 3. The whole liveness walk, events, the final snapshot, final counters. (Acks
+        //    went out in the drain rounds: a round that brought nothing sent nothing.)
         let now_ms = self.now_ms();
         self.after_receive(now_ms, true);
+        if let Some(saver) = self.ctx.saver.as_mut() {
+            saver.save_all(
+                self.core,
+                now_ms,
+                started + STOP_DRAIN + STOP_COUNT + STOP_SAVE,
+            );
+        }
+        self.ctx.saver = None;
         self.publish_stats();
     }
 
