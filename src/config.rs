@@ -454,11 +454,16 @@ fn file_flags(path: &Path) -> Result<Vec<OsString>, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    let file_error = |reason: String| ConfigError::File {
+    flags_from_toml(&text).map_err(|reason| ConfigError::File {
         path: path.to_owned(),
         reason,
-    };
-    let table: toml::Table = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+    })
+}
+
+/// A config file's text as `--key=value` flags (the file's reading, without the file:
+/// what `--config` does, and what the fuzzer drives).
+pub fn flags_from_toml(text: &str) -> Result<Vec<OsString>, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     let command = ServeFlags::command();
     let known: BTreeSet<&str> = command
         .get_arguments()
@@ -469,10 +474,10 @@ fn file_flags(path: &Path) -> Result<Vec<OsString>, ConfigError> {
     for (key, value) in &table {
         let flag = key.replace('_', "-");
         if !known.contains(flag.as_str()) {
-            return Err(file_error(format!(
+            return Err(format!(
                 "unknown key `{key}` (the keys are the flags of `ringbeat serve --help`, \
                  without the dashes; `config` cannot be nested)"
-            )));
+            ));
         }
         let scalars = match value {
             toml::Value::Array(items) => items.iter().collect(),
@@ -484,16 +489,20 @@ fn file_flags(path: &Path) -> Result<Vec<OsString>, ConfigError> {
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
-                _ => {
-                    return Err(file_error(format!(
-                        "`{key}` must be a string, a number or a boolean"
-                    )))
-                }
+                _ => return Err(format!("`{key}` must be a string, a number or a boolean")),
             };
             out.push(OsString::from(format!("--{flag}={text}")));
         }
     }
     Ok(out)
+}
+
+/// A whole config file's text checked as the server would check it (flags parsed,
+/// groups validated). For the fuzzer and tests.
+pub fn check_toml(text: &str) -> Result<Config, String> {
+    let flags = flags_from_toml(text)?;
+    let args = parse_flag_list(&flags).map_err(|e| e.to_string())?;
+    args.into_config().map_err(|e| e.to_string())
 }
 
 impl NetworkArgs {
