@@ -26,7 +26,7 @@ mkdir -p "$OUT"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) CPUs)"
   echo "seconds per target: $SECS (all targets at once)"
 } > "$OUT/environment.txt"
-(cd fuzz && cargo +nightly fuzz build -O -q)
+(cd fuzz && cargo +nightly fuzz build -O)
 for t in $TARGETS; do
   mkdir -p "fuzz/corpus/$t"
   cp fuzz/seeds/$t/* "fuzz/corpus/$t/"
