@@ -301,7 +301,9 @@ impl<M: Memory> ShardCore<M> {
                 if ahead == 0 || ahead >= 1 << 31 {
                     self.stats.duplicates += 1;
                 } else {
-                    d.lost += ahead - 1;
+                    // Per device, saturating: a device that skips ~2^31 sequence
+                    // numbers at a time must not wrap its count.
+                    d.lost = d.lost.saturating_add(ahead - 1);
                     self.stats.lost_heartbeats += (ahead - 1) as u64;
                     d.last_seq = p.seq;
                     d.status = p.status;
