@@ -107,7 +107,7 @@ fn any_datagram_is_applied_forwarded_or_counted_never_a_panic() {
         };
         let n = c.ingest_datagram(&dgram, i, &mut acks, |_, _| true);
         datagrams += 1;
-        assert!(n % 32 == 0 && n <= dgram.len().min(MAX_DATAGRAM_BYTES));
+        assert!(n.is_multiple_of(32) && n <= dgram.len().min(MAX_DATAGRAM_BYTES));
         c.step(i, 1 + rng.below(64) as usize);
         let _ = c.drain_events().count();
     }
