@@ -22,6 +22,8 @@ pub struct Made {
     pub shard: u32,
     /// Real-time clock when the shard made it (Unix ms).
     pub unix_ms: u64,
+    /// The device's last heartbeat on the real-time clock (Unix ms).
+    pub last_seen_unix_ms: u64,
     pub event: Event,
 }
 
@@ -34,7 +36,7 @@ pub struct EventWriter {
 pub fn event_json(m: &Made) -> String {
     let e = &m.event;
     format!(
-        "{{\"device_id\":{},\"from\":\"{}\",\"to\":\"{}\",\"epoch\":{},\"seq\":{},\"status\":{},\"time_ms\":{},\"shard\":{},\"event_seq\":{}}}",
+        "{{\"device_id\":{},\"from\":\"{}\",\"to\":\"{}\",\"epoch\":{},\"seq\":{},\"status\":{},\"time_ms\":{},\"last_seen_ms\":{},\"shard\":{},\"event_seq\":{}}}",
         e.device_id,
         e.from.name(),
         e.to.name(),
@@ -42,6 +44,7 @@ pub fn event_json(m: &Made) -> String {
         e.seq,
         e.status,
         m.unix_ms,
+        m.last_seen_unix_ms,
         m.shard,
         e.event_seq
     )
@@ -136,10 +139,12 @@ mod tests {
             status: 1,
             time_ms: 40,
             event_seq: 7,
+            last_seen_ms: 25,
         };
         let m = Made {
             shard: 1,
             unix_ms: 1_795_502_734_556,
+            last_seen_unix_ms: 1_795_502_733_000,
             event: e,
         };
         let v: serde_json::Value = serde_json::from_str(&event_json(&m)).unwrap();
@@ -152,5 +157,6 @@ mod tests {
         assert_eq!(v["time_ms"], 1_795_502_734_556u64);
         assert_eq!(v["shard"], 1);
         assert_eq!(v["event_seq"], 7);
+        assert_eq!(v["last_seen_ms"], 1_795_502_733_000u64);
     }
 }

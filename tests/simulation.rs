@@ -168,6 +168,7 @@ fn reference_events(
                 status,
                 time_ms: t,
                 event_seq: 0,
+                last_seen_ms: 0,
             });
             *state = to;
         }
@@ -207,6 +208,7 @@ fn reference_events(
                 status,
                 time_ms: a.at_ms,
                 event_seq: 0,
+                last_seen_ms: 0,
             });
         }
     }
@@ -508,7 +510,11 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     for list in &shard_events {
         for (i, e) in list.iter().enumerate() {
             assert_eq!(e.event_seq, i as u64 + 1, "event numbers in order, no gap");
-            events.push(Event { event_seq: 0, ..*e });
+            events.push(Event {
+                event_seq: 0,
+                last_seen_ms: 0,
+                ..*e
+            });
         }
     }
 

@@ -82,9 +82,13 @@ pub struct LoadArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7979")]
     target: SocketAddr,
-    /// Number of simulated devices (ids 1..=N).
+    /// Number of simulated devices (ids FIRST..FIRST+N, see --first-id).
     #[arg(long, default_value_t = 100_000)]
     devices: u64,
+    /// Id of the first simulated device, so several generators can load disjoint sets
+    /// of devices (a steady population beside a flood, say).
+    #[arg(long, default_value_t = 1)]
+    first_id: u64,
     /// Each device's heartbeat period in seconds; the aggregate rate is devices/interval.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
@@ -313,6 +317,9 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     if !(0.0..=0.5).contains(&a.shape.jitter) {
         bail!("--jitter must be between 0 and 0.5 (a fraction of the interval)");
     }
+    if a.first_id == 0 {
+        bail!("--first-id must be at least 1 (device id 0 is invalid on the wire)");
+    }
     if a.devices == 0 || a.duration <= a.warmup {
         bail!("need --devices > 0 and --duration > --warmup");
     }
@@ -342,7 +349,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         .map(|(i, &cpu)| {
             let sched = schedule::Schedule::new(
                 a.devices,
-                1,
+                a.first_id,
                 cpus.len(),
                 i,
                 a.shape.batch,
@@ -549,7 +556,7 @@ fn summary_json(
     };
     json!({
         "config": {
-            "target": a.target.to_string(), "devices": a.devices, "rate_hb_per_s": rate, "batch": a.shape.batch,
+            "target": a.target.to_string(), "devices": a.devices, "first_id": a.first_id, "rate_hb_per_s": rate, "batch": a.shape.batch,
             "duration_s": a.duration, "warmup_s": a.warmup, "ack_every": a.ack_every, "cpus": a.generator.cpus,
             "source_ports": a.generator.source_ports, "gso": !a.generator.no_gso, "jitter": a.shape.jitter,
             "burst": a.shape.burst.map(|b| format!("{}:{}", b.period_ns / 1e6, b.duty)),

@@ -51,6 +51,8 @@ pub struct Event {
     /// ones included, so a consumer orders and deduplicates by (shard, number) and sees
     /// a gap where an event was lost.
     pub event_seq: u64,
+    /// Shard time of the device's last heartbeat (for → online, the heartbeat itself).
+    pub last_seen_ms: u64,
 }
 
 /// Where transitions go: the bounded buffer the engine drains, the counters, and the
@@ -78,6 +80,9 @@ impl Emitter {
             stats.events_dropped += 1;
             return;
         }
+        // Shard time is kept in 32 bits: the last heartbeat is the one at or before
+        // `at_ms` with those low bits.
+        let last_seen_ms = at_ms.saturating_sub((at_ms as u32).wrapping_sub(d.last_seen_ms) as u64);
         self.events.push(Event {
             device_id: d.device_id,
             from,
@@ -87,6 +92,7 @@ impl Emitter {
             status: d.status,
             time_ms: at_ms,
             event_seq,
+            last_seen_ms,
         });
     }
 }

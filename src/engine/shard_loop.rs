@@ -307,13 +307,13 @@ impl ShardLoop<'_> {
         } else {
             core.step(now_ms, self.ctx.config.liveness.liveness_slice);
         }
-        self.ship_events();
+        self.ship_events(now_ms);
         publish_outbound(&mut self.ctx.outbound, &self.ctx.parkers);
     }
 
     /// Hands the core's new events to the writer's queue, stamped with the real-time
     /// clock (read once per batch); a full queue is a counted drop.
-    fn ship_events(&mut self) {
+    fn ship_events(&mut self, now_ms: u64) {
         let mut dropped = 0;
         let mut unix_ms = None;
         for event in self.core.drain_events() {
@@ -322,6 +322,8 @@ impl ShardLoop<'_> {
                 let made = crate::events::Made {
                     shard: self.ctx.index,
                     unix_ms,
+                    last_seen_unix_ms: unix_ms
+                        .saturating_sub(now_ms.saturating_sub(event.last_seen_ms)),
                     event,
                 };
                 if tx.try_send(made).is_err() {

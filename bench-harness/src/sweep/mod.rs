@@ -291,6 +291,7 @@ fn measure(
     let load = LoadArgs {
         target: format!("127.0.0.1:{}", a.port).parse()?,
         devices: p.devices,
+        first_id: 1,
         interval: 1.0,
         rate: Some(p.rate_hb_per_s),
         shape: a.shape.clone(),
