@@ -473,7 +473,7 @@ fn sigterm_exits_zero_within_a_second_and_writes_stats() {
     }
     let (status, stats, events) = server.terminate();
     assert!(status.success(), "exit status {status:?}");
-    assert_eq!(stats["heartbeats"], 100, "final stats written at exit");
+    assert_eq!(stats["heartbeats"], 100, "final stats written at exit: {stats:#}");
     assert_eq!(events.len(), 100, "events flushed at exit");
 }
 

@@ -395,13 +395,19 @@ impl ShardLoop<'_> {
     fn stop<E: Engine>(mut self, engine: &mut E) {
         let started = Instant::now();
         let fd = self.ctx.socket.as_raw_fd();
-        // 1. Apply what the socket holds.
+        // 1. Apply what the socket holds. Each round lets the engine pull what is
+        //    queued (a stopping wait never sleeps long), then takes in what that
+        //    brought, and only then looks at the socket: data an engine has pulled out
+        //    of the socket but not yet handed over (completions in an io_uring CQ) no
+        //    longer shows in the socket's queue.
+        let now_ms = self.now_ms();
+        engine.receive(&mut self.ingest(), now_ms);
         loop {
             let before = self.received();
             let now_ms = self.now_ms();
+            self.park_and_wait(engine, now_ms, true);
             engine.receive(&mut self.ingest(), now_ms);
             self.after_receive(now_ms, false);
-            self.park_and_wait(engine, now_ms, true);
             let progressed = self.received() != before;
             let empty = crate::sys::socket::socket_queued_bytes(fd).is_ok_and(|b| b == 0);
             if !progressed && empty {
