@@ -86,7 +86,7 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         }
     };
     format!(
-        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
+        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | blind {} ms, deferred {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
         rate(d.heartbeats),
         rate(d.datagrams),
         rate(d.acks_sent),
@@ -99,6 +99,8 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         now.forward_drops,
         now.events_dropped,
         now.malformed_total(),
+        d.blind_ms,
+        d.deferred,
         rate(d.wakeups),
         rate(d.backlog_polls),
         d.heartbeats as f64 / d.wakeups.max(1) as f64,
