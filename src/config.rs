@@ -334,18 +334,29 @@ pub fn parse_bytes(s: &str) -> Option<usize> {
     num.trim().parse::<usize>().ok()?.checked_mul(mult)
 }
 
+/// CPU ids a list may name: the kernel's CPU mask size (`CpuSet::count()`, 1,024
+/// with glibc). A range is checked against it before it is expanded, so a typo such as
+/// `0-222222222` is refused instead of allocating gigabytes (found by fuzzing).
+pub fn max_cpus() -> usize {
+    nix::sched::CpuSet::count()
+}
+
 /// Parses a CPU list such as `0,2-3`.
 pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some((a, b)) = part.split_once('-') {
             let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-            if a > b {
+            if a > b || b >= max_cpus() {
                 return None;
             }
             out.extend(a..=b);
         } else {
-            out.push(part.parse().ok()?);
+            let c: usize = part.parse().ok()?;
+            if c >= max_cpus() {
+                return None;
+            }
+            out.push(c);
         }
     }
     out.dedup();
@@ -517,8 +528,15 @@ impl NetworkArgs {
             )
         })?;
         let cores = match &self.cores {
-            Some(s) => parse_cpu_list(s)
-                .ok_or_else(|| invalid("cores", format!("`{s}` is not a CPU list like 0,2-3")))?,
+            Some(s) => parse_cpu_list(s).ok_or_else(|| {
+                invalid(
+                    "cores",
+                    format!(
+                        "`{s}` is not a CPU list like 0,2-3 (CPU ids below {})",
+                        max_cpus()
+                    ),
+                )
+            })?,
             None => allowed_cpus(),
         };
         let allowed = allowed_cpus();
@@ -755,6 +773,9 @@ mod tests {
         assert_eq!(parse_bytes("x"), None);
         assert_eq!(parse_cpu_list("0,2-4"), Some(vec![0, 2, 3, 4]));
         assert_eq!(parse_cpu_list("3-1"), None);
+        // Beyond any CPU mask: refused before the range is expanded.
+        assert_eq!(parse_cpu_list("112212-222222222"), None);
+        assert_eq!(parse_cpu_list("99999"), None);
     }
 
     fn file(name: &str, text: &str) -> String {
