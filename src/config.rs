@@ -678,8 +678,15 @@ impl SnapshotArgs {
 
 impl ProcessArgs {
     fn validate(self) -> Result<ProcessConfig, ConfigError> {
+        // Checked conversion: a huge value must be an error, not a panic (found by
+        // fuzzing: `run-for = 8888...`).
         let run_for = match self.run_for {
-            Some(s) if s > 0.0 && s.is_finite() => Some(Duration::from_secs_f64(s)),
+            Some(s) if s > 0.0 => Some(Duration::try_from_secs_f64(s).map_err(|_| {
+                invalid(
+                    "run-for",
+                    "must be a positive number of seconds (at most ~5.8e11)",
+                )
+            })?),
             Some(_) => return Err(invalid("run-for", "must be a positive number of seconds")),
             None => None,
         };
@@ -748,6 +755,10 @@ mod tests {
         assert!(e.to_string().contains("cores"), "{e}");
         let e = config(&["--tick-ms", "soon"]).unwrap_err();
         assert!(e.to_string().contains("--tick-ms"), "{e}");
+        for huge in ["8.8e88", "inf", "NaN"] {
+            let e = config(&["--cores", "0", "--run-for", huge]).unwrap_err();
+            assert!(e.to_string().contains("run-for"), "{huge}: {e}");
+        }
     }
 
     #[test]
