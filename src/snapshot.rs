@@ -22,9 +22,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Records per slice: 4,096 × 40 bytes = 160 KiB per buffer, copied in roughly 10–40 µs
-/// (sequential reads of the device records), short against a receive batch.
-pub const SLICE_RECORDS: u32 = 4096;
+/// Records per slice: 1,024 × 40 bytes = 40 KiB per buffer, copied in roughly 5–10 µs
+/// (sequential reads of the device records), short against a receive batch. 4,096
+/// (~30 µs) tripled p99 at 1M hb/s with a snapshot every 2 s
+/// (results/2026-12-01-snapshot-batch32).
+pub const SLICE_RECORDS: u32 = 1024;
 /// Slice buffers per shard: enough to keep copying while the writer writes, bounded so
 /// a slow disk makes shards wait a loop iteration, never grow memory.
 const BUFFERS_PER_SHARD: usize = 4;
@@ -124,7 +126,14 @@ impl SnapshotWriter {
         let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("ringbeat-snapshot".into())
-            .spawn(move || write_loop(&path, shards, rx, returns, &st))
+            .spawn(move || {
+                // Writing 80 MB for 2M devices is seconds of CPU over a run; it must
+                // never take a shard's CPU (measured: p99 ×3 when it could).
+                if !crate::sys::notify::run_when_idle() {
+                    tracing::debug!("the snapshot writer could not switch to SCHED_IDLE");
+                }
+                write_loop(&path, shards, rx, returns, &st)
+            })
             .context("spawning the snapshot writer")?;
         Ok(SnapshotWriter {
             tx,

@@ -79,6 +79,16 @@ fn stop_signals() -> libc::sigset_t {
     }
 }
 
+/// Runs the calling thread only when a CPU has nothing else to run (`SCHED_IDLE`), so
+/// a background writer never takes CPU time from a pinned shard. Best effort: false
+/// when the kernel refused.
+pub fn run_when_idle() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: changes the calling thread's (pid 0) policy; `param` is an initialised
+    // local the kernel reads for the duration of the call.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+}
+
 /// Blocks SIGINT and SIGTERM in the calling thread (and threads it spawns later), so
 /// they are only ever taken by `wait_stop_signal`.
 pub fn block_stop_signals() {
