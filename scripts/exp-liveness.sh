@@ -6,13 +6,13 @@
 # reported (time_ms - last_seen_ms - threshold, on the server's clock).
 #
 # usage: scripts/exp-liveness.sh overload|detection [OUT_DIR]
-#   overload:  2,000 devices on 1 s intervals, 100 of which stop after 8 s, and a 5 s
+#   overload:  2,000 devices on 1 s intervals for 25 s, 100 of which stop after 8 s, and a 5 s
 #              flood (3M hb/s offered in single-heartbeat datagrams from the server's
 #              CPU, by 2,000 other device ids) from 5 s: the scenario that used to give
 #              false late/offline storms.
-#   detection: 1M devices on 2 s intervals (500K hb/s), 1,000 of which stop at once
-#              after 8 s; without a flood, and with a 2 s flood of 1M hb/s (2x the
-#              load) starting as they stop.
+#   detection: 1M devices on 2 s intervals (500K hb/s) for 30 s, 1,000 of which stop
+#              at once after 8 s; without a flood, and with a 2 s flood of 1M hb/s (2x
+#              the load) starting as they stop.
 #   env: RUNS=3 PORT=7979
 # Server on CPU 0, steady load on CPU 1, flood on CPU 0. Sends only to 127.0.0.1;
 # every run stops by itself.
@@ -23,9 +23,9 @@ OUT=${2:-results/$(date -u +%Y-%m-%d)-$KIND}
 RUNS=${RUNS:-3}
 PORT=${PORT:-7979}
 case "$KIND" in
-  overload)  STEADY=1900; SILENT=100; INTERVAL=1; TOTAL=20; SILENT_FOR=8
+  overload)  STEADY=1900; SILENT=100; INTERVAL=1; TOTAL=25; SILENT_FOR=8
              SETTINGS="flood:5:5:3000000" ;;
-  detection) STEADY=999000; SILENT=1000; INTERVAL=2; TOTAL=20; SILENT_FOR=8
+  detection) STEADY=999000; SILENT=1000; INTERVAL=2; TOTAL=30; SILENT_FOR=8
              SETTINGS="quiet:0:0:0 flood:8:2:1000000" ;;
   *) echo "unknown experiment $KIND" >&2; exit 2 ;;
 esac
@@ -69,7 +69,10 @@ for setting in $SETTINGS; do
     silent=$!
     flood=""
     if [ "$flood_for" != 0 ]; then
-      (sleep "$flood_at"; exec "$LOAD" load --target 127.0.0.1:$PORT --first-id 100000001 \
+      # `timeout`: a flood generator that falls behind its schedule (it shares the
+      # server's CPU) must still stop on time, so the flood lasts what it says.
+      (sleep "$flood_at"; exec timeout -s INT "$((flood_for + 1))" "$LOAD" load \
+         --target 127.0.0.1:$PORT --first-id 100000001 \
          --devices 2000 --rate "$flood_rate" --duration "$flood_for" --warmup 0.5 \
          --cpus 0 --ack-every 0 --json "$OUT/raw/$tag.flood.json" \
          2> "$OUT/raw/$tag.flood.log") &
