@@ -3,29 +3,15 @@
 //! the snapshot loader and the config file reader take any input without panicking,
 //! and what they accept is consistent.
 
+mod common;
+
+use common::rng::Rng;
 use ringbeat::core::codec::{FrameFields, FLAG_ACK_REQUESTED, MAX_DATAGRAM_BYTES};
 use ringbeat::core::liveness::Thresholds;
 use ringbeat::core::memory::Heap;
 use ringbeat::core::shard::{CoreConfig, ShardCore};
 use ringbeat::core::snapshot::{self, Record};
 use ringbeat::core::table::Liveness;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// Flips, truncates, extends or splices `input` at random.
 fn mutate(rng: &mut Rng, mut input: Vec<u8>) -> Vec<u8> {

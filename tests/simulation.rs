@@ -21,6 +21,9 @@
 //! that seed alone (in every scenario), and `RINGBEAT_SIM_SEEDS=K` runs K seeds in the
 //! many-seeds test.
 
+mod common;
+
+use common::rng::Rng;
 use ringbeat::core::codec::{
     self, FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES, MAX_DATAGRAM_BYTES,
 };
@@ -31,23 +34,6 @@ use ringbeat::core::shard::{CoreConfig, Event, ShardCore};
 use ringbeat::core::table::Liveness;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, permille: u64) -> bool {
-        self.below(1000) < permille
-    }
-}
 
 const TICK_MS: u32 = 10;
 const DEFAULT_INTERVAL_DS: u16 = 10;
@@ -603,6 +589,14 @@ fn run_seed(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     }
 }
 
+/// How many seeds the many-seeds tests run: `RINGBEAT_SIM_SEEDS`, else `default`.
+fn seed_count(default: u64) -> u64 {
+    std::env::var("RINGBEAT_SIM_SEEDS")
+        .ok()
+        .map(|v| v.parse().expect("RINGBEAT_SIM_SEEDS is a number"))
+        .unwrap_or(default)
+}
+
 /// The seeds to run: `RINGBEAT_SIM_SEED` alone when set, else `default`.
 fn seeds(default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
     match std::env::var("RINGBEAT_SIM_SEED") {
@@ -614,11 +608,7 @@ fn seeds(default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
 #[test]
 fn simulation_many_seeds() {
     // Hundreds of small worlds: 3 shards, 120 devices, 20 simulated seconds each.
-    let n: u64 = std::env::var("RINGBEAT_SIM_SEEDS")
-        .ok()
-        .map(|v| v.parse().expect("RINGBEAT_SIM_SEEDS is a number"))
-        .unwrap_or(300);
-    for seed in seeds(1..=n) {
+    for seed in seeds(1..=seed_count(300)) {
         run_seed(&Scenario {
             seed,
             shards: 3,
@@ -633,10 +623,7 @@ fn simulation_many_seeds() {
 
 #[test]
 fn simulation_blind_shards_defer_exactly_by_their_blind_time() {
-    let n: u64 = std::env::var("RINGBEAT_SIM_SEEDS")
-        .ok()
-        .map(|v| v.parse().expect("RINGBEAT_SIM_SEEDS is a number"))
-        .unwrap_or(200);
+    let n = seed_count(200);
     let (mut deferred, mut blind_ms, mut offline) = (0, 0, 0);
     for seed in seeds(1..=n) {
         let t = run_seed(&Scenario {

@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real server binary on loopback.
 #![allow(dead_code)]
 
+pub mod rng;
+
 use ringbeat::core::codec::{FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
