@@ -211,7 +211,7 @@ impl<M: Memory> Wheel<M> {
     /// it comes back, exactly as if the walk had kept up. Its wheel entry stays; when
     /// the walk reaches it, the recheck finds nothing due or a stale entry.
     pub fn catch_up(
-        &mut self,
+        &self,
         th: &Thresholds,
         device: &mut Device,
         slot: Slot,
@@ -223,22 +223,7 @@ impl<M: Memory> Wheel<M> {
             if at_ms >= now_ms {
                 return;
             }
-            let from = device.liveness();
-            let to = if from == Liveness::Online {
-                Liveness::Late
-            } else {
-                Liveness::Offline
-            };
-            device.set_liveness(to);
-            emit(
-                Transition {
-                    slot,
-                    from,
-                    to,
-                    at_ms,
-                },
-                device,
-            );
+            emit(advance_state(device, slot, at_ms), device);
         }
     }
 
@@ -354,24 +339,27 @@ impl<M: Memory> Wheel<M> {
             self.deferred += 1;
         }
         if at_ms <= now_ms {
-            let from = d.liveness();
-            let to = if from == Liveness::Online {
-                Liveness::Late
-            } else {
-                Liveness::Offline
-            };
-            d.set_liveness(to);
-            emit(
-                Transition {
-                    slot,
-                    from,
-                    to,
-                    at_ms,
-                },
-                d,
-            );
+            emit(advance_state(d, slot, at_ms), d);
         }
         self.schedule(th, devices, slot, now_ms);
+    }
+}
+
+/// Moves a device whose deadline passed to its next state (online → late, late →
+/// offline) and says so.
+fn advance_state(d: &mut Device, slot: Slot, at_ms: u64) -> Transition {
+    let from = d.liveness();
+    let to = if from == Liveness::Online {
+        Liveness::Late
+    } else {
+        Liveness::Offline
+    };
+    d.set_liveness(to);
+    Transition {
+        slot,
+        from,
+        to,
+        at_ms,
     }
 }
 

@@ -80,9 +80,7 @@ impl Emitter {
             stats.events_dropped += 1;
             return;
         }
-        // Shard time is kept in 32 bits: the last heartbeat is the one at or before
-        // `at_ms` with those low bits.
-        let last_seen_ms = at_ms.saturating_sub((at_ms as u32).wrapping_sub(d.last_seen_ms) as u64);
+        let last_seen_ms = d.last_seen_before(at_ms);
         self.events.push(Event {
             device_id: d.device_id,
             from,
@@ -421,8 +419,7 @@ impl<M: Memory> ShardCore<M> {
             if state == Liveness::Unknown {
                 continue;
             }
-            // Shard time is kept in 32 bits and compared with wrapping arithmetic.
-            let ago_ms = (now_ms as u32).wrapping_sub(d.last_seen_ms) as u64;
+            let ago_ms = now_ms - d.last_seen_before(now_ms);
             out(&Record {
                 device_id: d.device_id,
                 last_seen_unix_ms: unix_now_ms.saturating_sub(ago_ms),

@@ -82,6 +82,11 @@ impl Device {
     pub fn set_liveness(&mut self, state: Liveness) {
         self.state = state as u8;
     }
+    /// The last heartbeat in full shard time, for a `now_ms` at or after it: it is kept
+    /// in 32 bits and compared with wrapping arithmetic (thresholds < 2^31 ms).
+    pub fn last_seen_before(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub((now_ms as u32).wrapping_sub(self.last_seen_ms) as u64)
+    }
 }
 
 /// Device slot number: index into the dense record array.
