@@ -283,7 +283,7 @@ impl ShardLoop<'_> {
                 .core
                 .next_deadline_ms()
                 .saturating_sub(now_ms)
-                .clamp(1, self.ctx.config.liveness.tick_ms as u64),
+                .clamp(1, self.tick_ms()),
             peer_frames: self.ctx.inbound.iter().any(|c| c.has_pending()),
             liveness_pending: self.core.liveness_pending(),
             stopping,
@@ -374,17 +374,15 @@ impl ShardLoop<'_> {
                 stalls = b.stalls,
                 dry_ring_spans = b.dry,
                 deferred_total = self.core.stats().deferred,
-                "the shard may have missed heartbeats: late and offline deadlines are deferred by the blind time (counted in blind_ms and deferred)"
+                "the shard may have missed heartbeats: a device goes late or offline only after a whole threshold of silence outside the blind time (counted in blind_ms and deferred)"
             );
             (b.unlogged_ms, b.drops, b.stalls, b.dry) = (0, 0, 0, 0);
         }
     }
 
-    /// Adds the socket's new kernel drops to the counters and copies them to the
-    /// shard's slot for the reporter.
+    /// Copies the counters to the shard's slot for the reporter (kernel drops are read
+    /// by `check_drops`, at least once per tick).
     fn publish_stats(&mut self) {
-        let now_ms = self.now_ms();
-        self.check_drops(now_ms);
         let mut slot = self.ctx.shared.stats[self.ctx.index as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -394,6 +392,9 @@ impl ShardLoop<'_> {
     /// The stop sequence (module doc).
     fn stop<E: Engine>(mut self, engine: &mut E) {
         let started = Instant::now();
+        // Counting what is left and waiting for peers end here; the final snapshot
+        // may take `STOP_SAVE` more.
+        let deadline = started + STOP_DRAIN + STOP_COUNT;
         let fd = self.ctx.socket.as_raw_fd();
         // 1. Apply what the socket holds. Each round lets the engine pull what is
         //    queued (a stopping wait never sleeps long), then takes in what that
@@ -414,15 +415,13 @@ impl ShardLoop<'_> {
                 break;
             }
             if started.elapsed() >= STOP_DRAIN {
-                self.count_unread(started + STOP_DRAIN + STOP_COUNT);
+                self.count_unread(deadline);
                 break;
             }
         }
         // 2. Frames peers hand over while they drain their own sockets.
-        let shared = &self.ctx.shared;
-        shared.drained.fetch_add(1, Ordering::Release);
+        self.ctx.shared.drained.fetch_add(1, Ordering::Release);
         let shards = self.ctx.shared.stats.len();
-        let deadline = started + STOP_DRAIN + STOP_COUNT;
         while self.ctx.shared.drained.load(Ordering::Acquire) < shards && Instant::now() < deadline
         {
             let now_ms = self.now_ms();
@@ -434,13 +433,10 @@ impl ShardLoop<'_> {
         let now_ms = self.now_ms();
         self.after_receive(now_ms, true);
         if let Some(saver) = self.ctx.saver.as_mut() {
-            saver.save_all(
-                self.core,
-                now_ms,
-                started + STOP_DRAIN + STOP_COUNT + STOP_SAVE,
-            );
+            saver.save_all(self.core, now_ms, deadline + STOP_SAVE);
         }
         self.ctx.saver = None;
+        self.check_drops(now_ms);
         self.publish_stats();
     }
 
