@@ -214,6 +214,9 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("ringbeat"),
     };
+    // Read before the first run: the revision and tree state that ran, not whatever
+    // the checkout holds when the last run ends.
+    let environment = server::environment(&a, &server_bin);
     let dir = a.results.join(format!("{}-{}", server::today(), a.name));
     let compare = !a.variants.is_empty() || a.sink_baseline;
     let variants = variants(&a);
@@ -270,7 +273,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
             record::write(&d.join("points.csv"), &medians[vi])?;
         }
     }
-    write_results(&a, &server_bin, &dir, &variants, &vdirs, &medians)?;
+    write_results(&a, &environment, &dir, &variants, &vdirs, &medians)?;
     eprintln!("wrote {}", dir.display());
     Ok(())
 }
@@ -315,7 +318,7 @@ fn measure(
 /// sweep.json, summary.md, plots and README per variant folder, and the comparison.
 fn write_results(
     a: &SweepArgs,
-    server_bin: &Path,
+    environment: &str,
     dir: &Path,
     variants: &[Variant],
     vdirs: &[PathBuf],
@@ -323,11 +326,10 @@ fn write_results(
 ) -> anyhow::Result<()> {
     let compare = vdirs.first().is_some_and(|d| d != dir);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let environment = server::environment(a, server_bin);
     let ctx = readme::Context {
         args: a,
         command: &command,
-        environment: &environment,
+        environment,
     };
     let meta = serde_json::json!({
         "kind": a.kind.name(), "batch": a.shape.batch, "devices": a.devices, "interval_s": a.interval,
