@@ -219,3 +219,84 @@ fn any_config_text_is_refused_with_a_reason_or_validated_never_a_panic() {
     }
     assert!(ok > 100 && refused > 100, "{ok} / {refused}");
 }
+
+/// A stream of frames (some asking for acks, some malformed but in step, at most one
+/// with a bad magic) cut at random points: the stream decoder applies, acks and counts
+/// exactly what the same frames sent one per datagram do, up to the bad magic, and
+/// nothing after it.
+#[test]
+fn a_stream_cut_anywhere_is_the_same_as_its_frames_one_by_one() {
+    let mut rng = Rng(7);
+    for round in 0..300u64 {
+        let n = 1 + rng.below(200) as usize;
+        let bad_magic_at = rng.chance(300).then(|| rng.below(n as u64) as usize);
+        let mut bytes = Vec::with_capacity(n * 32);
+        for i in 0..n {
+            let mut f = FrameFields::heartbeat(1 + rng.below(300), i as u32, 10, round);
+            if rng.below(2) == 0 {
+                f.flags = FLAG_ACK_REQUESTED;
+            }
+            let mut b = f.to_bytes();
+            match rng.below(20) {
+                0 => b[4] = 9,         // bad version: skipped, in step
+                1 => b[8..16].fill(0), // zero device id: skipped
+                _ => {}
+            }
+            if bad_magic_at == Some(i) {
+                b[1] ^= 0xFF;
+            }
+            bytes.extend_from_slice(&b);
+        }
+        // The reference: frames up to the bad magic (included) as one-frame datagrams.
+        let mut reference = core(2);
+        let mut expected_acks = Vec::new();
+        let mut acks = [0u8; MAX_DATAGRAM_BYTES];
+        let upto = bad_magic_at.map_or(n, |k| k + 1);
+        for frame in bytes.chunks(32).take(upto) {
+            let len = reference.ingest_datagram(frame, 1, &mut acks, |_, _| true);
+            expected_acks.extend_from_slice(&acks[..len]);
+        }
+        reference.flush();
+
+        let mut c = core(2);
+        let mut decoder = ringbeat::core::stream::StreamDecoder::default();
+        let mut got_acks = Vec::new();
+        let mut stopped = false;
+        let mut at = 0;
+        while at < bytes.len() && !stopped {
+            let len = (1 + rng.below(100) as usize).min(bytes.len() - at);
+            let fed = c.ingest_stream(
+                &mut decoder,
+                &bytes[at..at + len],
+                1,
+                |a| got_acks.extend_from_slice(a),
+                |_, _| true,
+            );
+            stopped = fed.stopped;
+            at += len;
+        }
+        c.flush();
+        assert_eq!(stopped, bad_magic_at.is_some(), "round {round}");
+        assert_eq!(got_acks, expected_acks, "round {round}");
+        let (s, r) = (c.stats(), reference.stats());
+        assert_eq!(
+            (
+                s.heartbeats,
+                s.forwarded,
+                s.frames_valid,
+                s.malformed_frames,
+                s.devices
+            ),
+            (
+                r.heartbeats,
+                r.forwarded,
+                r.frames_valid,
+                r.malformed_frames,
+                r.devices
+            ),
+            "round {round}"
+        );
+        assert_eq!(s.tcp_frames as usize, upto);
+        assert_eq!(s.datagrams, 0);
+    }
+}

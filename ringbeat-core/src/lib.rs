@@ -15,4 +15,5 @@ pub mod owner;
 pub mod shard;
 pub mod snapshot;
 pub mod stats;
+pub mod stream;
 pub mod table;

@@ -3,10 +3,11 @@
 //! forward and liveness events. It never touches a socket, a ring or the clock, which
 //! is what lets `tests/simulation.rs` drive it under simulated time from a seed.
 
-use super::codec::{self, Heartbeat, FRAME_BYTES, MAX_DATAGRAM_BYTES};
+use super::codec::{self, FrameError, Heartbeat, FRAME_BYTES, MAX_DATAGRAM_BYTES};
 use super::liveness::{Thresholds, Wheel};
 use super::owner::owner;
 use super::stats::ShardStats;
+use super::stream::{Fed, Feed, StreamDecoder};
 use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
 use crate::memory::Memory;
 use crate::snapshot::Record;
@@ -193,31 +194,74 @@ impl<M: Memory> ShardCore<M> {
         };
         let mut ack_len = 0;
         for raw in frames {
-            let hb = match codec::decode_heartbeat(raw) {
-                Ok(hb) => hb,
-                Err(e) => {
-                    self.stats.count_frame_error(e);
-                    continue;
-                }
-            };
-            self.stats.frames_valid += 1;
-            if hb.ack_requested() {
-                let out: &mut [u8; FRAME_BYTES] = (&mut acks[ack_len..ack_len + FRAME_BYTES])
-                    .try_into()
-                    .expect("32-byte window");
-                codec::encode_ack(&hb, self.expected_interval_ds(hb.interval_ds()), out);
+            let _ = self.ingest_frame(raw, now_ms, &mut forward, |ack| {
+                acks[ack_len..ack_len + FRAME_BYTES].copy_from_slice(ack);
                 ack_len += FRAME_BYTES;
-            }
-            let target = owner(hb.device_id(), self.cfg.shards);
-            if target == self.cfg.shard {
-                self.push_pending(&hb, now_ms);
-            } else if forward(target, hb.bytes()) {
-                self.stats.forwarded += 1;
-            } else {
-                self.stats.forward_drops += 1;
-            }
+            });
         }
         ack_len
+    }
+
+    /// Takes the next bytes of a TCP connection's stream (`decoder` is the connection's
+    /// carry): every frame they complete is validated and applied (or forwarded, or
+    /// counted) in stream order, and `ack` gets the ack of each ACK_REQUESTED frame in
+    /// that order. A bad magic means the stream is out of step (PROTOCOL-v1): the
+    /// frames before it are applied and acked, nothing after it is looked at, and the
+    /// result says the connection is to be closed. Other malformed frames are counted
+    /// by reason and skipped.
+    pub fn ingest_stream(
+        &mut self,
+        decoder: &mut StreamDecoder,
+        bytes: &[u8],
+        now_ms: u64,
+        mut ack: impl FnMut(&[u8; FRAME_BYTES]),
+        mut forward: impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
+    ) -> Fed {
+        self.stats.tcp_bytes += bytes.len() as u64;
+        let fed = decoder.feed(bytes, |raw| {
+            match self.ingest_frame(raw, now_ms, &mut forward, &mut ack) {
+                Err(FrameError::BadMagic) => Feed::Stop,
+                _ => Feed::Continue,
+            }
+        });
+        self.stats.tcp_frames += fed.frames as u64;
+        self.stats.tcp_split_frames += fed.split as u64;
+        fed
+    }
+
+    /// One frame from the network, datagram or stream: validated (a rejection is
+    /// counted by reason and returned), acked through `ack` when it asks for one,
+    /// queued for the table when this shard owns its device, else forwarded.
+    #[inline(always)]
+    fn ingest_frame(
+        &mut self,
+        raw: &[u8; FRAME_BYTES],
+        now_ms: u64,
+        forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
+        mut ack: impl FnMut(&[u8; FRAME_BYTES]),
+    ) -> Result<(), FrameError> {
+        let hb = match codec::decode_heartbeat(raw) {
+            Ok(hb) => hb,
+            Err(e) => {
+                self.stats.count_frame_error(e);
+                return Err(e);
+            }
+        };
+        self.stats.frames_valid += 1;
+        if hb.ack_requested() {
+            let mut out = [0u8; FRAME_BYTES];
+            codec::encode_ack(&hb, self.expected_interval_ds(hb.interval_ds()), &mut out);
+            ack(&out);
+        }
+        let target = owner(hb.device_id(), self.cfg.shards);
+        if target == self.cfg.shard {
+            self.push_pending(&hb, now_ms);
+        } else if forward(target, hb.bytes()) {
+            self.stats.forwarded += 1;
+        } else {
+            self.stats.forward_drops += 1;
+        }
+        Ok(())
     }
 
     /// Takes a frame another shard received for a device this shard owns.

@@ -68,13 +68,13 @@ stats! {
     Counter datagrams ("datagrams"),
     /// Valid heartbeat frames received from the network by this shard (owned or not).
     Counter frames_valid ("frames"),
-    /// Ack frames sent.
+    /// Ack frames sent (UDP and TCP).
     Counter acks_sent ("frames"),
     /// Ack datagrams sent.
     Counter ack_datagrams ("datagrams"),
     /// Ack datagrams that could not be queued or failed to send.
     Counter ack_datagrams_dropped ("datagrams"),
-    /// Ack frames in dropped ack datagrams.
+    /// Ack frames dropped: in dropped ack datagrams (UDP), or tcp_ack_queue_drops.
     Counter acks_dropped ("frames"),
     /// Heartbeats missing from forward seq gaps.
     Counter lost_heartbeats ("heartbeats"),
@@ -131,6 +131,42 @@ stats! {
     /// Datagrams still queued on the socket when the stop's drain budget ran out:
     /// read and counted, not applied.
     Counter unread_at_stop ("datagrams"),
+    /// TCP connections open on this shard.
+    Gauge tcp_open ("connections"),
+    /// TCP connections accepted (and kept).
+    Counter tcp_accepted ("connections"),
+    /// TCP connections closed at accept because the shard held its share of
+    /// --max-connections.
+    Counter tcp_refused ("connections"),
+    /// TCP connections the peer closed (end of stream).
+    Counter tcp_closed_peer ("connections"),
+    /// TCP connections closed because a frame had a bad magic (the stream was out of
+    /// step; the frames before it were applied and acked).
+    Counter tcp_closed_out_of_step ("connections"),
+    /// TCP connections closed because they completed no frame for --tcp-idle-timeout.
+    Counter tcp_closed_idle ("connections"),
+    /// TCP connections closed because their peer did not read its acks: the
+    /// connection's ack queue reached its bound.
+    Counter tcp_closed_ack_backlog ("connections"),
+    /// TCP connections closed on a receive or send error (reset by the peer, ...).
+    Counter tcp_closed_error ("connections"),
+    /// TCP connections closed by the server's stop.
+    Counter tcp_closed_at_stop ("connections"),
+    /// TCP connections whose peer closed in the middle of a frame (the partial frame is
+    /// discarded).
+    Counter tcp_partial_at_close ("connections"),
+    /// Bytes received over TCP.
+    Counter tcp_bytes ("bytes"),
+    /// Frames received over TCP (valid or not).
+    Counter tcp_frames ("frames"),
+    /// Of these, frames split across two reads (assembled from the connection's carry).
+    Counter tcp_split_frames ("frames"),
+    /// Ack writes on TCP connections (each carries the acks queued until then).
+    Counter tcp_ack_writes ("writes"),
+    /// TCP acks dropped: queued for a connection closed before they could be written
+    /// (its ack queue over its bound, an error, or the stop's flush budget). Also
+    /// counted in acks_dropped.
+    Counter tcp_ack_queue_drops ("frames"),
 }
 
 impl ShardStats {
@@ -220,7 +256,7 @@ mod tests {
             .filter(|f| f.kind == Kind::Gauge)
             .map(|f| f.name)
             .collect();
-        assert_eq!(gauges, ["devices", "online", "late", "offline"]);
+        assert_eq!(gauges, ["devices", "online", "late", "offline", "tcp_open"]);
     }
 
     #[test]
