@@ -95,6 +95,24 @@ pub struct NetworkArgs {
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
     pub kernel_prefilter: bool,
+
+    /// Do not serve TCP. By default heartbeats are also served over TCP on the same
+    /// address and port (PROTOCOL.md, TCP).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    pub no_tcp: bool,
+
+    /// TCP connections held at once, over all shards (each shard holds its share);
+    /// beyond it new connections are closed at accept and counted [default: the
+    /// open-files hard limit, which the server raises its soft limit to, less 1,024
+    /// descriptors kept for everything else].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+
+    /// Close a TCP connection that completes no frame for this long (slow or stuck
+    /// senders included). Keep it well above the longest heartbeat interval.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    pub tcp_idle_timeout: f64,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -269,6 +287,28 @@ pub struct NetworkConfig {
     pub cores: Vec<usize>,
     pub rcvbuf_bytes: usize,
     pub kernel_prefilter: bool,
+    /// None with `--no-tcp`.
+    pub tcp: Option<TcpConfig>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TcpConfig {
+    pub max_connections: u64,
+    /// Whether `max_connections` was derived from the open-files limit.
+    pub max_connections_derived: bool,
+    /// Each shard's share of `max_connections` (rounded up).
+    pub per_shard: u32,
+    pub idle_timeout_ms: u64,
+}
+
+/// Descriptors kept for everything but connections when `--max-connections` is
+/// derived from the open-files limit: sockets, eventfds, rings, files, with room.
+pub const RESERVED_FDS: u64 = 1024;
+
+/// The open-files limits (soft, hard).
+pub fn nofile_limits() -> (u64, u64) {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((1024, 1024))
 }
 
 #[derive(Clone, Debug)]
@@ -554,11 +594,54 @@ impl NetworkArgs {
                     format!("`{}` is not a size between 4K and 1G", self.rcvbuf),
                 )
             })?;
+        if !(self.tcp_idle_timeout.is_finite() && (1.0..=86_400.0).contains(&self.tcp_idle_timeout))
+        {
+            return Err(invalid(
+                "tcp-idle-timeout",
+                format!(
+                    "`{}` is not a number of seconds between 1 and 86400",
+                    self.tcp_idle_timeout
+                ),
+            ));
+        }
+        let tcp = (!self.no_tcp)
+            .then(|| {
+                let (max_connections, derived) = match self.max_connections {
+                    Some(0) => {
+                        return Err(invalid(
+                            "max-connections",
+                            "0 would refuse every connection: use --no-tcp to turn TCP off",
+                        ))
+                    }
+                    Some(n) => (n, false),
+                    None => (
+                        nofile_limits()
+                            .1
+                            .saturating_sub(RESERVED_FDS)
+                            .max(cores.len() as u64),
+                        true,
+                    ),
+                };
+                if max_connections > u32::MAX as u64 {
+                    return Err(invalid(
+                        "max-connections",
+                        format!("{max_connections} is above 2^32"),
+                    ));
+                }
+                Ok(TcpConfig {
+                    max_connections,
+                    max_connections_derived: derived,
+                    per_shard: max_connections.div_ceil(cores.len() as u64) as u32,
+                    idle_timeout_ms: (self.tcp_idle_timeout * 1000.0) as u64,
+                })
+            })
+            .transpose()?;
         Ok(NetworkConfig {
             listen,
             cores,
             rcvbuf_bytes,
             kernel_prefilter: self.kernel_prefilter,
+            tcp,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! start on a failure, with the same message.
 
 use crate::config::Config;
-use crate::sys::uring::{UdpRing, UdpRingError, UdpRingShape};
+use crate::sys::uring::{ShardRing, ShardRingError};
 use io_uring::{opcode, IoUring, Probe};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,13 +172,8 @@ fn ring_checks(config: &Config) -> Vec<Check> {
     // A shard's whole ring as the engine builds it (its own io_uring, buffer ring and
     // arena), so this check fails exactly when a shard would.
     drop(ring);
-    let shape = UdpRingShape {
-        buf_count: config.uring.buf_count,
-        buf_size: config.uring.buf_size,
-        send_slots: config.uring.ack_slots,
-        max_datagram_bytes: crate::core::codec::MAX_DATAGRAM_BYTES,
-    };
-    match UdpRing::new(shape) {
+    let shape = crate::engine::uring::ring_shape(config);
+    match ShardRing::new(shape) {
         Ok(r) => out.push(line(
             "provided buffer ring",
             format!(
@@ -195,8 +190,8 @@ fn ring_checks(config: &Config) -> Vec<Check> {
             e.to_string(),
             Verdict::Fail,
             match e {
-                UdpRingError::Setup(_) => "io_uring_setup failed with the shard's queue sizes",
-                UdpRingError::BufRing(_) => {
+                ShardRingError::Setup(_) => "io_uring_setup failed with the shard's queue sizes",
+                ShardRingError::BufRing(_) => {
                     "needs Linux 5.19+; raise `ulimit -l` if memlock-limited"
                 }
             },

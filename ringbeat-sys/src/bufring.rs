@@ -2,7 +2,7 @@
 //! shard's NUMA node, and the ring of buffer descriptors the kernel picks from for each
 //! multishot completion. Buffers go back to the ring in batches: `recycle` writes a
 //! descriptor, `commit` publishes them all with one release store of the tail.
-//! Private to the crate: only `uring::UdpRing` owns one, which is what keeps the
+//! Private to the crate: only `uring::ShardRing` owns one, which is what keeps the
 //! mappings alive for as long as the kernel may use them.
 
 use io_uring::types::BufRingEntry;
@@ -143,7 +143,7 @@ impl BufRing {
         let ring = Mapping::new(shape.count as usize * std::mem::size_of::<BufRingEntry>())?;
         // SAFETY: the ring mapping is page aligned, zeroed and `count` entries long. It
         // and the arena stay mapped as long as the io_uring can use them: a `BufRing`
-        // is only ever owned by `uring::UdpRing`, which closes the io_uring (cancelling
+        // is only ever owned by `uring::ShardRing`, which closes the io_uring (cancelling
         // every operation, so nothing more is written) before dropping the `BufRing`
         // (its field order). The module is private, so no other owner exists.
         unsafe { submitter.register_buf_ring_with_flags(ring.ptr as u64, shape.count, bgid, 0) }

@@ -11,6 +11,7 @@ pub mod notify;
 pub mod pmqos;
 pub mod socket;
 pub mod spsc;
+pub mod tcp;
 pub mod udp;
 pub mod uring;
 

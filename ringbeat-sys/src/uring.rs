@@ -3,7 +3,7 @@
 //! slots (header, address and bytes of one ack datagram each) and the wake-up read's
 //! buffer. Owning them together is what makes the operations safe to offer: an SQE only
 //! ever points into this struct, whose memory does not move (boxed) and outlives the
-//! ring (field order, see [`UdpRing`]).
+//! ring (field order, see [`ShardRing`]).
 //!
 //! The ring is `SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN`: create it on the thread
 //! that will use it (the struct is deliberately not `Send`).
@@ -13,12 +13,15 @@ use io_uring::{opcode, squeue, types, IoUring};
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-/// Buffer group id of the receive buffers: each shard has its own ring, and a ring's
-/// group ids are its own, so every shard uses group 0.
+/// Buffer group id of the datagram receive buffers: each shard has its own ring, and a
+/// ring's group ids are its own, so every shard uses group 0.
 const BGID: u16 = 0;
+/// Buffer group id of the TCP receive buffers: a group of their own, so a flood of
+/// datagrams cannot take the buffers connections need and the other way round.
+const STREAM_BGID: u16 = 1;
 
 #[derive(Debug, thiserror::Error)]
-pub enum UdpRingError {
+pub enum ShardRingError {
     #[error(
         "creating the io_uring failed: {0} (needs Linux 6.1+ with io_uring allowed: \
          kernel.io_uring_disabled=0 and no seccomp filter on io_uring_setup; run `ringbeat check`)"
@@ -30,7 +33,7 @@ pub enum UdpRingError {
 
 /// Sizes of a shard's ring, from the validated configuration.
 #[derive(Clone, Copy, Debug)]
-pub struct UdpRingShape {
+pub struct ShardRingShape {
     /// Receive buffers (a power of two ≤ 32768) and their size (a multiple of 64).
     pub buf_count: u16,
     pub buf_size: u32,
@@ -38,6 +41,43 @@ pub struct UdpRingShape {
     pub send_slots: u32,
     /// Largest datagram a send slot holds.
     pub max_datagram_bytes: usize,
+    /// TCP receive buffers (count a power of two, size a multiple of 64); None when TCP
+    /// is off.
+    pub stream_bufs: Option<(u16, u32)>,
+}
+
+/// One in-flight write on a TCP connection: the ring owns the bytes until the write's
+/// last completion, whatever happens to the connection meanwhile.
+struct StreamSend {
+    buf: Vec<u8>,
+    /// Bytes already written (a short write is continued from here).
+    done: usize,
+    fd: RawFd,
+    /// The kernel's result for the last queued part, once its completion was reaped.
+    completed: Option<i32>,
+    /// The caller's note (which connection), handed back at the end.
+    tag: u64,
+}
+
+/// Top byte of the user_data of TCP writes: the ring recognises their completions
+/// itself (it must know a write ended before it frees the write's bytes). Callers'
+/// own user_data must not use it.
+pub const STREAM_SEND_MARK: u64 = 0xFE;
+const MARK_SHIFT: u32 = 56;
+
+/// How a TCP write ended (see [`ShardRing::stream_send_completed`]).
+#[derive(Debug)]
+pub enum StreamSendEnd {
+    /// A short write: the rest was queued again under the same user_data.
+    Continuing,
+    /// Every byte was written, or the write failed (`error`, errno) after `written`
+    /// bytes; the buffer comes back for reuse.
+    Done {
+        buf: Vec<u8>,
+        tag: u64,
+        written: usize,
+        error: Option<i32>,
+    },
 }
 
 /// One in-flight send. Boxed slices of these never move or resize; the kernel reads
@@ -64,9 +104,15 @@ pub struct Received<'a> {
 /// first, so the ring's file is closed (the kernel cancels every operation, and a
 /// cancelled operation writes nothing) before the buffer arena, the headers, the send
 /// slots and the wake-up buffer are freed.
-pub struct UdpRing {
+pub struct ShardRing {
     ring: IoUring,
     bufring: BufRing,
+    stream_bufring: Option<BufRing>,
+    stream_sends: slab::Slab<StreamSend>,
+    /// user_data of the multishot accept: its completions carry new descriptors, which
+    /// `reap` takes ownership of (into `accepted`) so none can leak or be closed twice.
+    accept_user_data: Option<u64>,
+    accepted: Vec<std::os::fd::OwnedFd>,
     recv_msg: Box<libc::msghdr>,
     slots: Box<[SendSlot]>,
     wake_buf: Box<u64>,
@@ -82,11 +128,11 @@ pub struct Pushed {
     pub enters: u32,
 }
 
-impl UdpRing {
+impl ShardRing {
     /// Creates the ring on the calling thread (CQ sized so every buffer and every send
     /// slot can be in one completion at once, twice over) and registers the buffer ring
     /// with its arena bound to the calling thread's NUMA node.
-    pub fn new(shape: UdpRingShape) -> Result<UdpRing, UdpRingError> {
+    pub fn new(shape: ShardRingShape) -> Result<ShardRing, ShardRingError> {
         let sq_entries = shape.send_slots.next_power_of_two();
         let cq_entries = (shape.buf_count as u32 * 2 + shape.send_slots * 2)
             .next_power_of_two()
@@ -97,7 +143,7 @@ impl UdpRing {
             .setup_coop_taskrun()
             .setup_cqsize(cq_entries)
             .build(sq_entries)
-            .map_err(UdpRingError::Setup)?;
+            .map_err(ShardRingError::Setup)?;
         let bufring = BufRing::new(
             &ring.submitter(),
             BufRingShape {
@@ -106,6 +152,14 @@ impl UdpRing {
             },
             BGID,
         )?;
+        let stream_bufring = match shape.stream_bufs {
+            Some((count, size)) => Some(BufRing::new(
+                &ring.submitter(),
+                BufRingShape { count, size },
+                STREAM_BGID,
+            )?),
+            None => None,
+        };
         let slots = (0..shape.send_slots)
             .map(|_| SendSlot {
                 msg: zeroed_msghdr(),
@@ -121,9 +175,13 @@ impl UdpRing {
         // The kernel lays out `io_uring_recvmsg_out`, then up to this much source
         // address, then the payload; no control data (drops are read with SO_MEMINFO).
         recv_msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-        Ok(UdpRing {
+        Ok(ShardRing {
             ring,
             bufring,
+            stream_bufring,
+            stream_sends: slab::Slab::new(),
+            accept_user_data: None,
+            accepted: Vec::new(),
             recv_msg,
             slots,
             wake_buf: Box::new(0),
@@ -231,16 +289,141 @@ impl UdpRing {
     }
 
     /// Moves up to `max` completions into `out` as (user_data, result, flags); returns
-    /// how many.
+    /// how many. Descriptors the multishot accept completed with are kept for
+    /// [`ShardRing::take_accepted`].
     pub fn reap(&mut self, out: &mut Vec<(u64, i32, u32)>, max: usize) -> usize {
         let before = out.len();
-        out.extend(
-            self.ring
-                .completion()
-                .take(max)
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
+        for c in self.ring.completion().take(max) {
+            if let Some(id) = stream_send_id(c.user_data()) {
+                if let Some(s) = self.stream_sends.get_mut(id as usize) {
+                    s.completed = Some(c.result());
+                }
+            } else if Some(c.user_data()) == self.accept_user_data && c.result() >= 0 {
+                // SAFETY: a successful accept completion's result is a new descriptor
+                // the kernel opened for this process, owned by nothing else yet.
+                self.accepted
+                    .push(unsafe { std::os::fd::FromRawFd::from_raw_fd(c.result()) });
+            }
+            out.push((c.user_data(), c.result(), c.flags()));
+        }
         out.len() - before
+    }
+
+    /// Connections accepted since the last call, in order.
+    pub fn take_accepted(&mut self) -> std::vec::Drain<'_, std::os::fd::OwnedFd> {
+        self.accepted.drain(..)
+    }
+
+    /// Queues a multishot accept on listener `fd` (new descriptors non-blocking and
+    /// close-on-exec). Its completions' descriptors are owned by the ring until taken.
+    pub fn push_accept(&mut self, fd: RawFd, user_data: u64) -> Pushed {
+        self.accept_user_data = Some(user_data);
+        let e = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Queues a multishot receive on connection `fd` over the TCP buffer group. Panics
+    /// when the ring was made without TCP buffers (a caller bug).
+    pub fn push_stream_recv(&mut self, fd: RawFd, user_data: u64) -> Pushed {
+        assert!(
+            self.stream_bufring.is_some(),
+            "ring made without TCP buffers"
+        );
+        let e = opcode::RecvMulti::new(types::Fd(fd), STREAM_BGID)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Asks the kernel to cancel the operation queued under `target` (a connection's
+    /// receive when its acks back up); the cancel's own completion comes under
+    /// `user_data`.
+    pub fn push_cancel(&mut self, target: u64, user_data: u64) -> Pushed {
+        let e = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Queues a write of `buf` on connection `fd`. The ring keeps `buf` until the
+    /// write ends: its completions carry user_data `STREAM_SEND_MARK << 56 | id` (see
+    /// [`stream_send_id`]) and go to `stream_send_completed`. Not pushed (a full
+    /// queue that would not drain): the bytes are dropped.
+    pub fn push_stream_send(&mut self, fd: RawFd, buf: Vec<u8>, tag: u64) -> Pushed {
+        let key = self.stream_sends.insert(StreamSend {
+            buf,
+            done: 0,
+            fd,
+            completed: None,
+            tag,
+        });
+        let p = self.push_stream_rest(key);
+        if !p.pushed {
+            self.stream_sends.remove(key);
+        }
+        p
+    }
+
+    fn push_stream_rest(&mut self, key: usize) -> Pushed {
+        let s = &self.stream_sends[key];
+        let rest = &s.buf[s.done..];
+        let e = opcode::Send::new(types::Fd(s.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data((STREAM_SEND_MARK << MARK_SHIFT) | key as u64);
+        self.push(&e)
+    }
+
+    /// Takes the reaped completion of write `id`: continues a short write, or ends the
+    /// write and hands its buffer back. None when no completion of that write was
+    /// reaped (a caller bug): the bytes stay with the ring, which the kernel may
+    /// still be reading.
+    pub fn stream_send_completed(&mut self, id: u32) -> Option<StreamSendEnd> {
+        let key = id as usize;
+        let s = self.stream_sends.get_mut(key)?;
+        let result = s.completed.take()?;
+        if result > 0 {
+            s.done += result as usize;
+            if s.done < s.buf.len() && self.push_stream_rest(key).pushed {
+                return Some(StreamSendEnd::Continuing);
+            }
+        }
+        let s = self.stream_sends.remove(key);
+        let error = if result < 0 {
+            Some(-result)
+        } else if s.done < s.buf.len() {
+            Some(if result == 0 {
+                libc::EPIPE
+            } else {
+                libc::EBUSY
+            })
+        } else {
+            None
+        };
+        Some(StreamSendEnd::Done {
+            written: s.done,
+            buf: s.buf,
+            tag: s.tag,
+            error,
+        })
+    }
+
+    /// The bytes a TCP receive completion put in buffer `bid`.
+    pub fn stream_buffer(&self, bid: u16, len: usize) -> &[u8] {
+        self.stream_bufring
+            .as_ref()
+            .expect("ring made without TCP buffers")
+            .buffer(bid, len)
+    }
+
+    /// Hands TCP buffer `bid` back; visible to the kernel at `commit`.
+    pub fn recycle_stream(&mut self, bid: u16) {
+        if let Some(b) = self.stream_bufring.as_mut() {
+            b.recycle(bid);
+        }
     }
 
     /// Completions are waiting in the CQ.
@@ -274,9 +457,12 @@ impl UdpRing {
     pub fn recycle(&mut self, bid: u16) {
         self.bufring.recycle(bid);
     }
-    /// Publishes every recycled buffer (one release store).
+    /// Publishes every recycled buffer (one release store per buffer ring).
     pub fn commit(&mut self) {
         self.bufring.commit();
+        if let Some(b) = self.stream_bufring.as_mut() {
+            b.commit();
+        }
     }
 
     /// Submits what is queued; never waits and runs no deferred completions.
@@ -309,6 +495,11 @@ impl UdpRing {
         }
         self.ring.submitter().submit_with_args(want, &args)
     }
+}
+
+/// The write id in a TCP write's user_data, None for any other operation's.
+pub fn stream_send_id(user_data: u64) -> Option<u32> {
+    (user_data >> MARK_SHIFT == STREAM_SEND_MARK).then_some(user_data as u32)
 }
 
 fn zeroed_msghdr() -> libc::msghdr {

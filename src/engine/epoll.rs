@@ -6,10 +6,12 @@
 //! (epoll_wait, recvmmsg, sendmmsg), `wakeups` the waits that may sleep.
 
 use super::shard_loop::{AckStats, Engine, Ingest, Wait};
+use super::tcp::{After, Close, Conn, ConnId, Connections, ACK_QUEUE_RESUME};
 use super::{ShardContext, ShardInfo};
-use crate::core::codec::MAX_DATAGRAM_BYTES;
+use crate::core::codec::{FRAME_BYTES, MAX_DATAGRAM_BYTES};
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use std::os::fd::AsFd;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
@@ -23,6 +25,17 @@ const BATCH: usize = 64;
 const RECV_BUDGET: usize = 16;
 const TOKEN_SOCKET: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
+const TOKEN_LISTENER: u64 = 2;
+/// Connection tokens: this bit, the generation (24 bits) above bit 32, the slot below.
+const TOKEN_CONN: u64 = 1 << 63;
+/// Readiness events taken per epoll_wait.
+const EVENTS: usize = 256;
+/// Connections accepted per receive round before the rest of the loop runs.
+const ACCEPT_BUDGET: usize = 256;
+/// Bytes read from one connection per read call, and reads per ready connection per
+/// round (a busy connection cannot hold the shard).
+const READ_BYTES: usize = 64 << 10;
+const READS_PER_CONN: usize = 4;
 
 pub(super) struct EpollEngine {
     epoll: Epoll,
@@ -34,6 +47,12 @@ pub(super) struct EpollEngine {
     info: ShardInfo,
     /// The last receive round ended on its budget, not on an empty socket.
     more: bool,
+    listener: Option<std::os::fd::OwnedFd>,
+    conns: Option<Connections>,
+    /// Readiness from the last wait, handled in the next receive.
+    ready: Vec<EpollEvent>,
+    read_buf: Box<[u8]>,
+    closes: Vec<(usize, Close)>,
 }
 
 impl EpollEngine {
@@ -44,6 +63,9 @@ impl EpollEngine {
             &ctx.socket,
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SOCKET),
         )?;
+        if let Some(l) = &ctx.listener {
+            epoll.add(l, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER))?;
+        }
         let parker = &ctx.parkers[ctx.index as usize];
         epoll.add(
             &parker.efd,
@@ -58,6 +80,11 @@ impl EpollEngine {
             send: SendBatch::new(BATCH, MAX_DATAGRAM_BYTES),
             info: ShardInfo::without_arena(ctx),
             more: false,
+            conns: ctx.config.network.tcp.as_ref().map(Connections::new),
+            listener: ctx.listener.take(),
+            ready: Vec::with_capacity(EVENTS),
+            read_buf: vec![0u8; READ_BYTES].into_boxed_slice(),
+            closes: Vec::new(),
         })
     }
 
@@ -96,6 +123,171 @@ impl EpollEngine {
     }
 }
 
+/// The epoll token of connection `id`.
+fn conn_token(id: ConnId) -> u64 {
+    TOKEN_CONN | (id.generation as u64) << 32 | id.key as u64
+}
+
+/// What the epoll set should watch on connection `c`.
+fn interest(c: &Conn) -> EpollFlags {
+    let mut f = EpollFlags::empty();
+    if !c.paused && !c.closing() {
+        f |= EpollFlags::EPOLLIN;
+    }
+    if c.writing {
+        f |= EpollFlags::EPOLLOUT;
+    }
+    f
+}
+
+/// Writes what the socket takes of `c`'s queued acks; `writing` says whether some
+/// are left for when the socket has room. Err on a failed write.
+fn write_acks(c: &mut Conn, stats: &mut crate::core::stats::ShardStats) -> Result<(), ()> {
+    let mut written = 0;
+    let mut result = Ok(());
+    while written < c.acks.len() {
+        stats.enters += 1;
+        match crate::sys::tcp::write(c.fd.as_fd(), &c.acks[written..]) {
+            Ok(n) => {
+                written += n;
+                stats.tcp_ack_writes += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                result = Err(());
+                break;
+            }
+        }
+    }
+    // The queue holds whole acks but for the first, which a short write may have cut:
+    // acks wholly written are those whose last byte went.
+    let before = c.acks.len().div_ceil(FRAME_BYTES);
+    c.acks.drain(..written);
+    stats.acks_sent += (before - c.acks.len().div_ceil(FRAME_BYTES)) as u64;
+    c.writing = !c.acks.is_empty();
+    result
+}
+
+impl EpollEngine {
+    /// Accepts, reads and writes on the connections the last wait found ready, then
+    /// runs a slice of the idle sweep.
+    fn receive_tcp(&mut self, io: &mut Ingest<'_>, now_ms: u64) {
+        let Some(conns) = self.conns.as_mut() else {
+            return;
+        };
+        let ready = std::mem::take(&mut self.ready);
+        for e in &ready {
+            if e.data() == TOKEN_LISTENER {
+                let Some(l) = &self.listener else { continue };
+                for _ in 0..ACCEPT_BUDGET {
+                    io.stats().enters += 1;
+                    match crate::sys::tcp::accept(l.as_fd()) {
+                        Ok(Some(fd)) => {
+                            let Some(id) = conns.admit(fd, now_ms, io.stats()) else {
+                                continue;
+                            };
+                            let c = conns.get_mut(id).expect("just admitted");
+                            c.armed = true;
+                            if self
+                                .epoll
+                                .add(&c.fd, EpollEvent::new(EpollFlags::EPOLLIN, conn_token(id)))
+                                .is_err()
+                            {
+                                conns.close(id.key as usize, Close::Error, io.stats());
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            // EMFILE and the like: the connection stays in the backlog.
+                            io.stats().tcp_refused += 1;
+                            tracing::warn!(shard = self.index, "accept failed: {e} (raise the open-files limit, see `ringbeat check`)");
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            let id = ConnId {
+                key: e.data() as u32,
+                generation: ((e.data() >> 32) as u32) & 0xFF_FFFF,
+            };
+            let flags = e.events();
+            if let Some(why) = on_ready(conns, id, flags, io, &mut self.read_buf, now_ms) {
+                conns.close(id.key as usize, why, io.stats());
+                continue;
+            }
+            let Some(c) = conns.get_mut(id) else { continue };
+            let before = interest(c);
+            if write_acks(c, io.stats()).is_err() {
+                conns.close(id.key as usize, Close::Error, io.stats());
+                continue;
+            }
+            if c.paused && c.acks.len() < ACK_QUEUE_RESUME {
+                c.paused = false;
+            }
+            if c.closing() && c.flushed() {
+                let why = conns
+                    .closing_reason(id.key as usize)
+                    .unwrap_or(Close::OutOfStep);
+                conns.close(id.key as usize, why, io.stats());
+                continue;
+            }
+            let after = interest(c);
+            if after != before {
+                let mut ev = EpollEvent::new(after, conn_token(id));
+                let _ = self.epoll.modify(&c.fd, &mut ev);
+            }
+        }
+        self.ready = ready;
+        self.ready.clear();
+        conns.sweep(now_ms, &mut self.closes);
+        for (key, why) in self.closes.drain(..) {
+            conns.close(key, why, io.stats());
+        }
+    }
+}
+
+/// Reads what connection `id` holds (a bounded number of reads) into the core;
+/// returns why to close it, if it is to be closed now.
+fn on_ready(
+    conns: &mut Connections,
+    id: ConnId,
+    flags: EpollFlags,
+    io: &mut Ingest<'_>,
+    buf: &mut [u8],
+    now_ms: u64,
+) -> Option<Close> {
+    let c = conns.get_mut(id)?;
+    if !flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+        || c.paused
+        || c.closing()
+    {
+        return None;
+    }
+    for _ in 0..READS_PER_CONN {
+        let c = conns.get_mut(id)?;
+        io.stats().enters += 1;
+        let n = match crate::sys::tcp::read(c.fd.as_fd(), buf) {
+            Ok(0) => {
+                conns.on_end(id, io.stats());
+                return Some(Close::Peer);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(_) => return Some(Close::Error),
+        };
+        match conns.on_bytes(id, &buf[..n], io, now_ms)? {
+            After::Read => {}
+            After::Pause | After::CloseWhenFlushed => return None,
+            After::Close(why) => return Some(why),
+        }
+        if n < buf.len() {
+            return None;
+        }
+    }
+    None
+}
+
 impl Engine for EpollEngine {
     fn receive(&mut self, io: &mut Ingest<'_>, now_ms: u64) {
         self.more = false;
@@ -118,6 +310,22 @@ impl Engine for EpollEngine {
             self.more = round + 1 == RECV_BUDGET;
         }
         self.flush_acks(io);
+        self.receive_tcp(io, now_ms);
+    }
+
+    fn close_streams(&mut self, io: &mut Ingest<'_>, _deadline: std::time::Instant) {
+        let Some(conns) = self.conns.as_mut() else {
+            return;
+        };
+        // One write attempt each (the kernel takes what its buffer holds), then close.
+        for key in conns.keys() {
+            if let Some(c) = conns.slot_mut(key) {
+                // A failed write leaves the acks queued: counted as dropped at close.
+                let _ = write_acks(c, io.stats());
+            }
+            conns.close(key, Close::Stop, io.stats());
+        }
+        self.listener = None;
     }
 
     fn wait(&mut self, io: &mut Ingest<'_>, wait: Wait) {
@@ -132,13 +340,17 @@ impl Engine for EpollEngine {
             s.wakeups += 1;
         }
         s.enters += 1;
-        let mut events = [EpollEvent::empty(); 4];
+        let mut events = [EpollEvent::empty(); EVENTS];
         let n = self
             .epoll
             .wait(&mut events, EpollTimeout::from(timeout))
             .unwrap_or(0);
-        if events[..n].iter().any(|e| e.data() == TOKEN_WAKE) {
-            self.parkers[self.index].efd.drain();
+        for e in &events[..n] {
+            match e.data() {
+                TOKEN_WAKE => self.parkers[self.index].efd.drain(),
+                TOKEN_SOCKET => {}
+                _ => self.ready.push(*e),
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod epoll;
 pub mod shard_loop;
+pub mod tcp;
 pub mod token;
 #[cfg(feature = "tokio-uring")]
 pub mod tokio_uring;
@@ -65,6 +66,8 @@ pub struct ShardContext {
     pub cpu: usize,
     pub config: Config,
     pub socket: OwnedFd,
+    /// The shard's TCP listener (None with `--no-tcp`).
+    pub listener: Option<OwnedFd>,
     /// Producer towards each peer (None at our own index).
     pub outbound: Vec<Option<Producer>>,
     /// Consumers of every peer's ring towards us.
@@ -94,10 +97,39 @@ pub struct Server {
     pub snapshot_stats: Option<Arc<crate::snapshot::WriterStats>>,
 }
 
+/// Connections a shard's listener holds before they are accepted: the kernel caps it
+/// at net.core.somaxconn (4096 by default), enough for bursts of reconnects.
+const LISTEN_BACKLOG: i32 = 65_535;
+
+/// Raises the soft open-files limit to the hard one (each TCP connection is a
+/// descriptor); returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
 /// Opens the sockets, starts every shard and waits until all are ready.
 pub fn start(config: &Config) -> anyhow::Result<Server> {
     let shards = config.shards() as usize;
     let base = Instant::now();
+    if let Some(tcp) = config.network.tcp {
+        let nofile = raise_nofile();
+        if tcp.max_connections + crate::config::RESERVED_FDS > nofile {
+            tracing::warn!(
+                max_connections = tcp.max_connections,
+                nofile,
+                "the open-files limit is below --max-connections plus {} descriptors kept for the rest: connections beyond it are refused (counted in tcp_refused). Raise it (LimitNOFILE= in the systemd unit, `ulimit -Hn`, or --ulimit nofile= for a container) or lower --max-connections",
+                crate::config::RESERVED_FDS
+            );
+        }
+    }
     let prefilter = config
         .network
         .kernel_prefilter
@@ -113,6 +145,25 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
     sockets.push(first);
     for _ in 1..shards {
         sockets.push(socket::udp_reuseport(listen, opts)?.0);
+    }
+    // TCP on the same port: one listener per shard in the port's TCP SO_REUSEPORT group
+    // (the kernel spreads connections by their addresses; frames of devices owned
+    // elsewhere are handed over like datagrams').
+    let serve_tcp =
+        config.network.tcp.is_some() && config.engine != crate::config::Engine::TokioUring;
+    if config.network.tcp.is_some() && !serve_tcp {
+        tracing::warn!("--engine tokio-uring serves UDP only: TCP is off (use --engine uring or epoll for TCP, or --no-tcp to silence this)");
+    }
+    let mut listeners: Vec<Option<OwnedFd>> = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        listeners.push(if serve_tcp {
+            Some(
+                crate::sys::tcp::listener_reuseport(listen, LISTEN_BACKLOG)
+                    .context("opening the TCP listener (--no-tcp turns TCP off)")?,
+            )
+        } else {
+            None
+        });
     }
     if shards > 1 {
         let steering = sock_filters(&crate::core::bpf::steering_program(shards as u32));
@@ -182,8 +233,9 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
     };
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
-    for (index, ((socket, outbound), inbound)) in sockets
+    for (index, (((socket, listener), outbound), inbound)) in sockets
         .into_iter()
+        .zip(listeners)
         .zip(producers)
         .zip(consumers)
         .enumerate()
@@ -193,6 +245,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             cpu: config.network.cores[index],
             config: config.clone(),
             socket,
+            listener,
             outbound,
             inbound,
             parkers: parkers.clone(),

@@ -38,6 +38,10 @@ const STOP_DRAIN: Duration = Duration::from_millis(500);
 /// events flush and the final stats.
 const STOP_COUNT: Duration = Duration::from_millis(150);
 
+/// Longest a shard spends writing TCP acks still queued at stop before it closes the
+/// connections.
+const STOP_TCP_FLUSH: Duration = Duration::from_millis(100);
+
 /// Longest a shard waits for snapshot buffers at stop (the writer writing earlier
 /// slices): the copy itself takes ~10 ms per million devices.
 const STOP_SAVE: Duration = Duration::from_millis(200);
@@ -63,6 +67,24 @@ impl Ingest<'_> {
                     .is_some_and(|p| p.push(frame))
             });
         &self.ack[..len]
+    }
+
+    /// The next bytes of a TCP connection (see `ShardCore::ingest_stream`); acks go to
+    /// `ack` in order.
+    pub fn stream(
+        &mut self,
+        decoder: &mut crate::core::stream::StreamDecoder,
+        bytes: &[u8],
+        now_ms: u64,
+        ack: impl FnMut(&[u8; FRAME_BYTES]),
+    ) -> crate::core::stream::Fed {
+        let outbound = &mut *self.outbound;
+        self.core
+            .ingest_stream(decoder, bytes, now_ms, ack, |target, frame| {
+                outbound[target as usize]
+                    .as_mut()
+                    .is_some_and(|p| p.push(frame))
+            })
     }
 
     /// A datagram longer than any valid one (truncated by the receive).
@@ -134,6 +156,10 @@ pub(crate) trait Engine {
     /// interface waits; returns at once when `wait.busy()`. An engine whose waits
     /// deliver data (tokio-uring) may ingest it here.
     fn wait(&mut self, io: &mut Ingest<'_>, wait: Wait);
+    /// At stop, after the drain: writes the acks still queued on TCP connections as
+    /// far as their sockets take them by `deadline`, then closes every connection
+    /// and the listener.
+    fn close_streams(&mut self, _io: &mut Ingest<'_>, _deadline: Instant) {}
     fn info(&self) -> ShardInfo;
 }
 
@@ -419,6 +445,9 @@ impl ShardLoop<'_> {
                 break;
             }
         }
+        // TCP: pending acks written (best effort), connections closed.
+        let flush_by = (Instant::now() + STOP_TCP_FLUSH).min(deadline);
+        engine.close_streams(&mut self.ingest(), flush_by);
         // 2. Frames peers hand over while they drain their own sockets.
         self.ctx.shared.drained.fetch_add(1, Ordering::Release);
         let shards = self.ctx.shared.stats.len();
@@ -443,7 +472,7 @@ impl ShardLoop<'_> {
     /// Datagrams the core has seen plus receive errors: progress of a drain round.
     fn received(&self) -> u64 {
         let s = self.core.stats();
-        s.datagrams + s.recv_errors
+        s.datagrams + s.recv_errors + s.tcp_bytes
     }
 
     /// Reads what is still queued after the drain budget, counting it without applying

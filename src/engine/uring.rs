@@ -14,7 +14,7 @@ use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::core::stats::ShardStats;
 use crate::engine::token::Token;
 use crate::sys::socket;
-use crate::sys::uring::{Pushed, UdpRing, UdpRingShape};
+use crate::sys::uring::{Pushed, ShardRing, ShardRingShape};
 use io_uring::cqueue;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -53,6 +53,13 @@ const ADAPTIVE_WINDOW_US: u64 = 1_000;
 /// run of completions, so batch-sleeping over a backlog caps the drain rate and turns
 /// a short stall into a lasting overload (results/2026-11-24-kernel-floor).
 const BACKLOG_NO_BATCH_BYTES: u32 = 64 << 10;
+/// TCP receive buffers per shard, in their own buffer group. A multishot receive on a
+/// connection takes one per completion whatever it holds, so with many quiet
+/// connections most completions are small: 512 × 4 KiB (2 MiB per shard) keep 64
+/// busy connections streaming (each completion carries up to 128 frames) and a
+/// million quiet ones sending a frame each.
+const TCP_BUF_COUNT: u16 = 512;
+const TCP_BUF_SIZE: u32 = 4096;
 
 /// Completion rate over the last adaptive window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,10 +203,22 @@ fn decide(i: WaitInputs, queued_bytes: impl FnOnce() -> Option<u32>) -> Decision
     })
 }
 
-/// One shard's io_uring engine: the ring and its memory (`sys::uring::UdpRing`, which
+/// The shape of a shard's ring from the configuration (the engine and `check` build
+/// the same).
+pub(crate) fn ring_shape(cfg: &crate::config::Config) -> ShardRingShape {
+    ShardRingShape {
+        buf_count: cfg.uring.buf_count,
+        buf_size: cfg.uring.buf_size,
+        send_slots: cfg.uring.ack_slots,
+        max_datagram_bytes: MAX_DATAGRAM_BYTES,
+        stream_bufs: cfg.network.tcp.map(|_| (TCP_BUF_COUNT, TCP_BUF_SIZE)),
+    }
+}
+
+/// One shard's io_uring engine: the ring and its memory (`sys::uring::ShardRing`, which
 /// holds every unsafe operation), the tokens, the wait decision and the counters.
 pub(super) struct UringEngine {
-    ring: UdpRing,
+    ring: ShardRing,
     free_slots: Vec<u32>,
     /// Completions copied out of the CQ (capacity `REAP_BATCH`, never grows).
     cqes: Vec<(u64, i32, u32)>,
@@ -225,12 +244,7 @@ pub(super) struct UringEngine {
 impl UringEngine {
     pub(super) fn new(ctx: &mut ShardContext) -> anyhow::Result<UringEngine> {
         let cfg = &ctx.config;
-        let ring = UdpRing::new(UdpRingShape {
-            buf_count: cfg.uring.buf_count,
-            buf_size: cfg.uring.buf_size,
-            send_slots: cfg.uring.ack_slots,
-            max_datagram_bytes: MAX_DATAGRAM_BYTES,
-        })?;
+        let ring = ShardRing::new(ring_shape(cfg))?;
         let (numa_node, arena_addr, arena_bytes) = ring.arena();
         let info = ShardInfo {
             index: ctx.index,

@@ -1,0 +1,325 @@
+//! TCP connections of one shard, the same for every engine: the slots (a
+//! `slab::Slab`, with a generation so that an operation of a closed connection can
+//! never be taken for one of the connection that reused its slot), each connection's
+//! stream decoder, its ack queue, the idle sweep and the close reasons. Engines move
+//! the bytes: io_uring with a multishot receive and queued writes, epoll with reads
+//! and writes on readiness.
+//!
+//! Acks leave in the order their frames arrived: a connection has at most one write
+//! in flight, and acks made meanwhile wait in its queue. A peer that does not read its
+//! acks fills its kernel send buffer and then this queue: at `ACK_QUEUE_PAUSE` bytes
+//! the shard stops reading from it (TCP backpressure: its heartbeats wait in its own
+//! socket, nothing is lost) and resumes below `ACK_QUEUE_RESUME`. Were it to send no
+//! more complete frames, the idle timeout closes it (counted as an ack backlog close);
+//! bytes that were already on their way when the reading stopped may take the queue
+//! up to `ACK_QUEUE_MAX`, where the connection is closed at once and the acks counted
+//! as dropped. Memory per connection is thus bounded, and one slow reader never
+//! stalls another connection.
+
+use super::shard_loop::Ingest;
+use crate::config::TcpConfig;
+use crate::core::codec::FRAME_BYTES;
+use crate::core::stats::ShardStats;
+use crate::core::stream::StreamDecoder;
+use std::os::fd::{AsFd, OwnedFd};
+
+/// Queued ack bytes at which a connection stops being read (512 acks: what a peer
+/// that reads nothing leaves once its kernel buffers are full).
+pub(crate) const ACK_QUEUE_PAUSE: usize = 16 << 10;
+/// Reading resumes when the queue is back below this.
+pub(crate) const ACK_QUEUE_RESUME: usize = 4 << 10;
+/// Hard bound of a connection's ack queue: closed at once beyond it.
+pub(crate) const ACK_QUEUE_MAX: usize = 64 << 10;
+/// A connection closing after a bad magic waits at most this long for its acks to be
+/// written before it is closed anyway.
+const CLOSE_LINGER_MS: u64 = 1_000;
+/// Connections the idle sweep looks at per call (a slice between receive batches,
+/// like the liveness walk's; ~10 µs).
+const SWEEP_SLICE: usize = 4_096;
+/// A full idle sweep starts this often.
+const SWEEP_EVERY_MS: u64 = 1_000;
+
+/// Why a connection was closed (each has its counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Close {
+    Peer,
+    OutOfStep,
+    Idle,
+    AckBacklog,
+    Error,
+    Stop,
+}
+
+/// Generations are 24 bits (so that an io_uring user_data holds a kind, a generation
+/// and a slot): an operation of a closed connection could only be mistaken for a new
+/// one if 16,777,216 connections were accepted into that very slot while it was
+/// queued.
+const GENERATION_MASK: u32 = 0xFF_FFFF;
+
+/// A connection's slot and generation: what an engine's operations carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnId {
+    pub key: u32,
+    pub generation: u32,
+}
+
+impl ConnId {
+    /// As one integer (a write's tag).
+    pub fn pack(self) -> u64 {
+        (self.generation as u64) << 32 | self.key as u64
+    }
+    pub fn unpack(v: u64) -> ConnId {
+        ConnId {
+            key: v as u32,
+            generation: (v >> 32) as u32,
+        }
+    }
+}
+
+pub(crate) struct Conn {
+    pub fd: OwnedFd,
+    generation: u32,
+    decoder: StreamDecoder,
+    /// Shard time (ms) of the last completed frame, or of the accept.
+    last_frame_ms: u64,
+    /// Acks made and not yet handed to a write, in order. Allocated when first
+    /// needed, bounded by `ACK_QUEUE_MAX`.
+    pub acks: Vec<u8>,
+    /// A write of this connection's acks is in flight (io_uring) or waits for the
+    /// socket to take more (epoll).
+    pub writing: bool,
+    /// Reading stopped because the ack queue is over `ACK_QUEUE_PAUSE`.
+    pub paused: bool,
+    /// A receive is queued on it (io_uring) / it is in the epoll set for reading.
+    pub armed: bool,
+    /// Closes once its acks are written (after a bad magic), from this time (ms).
+    closing: Option<(Close, u64)>,
+}
+
+impl Conn {
+    pub fn id(&self, key: usize) -> ConnId {
+        ConnId {
+            key: key as u32,
+            generation: self.generation,
+        }
+    }
+    pub fn closing(&self) -> bool {
+        self.closing.is_some()
+    }
+    /// Nothing more to write: a closing connection may go.
+    pub fn flushed(&self) -> bool {
+        !self.writing && self.acks.is_empty()
+    }
+}
+
+/// What an engine does after a connection's bytes were taken in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Write its acks if any and keep reading.
+    Read,
+    /// Write its acks; stop reading until the queue drains (backpressure).
+    Pause,
+    /// Write its acks, read no more, close once they are written.
+    CloseWhenFlushed,
+    /// Close now.
+    Close(Close),
+}
+
+pub(crate) struct Connections {
+    slab: slab::Slab<Conn>,
+    next_generation: u32,
+    max: usize,
+    idle_ms: u64,
+    sweep_at: usize,
+    next_sweep_ms: u64,
+    /// Emptied ack buffers kept for reuse (io_uring writes), bounded.
+    spare: Vec<Vec<u8>>,
+}
+
+impl Connections {
+    pub fn new(cfg: &TcpConfig) -> Connections {
+        Connections {
+            slab: slab::Slab::new(),
+            next_generation: 1,
+            max: cfg.per_shard as usize,
+            idle_ms: cfg.idle_timeout_ms,
+            sweep_at: 0,
+            next_sweep_ms: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// Takes a new connection, or closes and counts it when the shard holds its share
+    /// of `--max-connections`.
+    pub fn admit(&mut self, fd: OwnedFd, now_ms: u64, stats: &mut ShardStats) -> Option<ConnId> {
+        if self.slab.len() >= self.max {
+            stats.tcp_refused += 1;
+            return None;
+        }
+        // Acks are written as soon as they are made; failure changes only latency.
+        let _ = crate::sys::tcp::set_nodelay(fd.as_fd());
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation.wrapping_add(1) & GENERATION_MASK).max(1);
+        let key = self.slab.insert(Conn {
+            fd,
+            generation,
+            decoder: StreamDecoder::default(),
+            last_frame_ms: now_ms,
+            acks: Vec::new(),
+            writing: false,
+            paused: false,
+            armed: false,
+            closing: None,
+        });
+        stats.tcp_accepted += 1;
+        stats.tcp_open = self.slab.len() as u64;
+        Some(ConnId {
+            key: key as u32,
+            generation,
+        })
+    }
+
+    /// The connection in slot `key`, whatever its generation.
+    pub fn slot_mut(&mut self, key: usize) -> Option<&mut Conn> {
+        self.slab.get_mut(key)
+    }
+
+    /// The connection `id` names, if it is still open (same slot, same generation).
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.slab
+            .get_mut(id.key as usize)
+            .filter(|c| c.generation == id.generation)
+    }
+
+    /// Takes in bytes the connection received: frames applied or forwarded, acks
+    /// queued in order. None when `id` is no longer open.
+    pub fn on_bytes(
+        &mut self,
+        id: ConnId,
+        bytes: &[u8],
+        io: &mut Ingest<'_>,
+        now_ms: u64,
+    ) -> Option<After> {
+        let c = self.get_mut(id)?;
+        if c.closing.is_some() {
+            // After a bad magic the rest of the stream means nothing.
+            return Some(After::CloseWhenFlushed);
+        }
+        let acks = &mut c.acks;
+        let fed = io.stream(&mut c.decoder, bytes, now_ms, |ack| {
+            acks.extend_from_slice(ack)
+        });
+        if fed.frames > 0 {
+            c.last_frame_ms = now_ms;
+        }
+        if fed.stopped {
+            c.closing = Some((Close::OutOfStep, now_ms));
+            return Some(After::CloseWhenFlushed);
+        }
+        if c.acks.len() > ACK_QUEUE_MAX {
+            return Some(After::Close(Close::AckBacklog));
+        }
+        if c.acks.len() >= ACK_QUEUE_PAUSE && !c.paused {
+            c.paused = true;
+            return Some(After::Pause);
+        }
+        Some(After::Read)
+    }
+
+    /// The end of a connection's stream (the peer closed): counts a frame cut short.
+    pub fn on_end(&mut self, id: ConnId, stats: &mut ShardStats) {
+        if let Some(c) = self.get_mut(id) {
+            if c.decoder.carried() > 0 {
+                stats.tcp_partial_at_close += 1;
+            }
+        }
+    }
+
+    /// Takes the connection's queued acks to write (an emptied buffer is left in
+    /// their place); None when nothing is queued or a write is in flight.
+    pub fn take_acks(&mut self, id: ConnId) -> Option<Vec<u8>> {
+        let spare = self.spare.pop().unwrap_or_default();
+        let c = match self.get_mut(id) {
+            Some(c) if !c.writing && !c.acks.is_empty() => c,
+            _ => {
+                self.give_back(spare);
+                return None;
+            }
+        };
+        c.writing = true;
+        Some(std::mem::replace(&mut c.acks, spare))
+    }
+
+    /// Keeps an emptied ack buffer for reuse (at most a few, each at most 16 KiB).
+    pub fn give_back(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < 64 && buf.capacity() <= ACK_QUEUE_PAUSE {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// Closes connection `key`: shut down (so an operation still queued on it ends),
+    /// counted by reason, its unwritten acks counted as dropped.
+    pub fn close(&mut self, key: usize, why: Close, stats: &mut ShardStats) {
+        let Some(c) = self.slab.try_remove(key) else {
+            return;
+        };
+        crate::sys::tcp::shutdown(c.fd.as_fd());
+        let unwritten = (c.acks.len() / FRAME_BYTES) as u64;
+        stats.tcp_ack_queue_drops += unwritten;
+        stats.acks_dropped += unwritten;
+        let why = match (why, c.paused) {
+            (Close::Idle, true) => Close::AckBacklog,
+            (w, _) => w,
+        };
+        *match why {
+            Close::Peer => &mut stats.tcp_closed_peer,
+            Close::OutOfStep => &mut stats.tcp_closed_out_of_step,
+            Close::Idle => &mut stats.tcp_closed_idle,
+            Close::AckBacklog => &mut stats.tcp_closed_ack_backlog,
+            Close::Error => &mut stats.tcp_closed_error,
+            Close::Stop => &mut stats.tcp_closed_at_stop,
+        } += 1;
+        stats.tcp_open = self.slab.len() as u64;
+        self.give_back(c.acks);
+    }
+
+    /// The reason a closing connection is closed with.
+    pub fn closing_reason(&self, key: usize) -> Option<Close> {
+        self.slab.get(key).and_then(|c| c.closing.map(|(w, _)| w))
+    }
+
+    /// One slice of the idle sweep (a sweep starts every second): the connections to
+    /// close, with their reasons, go to `out`.
+    pub fn sweep(&mut self, now_ms: u64, out: &mut Vec<(usize, Close)>) {
+        if self.sweep_at == 0 {
+            if now_ms < self.next_sweep_ms {
+                return;
+            }
+            self.next_sweep_ms = now_ms + SWEEP_EVERY_MS;
+        }
+        let end = (self.sweep_at + SWEEP_SLICE).min(self.slab.capacity());
+        for key in self.sweep_at..end {
+            let Some(c) = self.slab.get(key) else {
+                continue;
+            };
+            if let Some((why, since)) = c.closing {
+                if now_ms >= since + CLOSE_LINGER_MS {
+                    out.push((key, why));
+                }
+            } else if now_ms >= c.last_frame_ms + self.idle_ms {
+                out.push((key, Close::Idle));
+            }
+        }
+        self.sweep_at = if end >= self.slab.capacity() { 0 } else { end };
+    }
+
+    /// Every open connection's slot (at stop).
+    pub fn keys(&self) -> Vec<usize> {
+        self.slab.iter().map(|(k, _)| k).collect()
+    }
+}
