@@ -377,17 +377,23 @@ impl ShardRing {
         self.push(&e)
     }
 
-    /// Takes the reaped completion of write `id`: continues a short write, or ends the
-    /// write and hands its buffer back. None when no completion of that write was
-    /// reaped (a caller bug): the bytes stay with the ring, which the kernel may
-    /// still be reading.
-    pub fn stream_send_completed(&mut self, id: u32) -> Option<StreamSendEnd> {
+    /// The caller's tag of write `id`.
+    pub fn stream_send_tag(&self, id: u32) -> Option<u64> {
+        self.stream_sends.get(id as usize).map(|s| s.tag)
+    }
+
+    /// Takes the reaped completion of write `id`: continues a short write (only when
+    /// `may_continue`: the descriptor is still the connection's, not closed and
+    /// reused), or ends the write and hands its buffer back. None when no completion
+    /// of that write was reaped (a caller bug): the bytes stay with the ring, which
+    /// the kernel may still be reading.
+    pub fn stream_send_completed(&mut self, id: u32, may_continue: bool) -> Option<StreamSendEnd> {
         let key = id as usize;
         let s = self.stream_sends.get_mut(key)?;
         let result = s.completed.take()?;
         if result > 0 {
             s.done += result as usize;
-            if s.done < s.buf.len() && self.push_stream_rest(key).pushed {
+            if s.done < s.buf.len() && may_continue && self.push_stream_rest(key).pushed {
                 return Some(StreamSendEnd::Continuing);
             }
         }

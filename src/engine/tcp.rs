@@ -58,7 +58,7 @@ const GENERATION_MASK: u32 = 0xFF_FFFF;
 
 /// A connection's slot and generation: what an engine's operations carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ConnId {
+pub struct ConnId {
     pub key: u32,
     pub generation: u32,
 }
@@ -147,10 +147,6 @@ impl Connections {
             next_sweep_ms: 0,
             spare: Vec::new(),
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.slab.len()
     }
 
     /// Takes a new connection, or closes and counts it when the shard holds its share

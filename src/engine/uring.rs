@@ -10,10 +10,13 @@
 use super::shard_loop::{AckStats, Engine, Ingest, Wait};
 use super::{ShardContext, ShardInfo};
 use crate::config::WaitStrategy;
+use crate::core::codec::FRAME_BYTES;
 use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::core::stats::ShardStats;
+use crate::engine::tcp::{After, Close, ConnId, Connections, ACK_QUEUE_RESUME};
 use crate::engine::token::Token;
 use crate::sys::socket;
+use crate::sys::uring::StreamSendEnd;
 use crate::sys::uring::{Pushed, ShardRing, ShardRingShape};
 use io_uring::cqueue;
 use std::os::fd::{AsRawFd, RawFd};
@@ -239,6 +242,18 @@ pub(super) struct UringEngine {
     last_error_log: Option<Instant>,
     /// When a liveness walk last brought completions in.
     last_reap: Instant,
+    tcp: Option<Tcp>,
+}
+
+/// The engine's TCP side: the listener, the connections, and what is to be re-armed.
+struct Tcp {
+    listener: std::os::fd::OwnedFd,
+    conns: Connections,
+    rearm_accept: bool,
+    /// Connections whose receive ended (a dry buffer group, the kernel's choice) and
+    /// is to be queued again.
+    rearm: Vec<ConnId>,
+    closes: Vec<(usize, Close)>,
 }
 
 impl UringEngine {
@@ -273,6 +288,16 @@ impl UringEngine {
             epoch: ctx.base,
             last_error_log: None,
             last_reap: Instant::now(),
+            tcp: match (ctx.listener.take(), cfg.network.tcp.as_ref()) {
+                (Some(listener), Some(t)) => Some(Tcp {
+                    listener,
+                    conns: Connections::new(t),
+                    rearm_accept: true,
+                    rearm: Vec::new(),
+                    closes: Vec::new(),
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -285,6 +310,192 @@ impl UringEngine {
         if self.rearm_wake {
             let p = self.ring.push_wake_read(self.wake_fd, Token::Wake.encode());
             self.rearm_wake = !pushed(stats, p);
+        }
+        if let Some(tcp) = self.tcp.as_mut() {
+            if tcp.rearm_accept {
+                let p = self
+                    .ring
+                    .push_accept(tcp.listener.as_raw_fd(), Token::Accept.encode());
+                tcp.rearm_accept = !pushed(stats, p);
+            }
+            let mut i = 0;
+            while i < tcp.rearm.len() {
+                let id = tcp.rearm[i];
+                match tcp.conns.get_mut(id) {
+                    Some(c) if !c.armed && !c.paused && !c.closing() => {
+                        let p = self
+                            .ring
+                            .push_stream_recv(c.fd.as_raw_fd(), Token::TcpRecv(id).encode());
+                        if !pushed(stats, p) {
+                            break;
+                        }
+                        c.armed = true;
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            tcp.rearm.drain(..i);
+        }
+    }
+
+    /// New connections the accept brought: kept (and their receive queued) or
+    /// refused.
+    fn on_accepted(&mut self, io: &mut Ingest<'_>, now_ms: u64) {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        for fd in self.ring.take_accepted() {
+            if let Some(id) = tcp.conns.admit(fd, now_ms, io.stats()) {
+                tcp.rearm.push(id);
+            }
+        }
+    }
+
+    /// A TCP receive completion: bytes into the core, acks written, the connection
+    /// paused, closed or kept. The buffer is recycled whoever it belonged to.
+    fn on_tcp_recv(&mut self, io: &mut Ingest<'_>, id: ConnId, res: i32, flags: u32, now_ms: u64) {
+        let bid = cqueue::buffer_select(flags);
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        let ended = !cqueue::more(flags);
+        let alive = match tcp.conns.get_mut(id) {
+            Some(c) => {
+                if ended {
+                    c.armed = false;
+                }
+                true
+            }
+            None => false,
+        };
+        let mut outcome = None;
+        if alive {
+            if res > 0 {
+                if let Some(bid) = bid {
+                    let bytes = self.ring.stream_buffer(bid, res as usize);
+                    outcome = tcp.conns.on_bytes(id, bytes, io, now_ms);
+                } else {
+                    io.stats().recv_errors += 1;
+                }
+            } else if res == 0 {
+                tcp.conns.on_end(id, io.stats());
+                outcome = Some(After::Close(Close::Peer));
+            } else if -res == libc::ENOBUFS {
+                io.stats().ring_dry += 1;
+                self.ran_dry = true;
+            } else if -res != libc::ECANCELED {
+                outcome = Some(After::Close(Close::Error));
+            }
+        }
+        if let Some(bid) = bid {
+            self.ring.recycle_stream(bid);
+        }
+        if !alive {
+            return;
+        }
+        match outcome {
+            Some(After::Close(why)) => {
+                tcp.conns.close(id.key as usize, why, io.stats());
+                return;
+            }
+            Some(After::Pause) => {
+                // Stop reading until the acks drain: cancel the queued receive.
+                let p = self
+                    .ring
+                    .push_cancel(Token::TcpRecv(id).encode(), Token::Cancel.encode());
+                pushed(io.stats(), p);
+            }
+            _ => {}
+        }
+        if ended {
+            tcp.rearm.push(id);
+        }
+        self.write_acks(io, id);
+    }
+
+    /// Queues a write of connection `id`'s acks when none is in flight; closes a
+    /// closing connection once everything is written.
+    fn write_acks(&mut self, io: &mut Ingest<'_>, id: ConnId) {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        if let Some(buf) = tcp.conns.take_acks(id) {
+            let fd = tcp
+                .conns
+                .get_mut(id)
+                .map(|c| c.fd.as_raw_fd())
+                .expect("open");
+            let len = buf.len();
+            let p = self.ring.push_stream_send(fd, buf, id.pack());
+            if !pushed(io.stats(), p) {
+                io.stats().acks_dropped += (len / FRAME_BYTES) as u64;
+                io.stats().tcp_ack_queue_drops += (len / FRAME_BYTES) as u64;
+                tcp.conns.close(id.key as usize, Close::Error, io.stats());
+            }
+            return;
+        }
+        if let Some(c) = tcp.conns.get_mut(id) {
+            if c.closing() && c.flushed() {
+                let why = tcp
+                    .conns
+                    .closing_reason(id.key as usize)
+                    .unwrap_or(Close::OutOfStep);
+                tcp.conns.close(id.key as usize, why, io.stats());
+            }
+        }
+    }
+
+    /// A TCP write's completion: counted, its buffer reused, the connection's next
+    /// acks written, a paused connection resumed.
+    fn on_tcp_sent(&mut self, io: &mut Ingest<'_>, send_id: u32) {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        let conn = self.ring.stream_send_tag(send_id).map(ConnId::unpack);
+        let alive = conn.is_some_and(|id| tcp.conns.get_mut(id).is_some());
+        let Some(StreamSendEnd::Done {
+            buf,
+            written,
+            error,
+            ..
+        }) = self.ring.stream_send_completed(send_id, alive)
+        else {
+            return;
+        };
+        let s = io.stats();
+        s.tcp_ack_writes += 1;
+        s.acks_sent += (written / FRAME_BYTES) as u64;
+        let unwritten = (buf.len() - written).div_ceil(FRAME_BYTES) as u64;
+        s.acks_dropped += unwritten;
+        s.tcp_ack_queue_drops += unwritten;
+        tcp.conns.give_back(buf);
+        let Some(id) = conn.filter(|_| alive) else {
+            return;
+        };
+        if error.is_some() {
+            tcp.conns.close(id.key as usize, Close::Error, io.stats());
+            return;
+        }
+        let c = tcp.conns.get_mut(id).expect("alive");
+        c.writing = false;
+        if c.paused && c.acks.len() < ACK_QUEUE_RESUME {
+            c.paused = false;
+            if !c.armed {
+                tcp.rearm.push(id);
+            }
+        }
+        self.write_acks(io, id);
+    }
+
+    /// A slice of the idle sweep.
+    fn sweep(&mut self, io: &mut Ingest<'_>, now_ms: u64) {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        tcp.conns.sweep(now_ms, &mut tcp.closes);
+        for (key, why) in tcp.closes.drain(..) {
+            tcp.conns.close(key, why, io.stats());
         }
     }
 
@@ -304,6 +515,9 @@ impl UringEngine {
     }
 
     fn on_completion(&mut self, io: &mut Ingest<'_>, ud: u64, res: i32, flags: u32, now_ms: u64) {
+        if let Some(send_id) = crate::sys::uring::stream_send_id(ud) {
+            return self.on_tcp_sent(io, send_id);
+        }
         match Token::decode(ud) {
             Some(Token::Recv) => {
                 if !cqueue::more(flags) {
@@ -340,6 +554,27 @@ impl UringEngine {
             Some(Token::Wake) => {
                 self.rearm_wake = true;
             }
+            Some(Token::Accept) => {
+                if let Some(tcp) = self.tcp.as_mut() {
+                    if !cqueue::more(flags) {
+                        tcp.rearm_accept = true;
+                    }
+                }
+                if res < 0 {
+                    if -res != libc::ECANCELED {
+                        // EMFILE and the like: the connection stays in the backlog.
+                        io.stats().tcp_refused += 1;
+                        self.log_error(
+                            "accept failed (raise the open-files limit, see `ringbeat check`)",
+                            -res,
+                        );
+                    }
+                } else {
+                    self.on_accepted(io, now_ms);
+                }
+            }
+            Some(Token::TcpRecv(id)) => self.on_tcp_recv(io, id, res, flags, now_ms),
+            Some(Token::Cancel) => {}
             None => {
                 io.stats().recv_errors += 1;
                 tracing::error!(user_data = ud, "completion with unknown user_data");
@@ -414,6 +649,49 @@ impl Engine for UringEngine {
         self.cqes = cqes;
         io.stats().cqes += reaped as u64;
         self.reaped += reaped as u64;
+        self.sweep(io, now_ms);
+    }
+
+    fn close_streams(&mut self, io: &mut Ingest<'_>, deadline: Instant) {
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
+        // Acks still queued go out; the writes in flight are given until `deadline`.
+        let keys = tcp.conns.keys();
+        for &key in &keys {
+            if let Some(id) = self
+                .tcp
+                .as_mut()
+                .and_then(|t| t.conns.slot_mut(key).map(|c| c.id(key)))
+            {
+                self.write_acks(io, id);
+            }
+        }
+        while Instant::now() < deadline {
+            let writing = self.tcp.as_mut().is_some_and(|t| {
+                keys.iter()
+                    .any(|&k| t.conns.slot_mut(k).is_some_and(|c| c.writing))
+            });
+            if !writing {
+                break;
+            }
+            let _ = self.ring.wait(1, Duration::from_millis(1), None);
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            self.ring.reap(&mut cqes, REAP_BATCH);
+            // Whatever else completes meanwhile is taken in as usual (applied, acked).
+            let now_ms = self.epoch.elapsed().as_millis() as u64;
+            for &(ud, res, flags) in cqes.iter() {
+                self.on_completion(io, ud, res, flags, now_ms);
+            }
+            self.ring.commit();
+            self.cqes = cqes;
+        }
+        if let Some(tcp) = self.tcp.as_mut() {
+            for key in tcp.conns.keys() {
+                tcp.conns.close(key, Close::Stop, io.stats());
+            }
+        }
     }
 
     fn wait(&mut self, io: &mut Ingest<'_>, wait: Wait) {
