@@ -16,6 +16,7 @@ mod schedule;
 mod sender;
 mod sink;
 mod sweep;
+mod tcp_sender;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -108,9 +109,21 @@ pub struct LoadArgs {
     ack_every: u64,
     #[command(flatten)]
     generator: GeneratorArgs,
-    /// Transport. Only `udp` exists in the server today.
+    /// Transport: `udp` (datagrams of --batch frames) or `tcp` (held connections;
+    /// each due gateway writes its --batch frames on its connection).
     #[arg(long, default_value = "udp")]
     proto: String,
+    /// TCP connections to hold (over all sender threads); gateways are spread over
+    /// them. As many as devices / --batch makes one connection per gateway (per device
+    /// at --batch 1).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// TCP: write each connection's due frames every this many microseconds (a
+    /// gateway's batching; 0 = as soon as they are due). Larger writes cost the
+    /// generator's CPU less (on loopback it also runs the receiving side of TCP); the
+    /// wait shows in the latency, which counts from the intended send time.
+    #[arg(long, default_value_t = 200)]
+    tcp_flush_us: u64,
     /// Seconds to wait for outstanding acks after the last send.
     #[arg(long, default_value_t = 0.5)]
     grace: f64,
@@ -308,8 +321,13 @@ fn load(a: LoadArgs) -> anyhow::Result<()> {
 /// Runs one load and returns its summary document (also printed and written to the
 /// files `a` names).
 fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
-    if a.proto != "udp" {
-        bail!("--proto {}: the server speaks UDP only so far", a.proto);
+    let tcp = match a.proto.as_str() {
+        "udp" => false,
+        "tcp" => true,
+        other => bail!("--proto {other}: udp or tcp"),
+    };
+    if tcp && a.connections == 0 {
+        bail!("--connections must be at least 1");
     }
     if a.shape.batch == 0 || a.shape.batch > ringbeat::core::codec::MAX_FRAMES_PER_DATAGRAM {
         bail!("--batch must be 1..=64");
@@ -328,6 +346,32 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     let rate = a.rate.unwrap_or(a.devices as f64 / a.interval);
     let interval_s = a.devices as f64 / rate;
     let interval_ds = (interval_s * 10.0).round().clamp(1.0, u16::MAX as f64) as u16;
+    // TCP: every connection is open before the clock starts.
+    let mut streams: Vec<Vec<std::net::TcpStream>> = Vec::new();
+    if tcp {
+        let nofile = net::raise_nofile();
+        if a.connections as u64 + 64 > nofile {
+            bail!(
+                "--connections {} needs as many descriptors, the open-files limit is {nofile}: raise it (`ulimit -Hn`, as root) or ask for fewer",
+                a.connections
+            );
+        }
+        let opened = Instant::now();
+        let per = a.connections.div_ceil(cpus.len());
+        for i in 0..cpus.len() {
+            let n = per.min(a.connections - (i * per).min(a.connections)).max(1);
+            streams.push(
+                tcp_sender::connect(a.target, n, i * per)
+                    .with_context(|| format!("connecting to {} over TCP", a.target))?,
+            );
+        }
+        eprintln!(
+            "load: {} TCP connections open in {:.2} s",
+            streams.iter().map(Vec::len).sum::<usize>(),
+            opened.elapsed().as_secs_f64()
+        );
+    }
+    let mut streams = streams.into_iter();
     let start = Instant::now() + Duration::from_millis(50);
     let start_wall = SystemTime::now() + Duration::from_millis(50);
     let (tx, rx) = mpsc::channel();
@@ -368,7 +412,15 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
                 ..cfg.clone()
             };
             let tx = tx.clone();
-            std::thread::spawn(move || sender::run(i, cfg, sched, start, tx))
+            match streams.next() {
+                Some(conns) => {
+                    let flush = Duration::from_micros(a.tcp_flush_us);
+                    std::thread::spawn(move || {
+                        tcp_sender::run(i, cfg, sched, conns, flush, start, tx)
+                    })
+                }
+                None => std::thread::spawn(move || sender::run(i, cfg, sched, start, tx)),
+            }
         })
         .collect();
     drop(tx);

@@ -9,3 +9,39 @@ pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     set.set(cpu).map_err(std::io::Error::from)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(std::io::Error::from)
 }
+
+/// A TCP connection to `target` from source address `source` (port 0: the kernel
+/// picks one of that address's ephemeral ports).
+pub fn tcp_connect_from(
+    source: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if target.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(source),
+    )?;
+    socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(target),
+    )?;
+    Ok(std::net::TcpStream::from(fd))
+}
+
+/// Raises the soft open-files limit to the hard one (a descriptor per connection).
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map(|()| hard)
+            .unwrap_or(soft),
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}

@@ -66,7 +66,7 @@ pub struct SenderResult {
 /// datagrams enter a min-heap once their earliest possible time (nominal − J) has come
 /// and leave it at their jittered time. The heap holds at most the datagrams of a 2J
 /// window.
-struct DueQueue {
+pub(crate) struct DueQueue {
     next_g: u64,
     /// Datagrams in the schedule (those intended before the end).
     scheduled: u64,
@@ -75,7 +75,7 @@ struct DueQueue {
 }
 
 impl DueQueue {
-    fn new(sched: &Schedule, end_ns: u64, jitter: f64) -> DueQueue {
+    pub(crate) fn new(sched: &Schedule, end_ns: u64, jitter: f64) -> DueQueue {
         DueQueue {
             next_g: 0,
             scheduled: sched.due(end_ns.saturating_sub(1)),
@@ -85,7 +85,7 @@ impl DueQueue {
     }
 
     /// The next datagram due by `now`, as (index, intended ns), without taking it.
-    fn peek_due(&mut self, sched: &Schedule, now: u64) -> Option<(u64, u64)> {
+    pub(crate) fn peek_due(&mut self, sched: &Schedule, now: u64) -> Option<(u64, u64)> {
         if self.jitter_ns == 0 {
             let t = sched.intended_ns(self.next_g);
             return (self.next_g < self.scheduled && t <= now).then_some((self.next_g, t));
@@ -107,7 +107,7 @@ impl DueQueue {
     }
 
     /// Takes the next datagram due by `now`.
-    fn pop_due(&mut self, sched: &Schedule, now: u64) -> Option<(u64, u64)> {
+    pub(crate) fn pop_due(&mut self, sched: &Schedule, now: u64) -> Option<(u64, u64)> {
         let due = self.peek_due(sched, now)?;
         if self.jitter_ns == 0 {
             self.next_g += 1;
@@ -118,7 +118,7 @@ impl DueQueue {
     }
 
     /// Intended time of the next datagram (the earliest one not sent yet).
-    fn next_intended_ns(&self, sched: &Schedule) -> u64 {
+    pub(crate) fn next_intended_ns(&self, sched: &Schedule) -> u64 {
         let queued = self.heap.peek().map(|r| r.0 .0);
         let next = (self.next_g < self.scheduled).then(|| {
             sched
@@ -133,7 +133,7 @@ impl DueQueue {
         }
     }
 
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.next_g >= self.scheduled && self.heap.is_empty()
     }
 }

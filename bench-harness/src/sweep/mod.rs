@@ -62,6 +62,16 @@ pub struct SweepArgs {
     /// Latency sample: one ack per this many datagrams (--ack-every = this × batch).
     #[arg(long, default_value_t = 100)]
     pub ack_every_datagrams: u64,
+    /// Transport of the load: udp or tcp (a variant may set its own with
+    /// `--proto=tcp` among its flags).
+    #[arg(long, default_value = "udp")]
+    pub proto: String,
+    /// TCP connections the load holds (a variant may set `--connections=N`).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// TCP: the load writes each connection's due frames every this many µs.
+    #[arg(long, default_value_t = 200)]
+    pub tcp_flush_us: u64,
     /// Server binary [default: `ringbeat` beside this binary].
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -121,6 +131,10 @@ pub struct Variant {
     pub flags: Vec<String>,
     /// The bare receiver instead of the server (`--sink-baseline`).
     pub sink: bool,
+    /// The load's transport and connections for this variant (`--proto=tcp` and
+    /// `--connections=N` among its flags set the load, not the server).
+    pub proto: Option<String>,
+    pub connections: Option<usize>,
 }
 
 impl Variant {
@@ -129,7 +143,13 @@ impl Variant {
             return "ringbeat-bench sink".into();
         }
         let bin = self.bin.iter().map(|b| format!("@{}", b.display()));
-        bin.chain(self.flags.iter().cloned())
+        let load = self.proto.iter().map(|p| format!("--proto={p}")).chain(
+            self.connections
+                .iter()
+                .map(|c| format!("--connections={c}")),
+        );
+        bin.chain(load)
+            .chain(self.flags.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -161,11 +181,31 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
         }
         None => None,
     };
+    let mut proto = None;
+    let mut connections = None;
+    let mut server_flags = Vec::new();
+    for f in flags {
+        if let Some(p) = f.strip_prefix("--proto=") {
+            if p != "udp" && p != "tcp" {
+                return Err(format!("variant {label}: --proto={p}: udp or tcp"));
+            }
+            proto = Some(p.to_string());
+        } else if let Some(n) = f.strip_prefix("--connections=") {
+            connections = Some(
+                n.parse()
+                    .map_err(|_| format!("variant {label}: --connections={n} is not a number"))?,
+            );
+        } else {
+            server_flags.push(f);
+        }
+    }
     Ok(Variant {
         label: label.into(),
         bin,
-        flags,
+        flags: server_flags,
         sink: false,
+        proto,
+        connections,
     })
 }
 
@@ -184,6 +224,8 @@ fn variants(a: &SweepArgs) -> Vec<Variant> {
             bin: None,
             flags: Vec::new(),
             sink: false,
+            proto: None,
+            connections: None,
         });
     }
     if a.sink_baseline {
@@ -194,6 +236,8 @@ fn variants(a: &SweepArgs) -> Vec<Variant> {
                 bin: None,
                 flags: Vec::new(),
                 sink: true,
+                proto: None,
+                connections: None,
             },
         );
     }
@@ -302,7 +346,9 @@ fn measure(
         duration: p.duration_s,
         warmup: p.warmup_s,
         ack_every: a.ack_every_datagrams * a.shape.batch as u64,
-        proto: "udp".into(),
+        proto: v.proto.clone().unwrap_or_else(|| a.proto.clone()),
+        connections: v.connections.unwrap_or(a.connections),
+        tcp_flush_us: a.tcp_flush_us,
         grace: 0.5,
         server_pid: Some(server.child.id()),
         server_stats: Some(stats),
