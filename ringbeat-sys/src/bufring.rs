@@ -92,6 +92,11 @@ pub struct BufRingShape {
     pub count: u16,
     /// Bytes per buffer, a multiple of 64.
     pub size: u32,
+    /// Incremental consumption (`IOU_PBUF_RING_INC`, Linux 6.12+): a receive takes only
+    /// the bytes it needs from the head buffer, the next one continues after them,
+    /// and a completion with `IORING_CQE_F_BUF_MORE` leaves the buffer with the kernel.
+    /// For streams: large buffers, no space wasted on small reads.
+    pub incremental: bool,
 }
 
 pub struct BufRing {
@@ -101,6 +106,9 @@ pub struct BufRing {
     /// Our copy of the tail: descriptors written but not yet published are `tail - published`.
     tail: u16,
     node: u32,
+    /// Incremental mode: bytes of each buffer already handed out since it was last
+    /// given to the kernel (the kernel fills a buffer front to back).
+    consumed: Vec<u32>,
 }
 
 impl BufRing {
@@ -141,19 +149,31 @@ impl BufRing {
         // SAFETY: writes within the mapping we own.
         unsafe { std::ptr::write_bytes(arena.ptr, 0, arena.bytes) };
         let ring = Mapping::new(shape.count as usize * std::mem::size_of::<BufRingEntry>())?;
+        let flags = if shape.incremental {
+            io_uring::types::IOU_PBUF_RING_INC as u16
+        } else {
+            0
+        };
         // SAFETY: the ring mapping is page aligned, zeroed and `count` entries long. It
         // and the arena stay mapped as long as the io_uring can use them: a `BufRing`
         // is only ever owned by `uring::ShardRing`, which closes the io_uring (cancelling
         // every operation, so nothing more is written) before dropping the `BufRing`
         // (its field order). The module is private, so no other owner exists.
-        unsafe { submitter.register_buf_ring_with_flags(ring.ptr as u64, shape.count, bgid, 0) }
-            .map_err(BufRingError::Register)?;
+        unsafe {
+            submitter.register_buf_ring_with_flags(ring.ptr as u64, shape.count, bgid, flags)
+        }
+        .map_err(BufRingError::Register)?;
         let mut br = BufRing {
             arena,
             ring,
             shape,
             tail: 0,
             node,
+            consumed: if shape.incremental {
+                vec![0; shape.count as usize]
+            } else {
+                Vec::new()
+            },
         };
         for bid in 0..shape.count {
             br.recycle(bid);
@@ -162,6 +182,9 @@ impl BufRing {
         Ok(br)
     }
 
+    pub fn incremental(&self) -> bool {
+        self.shape.incremental
+    }
     pub fn node(&self) -> u32 {
         self.node
     }
@@ -185,9 +208,33 @@ impl BufRing {
         }
     }
 
+    /// Incremental mode: the next `len` bytes the kernel put in buffer `bid` (after
+    /// those handed out before). Panics outside incremental mode or past the buffer's
+    /// end (a caller bug).
+    pub fn take_incremental(&mut self, bid: u16, len: usize) -> &[u8] {
+        assert!(self.shape.incremental && bid < self.shape.count);
+        let at = self.consumed[bid as usize] as usize;
+        assert!(at + len <= self.shape.size as usize);
+        self.consumed[bid as usize] = (at + len) as u32;
+        // SAFETY: `bid` and `at + len` are in range, so the slice lies inside the
+        // arena; the kernel wrote these bytes before posting the completion that named
+        // them, and writes only the part after them until the buffer is recycled.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.arena
+                    .ptr
+                    .add(bid as usize * self.shape.size as usize + at),
+                len,
+            )
+        }
+    }
+
     /// Writes a descriptor handing buffer `bid` back; visible to the kernel at `commit`.
     pub fn recycle(&mut self, bid: u16) {
         assert!(bid < self.shape.count);
+        if let Some(c) = self.consumed.get_mut(bid as usize) {
+            *c = 0;
+        }
         let mask = self.shape.count - 1;
         let index = (self.tail & mask) as usize;
         // SAFETY: `index < count`, so the entry lies in the ring mapping; the kernel

@@ -41,9 +41,18 @@ pub struct ShardRingShape {
     pub send_slots: u32,
     /// Largest datagram a send slot holds.
     pub max_datagram_bytes: usize,
-    /// TCP receive buffers (count a power of two, size a multiple of 64); None when TCP
-    /// is off.
-    pub stream_bufs: Option<(u16, u32)>,
+    /// TCP receive buffers; None when TCP is off.
+    pub stream_bufs: Option<StreamBufs>,
+}
+
+/// The TCP buffer group's shapes, (count, size): count a power of two, size a multiple
+/// of 64.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamBufs {
+    /// With incremental consumption, where the kernel has it (None: never try).
+    pub incremental: Option<(u16, u32)>,
+    /// Without it.
+    pub plain: (u16, u32),
 }
 
 /// One in-flight write on a TCP connection: the ring owns the bytes until the write's
@@ -149,15 +158,35 @@ impl ShardRing {
             BufRingShape {
                 count: shape.buf_count,
                 size: shape.buf_size,
+                incremental: false,
             },
             BGID,
         )?;
         let stream_bufring = match shape.stream_bufs {
-            Some((count, size)) => Some(BufRing::new(
-                &ring.submitter(),
-                BufRingShape { count, size },
-                STREAM_BGID,
-            )?),
+            Some(s) => Some(
+                s.incremental
+                    .and_then(|(count, size)| {
+                        // Refused before Linux 6.12: the plain shape instead.
+                        let inc = BufRingShape {
+                            count,
+                            size,
+                            incremental: true,
+                        };
+                        BufRing::new(&ring.submitter(), inc, STREAM_BGID).ok()
+                    })
+                    .map_or_else(
+                        || {
+                            let (count, size) = s.plain;
+                            let plain = BufRingShape {
+                                count,
+                                size,
+                                incremental: false,
+                            };
+                            BufRing::new(&ring.submitter(), plain, STREAM_BGID)
+                        },
+                        Ok,
+                    )?,
+            ),
             None => None,
         };
         let slots = (0..shape.send_slots)
@@ -417,12 +446,28 @@ impl ShardRing {
         })
     }
 
-    /// The bytes a TCP receive completion put in buffer `bid`.
-    pub fn stream_buffer(&self, bid: u16, len: usize) -> &[u8] {
+    /// The TCP buffer group consumes buffers incrementally (Linux 6.12+ and asked for).
+    pub fn stream_incremental(&self) -> bool {
         self.stream_bufring
             .as_ref()
-            .expect("ring made without TCP buffers")
-            .buffer(bid, len)
+            .is_some_and(|b| b.incremental())
+    }
+
+    /// The bytes a TCP receive completion (`len`, `flags`) put in buffer `bid`, and
+    /// whether the buffer is done with (to be recycled once the bytes are used): with
+    /// incremental consumption, not while the kernel still fills it
+    /// (`IORING_CQE_F_BUF_MORE`).
+    pub fn stream_data(&mut self, bid: u16, len: usize, flags: u32) -> (&[u8], bool) {
+        let b = self
+            .stream_bufring
+            .as_mut()
+            .expect("ring made without TCP buffers");
+        if b.incremental() {
+            let more = io_uring::cqueue::buffer_more(flags);
+            (b.take_incremental(bid, len), !more)
+        } else {
+            (b.buffer(bid, len), true)
+        }
     }
 
     /// Hands TCP buffer `bid` back; visible to the kernel at `commit`.

@@ -101,6 +101,56 @@ pub struct Server {
 /// at net.core.somaxconn (4096 by default), enough for bursts of reconnects.
 const LISTEN_BACKLOG: i32 = 65_535;
 
+enum OpenError {
+    /// The TCP listener could not bind the port UDP got.
+    TcpPortTaken(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for OpenError {
+    fn from(e: E) -> OpenError {
+        OpenError::Other(e.into())
+    }
+}
+
+type Opened = (
+    Vec<OwnedFd>,
+    Vec<Option<OwnedFd>>,
+    SocketAddr,
+    socket::RcvbufOutcome,
+);
+
+/// Every shard's UDP socket (SO_REUSEPORT group, bind order = group index), and with
+/// `tcp` every shard's TCP listener on the same port (the kernel spreads connections
+/// by their addresses; frames of devices owned elsewhere are handed over like
+/// datagrams').
+fn open_sockets(config: &Config, opts: UdpOptions<'_>, tcp: bool) -> Result<Opened, OpenError> {
+    let shards = config.shards() as usize;
+    let mut sockets = Vec::with_capacity(shards);
+    let (first, rcvbuf) = socket::udp_reuseport(config.network.listen, opts)?;
+    // Port 0: every later socket joins the port the first one got.
+    let listen = socket::local_addr(&first)?;
+    sockets.push(first);
+    for _ in 1..shards {
+        sockets.push(socket::udp_reuseport(listen, opts)?.0);
+    }
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        listeners.push(if tcp {
+            Some(
+                crate::sys::tcp::listener_reuseport(listen, LISTEN_BACKLOG).map_err(|e| {
+                    OpenError::TcpPortTaken(anyhow::Error::new(e).context(
+                        "opening the TCP listener on the UDP port (--no-tcp turns TCP off)",
+                    ))
+                })?,
+            )
+        } else {
+            None
+        });
+    }
+    Ok((sockets, listeners, listen, rcvbuf))
+}
+
 /// Raises the soft open-files limit to the hard one (each TCP connection is a
 /// descriptor); returns the new soft limit.
 pub fn raise_nofile() -> u64 {
@@ -138,33 +188,25 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         rcvbuf_bytes: config.network.rcvbuf_bytes,
         prefilter: prefilter.as_deref(),
     };
-    let mut sockets = Vec::with_capacity(shards);
-    let (first, rcvbuf) = socket::udp_reuseport(config.network.listen, opts)?;
-    // Port 0: every later socket joins the port the first one got.
-    let listen = socket::local_addr(&first)?;
-    sockets.push(first);
-    for _ in 1..shards {
-        sockets.push(socket::udp_reuseport(listen, opts)?.0);
-    }
-    // TCP on the same port: one listener per shard in the port's TCP SO_REUSEPORT group
-    // (the kernel spreads connections by their addresses; frames of devices owned
-    // elsewhere are handed over like datagrams').
     let serve_tcp =
         config.network.tcp.is_some() && config.engine != crate::config::Engine::TokioUring;
     if config.network.tcp.is_some() && !serve_tcp {
         tracing::warn!("--engine tokio-uring serves UDP only: TCP is off (use --engine uring or epoll for TCP, or --no-tcp to silence this)");
     }
-    let mut listeners: Vec<Option<OwnedFd>> = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        listeners.push(if serve_tcp {
-            Some(
-                crate::sys::tcp::listener_reuseport(listen, LISTEN_BACKLOG)
-                    .context("opening the TCP listener (--no-tcp turns TCP off)")?,
-            )
-        } else {
-            None
-        });
-    }
+    // With port 0 the UDP port is picked first; TCP must then get the same number,
+    // which a TCP socket may hold already: pick again (a few times).
+    let mut attempt = 0;
+    let (sockets, listeners, listen, rcvbuf) = loop {
+        match open_sockets(config, opts, serve_tcp) {
+            Err(OpenError::TcpPortTaken(_))
+                if config.network.listen.port() == 0 && attempt < 16 =>
+            {
+                attempt += 1;
+            }
+            Err(OpenError::TcpPortTaken(e)) | Err(OpenError::Other(e)) => return Err(e),
+            Ok(opened) => break opened,
+        }
+    };
     if shards > 1 {
         let steering = sock_filters(&crate::core::bpf::steering_program(shards as u32));
         socket::attach_reuseport_steering(&sockets[0], &steering)?;

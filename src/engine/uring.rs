@@ -16,8 +16,8 @@ use crate::core::stats::ShardStats;
 use crate::engine::tcp::{After, Close, ConnId, Connections, ACK_QUEUE_RESUME};
 use crate::engine::token::Token;
 use crate::sys::socket;
-use crate::sys::uring::StreamSendEnd;
 use crate::sys::uring::{Pushed, ShardRing, ShardRingShape};
+use crate::sys::uring::{StreamBufs, StreamSendEnd};
 use io_uring::cqueue;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -63,6 +63,10 @@ const BACKLOG_NO_BATCH_BYTES: u32 = 64 << 10;
 /// million quiet ones sending a frame each.
 const TCP_BUF_COUNT: u16 = 512;
 const TCP_BUF_SIZE: u32 = 4096;
+/// With incremental consumption (Linux 6.12+) a receive takes only what it needs of
+/// the head buffer, so buffers can be large without waste: 32 × 64 KiB, the same 2 MiB.
+const TCP_INC_BUF_COUNT: u16 = 32;
+const TCP_INC_BUF_SIZE: u32 = 64 << 10;
 
 /// Completion rate over the last adaptive window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,7 +218,14 @@ pub(crate) fn ring_shape(cfg: &crate::config::Config) -> ShardRingShape {
         buf_size: cfg.uring.buf_size,
         send_slots: cfg.uring.ack_slots,
         max_datagram_bytes: MAX_DATAGRAM_BYTES,
-        stream_bufs: cfg.network.tcp.map(|_| (TCP_BUF_COUNT, TCP_BUF_SIZE)),
+        stream_bufs: cfg.network.tcp.map(|_| StreamBufs {
+            // RINGBEAT_TCP_PLAIN_BUFFERS=1 behaves as on Linux < 6.12 (for testing the
+            // fallback on kernels that have incremental consumption).
+            incremental: std::env::var_os("RINGBEAT_TCP_PLAIN_BUFFERS")
+                .is_none()
+                .then_some((TCP_INC_BUF_COUNT, TCP_INC_BUF_SIZE)),
+            plain: (TCP_BUF_COUNT, TCP_BUF_SIZE),
+        }),
     }
 }
 
@@ -370,25 +381,30 @@ impl UringEngine {
             None => false,
         };
         let mut outcome = None;
-        if alive {
-            if res > 0 {
-                if let Some(bid) = bid {
-                    let bytes = self.ring.stream_buffer(bid, res as usize);
+        let mut recycle = true;
+        if res > 0 {
+            if let Some(bid) = bid {
+                // Taken whoever it belonged to: incremental buffers track what was
+                // handed out.
+                let (bytes, done) = self.ring.stream_data(bid, res as usize, flags);
+                recycle = done;
+                if alive {
                     outcome = tcp.conns.on_bytes(id, bytes, io, now_ms);
-                } else {
-                    io.stats().recv_errors += 1;
                 }
-            } else if res == 0 {
-                tcp.conns.on_end(id, io.stats());
-                outcome = Some(After::Close(Close::Peer));
-            } else if -res == libc::ENOBUFS {
-                io.stats().ring_dry += 1;
-                self.ran_dry = true;
-            } else if -res != libc::ECANCELED {
-                outcome = Some(After::Close(Close::Error));
+            } else {
+                io.stats().recv_errors += 1;
             }
         }
-        if let Some(bid) = bid {
+        if alive && res == 0 {
+            tcp.conns.on_end(id, io.stats());
+            outcome = Some(After::Close(Close::Peer));
+        } else if alive && -res == libc::ENOBUFS {
+            io.stats().ring_dry += 1;
+            self.ran_dry = true;
+        } else if alive && res < 0 && -res != libc::ECANCELED {
+            outcome = Some(After::Close(Close::Error));
+        }
+        if let (Some(bid), true) = (bid, recycle) {
             self.ring.recycle_stream(bid);
         }
         if !alive {
