@@ -126,6 +126,10 @@ fn ring_checks(config: &Config) -> Vec<Check> {
                 (opcode::RecvMsg::CODE, "RECVMSG"),
                 (opcode::SendMsg::CODE, "SENDMSG"),
                 (opcode::Read::CODE, "READ"),
+                (opcode::Accept::CODE, "ACCEPT"),
+                (opcode::Recv::CODE, "RECV"),
+                (opcode::Send::CODE, "SEND"),
+                (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
             ]
             .into_iter()
             .filter(|(code, _)| !probe.is_supported(*code))
@@ -133,7 +137,7 @@ fn ring_checks(config: &Config) -> Vec<Check> {
             .collect();
             if missing.is_empty() {
                 out.push(line(
-                    "opcodes RECVMSG SENDMSG READ",
+                    "opcodes RECVMSG SENDMSG READ ACCEPT RECV SEND ASYNC_CANCEL",
                     "present",
                     Verdict::Ok,
                     "",
@@ -174,17 +178,36 @@ fn ring_checks(config: &Config) -> Vec<Check> {
     drop(ring);
     let shape = crate::engine::uring::ring_shape(config);
     match ShardRing::new(shape) {
-        Ok(r) => out.push(line(
-            "provided buffer ring",
-            format!(
-                "{} × {} B = {} KiB per shard",
-                config.uring.buf_count,
-                config.uring.buf_size,
-                r.arena().2 / 1024
-            ),
-            Verdict::Ok,
-            "",
-        )),
+        Ok(r) => {
+            out.push(line(
+                "provided buffer ring",
+                format!(
+                    "{} × {} B = {} KiB per shard",
+                    config.uring.buf_count,
+                    config.uring.buf_size,
+                    r.arena().2 / 1024
+                ),
+                Verdict::Ok,
+                "",
+            ));
+            if config.network.tcp.is_some() {
+                out.push(if r.stream_incremental() {
+                    line(
+                        "TCP receive buffers",
+                        "incremental consumption",
+                        Verdict::Ok,
+                        "",
+                    )
+                } else {
+                    line(
+                        "TCP receive buffers",
+                        "plain (no incremental consumption)",
+                        Verdict::Ok,
+                        "Linux 6.12+ lets a read take only what it needs of a large buffer",
+                    )
+                });
+            }
+        }
         Err(e) => out.push(line(
             "provided buffer ring",
             e.to_string(),
@@ -234,6 +257,38 @@ fn limit_checks(config: &Config) -> Vec<Check> {
         ));
     }
     let need_fds = (config.shards() as u64) * 4 + 32;
+    if let (Some(tcp), Ok((_, hard))) = (config.network.tcp, getrlimit(Resource::RLIMIT_NOFILE)) {
+        // The server raises its soft limit to the hard one at start.
+        let need = tcp.max_connections + crate::config::RESERVED_FDS;
+        let derived = if tcp.max_connections_derived {
+            " (derived from the hard limit)"
+        } else {
+            ""
+        };
+        out.push(line(
+            "nofile for TCP",
+            format!(
+                "hard limit {hard}, --max-connections {}{derived} + {} kept",
+                tcp.max_connections,
+                crate::config::RESERVED_FDS
+            ),
+            if hard >= need {
+                Verdict::Ok
+            } else {
+                Verdict::Warn
+            },
+            if hard >= need {
+                String::new()
+            } else {
+                format!(
+                    "connections beyond {} would be refused: raise the hard limit to {need} \
+                     (LimitNOFILE={need} in the systemd unit, `ulimit -Hn {need}` as root, \
+                     `--ulimit nofile={need}` for a container) or lower --max-connections",
+                    hard.saturating_sub(crate::config::RESERVED_FDS)
+                )
+            },
+        ));
+    }
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let v = if soft >= need_fds {
             Verdict::Ok

@@ -86,10 +86,16 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         }
     };
     format!(
-        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | blind {} ms, deferred {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
+        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | tcp: open {} accepted/s {:.0} closed/s {:.0} refused {} frames/s {:.0} ack_queue_drops {} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | blind {} ms, deferred {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
         rate(d.heartbeats),
         rate(d.datagrams),
         rate(d.acks_sent),
+        now.tcp_open,
+        rate(d.tcp_accepted),
+        rate(d.tcp_closed()),
+        now.tcp_refused,
+        rate(d.tcp_frames),
+        now.tcp_ack_queue_drops,
         d.devices,
         d.online,
         d.late,
@@ -125,6 +131,12 @@ mod tests {
             ..Default::default()
         };
         let line = summary_line(&prev, &now, 1.0);
+        assert!(
+            line.contains(
+                "tcp: open 0 accepted/s 0 closed/s 0 refused 0 frames/s 0 ack_queue_drops 0"
+            ),
+            "{line}"
+        );
         assert!(
             line.contains("wakeups/s 10 drains/s 3 hb/wakeup 100.0 hb/enter 20.0 cqes/enter 10.0"),
             "{line}"

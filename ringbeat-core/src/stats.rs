@@ -170,6 +170,16 @@ stats! {
 }
 
 impl ShardStats {
+    /// TCP connections closed for any reason.
+    pub fn tcp_closed(&self) -> u64 {
+        self.tcp_closed_peer
+            + self.tcp_closed_out_of_step
+            + self.tcp_closed_idle
+            + self.tcp_closed_ack_backlog
+            + self.tcp_closed_error
+            + self.tcp_closed_at_stop
+    }
+
     pub fn malformed_total(&self) -> u64 {
         self.malformed_frames.iter().sum::<u64>() + self.rejected_datagrams.iter().sum::<u64>()
     }
