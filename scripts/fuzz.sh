@@ -6,12 +6,12 @@
 # fuzz/artifacts/TARGET/).
 #
 # usage: scripts/fuzz.sh [SECONDS] [OUT_DIR]     (default 1200 s and results/<date>-fuzz)
-#   env: TARGETS=${TARGETS:-"datagram snapshot config_file"}
+#   env: TARGETS=${TARGETS:-"datagram stream snapshot config_file"}
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-1200}
 OUT=${2:-results/$(date -u +%Y-%m-%d)-fuzz}
-TARGETS=${TARGETS:-"datagram snapshot config_file"}
+TARGETS=${TARGETS:-"datagram stream snapshot config_file"}
 if ! rustup toolchain list | grep -q '^nightly'; then
   echo "fuzz: skipped, no nightly toolchain (rustup toolchain install nightly)"
   exit 0

@@ -1,7 +1,8 @@
 //! Deterministic simulation of several shard cores under simulated time.
 //!
 //! Devices heartbeat on their own intervals, fall silent at random, change interval;
-//! a simulated network batches their frames into gateway datagrams, mixes in malformed
+//! a simulated network batches their frames into gateway datagrams (a third of the
+//! well-formed ones arrive over a TCP connection instead, cut at random points), mixes in malformed
 //! frames and datagrams, loses, duplicates, delays (reorders) and mis-steers them. The
 //! cores forward mis-steered frames through bounded queues and run the same liveness
 //! step the engines run (`ShardCore::step`: sliced walks with a random budget, and
@@ -247,6 +248,10 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     // In-flight datagrams by delivery time: (datagram bytes, receiving shard).
     let mut network: BTreeMap<(u64, u64), (Vec<u8>, u32)> = BTreeMap::new();
     let mut nonce = 0u64;
+    // One TCP connection into each shard (its decoder), and how many datagrams' worth
+    // of frames went over them.
+    let mut streams = vec![ringbeat::core::stream::StreamDecoder::default(); sc.shards as usize];
+    let mut streamed = 0u64;
     let mut applied: HashMap<u64, Vec<Applied>> = HashMap::new();
     let mut shard_events: Vec<Vec<Event>> = vec![Vec::new(); sc.shards as usize];
     let mut injected = Injected::default();
@@ -407,16 +412,43 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
             }
             let cap = sc.forward_capacity;
             let queues = &mut forward_queues;
-            let mut acks = [0u8; MAX_DATAGRAM_BYTES];
-            let n = cores[to as usize].ingest_datagram(&dgram, now, &mut acks, |target, frame| {
+            let mut forward = |target: u32, frame: &[u8; FRAME_BYTES]| {
                 let q = &mut queues[target as usize];
                 if q.len() >= cap {
                     return false;
                 }
                 q.push(*frame);
                 true
-            });
-            assert_eq!(&acks[..n], &expected_acks[..], "acks byte-exact, in order");
+            };
+            // A third of the well-formed datagrams with no bad magic come over TCP
+            // instead: their bytes fed to a connection's stream decoder cut at random
+            // points, with the same frames, acks and counts as the datagram.
+            let streamable = codec::datagram_frames(&dgram).is_ok()
+                && dgram.chunks(FRAME_BYTES).all(|f| f[0..4] == codec::MAGIC);
+            if streamable && rng.chance(333) {
+                let decoder = &mut streams[to as usize];
+                let mut got = Vec::new();
+                let mut at = 0;
+                while at < dgram.len() {
+                    let len = (1 + rng.below(48) as usize).min(dgram.len() - at);
+                    let fed = cores[to as usize].ingest_stream(
+                        decoder,
+                        &dgram[at..at + len],
+                        now,
+                        |a| got.extend_from_slice(a),
+                        &mut forward,
+                    );
+                    assert!(!fed.stopped);
+                    at += len;
+                }
+                assert_eq!(decoder.carried(), 0);
+                assert_eq!(got, expected_acks, "TCP acks byte-exact, in order");
+                streamed += 1;
+            } else {
+                let mut acks = [0u8; MAX_DATAGRAM_BYTES];
+                let n = cores[to as usize].ingest_datagram(&dgram, now, &mut acks, forward);
+                assert_eq!(&acks[..n], &expected_acks[..], "acks byte-exact, in order");
+            }
         }
         // 3. Hand-offs, then liveness.
         for (s, q) in forward_queues.iter().enumerate() {
@@ -559,6 +591,7 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     // The scenario must actually exercise the interesting paths (with blindness,
     // a seed may defer every offline past the end: checked over all seeds instead).
     assert!(total.forwarded > 0 && total.duplicates > 0 && total.lost_heartbeats > 0);
+    assert!(streamed > 0 && total.tcp_split_frames > 0);
     assert!(events.iter().any(|e| e.to == Liveness::Late));
     if !sc.blindness {
         assert!(events.iter().any(|e| e.to == Liveness::Offline));

@@ -1,0 +1,63 @@
+//! Any bytes as a TCP connection's stream, cut into reads at points the input chooses,
+//! through the whole ingest path of a shard core: never a panic, every whole frame
+//! before the first bad magic taken (applied, forwarded or counted malformed), nothing
+//! after it, one ack per valid ACK_REQUESTED frame, and at most 31 bytes carried.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringbeat::core::codec::FRAME_BYTES;
+use ringbeat::core::liveness::Thresholds;
+use ringbeat::core::memory::Heap;
+use ringbeat::core::shard::{CoreConfig, ShardCore};
+use ringbeat::core::stream::StreamDecoder;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cuts, stream)) = data.split_first() else {
+        return;
+    };
+    let mut core = ShardCore::<Heap>::new(
+        CoreConfig {
+            shard: 0,
+            shards: 2,
+            max_devices: 64,
+            thresholds: Thresholds {
+                late_after_permille: 1500,
+                offline_after_permille: 3000,
+            },
+            default_interval_ds: 10,
+            tick_ms: 10,
+            event_capacity: 256,
+            huge_pages: false,
+        },
+        0,
+    )
+    .unwrap();
+    let mut decoder = StreamDecoder::default();
+    let mut acks = 0usize;
+    let (mut at, mut read) = (0usize, 0u64);
+    let mut stopped = false;
+    // Reads of 1..=64 bytes, their lengths drawn from the first input byte onwards.
+    while at < stream.len() && !stopped {
+        read += 1;
+        let len = (1 + (cuts as u64 * 31 + read * 17) % 64) as usize;
+        let end = (at + len).min(stream.len());
+        let fed = core.ingest_stream(&mut decoder, &stream[at..end], read, |_| acks += 1, |_, _| true);
+        assert!(decoder.carried() < FRAME_BYTES);
+        stopped = fed.stopped;
+        at = end;
+        core.step(read * 100, 16);
+    }
+    core.advance(1 << 20);
+    let s = core.stats();
+    let whole = (stream.len() / FRAME_BYTES) as u64;
+    let first_bad_magic = stream
+        .chunks_exact(FRAME_BYTES)
+        .position(|f| f[0..4] != *b"RBHB")
+        .map(|i| i as u64 + 1);
+    assert_eq!(stopped, first_bad_magic.is_some());
+    assert_eq!(s.tcp_frames, first_bad_magic.unwrap_or(whole));
+    assert_eq!(s.frames_valid, s.heartbeats + s.forwarded + s.table_full);
+    assert_eq!(s.frames_valid + s.malformed_total(), s.tcp_frames);
+    assert!(acks as u64 <= s.frames_valid);
+    assert_eq!(s.online + s.late + s.offline, s.devices);
+});
