@@ -89,7 +89,8 @@ pub struct SweepArgs {
     pub runs: usize,
     /// A server variant to compare, `LABEL=FLAGS` (repeatable), e.g.
     /// `--variant 'epoll=--engine epoll'`; `LABEL=@PATH FLAGS` runs another server
-    /// binary (an earlier revision's build, say). Every point runs every variant, interleaved
+    /// binary (an earlier revision's build, say); `NAME=VALUE` among the flags sets the
+    /// server's environment, `--proto=tcp` / `--connections=N` the load's transport. Every point runs every variant, interleaved
     /// run by run so that the machine's noise falls on all of them alike; each variant
     /// gets its own folder and the comparison goes to variants.csv and compare-*.svg.
     #[arg(long = "variant", value_name = "LABEL=FLAGS", value_parser = parse_variant)]
@@ -135,6 +136,8 @@ pub struct Variant {
     /// `--connections=N` among its flags set the load, not the server).
     pub proto: Option<String>,
     pub connections: Option<usize>,
+    /// The server's environment for this variant (`NAME=VALUE` among its flags).
+    pub env: Vec<(String, String)>,
 }
 
 impl Variant {
@@ -184,8 +187,19 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
     let mut proto = None;
     let mut connections = None;
     let mut server_flags = Vec::new();
+    let mut env = Vec::new();
     for f in flags {
-        if let Some(p) = f.strip_prefix("--proto=") {
+        let is_env = |f: &str| {
+            f.split_once('=').is_some_and(|(k, _)| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+        };
+        if is_env(&f) {
+            let (k, v) = f.split_once('=').expect("checked");
+            env.push((k.to_string(), v.to_string()));
+        } else if let Some(p) = f.strip_prefix("--proto=") {
             if p != "udp" && p != "tcp" {
                 return Err(format!("variant {label}: --proto={p}: udp or tcp"));
             }
@@ -206,6 +220,7 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
         sink: false,
         proto,
         connections,
+        env,
     })
 }
 
@@ -226,6 +241,7 @@ fn variants(a: &SweepArgs) -> Vec<Variant> {
             sink: false,
             proto: None,
             connections: None,
+            env: Vec::new(),
         });
     }
     if a.sink_baseline {
@@ -238,6 +254,7 @@ fn variants(a: &SweepArgs) -> Vec<Variant> {
                 sink: true,
                 proto: None,
                 connections: None,
+                env: Vec::new(),
             },
         );
     }

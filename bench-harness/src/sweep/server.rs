@@ -141,6 +141,7 @@ impl ServerProcess {
                 .arg(stats)
                 .args(&a.server_args)
                 .args(&variant.flags)
+                .envs(variant.env.iter().map(|(k, v)| (k, v)))
                 .stderr(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("starting {}", bin.display()))?
