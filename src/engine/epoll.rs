@@ -225,6 +225,12 @@ impl EpollEngine {
             if c.paused && c.acks.len() < ACK_QUEUE_RESUME {
                 c.paused = false;
             }
+            let c = if c.acks.is_empty() {
+                conns.release_if_empty(id);
+                conns.get_mut(id).expect("open")
+            } else {
+                c
+            };
             if c.closing() && c.flushed() {
                 let why = conns
                     .closing_reason(id.key as usize)

@@ -82,8 +82,9 @@ pub(crate) struct Conn {
     decoder: StreamDecoder,
     /// Shard time (ms) of the last completed frame, or of the accept.
     last_frame_ms: u64,
-    /// Acks made and not yet handed to a write, in order. Allocated when first
-    /// needed, bounded by `ACK_QUEUE_MAX`.
+    /// Acks made and not yet handed to a write, in order, bounded by `ACK_QUEUE_MAX`.
+    /// A buffer from the shard's pool while acks wait, none otherwise: a quiet
+    /// connection holds no ack memory.
     pub acks: Vec<u8>,
     /// A write of this connection's acks is in flight (io_uring) or waits for the
     /// socket to take more (epoll).
@@ -200,10 +201,18 @@ impl Connections {
         io: &mut Ingest<'_>,
         now_ms: u64,
     ) -> Option<After> {
-        let c = self.get_mut(id)?;
+        let c = self
+            .slab
+            .get_mut(id.key as usize)
+            .filter(|c| c.generation == id.generation)?;
         if c.closing.is_some() {
             // After a bad magic the rest of the stream means nothing.
             return Some(After::CloseWhenFlushed);
+        }
+        if c.acks.capacity() == 0 {
+            if let Some(buf) = self.spare.pop() {
+                c.acks = buf;
+            }
         }
         let acks = &mut c.acks;
         let fed = io.stream(&mut c.decoder, bytes, now_ms, |ack| {
@@ -235,19 +244,24 @@ impl Connections {
         }
     }
 
-    /// Takes the connection's queued acks to write (an emptied buffer is left in
-    /// their place); None when nothing is queued or a write is in flight.
+    /// Takes the connection's queued acks to write (the connection is left with no
+    /// buffer); None when nothing is queued or a write is in flight.
     pub fn take_acks(&mut self, id: ConnId) -> Option<Vec<u8>> {
-        let spare = self.spare.pop().unwrap_or_default();
-        let c = match self.get_mut(id) {
-            Some(c) if !c.writing && !c.acks.is_empty() => c,
-            _ => {
-                self.give_back(spare);
-                return None;
-            }
-        };
+        let c = self
+            .get_mut(id)
+            .filter(|c| !c.writing && !c.acks.is_empty())?;
         c.writing = true;
-        Some(std::mem::replace(&mut c.acks, spare))
+        Some(std::mem::take(&mut c.acks))
+    }
+
+    /// Gives the connection's ack buffer back to the pool once everything in it is
+    /// written (epoll writes in place).
+    pub fn release_if_empty(&mut self, id: ConnId) {
+        let Some(c) = self.get_mut(id) else { return };
+        if c.acks.is_empty() && c.acks.capacity() > 0 {
+            let buf = std::mem::take(&mut c.acks);
+            self.give_back(buf);
+        }
     }
 
     /// Keeps an emptied ack buffer for reuse (at most a few, each at most 16 KiB).
