@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Connection scale: how many concurrent TCP connections one shard holds, and what each
 # costs. The load opens N connections (one per device, from source addresses
-# 127.0.0.1, .2, ... at 8,000 each), then every device sends one heartbeat per
+# 127.B.0.1, .2, ... at 8,000 each), then every device sends one heartbeat per
 # INTERVAL seconds with an ack requested on each. Recorded: the server's resident
 # memory and the kernel's slab memory before and with all connections open (per
 # connection), /proc/net/sockstat, the accept rate, and the ack latency at that scale.
@@ -9,7 +9,7 @@
 # run (root), and puts fs.nr_open back at the end.
 #
 # usage: scripts/exp-tcp-connections.sh [OUT_DIR]
-#   env: CONNECTIONS=1000000 INTERVAL=30 DURATION=90 WARMUP=40
+#   env: CONNECTIONS=1000000 INTERVAL=30 DURATION=90 WARMUP=40 HOLD=10
 # Sends only to 127.0.0.1; every run stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ N=${CONNECTIONS:-1000000}
 INTERVAL=${INTERVAL:-30}
 DURATION=${DURATION:-90}
 WARMUP=${WARMUP:-40}
+# Seconds the connections are held open before the first heartbeat: the server's
+# memory per connection is read then, before devices fill the table.
+HOLD=${HOLD:-10}
 PORT=7979
 [ "$(id -u)" = 0 ] || { echo "needs root (fs.nr_open and the open-files limit for $N connections)" >&2; exit 1; }
 cargo build --release --locked --workspace -q
@@ -59,7 +62,7 @@ sleep 1
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/$server_pid/status; }
 slab_kb() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
 tcp_mem_pages() { awk '/^TCP:/ {for (i=1;i<=NF;i++) if ($i=="mem") print $(i+1)}' /proc/net/sockstat; }
-base_rss=$(rss_kb); base_slab=$(slab_kb); base_sockstat=$(cat /proc/net/sockstat | tr '\n' ' ')
+base_sockstat=$(cat /proc/net/sockstat | tr '\n' ' ')
 # Every second: time, server RSS, slab, TCP socket pages, connections open and accepted.
 (
   echo "t_s,rss_kb,slab_kb,tcp_mem_pages,tcp_open,tcp_accepted,acks_sent"
@@ -76,17 +79,23 @@ except Exception: print('0,0,0')")
 sampler_pid=$!
 taskset -c 1 target/release/ringbeat-bench load --target 127.0.0.1:$PORT --proto tcp \
   --connections $N --devices $N --batch 1 --interval $INTERVAL --duration $DURATION \
-  --warmup $WARMUP --ack-every 1 --cpus 1 --grace 2 --tcp-flush-us 0 \
+  --warmup $WARMUP --ack-every 1 --cpus 1 --grace 2 --tcp-flush-us 0 --tcp-hold $HOLD \
   --server-pid $server_pid --server-stats "$dir/raw/server.json" \
   --json "$dir/raw/load.json" --hgrm "$dir/raw/load.hgrm" 2> "$dir/raw/load.log"
+# The last sample with every connection open and no heartbeat applied yet.
 peak=$(python3 - "$dir/raw/samples.csv" <<'PY'
 import csv, sys
 rows = [r for r in csv.DictReader(open(sys.argv[1])) if r['rss_kb']]
-best = max(rows, key=lambda r: int(r['tcp_open']))
-print(best['rss_kb'], best['slab_kb'], best['tcp_mem_pages'], best['tcp_open'])
+most = max(int(r['tcp_open']) for r in rows)
+held = [r for r in rows if int(r['tcp_open']) == most and int(r['acks_sent']) == 0]
+best = (held or [r for r in rows if int(r['tcp_open']) == most])[-1]
+# The base: the last sample before the first connection (the server started, its
+# buffer rings faulted in).
+base = [r for r in rows if int(r['tcp_accepted']) == 0][-1]
+print(best['rss_kb'], best['slab_kb'], best['tcp_mem_pages'], best['tcp_open'], base['rss_kb'], base['slab_kb'])
 PY
 )
-read -r peak_rss peak_slab peak_tcp_pages peak_open <<< "$peak"
+read -r peak_rss peak_slab peak_tcp_pages peak_open base_rss base_slab <<< "$peak"
 peak_sockstat=$(cat /proc/net/sockstat | tr '\n' ' ')
 kill -TERM $server_pid; wait $server_pid || true
 LIMIT_NOTE="$limit_note" python3 - "$dir" "$N" "$INTERVAL" "$base_rss" "$base_slab" "$peak_rss" "$peak_slab" "$peak_tcp_pages" "$peak_open" "$base_sockstat" "$peak_sockstat" <<'PY'
@@ -116,7 +125,7 @@ lines = [
   f"| connections asked / open at the peak | {n:,} / {peak_open:,} |",
   f"| opened by the load in | {open_s:.1f} s ({opened / open_s if open_s else 0:,.0f} connections/s) |",
   f"| accepts in the busiest second (server) | {peak_accept:,} |",
-  f"| server resident memory growth per connection | {user_b:.0f} B |",
+  f"| server resident memory growth per connection (all open, before the first heartbeat) | {user_b:.0f} B |",
   f"| kernel slab growth per connection (both ends: loopback) | {slab_b:.0f} B |",
   f"| TCP socket memory at the peak (sockstat, pages) | {tcp_pages} |",
   f"| acks received / expected | {acks.get('received', 'n/a')} / {acks.get('expected', 'n/a')} |",

@@ -124,6 +124,10 @@ pub struct LoadArgs {
     /// wait shows in the latency, which counts from the intended send time.
     #[arg(long, default_value_t = 200)]
     tcp_flush_us: u64,
+    /// TCP: seconds to hold the open connections before the first heartbeat (to
+    /// measure what connections alone cost the server).
+    #[arg(long, default_value_t = 0.0)]
+    tcp_hold: f64,
     /// Seconds to wait for outstanding acks after the last send.
     #[arg(long, default_value_t = 0.5)]
     grace: f64,
@@ -372,8 +376,9 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         );
     }
     let mut streams = streams.into_iter();
-    let start = Instant::now() + Duration::from_millis(50);
-    let start_wall = SystemTime::now() + Duration::from_millis(50);
+    let hold = Duration::from_millis(50) + Duration::from_secs_f64(if tcp { a.tcp_hold.max(0.0) } else { 0.0 });
+    let start = Instant::now() + hold;
+    let start_wall = SystemTime::now() + hold;
     let (tx, rx) = mpsc::channel();
     let cfg = sender::SenderConfig {
         target: a.target,

@@ -26,21 +26,20 @@ const QUEUE_BOUND: usize = 4 << 20;
 /// finding a free port slows down sharply as a range fills.
 pub const PER_SOURCE: usize = 8_000;
 
-/// Opens `n` connections to `target`, from source addresses 127.0.0.1, .2, ... (a new
-/// one every `PER_SOURCE`; IPv4 loopback targets only), non-blocking with
-/// TCP_NODELAY.
+/// Opens `n` connections to `target` (IPv4 loopback: from source addresses
+/// 127.B.0.1, 127.B.0.2, ..., a new one every `PER_SOURCE`, where B is drawn from the
+/// process id so that a run does not meet the TIME_WAIT sockets of the run before it
+/// on the same ports), non-blocking with TCP_NODELAY.
 pub fn connect(target: SocketAddr, n: usize, first: usize) -> std::io::Result<Vec<TcpStream>> {
+    let block = 1 + std::process::id() % 200;
     let mut out = Vec::with_capacity(n);
     for i in first..first + n {
-        let source = match target.ip() {
+        let s = match target.ip() {
             IpAddr::V4(ip) if ip.is_loopback() => {
                 let k = (i / PER_SOURCE) as u32 + 1;
-                Some(IpAddr::V4(Ipv4Addr::from(0x7F00_0000 | (k & 0x00FF_FFFF))))
+                let src = Ipv4Addr::from(0x7F00_0000 | block << 16 | (k & 0xFFFF));
+                net::tcp_connect_from(SocketAddr::new(IpAddr::V4(src), 0), target)?
             }
-            _ => None,
-        };
-        let s = match source {
-            Some(src) if i >= PER_SOURCE => net::tcp_connect_from(SocketAddr::new(src, 0), target)?,
             _ => TcpStream::connect(target)?,
         };
         s.set_nodelay(true)?;
@@ -68,6 +67,10 @@ pub fn run(
 ) -> std::io::Result<SenderResult> {
     if let Some(cpu) = cfg.cpu {
         net::pin_to_cpu(cpu)?;
+    }
+    // Nothing is due before the start (the connections may be held open a while).
+    if let Some(wait) = start.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
     }
     let poller = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?;
     for (i, s) in streams.iter().enumerate() {

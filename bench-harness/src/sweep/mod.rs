@@ -366,6 +366,7 @@ fn measure(
         proto: v.proto.clone().unwrap_or_else(|| a.proto.clone()),
         connections: v.connections.unwrap_or(a.connections),
         tcp_flush_us: a.tcp_flush_us,
+        tcp_hold: 0.0,
         grace: 0.5,
         server_pid: Some(server.child.id()),
         server_stats: Some(stats),
