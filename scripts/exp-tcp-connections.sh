@@ -59,10 +59,17 @@ taskset -c 0 target/release/ringbeat serve --listen 127.0.0.1:$PORT --cores 0 --
   --stats-interval 1 --stats-json "$dir/raw/server.json" 2> "$dir/raw/server.log" &
 server_pid=$!
 sleep 1
-rss_kb() { awk '/VmRSS/ {print $2}' /proc/$server_pid/status; }
-slab_kb() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
+# Resident memory from smaps_rollup (exact; VmRSS is updated lazily), and the kernel
+# objects a connection needs at both ends (socket, inode, file, dentry, io_uring
+# request, epoll item), from /proc/slabinfo: active objects × object size.
+rss_kb() { awk '/^Rss:/ {print $2}' /proc/$server_pid/smaps_rollup; }
+slab_kb() {
+  awk '$1 ~ /^(TCP|sock_inode_cache|filp|dentry|io_kiocb|eventpoll_epi|eventpoll_pwq)$/ {s += $2 * $4} END {print int(s / 1024)}' /proc/slabinfo
+}
 tcp_mem_pages() { awk '/^TCP:/ {for (i=1;i<=NF;i++) if ($i=="mem") print $(i+1)}' /proc/net/sockstat; }
+sleep 2
 base_sockstat=$(cat /proc/net/sockstat | tr '\n' ' ')
+base_rss=$(rss_kb); base_slab=$(slab_kb)
 # Every second: time, server RSS, slab, TCP socket pages, connections open and accepted.
 (
   echo "t_s,rss_kb,slab_kb,tcp_mem_pages,tcp_open,tcp_accepted,acks_sent"
@@ -89,13 +96,10 @@ rows = [r for r in csv.DictReader(open(sys.argv[1])) if r['rss_kb']]
 most = max(int(r['tcp_open']) for r in rows)
 held = [r for r in rows if int(r['tcp_open']) == most and int(r['acks_sent']) == 0]
 best = (held or [r for r in rows if int(r['tcp_open']) == most])[-1]
-# The base: the last sample before the first connection (the server started, its
-# buffer rings faulted in).
-base = [r for r in rows if int(r['tcp_accepted']) == 0][-1]
-print(best['rss_kb'], best['slab_kb'], best['tcp_mem_pages'], best['tcp_open'], base['rss_kb'], base['slab_kb'])
+print(best['rss_kb'], best['slab_kb'], best['tcp_mem_pages'], best['tcp_open'])
 PY
 )
-read -r peak_rss peak_slab peak_tcp_pages peak_open base_rss base_slab <<< "$peak"
+read -r peak_rss peak_slab peak_tcp_pages peak_open <<< "$peak"
 peak_sockstat=$(cat /proc/net/sockstat | tr '\n' ' ')
 kill -TERM $server_pid; wait $server_pid || true
 LIMIT_NOTE="$limit_note" python3 - "$dir" "$N" "$INTERVAL" "$base_rss" "$base_slab" "$peak_rss" "$peak_slab" "$peak_tcp_pages" "$peak_open" "$base_sockstat" "$peak_sockstat" <<'PY'
@@ -126,7 +130,7 @@ lines = [
   f"| opened by the load in | {open_s:.1f} s ({opened / open_s if open_s else 0:,.0f} connections/s) |",
   f"| accepts in the busiest second (server) | {peak_accept:,} |",
   f"| server resident memory growth per connection (all open, before the first heartbeat) | {user_b:.0f} B |",
-  f"| kernel slab growth per connection (both ends: loopback) | {slab_b:.0f} B |",
+  f"| kernel objects per connection, both ends (socket, inode, file, dentry, io_uring request, epoll item; slabinfo) | {slab_b:.0f} B |",
   f"| TCP socket memory at the peak (sockstat, pages) | {tcp_pages} |",
   f"| acks received / expected | {acks.get('received', 'n/a')} / {acks.get('expected', 'n/a')} |",
   f"| ack latency from intended send, p50 / p99 / p99.9 / max (µs) | {lat.get('p50_us','n/a')} / {lat.get('p99_us','n/a')} / {lat.get('p999_us','n/a')} / {lat.get('max_us','n/a')} |",
