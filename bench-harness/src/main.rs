@@ -376,7 +376,8 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         );
     }
     let mut streams = streams.into_iter();
-    let hold = Duration::from_millis(50) + Duration::from_secs_f64(if tcp { a.tcp_hold.max(0.0) } else { 0.0 });
+    let hold = Duration::from_millis(50)
+        + Duration::from_secs_f64(if tcp { a.tcp_hold.max(0.0) } else { 0.0 });
     let start = Instant::now() + hold;
     let start_wall = SystemTime::now() + hold;
     let (tx, rx) = mpsc::channel();
