@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod garbage;
+mod handoff;
 mod latency;
 mod liveness;
 mod net;
@@ -45,6 +46,9 @@ enum Command {
     Sink(SinkArgs),
     /// Measure the CPU cost of liveness detection on the core under simulated time.
     Liveness(LivenessArgs),
+    /// What handing a frame to its owner shard costs against applying it where it
+    /// arrived (two shard cores, a real hand-off ring, a TCP stream).
+    Handoff(handoff::HandoffArgs),
     /// Run a rate scan or a device-count scan against a server it starts itself, and
     /// write a dated results folder with raw data, summary and plots.
     Sweep(Box<sweep::SweepArgs>),
@@ -218,6 +222,7 @@ fn main() {
         Command::Sweep(a) => sweep::run(*a),
         Command::Plot(a) => sweep::plot(&a.dir),
         Command::Liveness(a) => liveness_cmd(a),
+        Command::Handoff(a) => handoff::run(a),
         Command::Sink(a) => {
             let cpus = ringbeat::config::parse_cpu_list(&a.cpus)
                 .context("--cpus")
