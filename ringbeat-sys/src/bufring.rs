@@ -97,6 +97,10 @@ pub struct BufRingShape {
     /// and a completion with `IORING_CQE_F_BUF_MORE` leaves the buffer with the kernel.
     /// For streams: large buffers, no space wasted on small reads.
     pub incremental: bool,
+    /// Keep the order in which buffers were handed to the kernel: a bundle receive
+    /// (`IORING_RECVSEND_BUNDLE`) fills the buffers at the head in that order and names
+    /// only the first.
+    pub track_order: bool,
 }
 
 pub struct BufRing {
@@ -109,6 +113,8 @@ pub struct BufRing {
     /// Incremental mode: bytes of each buffer already handed out since it was last
     /// given to the kernel (the kernel fills a buffer front to back).
     consumed: Vec<u32>,
+    /// With `track_order`: buffer ids in the order the kernel will use them.
+    order: std::collections::VecDeque<u16>,
 }
 
 impl BufRing {
@@ -174,6 +180,11 @@ impl BufRing {
             } else {
                 Vec::new()
             },
+            order: std::collections::VecDeque::with_capacity(if shape.track_order {
+                shape.count as usize
+            } else {
+                0
+            }),
         };
         for bid in 0..shape.count {
             br.recycle(bid);
@@ -229,9 +240,34 @@ impl BufRing {
         }
     }
 
+    /// With `track_order`: the buffers a receive of `len` bytes that began in buffer
+    /// `bid` filled, as (buffer, bytes) in order, into `out`. False (and `out` empty)
+    /// when `bid` is not the next buffer the kernel should have used: the order was
+    /// lost, which is a bug; the caller counts it.
+    pub fn take_ordered(&mut self, bid: u16, len: usize, out: &mut Vec<(u16, u32)>) -> bool {
+        out.clear();
+        if self.order.front() != Some(&bid) {
+            return false;
+        }
+        let size = self.shape.size as usize;
+        let mut left = len;
+        while let Some(b) = self.order.pop_front() {
+            let n = left.min(size);
+            out.push((b, n as u32));
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+        left == 0
+    }
+
     /// Writes a descriptor handing buffer `bid` back; visible to the kernel at `commit`.
     pub fn recycle(&mut self, bid: u16) {
         assert!(bid < self.shape.count);
+        if self.shape.track_order {
+            self.order.push_back(bid);
+        }
         if let Some(c) = self.consumed.get_mut(bid as usize) {
             *c = 0;
         }

@@ -53,6 +53,9 @@ pub struct StreamBufs {
     pub incremental: Option<(u16, u32)>,
     /// Without it.
     pub plain: (u16, u32),
+    /// Without it, receive bundles (`IORING_RECVSEND_BUNDLE`, Linux 6.10+) where the
+    /// kernel has them: one completion fills several buffers.
+    pub bundles: bool,
 }
 
 /// One in-flight write on a TCP connection: the ring owns the bytes until the write's
@@ -117,6 +120,8 @@ pub struct ShardRing {
     ring: IoUring,
     bufring: BufRing,
     stream_bufring: Option<BufRing>,
+    /// TCP receives take bundles of plain buffers.
+    stream_bundles: bool,
     stream_sends: slab::Slab<StreamSend>,
     /// user_data of the multishot accept: its completions carry new descriptors, which
     /// `reap` takes ownership of (into `accepted`) so none can leak or be closed twice.
@@ -159,6 +164,7 @@ impl ShardRing {
                 count: shape.buf_count,
                 size: shape.buf_size,
                 incremental: false,
+                track_order: false,
             },
             BGID,
         )?;
@@ -171,6 +177,7 @@ impl ShardRing {
                             count,
                             size,
                             incremental: true,
+                            track_order: false,
                         };
                         BufRing::new(&ring.submitter(), inc, STREAM_BGID).ok()
                     })
@@ -181,6 +188,7 @@ impl ShardRing {
                                 count,
                                 size,
                                 incremental: false,
+                                track_order: true,
                             };
                             BufRing::new(&ring.submitter(), plain, STREAM_BGID)
                         },
@@ -189,6 +197,9 @@ impl ShardRing {
             ),
             None => None,
         };
+        let stream_bundles = shape.stream_bufs.is_some_and(|s| s.bundles)
+            && ring.params().is_feature_recvsend_bundle()
+            && stream_bufring.as_ref().is_some_and(|b| !b.incremental());
         let slots = (0..shape.send_slots)
             .map(|_| SendSlot {
                 msg: zeroed_msghdr(),
@@ -208,6 +219,7 @@ impl ShardRing {
             ring,
             bufring,
             stream_bufring,
+            stream_bundles,
             stream_sends: slab::Slab::new(),
             accept_user_data: None,
             accepted: Vec::new(),
@@ -451,6 +463,30 @@ impl ShardRing {
         self.stream_bufring
             .as_ref()
             .is_some_and(|b| b.incremental())
+    }
+
+    /// TCP receives take bundles of buffers (plain buffers, Linux 6.10+, asked for).
+    pub fn stream_bundles(&self) -> bool {
+        self.stream_bundles
+    }
+
+    /// Plain TCP buffers: the buffers a receive of `len` bytes starting in buffer `bid`
+    /// filled (one, or several for a bundle), as (buffer, bytes), into `out`; read each
+    /// with `stream_part` and recycle each. False when the kernel did not use the
+    /// buffer expected next (a lost order: counted by the caller, `out` empty).
+    pub fn stream_parts(&mut self, bid: u16, len: usize, out: &mut Vec<(u16, u32)>) -> bool {
+        self.stream_bufring
+            .as_mut()
+            .expect("ring made without TCP buffers")
+            .take_ordered(bid, len, out)
+    }
+
+    /// The `len` bytes a receive put in plain TCP buffer `bid`.
+    pub fn stream_part(&self, bid: u16, len: usize) -> &[u8] {
+        self.stream_bufring
+            .as_ref()
+            .expect("ring made without TCP buffers")
+            .buffer(bid, len)
     }
 
     /// The bytes a TCP receive completion (`len`, `flags`) put in buffer `bid`, and

@@ -10,11 +10,11 @@
 //! acks fills its kernel send buffer and then this queue: at `ACK_QUEUE_PAUSE` bytes
 //! the shard stops reading from it (TCP backpressure: its heartbeats wait in its own
 //! socket, nothing is lost) and resumes below `ACK_QUEUE_RESUME`. Were it to send no
-//! more complete frames, the idle timeout closes it (counted as an ack backlog close);
-//! bytes that were already on their way when the reading stopped may take the queue
-//! up to `ACK_QUEUE_MAX`, where the connection is closed at once and the acks counted
-//! as dropped. Memory per connection is thus bounded, and one slow reader never
-//! stalls another connection.
+//! more complete frames, the idle timeout closes it (counted as an ack backlog close).
+//! Bytes already received when the reading stopped still make acks (at most the
+//! shard's TCP receive buffers' worth); `ACK_QUEUE_MAX` lies above that, a last bound
+//! where the connection is closed at once and its acks counted as dropped. Memory per
+//! connection is thus bounded, and one slow reader never stalls another connection.
 
 use super::shard_loop::Ingest;
 use crate::config::TcpConfig;
@@ -28,8 +28,14 @@ use std::os::fd::{AsFd, OwnedFd};
 pub(crate) const ACK_QUEUE_PAUSE: usize = 16 << 10;
 /// Reading resumes when the queue is back below this.
 pub(crate) const ACK_QUEUE_RESUME: usize = 4 << 10;
-/// Hard bound of a connection's ack queue: closed at once beyond it.
-pub(crate) const ACK_QUEUE_MAX: usize = 64 << 10;
+/// Hard bound of a connection's ack queue: closed at once beyond it. After a pause the
+/// queue grows only by what the connection had already received when reading
+/// stopped: with io_uring, at most the shard's 2 MiB of TCP receive buffers (a
+/// multishot receive fills them all from a full socket in one go, and each frame
+/// makes one ack), so the bound lies above that and backpressure, not closing, is
+/// what a slow reader meets; all connections together overshoot by at most those
+/// 2 MiB per shard.
+pub(crate) const ACK_QUEUE_MAX: usize = 4 << 20;
 /// A connection closing after a bad magic waits at most this long for its acks to be
 /// written before it is closed anyway.
 const CLOSE_LINGER_MS: u64 = 1_000;

@@ -225,6 +225,8 @@ pub(crate) fn ring_shape(cfg: &crate::config::Config) -> ShardRingShape {
                 .is_none()
                 .then_some((TCP_INC_BUF_COUNT, TCP_INC_BUF_SIZE)),
             plain: (TCP_BUF_COUNT, TCP_BUF_SIZE),
+            // RINGBEAT_TCP_NO_BUNDLES=1 behaves as on Linux < 6.10 with plain buffers.
+            bundles: std::env::var_os("RINGBEAT_TCP_NO_BUNDLES").is_none(),
         }),
     }
 }
@@ -265,6 +267,8 @@ struct Tcp {
     /// is to be queued again.
     rearm: Vec<ConnId>,
     closes: Vec<(usize, Close)>,
+    /// The buffers of one plain-buffer receive (several for a bundle).
+    parts: Vec<(u16, u32)>,
 }
 
 impl UringEngine {
@@ -306,6 +310,7 @@ impl UringEngine {
                     rearm_accept: true,
                     rearm: Vec::new(),
                     closes: Vec::new(),
+                    parts: Vec::with_capacity(TCP_BUF_COUNT as usize),
                 }),
                 _ => None,
             },
@@ -367,11 +372,8 @@ impl UringEngine {
     /// paused, closed or kept. The buffer is recycled whoever it belonged to.
     fn on_tcp_recv(&mut self, io: &mut Ingest<'_>, id: ConnId, res: i32, flags: u32, now_ms: u64) {
         let bid = cqueue::buffer_select(flags);
-        let Some(tcp) = self.tcp.as_mut() else {
-            return;
-        };
         let ended = !cqueue::more(flags);
-        let alive = match tcp.conns.get_mut(id) {
+        let alive = match self.tcp.as_mut().and_then(|t| t.conns.get_mut(id)) {
             Some(c) => {
                 if ended {
                     c.armed = false;
@@ -381,20 +383,14 @@ impl UringEngine {
             None => false,
         };
         let mut outcome = None;
-        let mut recycle = true;
-        if res > 0 {
-            if let Some(bid) = bid {
-                // Taken whoever it belonged to: incremental buffers track what was
-                // handed out.
-                let (bytes, done) = self.ring.stream_data(bid, res as usize, flags);
-                recycle = done;
-                if alive {
-                    outcome = tcp.conns.on_bytes(id, bytes, io, now_ms);
-                }
-            } else {
-                io.stats().recv_errors += 1;
-            }
+        if let (true, Some(bid)) = (res > 0, bid) {
+            outcome = self.on_tcp_bytes(io, id, alive, bid, res as usize, flags, now_ms);
+        } else if res > 0 {
+            io.stats().recv_errors += 1;
         }
+        let Some(tcp) = self.tcp.as_mut() else {
+            return;
+        };
         if alive && res == 0 {
             tcp.conns.on_end(id, io.stats());
             outcome = Some(After::Close(Close::Peer));
@@ -403,9 +399,6 @@ impl UringEngine {
             self.ran_dry = true;
         } else if alive && res < 0 && -res != libc::ECANCELED {
             outcome = Some(After::Close(Close::Error));
-        }
-        if let (Some(bid), true) = (bid, recycle) {
-            self.ring.recycle_stream(bid);
         }
         if !alive {
             return;
@@ -428,6 +421,62 @@ impl UringEngine {
             tcp.rearm.push(id);
         }
         self.write_acks(io, id);
+    }
+
+    /// The bytes of a TCP receive completion, taken whoever they belonged to (buffers
+    /// must be recycled, and incremental ones track what was handed out), fed to
+    /// connection `id` when it is `alive`: one buffer (incremental: recycled once the
+    /// kernel is done with it) or, with plain buffers, one or a bundle of several, in
+    /// order.
+    #[allow(clippy::too_many_arguments)]
+    fn on_tcp_bytes(
+        &mut self,
+        io: &mut Ingest<'_>,
+        id: ConnId,
+        alive: bool,
+        bid: u16,
+        len: usize,
+        flags: u32,
+        now_ms: u64,
+    ) -> Option<After> {
+        let tcp = self.tcp.as_mut()?;
+        if self.ring.stream_incremental() {
+            let (bytes, done) = self.ring.stream_data(bid, len, flags);
+            let outcome = if alive {
+                tcp.conns.on_bytes(id, bytes, io, now_ms)
+            } else {
+                None
+            };
+            if done {
+                self.ring.recycle_stream(bid);
+            }
+            return outcome;
+        }
+        let mut parts = std::mem::take(&mut tcp.parts);
+        let mut outcome = None;
+        if self.ring.stream_parts(bid, len, &mut parts) {
+            for &(b, n) in &parts {
+                if alive && !matches!(outcome, Some(After::Close(_) | After::CloseWhenFlushed)) {
+                    let bytes = self.ring.stream_part(b, n as usize);
+                    outcome = tcp.conns.on_bytes(id, bytes, io, now_ms).or(outcome);
+                }
+                self.ring.recycle_stream(b);
+            }
+        } else {
+            // The buffers used are not the ones expected next: the bytes cannot be
+            // placed. Counted and logged; the connection is closed.
+            io.stats().recv_errors += 1;
+            self.ring.recycle_stream(bid);
+            tracing::error!(
+                shard = self.info.index,
+                bid,
+                len,
+                "TCP receive in an unexpected buffer"
+            );
+            outcome = alive.then_some(After::Close(Close::Error));
+        }
+        tcp.parts = parts;
+        outcome
     }
 
     /// Queues a write of connection `id`'s acks when none is in flight; closes a
