@@ -7,9 +7,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ringbeat::config::ServeArgs;
 use ringbeat::core::stats::ShardStats;
+use ringbeat::sys::notify::Signal;
 use ringbeat::{engine, preflight, report};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+/// Least time between two "events dropped" warnings.
+const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,8 +29,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Receive heartbeats and track device liveness (one pinned io_uring shard per CPU).
+    /// A flag given twice takes its last value.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Check the kernel and limits the server needs; prints a verdict and a fix per line.
+    #[command(args_override_self = true)]
     Check(ServeArgs),
 }
 
@@ -82,7 +89,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     // Before any thread exists, so every thread inherits the mask and only the main
     // thread's sigtimedwait takes SIGINT/SIGTERM.
-    ringbeat::sys::notify::block_stop_signals();
+    ringbeat::sys::notify::block_signals();
     let started = Instant::now();
     // Held until serve returns: the request ends when the device is closed.
     let _cpu_latency = config
@@ -127,6 +134,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             if let Some(s) = &server.snapshot_stats {
                 doc["snapshot"] = report::snapshot_json(s);
             }
+            if let Some(s) = &server.event_stats {
+                doc["events_output"] = s.json();
+            }
             if let Err(e) = report::write_atomically(path, &doc) {
                 tracing::error!("writing {}: {e}", path.display());
             }
@@ -137,6 +147,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut last = Instant::now();
     let mut last_snapshot = Instant::now();
     let deadline = config.process.run_for.map(|d| started + d);
+    let mut last_drop_warning: Option<Instant> = None;
     loop {
         let mut wait = config.outputs.stats_interval.saturating_sub(last.elapsed());
         if config.snapshot.path.is_some() {
@@ -150,11 +161,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
-        if let Some(sig) =
-            ringbeat::sys::notify::wait_stop_signal(wait.max(Duration::from_millis(1)))
-        {
-            tracing::info!("signal {sig}: stopping");
-            break;
+        match ringbeat::sys::notify::wait_signal(wait.max(Duration::from_millis(1))) {
+            Some(Signal::Stop(sig)) => {
+                tracing::info!("signal {sig}: stopping");
+                break;
+            }
+            Some(Signal::Reopen) => {
+                tracing::info!("SIGHUP: reopening the events file");
+                server.reopen_outputs();
+                continue;
+            }
+            None => {}
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::info!("--run-for elapsed: stopping");
@@ -173,6 +190,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             write_stats(&server);
+            if now.events_dropped > prev.events_dropped
+                && last_drop_warning.is_none_or(|t: Instant| t.elapsed() >= DROP_WARN_EVERY)
+            {
+                last_drop_warning = Some(Instant::now());
+                tracing::warn!(
+                    dropped = now.events_dropped - prev.events_dropped,
+                    dropped_total = now.events_dropped,
+                    "events dropped: the event writer fell behind (a slow consumer of --events, or a slow disk); their count is in events_dropped, and each shard's event_seq shows the gaps"
+                );
+            }
             prev = now;
             last = Instant::now();
         }

@@ -68,15 +68,25 @@ pub fn async_eventfd(efd: &EventFd) -> std::io::Result<tokio::io::unix::AsyncFd<
     Ok(registered?)
 }
 
-fn stop_signals() -> libc::sigset_t {
+fn handled_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and modify a local sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
+}
+
+/// A signal the server acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT or SIGTERM (the number): stop.
+    Stop(i32),
+    /// SIGHUP: reopen output files (log rotation).
+    Reopen,
 }
 
 /// Runs the calling thread only when a CPU has nothing else to run (`SCHED_IDLE`), so
@@ -89,22 +99,26 @@ pub fn run_when_idle() -> bool {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and threads it spawns later), so
-/// they are only ever taken by `wait_stop_signal`.
-pub fn block_stop_signals() {
-    let set = stop_signals();
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and threads it spawns
+/// later), so they are only ever taken by `wait_signal` (a SIGHUP no longer kills).
+pub fn block_signals() {
+    let set = handled_signals();
     // SAFETY: `set` is initialised; a null old-set pointer is allowed.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
-/// Waits up to `timeout` for SIGINT/SIGTERM; returns the signal number if one came.
-pub fn wait_stop_signal(timeout: Duration) -> Option<i32> {
-    let set = stop_signals();
+/// Waits up to `timeout` for SIGINT, SIGTERM or SIGHUP; returns it if one came.
+pub fn wait_signal(timeout: Duration) -> Option<Signal> {
+    let set = handled_signals();
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `set` and `ts` are initialised locals; a null siginfo pointer is allowed.
     let rc = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-    (rc > 0).then_some(rc)
+    match rc {
+        libc::SIGHUP => Some(Signal::Reopen),
+        s if s > 0 => Some(Signal::Stop(s)),
+        _ => None,
+    }
 }

@@ -95,6 +95,8 @@ pub struct Server {
     snapshots: Option<crate::snapshot::SnapshotWriter>,
     /// The snapshot writer's counters (with `--snapshot`).
     pub snapshot_stats: Option<Arc<crate::snapshot::WriterStats>>,
+    /// The event writer's counters (with `--events`).
+    pub event_stats: Option<Arc<crate::events::EventStats>>,
 }
 
 /// Connections a shard's listener holds before they are accepted: the kernel caps it
@@ -328,8 +330,10 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         listen,
         rcvbuf,
         threads,
+        event_stats: events.as_ref().map(|e| e.stats.clone()),
         events,
         snapshot_stats: snapshots.as_ref().map(|w| w.stats.clone()),
+
         snapshots,
     };
     if let Some(e) = failure {
@@ -350,6 +354,13 @@ impl Server {
             .collect()
     }
 
+    /// Reopens the events file (SIGHUP).
+    pub fn reopen_outputs(&self) {
+        if let Some(e) = &self.events {
+            e.reopen();
+        }
+    }
+
     /// Asks every shard for a snapshot (with `--snapshot`); they copy it in slices.
     pub fn request_snapshot(&self) {
         self.shared.snapshot_gen.fetch_add(1, Ordering::Relaxed);
@@ -363,7 +374,8 @@ impl Server {
             let _ = t.join();
         }
         if let Some(e) = self.events.take() {
-            e.finish();
+            let t = ShardStats::total(self.snapshot().iter());
+            e.finish(t.events - t.events_dropped);
         }
         if let Some(w) = self.snapshots.take() {
             w.finish();

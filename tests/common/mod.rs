@@ -95,6 +95,22 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
+        Self::start_full(name, listen, extra, env, Stdio::null())
+    }
+
+    /// As `start`, with the server's standard output going to `stdout` (a pipe, for
+    /// `--events -`).
+    pub fn start_with_stdout(name: &str, extra: &[&str], stdout: Stdio) -> Server {
+        Self::start_full(name, "127.0.0.1:0", extra, &[], stdout)
+    }
+
+    fn start_full(
+        name: &str,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stdout: Stdio,
+    ) -> Server {
         require_io_uring();
         let dir = temp_dir(name);
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringbeat"))
@@ -114,7 +130,7 @@ impl Server {
             .args(extra)
             .args(engine_args(extra))
             .stderr(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .expect("spawn ringbeat");
         let stderr = child.stderr.take().unwrap();
@@ -142,6 +158,25 @@ impl Server {
                 };
             }
         }
+    }
+
+    /// The server's standard output, when it was piped.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Sends `signal` to the server.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Stderr lines the server wrote so far (those not taken yet).
+    pub fn stderr_so_far(&self) -> Vec<String> {
+        self.stderr_lines.try_iter().collect()
+    }
+
+    pub fn events_path(&self) -> PathBuf {
+        self.dir.join("events.jsonl")
     }
 
     pub fn stats_path(&self) -> PathBuf {
