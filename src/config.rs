@@ -194,6 +194,11 @@ pub struct OutputArgs {
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
     pub quiet: bool,
+
+    /// Serve GET /metrics (Prometheus), /devices/{id} and /healthz over HTTP on this
+    /// address, from a thread of its own. Off when unset.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http_listen: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -338,6 +343,7 @@ pub struct UringConfig {
 
 #[derive(Clone, Debug)]
 pub struct OutputConfig {
+    pub http_listen: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub stats_json: Option<PathBuf>,
     pub stats_interval: Duration,
@@ -737,7 +743,20 @@ impl OutputArgs {
         if !(0.05..=3600.0).contains(&self.stats_interval) {
             return Err(invalid("stats-interval", "must be 0.05 ..= 3600 seconds"));
         }
+        let http_listen = self
+            .http_listen
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    invalid(
+                        "http-listen",
+                        format!("`{a}` is not an ADDR:PORT like 127.0.0.1:9797 or [::]:9797"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(OutputConfig {
+            http_listen,
             events: self.events,
             stats_json: self.stats_json,
             stats_interval: Duration::from_secs_f64(self.stats_interval),

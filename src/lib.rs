@@ -7,7 +7,7 @@
 //! * [`sys`] (`ringbeat-sys`): every unsafe call (memory mappings, sockets, buffer
 //!   rings, SPSC rings), each behind a safe API; imports nothing from the others.
 //! * this crate: the [`engine`]s and the one shard loop that join the two, and
-//!   [`config`], [`preflight`], [`events`], [`report`] for operating the server.
+//!   [`config`], [`preflight`], [`events`], [`http`], [`report`] for operating the server.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +17,7 @@ pub use ringbeat_sys as sys;
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod http;
 pub mod memory;
 pub mod preflight;
 pub mod report;

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod liveness;
 pub mod memory;
 pub mod owner;
+pub mod query;
 pub mod shard;
 pub mod snapshot;
 pub mod stats;

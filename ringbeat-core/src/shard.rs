@@ -522,6 +522,16 @@ impl<M: Memory> ShardCore<M> {
     pub fn device(&self, device_id: u64) -> Option<&Device> {
         self.table.find(device_id).map(|s| self.table.device(s))
     }
+
+    /// Answers a question about one device (see `query`).
+    pub fn answer(&self, request: &crate::query::Request, now_ms: u64) -> crate::query::Reply {
+        crate::query::Reply {
+            id: request.id,
+            device: self
+                .device(request.device_id)
+                .map(|d| crate::query::DeviceView::of(d, now_ms)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ impl Liveness {
             Liveness::Offline => "offline",
         }
     }
-    fn from_u8(v: u8) -> Liveness {
+    pub fn from_u8(v: u8) -> Liveness {
         match v {
             1 => Liveness::Online,
             2 => Liveness::Late,

@@ -42,6 +42,9 @@ pub struct Shared {
     /// The newest snapshot generation asked for (bumped by the main thread).
     pub snapshot_gen: std::sync::atomic::AtomicU64,
     pub stats: Vec<Mutex<ShardStats>>,
+    /// When each shard last published its counters (ms since the shards' time zero):
+    /// a shard that stopped looping is seen here (`/healthz`).
+    pub alive_ms: Vec<std::sync::atomic::AtomicU64>,
 }
 
 /// What a shard reports once it is ready.
@@ -75,6 +78,8 @@ pub struct ShardContext {
     pub parkers: Arc<[Parker]>,
     pub shared: Arc<Shared>,
     pub events_tx: Option<SyncSender<crate::events::Made>>,
+    /// Device queries from the HTTP thread, and the replies (with `--http-listen`).
+    pub queries: Option<(Consumer, Producer)>,
     /// This shard's end of the snapshot writer (with `--snapshot`).
     pub saver: Option<crate::snapshot::ShardSaver>,
     /// Devices to restore at start (this shard's share of the snapshot).
@@ -91,6 +96,8 @@ pub struct Server {
     pub listen: SocketAddr,
     pub rcvbuf: socket::RcvbufOutcome,
     threads: Vec<JoinHandle<()>>,
+    /// The HTTP endpoint (with `--http-listen`).
+    pub http: Option<crate::http::HttpServer>,
     events: Option<crate::events::EventWriter>,
     snapshots: Option<crate::snapshot::SnapshotWriter>,
     /// The snapshot writer's counters (with `--snapshot`).
@@ -230,6 +237,9 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         stats: (0..shards)
             .map(|_| Mutex::new(ShardStats::default()))
             .collect(),
+        alive_ms: (0..shards)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
     });
     // rings[from][to]
     let mut producers: Vec<Vec<Option<Producer>>> = (0..shards)
@@ -275,6 +285,21 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         },
         _ => vec![Vec::new(); shards],
     };
+    // Device queries: HTTP thread → shard requests, shard → HTTP thread replies.
+    let mut shard_queries: Vec<Option<(Consumer, Producer)>> = (0..shards).map(|_| None).collect();
+    let mut query_port = config.outputs.http_listen.map(|_| crate::http::QueryPort {
+        requests: Vec::with_capacity(shards),
+        replies: Vec::with_capacity(shards),
+    });
+    if let Some(port) = query_port.as_mut() {
+        for q in shard_queries.iter_mut() {
+            let (req_tx, req_rx) = spsc::ring(crate::http::QUERY_RING);
+            let (rep_tx, rep_rx) = spsc::ring(crate::http::QUERY_RING);
+            port.requests.push(req_tx);
+            port.replies.push(rep_rx);
+            *q = Some((req_rx, rep_tx));
+        }
+    }
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
     for (index, (((socket, listener), outbound), inbound)) in sockets
@@ -296,6 +321,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             shared: shared.clone(),
             events_tx: events.as_ref().map(|e| e.sender(index)),
             saver: snapshots.as_mut().map(|w| w.saver(index)),
+            queries: shard_queries[index].take(),
             restore: std::mem::take(&mut restore[index]),
             base,
             ready: Some(ready_tx.clone()),
@@ -324,9 +350,28 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             Err(_) => failure = Some("a shard thread exited during start-up".into()),
         }
     }
+    let http = match (config.outputs.http_listen, query_port) {
+        (Some(addr), Some(queries)) => Some(crate::http::HttpServer::start(
+            addr,
+            crate::http::Sources {
+                shared: shared.clone(),
+                parkers: parkers.clone(),
+                queries,
+                base,
+                events: events.as_ref().map(|e| e.stats.clone()),
+            },
+        )),
+        _ => None,
+    };
+    let (http, http_error) = match http {
+        Some(Ok(h)) => (Some(h), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
     let mut server = Server {
         shared,
         infos,
+        http,
         listen,
         rcvbuf,
         threads,
@@ -339,6 +384,10 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
     if let Some(e) = failure {
         server.stop();
         anyhow::bail!(e);
+    }
+    if let Some(e) = http_error {
+        server.stop();
+        return Err(e);
     }
     server.infos.sort_by_key(|i| i.index);
     Ok(server)
@@ -370,6 +419,9 @@ impl Server {
     /// final snapshot.
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.http.take() {
+            h.stop();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

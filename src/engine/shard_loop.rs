@@ -310,7 +310,12 @@ impl ShardLoop<'_> {
                 .next_deadline_ms()
                 .saturating_sub(now_ms)
                 .clamp(1, self.tick_ms()),
-            peer_frames: self.ctx.inbound.iter().any(|c| c.has_pending()),
+            peer_frames: self.ctx.inbound.iter().any(|c| c.has_pending())
+                || self
+                    .ctx
+                    .queries
+                    .as_ref()
+                    .is_some_and(|(requests, _)| requests.has_pending()),
             liveness_pending: self.core.liveness_pending(),
             stopping,
         };
@@ -327,6 +332,19 @@ impl ShardLoop<'_> {
         let core = &mut *self.core;
         for c in self.ctx.inbound.iter_mut() {
             c.drain(|f| core.ingest_forwarded(f, now_ms));
+        }
+        if let Some((requests, replies)) = self.ctx.queries.as_mut() {
+            // A device query (HTTP): answered from the table between two batches. A
+            // full reply ring (the asker gone) drops the answer; the asker times out.
+            core.flush();
+            let mut answered = 0;
+            requests.drain(|f| {
+                let request = crate::core::query::Request::decode(f);
+                answered += replies.push(&core.answer(&request, now_ms).encode()) as u32;
+            });
+            if answered > 0 {
+                replies.publish();
+            }
         }
         if whole_walk {
             core.advance(now_ms);
@@ -409,6 +427,7 @@ impl ShardLoop<'_> {
     /// Copies the counters to the shard's slot for the reporter (kernel drops are read
     /// by `check_drops`, at least once per tick).
     fn publish_stats(&mut self) {
+        self.ctx.shared.alive_ms[self.ctx.index as usize].store(self.now_ms(), Ordering::Relaxed);
         let mut slot = self.ctx.shared.stats[self.ctx.index as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
