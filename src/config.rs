@@ -199,6 +199,34 @@ pub struct OutputArgs {
     /// address, from a thread of its own. Off when unset.
     #[arg(long, value_name = "ADDR:PORT")]
     pub http_listen: Option<String>,
+
+    /// Publish every device's state, retained, to this MQTT broker
+    /// (`mqtt://HOST:PORT`) at `{prefix}/devices/{id}/state`. Off when unset.
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+
+    /// MQTT topic prefix.
+    #[arg(long, value_name = "PREFIX", default_value = "ringbeat")]
+    pub mqtt_prefix: String,
+
+    /// MQTT client id [default: ringbeat-HOSTNAME].
+    #[arg(long, value_name = "ID")]
+    pub mqtt_client_id: Option<String>,
+
+    /// File whose first line is `user:password` for the broker (or set
+    /// RINGBEAT_MQTT_CREDENTIALS to `user:password`).
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_credentials: Option<PathBuf>,
+
+    /// Also publish every transition (not retained) at `{prefix}/events`.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    pub mqtt_events: bool,
+
+    /// This server's name in MQTT payloads (which server saw the device)
+    /// [default: the host name].
+    #[arg(long, value_name = "ID")]
+    pub server_id: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -344,6 +372,7 @@ pub struct UringConfig {
 #[derive(Clone, Debug)]
 pub struct OutputConfig {
     pub http_listen: Option<SocketAddr>,
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
     pub events: Option<PathBuf>,
     pub stats_json: Option<PathBuf>,
     pub stats_interval: Duration,
@@ -755,8 +784,64 @@ impl OutputArgs {
                 })
             })
             .transpose()?;
+        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let mqtt = match &self.mqtt {
+            None => None,
+            Some(url) => {
+                let (host, port) = crate::mqtt::parse_url(url).map_err(|e| invalid("mqtt", e))?;
+                let credentials = match (
+                    &self.mqtt_credentials,
+                    std::env::var("RINGBEAT_MQTT_CREDENTIALS"),
+                ) {
+                    (Some(path), _) => {
+                        let text = std::fs::read_to_string(path).map_err(|e| {
+                            invalid(
+                                "mqtt-credentials",
+                                format!("cannot read {}: {e}", path.display()),
+                            )
+                        })?;
+                        Some(text.lines().next().unwrap_or("").to_string())
+                    }
+                    (None, Ok(v)) => Some(v),
+                    (None, Err(_)) => None,
+                };
+                let credentials = credentials
+                    .map(|c| {
+                        c.split_once(':')
+                            .map(|(u, p)| (u.to_string(), p.to_string()))
+                            .ok_or_else(|| {
+                                invalid(
+                                    "mqtt-credentials",
+                                    "expected `user:password` (the file's first line, or RINGBEAT_MQTT_CREDENTIALS)",
+                                )
+                            })
+                    })
+                    .transpose()?;
+                if self.mqtt_prefix.is_empty() || self.mqtt_prefix.contains(['+', '#']) {
+                    return Err(invalid(
+                        "mqtt-prefix",
+                        format!("`{}`: a non-empty topic without + or #", self.mqtt_prefix),
+                    ));
+                }
+                Some(crate::mqtt::MqttConfig {
+                    host,
+                    port,
+                    client_id: self
+                        .mqtt_client_id
+                        .clone()
+                        .unwrap_or_else(|| format!("ringbeat-{host_name}")),
+                    prefix: self.mqtt_prefix.clone(),
+                    credentials,
+                    events: self.mqtt_events,
+                    server_id: self.server_id.clone().unwrap_or_else(|| host_name.clone()),
+                })
+            }
+        };
         Ok(OutputConfig {
             http_listen,
+            mqtt,
             events: self.events,
             stats_json: self.stats_json,
             stats_interval: Duration::from_secs_f64(self.stats_interval),

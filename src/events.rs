@@ -72,6 +72,8 @@ impl EventStats {
 /// Where events go.
 #[derive(Clone, Debug)]
 enum Sink {
+    /// No file (the events only go to MQTT).
+    None,
     Stdout,
     /// Opened for appending (never truncated), reopened on SIGHUP.
     File(PathBuf),
@@ -80,6 +82,7 @@ enum Sink {
 impl Sink {
     fn open(&self) -> std::io::Result<Box<dyn Write + Send>> {
         Ok(match self {
+            Sink::None => Box::new(std::io::sink()),
             Sink::Stdout => Box::new(std::io::stdout()),
             Sink::File(path) => Box::new(
                 std::fs::OpenOptions::new()
@@ -91,6 +94,7 @@ impl Sink {
     }
     fn name(&self) -> String {
         match self {
+            Sink::None => "nowhere".into(),
             Sink::Stdout => "standard output".into(),
             Sink::File(p) => p.display().to_string(),
         }
@@ -127,19 +131,22 @@ pub fn unix_now_ms() -> u64 {
 }
 
 impl EventWriter {
-    /// Opens the sink (`-` = standard output; a file is appended to, never truncated)
-    /// and starts the writer thread.
-    pub fn start(path: &Path, queue: usize, shards: usize) -> anyhow::Result<EventWriter> {
-        let sink = if path == Path::new("-") {
-            Sink::Stdout
-        } else {
-            Sink::File(path.to_owned())
+    /// Opens the sink (`-` = standard output; a file is appended to, never truncated;
+    /// None: no file) and starts the writer thread, which also hands every event to
+    /// `mqtt` when given.
+    pub fn start(
+        path: Option<&Path>,
+        mqtt: Option<crate::mqtt::Feed>,
+        queue: usize,
+        shards: usize,
+    ) -> anyhow::Result<EventWriter> {
+        let sink = match path {
+            Some(p) if p == Path::new("-") => Sink::Stdout,
+            Some(p) => Sink::File(p.to_owned()),
+            None => Sink::None,
         };
         let out = sink.open().map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open events file {} for appending: {e}",
-                path.display()
-            )
+            anyhow::anyhow!("cannot open events file {} for appending: {e}", sink.name())
         })?;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..shards).map(|_| mpsc::sync_channel(queue)).unzip();
@@ -151,6 +158,8 @@ impl EventWriter {
             broken: false,
             sink,
             stats: stats.clone(),
+            mqtt,
+            batch: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("ringbeat-events".into())
@@ -207,6 +216,9 @@ struct Writer {
     broken: bool,
     sink: Sink,
     stats: Arc<EventStats>,
+    /// MQTT presence, fed the round's events in one go.
+    mqtt: Option<crate::mqtt::Feed>,
+    batch: Vec<Made>,
 }
 
 impl Writer {
@@ -228,6 +240,9 @@ impl Writer {
                         Ok(m) => {
                             took += 1;
                             self.write(&m);
+                            if self.mqtt.is_some() {
+                                self.batch.push(m);
+                            }
                         }
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
@@ -239,6 +254,10 @@ impl Writer {
                 }
             }
             self.receivers = receivers;
+            if let Some(feed) = &self.mqtt {
+                feed.offer_all(&self.batch);
+                self.batch.clear();
+            }
             self.stats.taken.fetch_add(took, Ordering::Relaxed);
             if took == 0 {
                 self.flush();
@@ -249,6 +268,11 @@ impl Writer {
     }
 
     fn write(&mut self, m: &Made) {
+        if matches!(self.sink, Sink::None) {
+            // Handed to MQTT only: nothing to write, nothing pending.
+            self.stats.written.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if self.broken {
             self.stats.lost.fetch_add(1, Ordering::Relaxed);
             return;

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod events;
 pub mod http;
 pub mod memory;
+pub mod mqtt;
 pub mod preflight;
 pub mod report;
 pub mod snapshot;

@@ -137,6 +137,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             if let Some(s) = &server.event_stats {
                 doc["events_output"] = s.json();
             }
+            if let Some(m) = &server.mqtt_stats {
+                doc["mqtt"] = m.json();
+            }
             if let Err(e) = report::write_atomically(path, &doc) {
                 tracing::error!("writing {}: {e}", path.display());
             }

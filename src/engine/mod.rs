@@ -98,6 +98,10 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     /// The HTTP endpoint (with `--http-listen`).
     pub http: Option<crate::http::HttpServer>,
+    /// MQTT presence (with `--mqtt`).
+    mqtt: Option<crate::mqtt::MqttPublisher>,
+    /// Its counters (kept after the stop).
+    pub mqtt_stats: Option<Arc<crate::mqtt::MqttStats>>,
     events: Option<crate::events::EventWriter>,
     snapshots: Option<crate::snapshot::SnapshotWriter>,
     /// The snapshot writer's counters (with `--snapshot`).
@@ -255,13 +259,19 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             }
         }
     }
-    let events = match &config.outputs.events {
-        Some(path) => Some(crate::events::EventWriter::start(
-            path,
+    let mqtt = match &config.outputs.mqtt {
+        Some(m) => Some(crate::mqtt::MqttPublisher::start(m.clone())?),
+        None => None,
+    };
+    let events = if config.outputs.events.is_some() || mqtt.is_some() {
+        Some(crate::events::EventWriter::start(
+            config.outputs.events.as_deref(),
+            mqtt.as_ref().map(|m| m.feed()),
             config.event_queue,
             shards,
-        )?),
-        None => None,
+        )?)
+    } else {
+        None
     };
     let mut snapshots = match &config.snapshot.path {
         Some(path) => Some(crate::snapshot::SnapshotWriter::start(path, shards)?),
@@ -372,6 +382,8 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         shared,
         infos,
         http,
+        mqtt_stats: mqtt.as_ref().map(|m| m.stats.clone()),
+        mqtt,
         listen,
         rcvbuf,
         threads,
@@ -428,6 +440,9 @@ impl Server {
         if let Some(e) = self.events.take() {
             let t = ShardStats::total(self.snapshot().iter());
             e.finish(t.events - t.events_dropped);
+        }
+        if let Some(m) = self.mqtt.take() {
+            m.stop();
         }
         if let Some(w) = self.snapshots.take() {
             w.finish();
