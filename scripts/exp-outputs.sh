@@ -35,7 +35,7 @@ start_broker() {
 }
 start_broker
 taskset -c 0 target/release/ringbeat serve --listen 127.0.0.1:7979 --cores 0 --quiet \
-  --max-devices $((DEVICES * 2)) --late-after 200 --offline-after 400 \
+  --max-devices $((DEVICES * 2)) --late-after 100 --offline-after 200 \
   --events "$work/events.jsonl" --mqtt mqtt://127.0.0.1:$mqtt_port --server-id bench \
   --stats-interval 0.25 --stats-json "$dir/raw/server.json" --run-for 300 2> "$dir/raw/server.log" &
 server_pid=$!
@@ -53,7 +53,7 @@ echo "unix_s events events_dropped events_written mqtt_published_states mqtt_sup
 ( while kill -0 $server_pid 2>/dev/null; do sample >> "$dir/raw/samples.txt" 2>/dev/null || true; sleep 0.25; done ) &
 sampler=$!
 t0=$(date +%s.%N)
-# Each device once, all of them due in the first second (late only after 200 s).
+# Each device once, all of them due in the first second (late only after 100 s).
 taskset -c 1 target/release/ringbeat-bench load --target 127.0.0.1:7979 --devices $DEVICES \
   --rate $DEVICES --batch 32 --duration 1.2 --warmup 0.1 --ack-every 0 --cpus 1 \
   > "$dir/raw/load.log" 2>&1
