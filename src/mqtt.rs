@@ -12,8 +12,8 @@
 //! `RESYNC_PER_SECOND` per second. Transitions for `{prefix}/events` wait in a bounded
 //! queue; beyond it they are counted in `events_dropped`.
 //!
-//! The client is `rumqttc` (pure Rust, maintained); its event loop runs on this
-//! module's thread (`ringbeat-mqtt`).
+//! The client is `rumqttc` (pure Rust, maintained); its event loop runs on a thread of
+//! its own (`ringbeat-mqtt-io`), the publishing on `ringbeat-mqtt`.
 
 use crate::events::Made;
 use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, QoS};
@@ -235,32 +235,45 @@ impl MqttPublisher {
     }
 }
 
+/// QoS 1 publishes awaiting the broker's PUBACK at once (rumqttc's default is 100,
+/// which bounds throughput by round trips).
+const INFLIGHT: u16 = 1_024;
+
 fn run(cfg: MqttConfig, feed: Feed, stop: &AtomicBool) {
     let mut options = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_session(true);
+    options.set_inflight(INFLIGHT);
     if let Some((user, password)) = &cfg.credentials {
         options.set_credentials(user, password);
     }
-    let (client, mut connection) = Client::new(options, CLIENT_QUEUE);
-    let stats = &feed.stats;
+    let (client, connection) = Client::new(options, CLIENT_QUEUE);
+    let stats = feed.stats.clone();
+    // The client's event loop runs on a thread of its own: it says when a connection
+    // is made (every state is then published again) or lost.
+    let resync = Arc::new(AtomicBool::new(false));
+    let io_stop = Arc::new(AtomicBool::new(false));
+    let io = {
+        let (stats, resync, io_stop) = (stats.clone(), resync.clone(), io_stop.clone());
+        let endpoint = format!("{}:{}", cfg.host, cfg.port);
+        std::thread::Builder::new()
+            .name("ringbeat-mqtt-io".into())
+            .spawn(move || drive(connection, &endpoint, &stats, &resync, &io_stop))
+    };
     let state_topic = |id: u64| format!("{}/devices/{id}/state", cfg.prefix);
     let events_topic = format!("{}/events", cfg.prefix);
-    let mut connected = false;
-    let mut last_error_log: Option<Instant> = None;
     let mut window = (Instant::now(), 0u64);
     let mut stop_deadline: Option<Instant> = None;
+    let mut batch: Vec<Made> = Vec::with_capacity(256);
     loop {
         if stop.load(Ordering::Relaxed) && stop_deadline.is_none() {
             stop_deadline = Some(Instant::now() + FLUSH_AT_STOP);
         }
+        let connected = stats.connected.load(Ordering::Relaxed);
         if let Some(d) = stop_deadline {
-            let empty = {
-                let o = feed.outbox.lock().unwrap_or_else(|p| p.into_inner());
-                o.dirty.is_empty() && o.events.is_empty()
-            };
+            let o = feed.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            let empty = o.dirty.is_empty() && o.events.is_empty();
             if empty || Instant::now() >= d || !connected {
-                let o = feed.outbox.lock().unwrap_or_else(|p| p.into_inner());
                 stats.unsent_at_stop.store(
                     o.states.values().filter(|l| l.dirty).count() as u64,
                     Ordering::Relaxed,
@@ -268,31 +281,64 @@ fn run(cfg: MqttConfig, feed: Feed, stop: &AtomicBool) {
                 break;
             }
         }
-        if connected {
-            // Hand states and transitions to the client while its queue has room, at
-            // most RESYNC_PER_SECOND states per second.
-            if window.0.elapsed() >= Duration::from_secs(1) {
-                window = (Instant::now(), 0);
-            }
+        if resync.swap(false, Ordering::Relaxed) {
+            feed.outbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .mark_all();
+        }
+        if !connected {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        if window.0.elapsed() >= Duration::from_secs(1) {
+            window = (Instant::now(), 0);
+        }
+        // States (at most RESYNC_PER_SECOND a second) and transitions, taken from the
+        // outbox in batches and handed to the client while its queue has room.
+        {
             let mut o = feed.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            while window.1 < RESYNC_PER_SECOND {
-                let Some(m) = o.take() else { break };
-                let payload = state_json(&m, &cfg.server_id);
-                if client
-                    .try_publish(
-                        state_topic(m.event.device_id),
-                        QoS::AtLeastOnce,
-                        true,
-                        payload,
-                    )
-                    .is_err()
-                {
-                    o.put_back(m.event.device_id);
-                    break;
+            while batch.len() < batch.capacity()
+                && window.1 + (batch.len() as u64) < RESYNC_PER_SECOND
+            {
+                match o.take() {
+                    Some(m) => batch.push(m),
+                    None => break,
                 }
-                window.1 += 1;
-                stats.published_states.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        let mut handed = 0;
+        for m in &batch {
+            let payload = state_json(m, &cfg.server_id);
+            if client
+                .try_publish(
+                    state_topic(m.event.device_id),
+                    QoS::AtLeastOnce,
+                    true,
+                    payload,
+                )
+                .is_err()
+            {
+                break;
+            }
+            handed += 1;
+        }
+        if handed < batch.len() {
+            // The client's queue is full: the rest go back, in order, still coalescing.
+            let mut o = feed.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            for m in batch[handed..].iter().rev() {
+                o.put_back(m.event.device_id);
+            }
+        }
+        window.1 += handed as u64;
+        stats
+            .published_states
+            .fetch_add(handed as u64, Ordering::Relaxed);
+        let full = handed < batch.len();
+        batch.clear();
+        let mut events_handed = 0u64;
+        if !full {
+            let mut o = feed.outbox.lock().unwrap_or_else(|p| p.into_inner());
             while let Some(m) = o.events.front().copied() {
                 let payload = crate::events::event_json(&m);
                 if client
@@ -302,47 +348,65 @@ fn run(cfg: MqttConfig, feed: Feed, stop: &AtomicBool) {
                     break;
                 }
                 o.events.pop_front();
-                stats.published_events.fetch_add(1, Ordering::Relaxed);
+                events_handed += 1;
             }
         }
-        match connection.recv_timeout(Duration::from_millis(5)) {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                connected = true;
-                stats.connected.store(true, Ordering::Relaxed);
+        stats
+            .published_events
+            .fetch_add(events_handed, Ordering::Relaxed);
+        if handed == 0 && events_handed == 0 {
+            std::thread::sleep(Duration::from_millis(if full { 1 } else { 5 }));
+        }
+    }
+    io_stop.store(true, Ordering::Relaxed);
+    let _ = client.disconnect();
+    if let Ok(io) = io {
+        // The event loop ends once the disconnect went out (or at its next error).
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while !io.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Runs the client's event loop until the stop: records connects (asking for a
+/// resync) and losses (retrying every second).
+fn drive(
+    mut connection: rumqttc::Connection,
+    endpoint: &str,
+    stats: &MqttStats,
+    resync: &AtomicBool,
+    stop: &AtomicBool,
+) {
+    let mut last_error_log: Option<Instant> = None;
+    for notification in connection.iter() {
+        match notification {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 stats.connects.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    "MQTT: connected to {}:{}; publishing every device's state",
-                    cfg.host,
-                    cfg.port
-                );
-                feed.outbox
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .mark_all();
+                resync.store(true, Ordering::Relaxed);
+                stats.connected.store(true, Ordering::Relaxed);
+                tracing::info!("MQTT: connected to {endpoint}; publishing every device's state");
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                if connected
-                    || last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
-                {
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if stop.load(Ordering::Relaxed) => {
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let was = stats.connected.swap(false, Ordering::Relaxed);
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if was || last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                     last_error_log = Some(Instant::now());
                     tracing::warn!(
-                        "MQTT: {}:{}: {} (retrying every second; states wait in the outbox, coalesced)",
-                        cfg.host,
-                        cfg.port,
+                        "MQTT: {endpoint}: {} (retrying every second; states wait in the outbox, coalesced)",
                         describe(&e)
                     );
                 }
-                connected = false;
-                stats.connected.store(false, Ordering::Relaxed);
-                if stop_deadline.is_none() {
-                    std::thread::sleep(Duration::from_secs(1));
-                }
+                std::thread::sleep(Duration::from_secs(1));
             }
-            Err(_) => {}
         }
     }
-    let _ = client.disconnect();
 }
 
 fn describe(e: &ConnectionError) -> String {
