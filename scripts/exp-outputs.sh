@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# What the outputs sustain: DEVICES devices come online within about a second (one
-# heartbeat each from the load generator), so the shards make DEVICES transitions at
-# once; measured: how fast the events file and MQTT (a local Mosquitto, retained state
-# per device) take them, what was dropped, and, after the broker is restarted empty,
-# how long the resync of every device's state takes.
+# What the outputs sustain: DEVICES devices come online over SPREAD seconds (one
+# heartbeat each from the load generator), so the shard makes DEVICES / SPREAD
+# transitions a second; measured: how fast the events file and MQTT (a local Mosquitto,
+# retained state per device) take them, what was dropped, and, after the broker is
+# restarted empty, how long the resync of every device's state takes.
 # Server shards on CPU 0 (its output threads float); load and broker on CPU 1.
 #
 # usage: scripts/exp-outputs.sh [OUT_DIR]
-#   env: DEVICES=1000000
+#   env: DEVICES=1000000 SPREAD=10
 # Sends only to 127.0.0.1; every run stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results}
 DEVICES=${DEVICES:-1000000}
+SPREAD=${SPREAD:-10}
 command -v mosquitto >/dev/null || { echo "needs mosquitto (apt-get install mosquitto)" >&2; exit 1; }
 cargo build --release --locked --workspace -q
 dir="$OUT/$(date -u +%Y-%m-%d)-outputs"
@@ -35,7 +36,7 @@ start_broker() {
 }
 start_broker
 target/release/ringbeat serve --listen 127.0.0.1:7979 --cores 0 --quiet \
-  --max-devices $((DEVICES * 2)) --late-after 100 --offline-after 200 \
+  --max-devices $((DEVICES * 2)) --late-after 50 --offline-after 100 \
   --events "$work/events.jsonl" --mqtt mqtt://127.0.0.1:$mqtt_port --server-id bench \
   --stats-interval 0.25 --stats-json "$dir/raw/server.json" --run-for 300 2> "$dir/raw/server.log" &
 server_pid=$!
@@ -53,9 +54,9 @@ echo "unix_s events events_dropped events_written mqtt_published_states mqtt_sup
 ( while kill -0 $server_pid 2>/dev/null; do sample >> "$dir/raw/samples.txt" 2>/dev/null || true; sleep 0.25; done ) &
 sampler=$!
 t0=$(date +%s.%N)
-# Each device once, all of them due in the first second (late only after 100 s).
+# Each device once, spread over SPREAD seconds (late only after 50 intervals).
 taskset -c 1 target/release/ringbeat-bench load --target 127.0.0.1:7979 --devices $DEVICES \
-  --rate $DEVICES --batch 32 --duration 1.2 --warmup 0.1 --ack-every 0 --cpus 1 \
+  --rate $((DEVICES / SPREAD)) --batch 32 --duration $SPREAD --warmup 0.1 --ack-every 0 --cpus 1 \
   > "$dir/raw/load.log" 2>&1
 wait_for() { # column value timeout_s
   local col=$1 want=$2 secs=$3 end=$(( $(date +%s) + $3 ))
@@ -81,7 +82,7 @@ retained=$(timeout 60 mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'ringbeat/devi
   | cut -d' ' -f1 | sort -u | wc -l || true)
 kill -TERM $server_pid; wait $server_pid || true
 kill $sampler 2>/dev/null || true
-python3 - "$dir" "$DEVICES" "$t0" "$t_events" "$t_mqtt" "$t_restart" "$t_resync" "$first" "${retained:-n/a}" <<'PY'
+SPREAD=$SPREAD python3 - "$dir" "$DEVICES" "$t0" "$t_events" "$t_mqtt" "$t_restart" "$t_resync" "$first" "${retained:-n/a}" <<'PY'
 import sys
 d, n, t0, te, tm, tr, ts, first, retained = sys.argv[1:]
 n, t0, tr = int(n), float(t0), float(tr)
@@ -93,8 +94,8 @@ f = first.split()
 lines = [
   "# Outputs under a burst: events file and MQTT presence", "",
   "```sh", f"DEVICES={n} scripts/exp-outputs.sh", "```", "",
-  f"{n:,} devices come online within about a second (the load sends each one heartbeat),",
-  "so the shard makes that many transitions at once. Server shards on CPU 0 (its output",
+  f"{n:,} devices come online over {__import__('os').environ['SPREAD']} s (the load sends each one heartbeat), so the",
+  "shard makes that many transitions at that rate. Server shards on CPU 0 (its output",
   "threads float); load and a local Mosquitto (no persistence) on CPU 1.", "",
   "| measure | value |", "|---|---|",
   f"| all events written to the events file after the load began | {span(t0, te)} ({rate(t0, te)}) |",

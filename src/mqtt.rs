@@ -24,7 +24,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// States handed to the client per second at most while resyncing after a connect
-/// (the broker's retained store is rebuilt in 1M / 50K = 20 s for a million devices).
+/// (the broker's retained store is rebuilt in 1M / 50K = 20 s for a million devices);
+/// transitions outside a resync go as fast as the broker takes them.
 const RESYNC_PER_SECOND: u64 = 50_000;
 /// Transitions waiting for `{prefix}/events` before more are counted as dropped.
 const EVENTS_QUEUE: usize = 65_536;
@@ -87,6 +88,8 @@ pub struct Outbox {
     states: HashMap<u64, Latest>,
     dirty: VecDeque<u64>,
     events: VecDeque<Made>,
+    /// A resync (every state again) is under way: rate-limited until `dirty` empties.
+    resyncing: bool,
 }
 
 impl Outbox {
@@ -126,6 +129,7 @@ impl Outbox {
 
     /// Every device's state is to be published again (after a connect).
     fn mark_all(&mut self) {
+        self.resyncing = true;
         for (id, l) in self.states.iter_mut() {
             if !l.dirty {
                 l.dirty = true;
