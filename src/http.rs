@@ -3,7 +3,8 @@
 //!
 //! * `GET /metrics`: every counter and gauge of `ShardStats::FIELDS` (the single
 //!   declaration), per shard as the `shard` label, malformed frames and datagrams by
-//!   `reason`, and the event writer's counters; OpenMetrics text through the
+//!   `reason`, histograms of loop busy time and receive batch sizes, and the event
+//!   writer's counters; OpenMetrics text through the
 //!   `prometheus-client` crate, built from the counters the shards publish every
 //!   100 ms.
 //! * `GET /devices/{id}`: asked of the device's owner through a bounded request ring
@@ -19,7 +20,7 @@
 
 use crate::core::owner::owner;
 use crate::core::query::{Reply, Request};
-use crate::core::stats::{Kind, ShardStats};
+use crate::core::stats::{Histogram, Kind, ShardStats, BATCH_BOUNDS, LOOP_BUSY_BOUNDS_US};
 use crate::engine::{Parker, Shared};
 use crate::sys::spsc::{Consumer, Producer};
 use prometheus_client::metrics::counter::Counter;
@@ -205,10 +206,69 @@ pub fn metrics_text(
             registry.register(name, help, c);
         }
     }
+    for (name, help, scale, bounds, get) in [
+        (
+            "loop_busy_seconds",
+            "Time a shard's loop iteration spends working, receive to the next wait: how long something arriving meanwhile waits",
+            1e-6,
+            &LOOP_BUSY_BOUNDS_US,
+            (|s: &ShardStats| s.loop_busy_us) as fn(&ShardStats) -> Histogram,
+        ),
+        (
+            "receive_batch",
+            "Completions (io_uring) or datagrams (epoll) a shard takes per receive round",
+            1.0,
+            &BATCH_BOUNDS,
+            |s: &ShardStats| s.receive_batch,
+        ),
+    ] {
+        let family = Family::<Vec<(String, String)>, FixedHistogram>::default();
+        for (i, s) in per_shard.iter().enumerate() {
+            let h = get(s);
+            let buckets = bounds
+                .iter()
+                .map(|&b| b as f64 * scale)
+                .chain([f64::MAX])
+                .zip(h.counts)
+                .collect();
+            *family
+                .get_or_create(&shard_label(i))
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = (h.sum as f64 * scale, h.count(), buckets);
+        }
+        registry.register(name, help, family);
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("encoding into a String cannot fail");
     out
+}
+
+/// A histogram whose buckets are counted elsewhere (by the shards, published with
+/// their counters): (sum, count, per-bucket counts with upper bounds, +Inf as MAX).
+#[derive(Debug, Default)]
+struct FixedHistogram(std::sync::Mutex<HistogramPoint>);
+
+/// Sum, count, and (upper bound, observations) per bucket.
+type HistogramPoint = (f64, u64, Vec<(f64, u64)>);
+
+impl prometheus_client::metrics::TypedMetric for FixedHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for FixedHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.0, h.1, &h.2, None)
+    }
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
 }
 
 fn metrics(src: &Sources) -> String {

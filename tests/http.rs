@@ -87,6 +87,17 @@ fn metrics_are_valid_for_prometheus_and_count_per_shard() {
     assert!(body.contains("ringbeat_devices{shard=\"1\"}"));
     assert!(body.contains("reason=\"bad_datagram_length\"} 1"), "{body}");
     assert!(body.contains("# HELP ringbeat_tcp_open TCP connections open on this shard"));
+    // Histograms, per shard, with a +Inf bucket equal to their count.
+    for name in ["ringbeat_loop_busy_seconds", "ringbeat_receive_batch"] {
+        assert!(body.contains(&format!("# TYPE {name} histogram")), "{body}");
+        let count: u64 = body
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_count{{shard=\"0\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}_count: {body}"));
+        assert!(count > 0);
+        assert!(body.contains(&format!("{name}_bucket{{le=\"+Inf\",shard=\"0\"}} {count}")), "{body}");
+    }
 }
 
 #[test]

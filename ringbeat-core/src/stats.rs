@@ -9,6 +9,50 @@
 
 use super::codec::{DatagramError, FrameError};
 
+/// Buckets of a [`Histogram`]: 11 upper bounds and +Inf.
+pub const HISTOGRAM_BUCKETS: usize = 12;
+/// Upper bounds (µs) of `ShardStats::loop_busy_us`.
+pub const LOOP_BUSY_BOUNDS_US: [u64; HISTOGRAM_BUCKETS - 1] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000,
+];
+/// Upper bounds of `ShardStats::receive_batch`.
+pub const BATCH_BOUNDS: [u64; HISTOGRAM_BUCKETS - 1] =
+    [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024];
+
+/// A fixed-bucket histogram: observations per bucket (not cumulative; the last is
+/// +Inf) and their sum. Plain data, so it is published with the counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    pub counts: [u64; HISTOGRAM_BUCKETS],
+    pub sum: u64,
+}
+
+impl Histogram {
+    #[inline]
+    pub fn record(&mut self, bounds: &[u64; HISTOGRAM_BUCKETS - 1], v: u64) {
+        let i = bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+    fn add(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts) {
+            *a += b;
+        }
+        self.sum += o.sum;
+    }
+    fn minus(&self, earlier: &Histogram) -> Histogram {
+        let mut d = *self;
+        for (a, b) in d.counts.iter_mut().zip(earlier.counts) {
+            *a = a.saturating_sub(b);
+        }
+        d.sum = d.sum.saturating_sub(earlier.sum);
+        d
+    }
+}
+
 /// What a value is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -38,6 +82,12 @@ macro_rules! stats {
             pub malformed_frames: [u64; FrameError::ALL.len()],
             /// Rejected whole datagrams by reason (`DatagramError` order).
             pub rejected_datagrams: [u64; DatagramError::ALL.len()],
+            /// Time a loop iteration spends working (receive to the next wait), µs
+            /// (`LOOP_BUSY_BOUNDS_US`): how long something arriving meanwhile waits.
+            pub loop_busy_us: Histogram,
+            /// Completions (io_uring) or datagrams (epoll) taken per receive round
+            /// (`BATCH_BOUNDS`).
+            pub receive_batch: Histogram,
         }
 
         impl ShardStats {
@@ -218,6 +268,8 @@ impl ShardStats {
             for (sum, v) in t.rejected_datagrams.iter_mut().zip(s.rejected_datagrams) {
                 *sum += v;
             }
+            t.loop_busy_us.add(&s.loop_busy_us);
+            t.receive_batch.add(&s.receive_batch);
         }
         t
     }
@@ -244,6 +296,8 @@ impl ShardStats {
         {
             *v = v.saturating_sub(before);
         }
+        d.loop_busy_us = self.loop_busy_us.minus(&earlier.loop_busy_us);
+        d.receive_batch = self.receive_batch.minus(&earlier.receive_batch);
         d
     }
 }
@@ -251,6 +305,27 @@ impl ShardStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_bucket_by_upper_bound_and_add_up() {
+        let mut h = Histogram::default();
+        for v in [0, 1, 2, 3, 1_024, 1_025, 1 << 40] {
+            h.record(&BATCH_BOUNDS, v);
+        }
+        assert_eq!(h.counts[0], 2); // 0 and 1
+        assert_eq!(h.counts[1], 1); // 2
+        assert_eq!(h.counts[2], 1); // 3
+        assert_eq!(h.counts[10], 1); // 1024
+        assert_eq!(h.counts[11], 2); // +Inf
+        assert_eq!(h.count(), 7);
+        let a = ShardStats {
+            receive_batch: h,
+            ..Default::default()
+        };
+        let t = ShardStats::total([&a, &a]);
+        assert_eq!(t.receive_batch.count(), 14);
+        assert_eq!(t.since(&a).receive_batch, h);
+    }
 
     #[test]
     fn every_field_is_declared_once_with_help_and_a_unit() {

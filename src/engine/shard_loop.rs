@@ -270,8 +270,16 @@ impl ShardLoop<'_> {
             if stalled {
                 self.note_blind(self.blind.last_iteration_ms, now_ms, Cause::Stall);
             }
-            let dry_before = self.core.stats().ring_dry;
+            let iteration = Instant::now();
+            let (dry_before, cqes_before) = (self.core.stats().ring_dry, self.core.stats().cqes);
             engine.receive(&mut self.ingest(), now_ms);
+            let batch = self.core.stats().cqes - cqes_before;
+            if batch > 0 {
+                self.core
+                    .stats_mut()
+                    .receive_batch
+                    .record(&crate::core::stats::BATCH_BOUNDS, batch);
+            }
             if self.core.stats().ring_dry > dry_before {
                 self.note_blind(self.blind.last_iteration_ms, now_ms, Cause::DryRing);
             }
@@ -289,6 +297,11 @@ impl ShardLoop<'_> {
                 last_publish = Instant::now();
                 self.publish_stats();
             }
+            let busy_us = iteration.elapsed().as_micros() as u64;
+            self.core
+                .stats_mut()
+                .loop_busy_us
+                .record(&crate::core::stats::LOOP_BUSY_BOUNDS_US, busy_us);
             self.park_and_wait(engine, now_ms, false);
         }
     }
