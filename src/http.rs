@@ -406,3 +406,33 @@ mod tests {
         assert_eq!(health(5_000, &[4_900, 4_950], true).0, 503);
     }
 }
+
+#[cfg(test)]
+mod dashboard {
+    /// deploy/grafana/ringbeat.json stays true: every metric its queries name is one
+    /// /metrics serves.
+    #[test]
+    fn the_grafana_dashboard_queries_only_served_metrics() {
+        let served = super::metrics_text(&[crate::core::stats::ShardStats::default()], None);
+        let names: std::collections::BTreeSet<&str> = served
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../deploy/grafana/ringbeat.json")).unwrap();
+        let mut checked = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with("ringbeat_") {
+                        assert!(names.contains(word), "{word} (in {expr}) is not served");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 10);
+    }
+}

@@ -96,7 +96,10 @@ fn metrics_are_valid_for_prometheus_and_count_per_shard() {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or_else(|| panic!("no {name}_count: {body}"));
         assert!(count > 0);
-        assert!(body.contains(&format!("{name}_bucket{{le=\"+Inf\",shard=\"0\"}} {count}")), "{body}");
+        assert!(
+            body.contains(&format!("{name}_bucket{{le=\"+Inf\",shard=\"0\"}} {count}")),
+            "{body}"
+        );
     }
 }
 
