@@ -66,6 +66,19 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
         )),
         None => out.push(line("kernel", "unknown", Verdict::Warn, "could not parse uname")),
     }
+    if config.engine == crate::config::Engine::Epoll {
+        // The epoll engine makes no io_uring call: a kernel, a container (Docker's
+        // default seccomp profile) or an emulator without io_uring is fine.
+        out.push(line(
+            "io_uring",
+            "not used (--engine epoll)",
+            Verdict::Ok,
+            "",
+        ));
+        out.extend(port_checks(config));
+        out.extend(limit_checks(config));
+        return out;
+    }
     match read_trim("/proc/sys/kernel/io_uring_disabled").as_deref() {
         Some("0") | None => out.push(line("kernel.io_uring_disabled", "0", Verdict::Ok, "")),
         Some("1") => out.push(line(
@@ -81,9 +94,41 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
             "io_uring is disabled: `sysctl -w kernel.io_uring_disabled=0`",
         )),
     }
+    out.extend(port_checks(config));
     out.extend(ring_checks(config));
     out.extend(limit_checks(config));
     out
+}
+
+/// The listen port must not be held by another socket: a second instance would join
+/// the SO_REUSEPORT group and silently take part of the traffic.
+fn port_checks(config: &Config) -> Vec<Check> {
+    let addr = config.network.listen;
+    if addr.port() == 0 {
+        return Vec::new();
+    }
+    let mut protos = vec![("UDP", false)];
+    if config.network.tcp.is_some() {
+        protos.push(("TCP", true));
+    }
+    protos
+        .into_iter()
+        .map(|(proto, tcp)| match crate::sys::socket::port_in_use(addr, tcp) {
+            Ok(false) => line("listen port", format!("{proto} {addr} free"), Verdict::Ok, ""),
+            Ok(true) => line(
+                "listen port",
+                format!("{proto} {addr} in use"),
+                Verdict::Fail,
+                "another program (another ringbeat?) holds the port; a second server would silently share its traffic: stop it, or choose another --listen port",
+            ),
+            Err(e) => line(
+                "listen port",
+                format!("{proto} {addr}: {e}"),
+                Verdict::Fail,
+                crate::sys::socket::bind_hint(&e),
+            ),
+        })
+        .collect()
 }
 
 fn ring_checks(config: &Config) -> Vec<Check> {
@@ -426,6 +471,31 @@ pub fn require(config: &Config) -> anyhow::Result<Vec<Check>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_epoll_engine_needs_no_io_uring() {
+        let config = crate::config::ServeArgs::parse_flags([
+            "--engine",
+            "epoll",
+            "--cores",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        let checks = run_checks(&config);
+        assert!(checks
+            .iter()
+            .any(|c| c.name == "io_uring" && c.verdict == Verdict::Ok));
+        assert!(
+            !checks
+                .iter()
+                .any(|c| c.name.contains("io_uring_disabled") || c.name.contains("buffer ring")),
+            "{checks:?}"
+        );
+    }
 
     #[test]
     fn idle_line_names_the_slowest_state_and_the_lever() {

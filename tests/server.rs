@@ -665,3 +665,36 @@ fn batching_without_min_wait_falls_back_to_short_timeouts() {
     assert!(s["wakeups"].as_u64().unwrap() > 10);
     let _ = server.terminate();
 }
+
+/// A second server on a port another one holds is refused with the reason, instead of
+/// joining the SO_REUSEPORT group and silently taking part of the traffic; the first
+/// one keeps receiving everything.
+#[test]
+fn a_second_instance_on_the_same_port_is_refused_and_the_first_keeps_everything() {
+    let first = Server::start("port-first", &["--cores", "0"]);
+    let listen = first.addr.to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
+        .args([
+            "serve",
+            "--cores",
+            "1",
+            "--listen",
+            &listen,
+            "--run-for",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("UDP {listen} in use")), "{err}");
+    assert!(
+        err.contains("stop it, or choose another --listen port"),
+        "{err}"
+    );
+    let c = client();
+    for id in 1..=100u64 {
+        c.send_to(&heartbeat(id, 1, 10, false), first.addr).unwrap();
+    }
+    first.wait_stats(5, |v| v["heartbeats"] == 100);
+}

@@ -19,7 +19,7 @@ pub enum SocketError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot bind {addr}: {source} (is another program using the port?)")]
+    #[error("cannot bind {addr}: {source} ({})", bind_hint(source))]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -329,5 +329,67 @@ mod tests {
                 Some(addr)
             );
         }
+    }
+}
+
+/// Whether a socket of another owner holds `addr` (UDP, or TCP with `tcp`): a bind
+/// without SO_REUSEPORT fails with EADDRINUSE exactly then (TCP's probe allows
+/// TIME_WAIT leftovers with SO_REUSEADDR, as the real listener does). Another error
+/// (an address not on this host, a privileged port) comes back as it is.
+pub fn port_in_use(addr: SocketAddr, tcp: bool) -> Result<bool, std::io::Error> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let kind = if tcp {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor we own; dropping the OwnedFd closes it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if tcp {
+        set_int(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            1,
+            "SO_REUSEADDR",
+        )
+        .map_err(std::io::Error::other)?;
+    }
+    let (storage, len) = sockaddr_from(addr);
+    // SAFETY: `storage` holds a sockaddr of length `len` for this socket's family.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        return Ok(false);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EADDRINUSE) {
+        Ok(true)
+    } else {
+        Err(e)
+    }
+}
+
+/// What to do about a failed bind.
+pub fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => "another program holds the port: stop it or choose another port",
+        Some(libc::EADDRNOTAVAIL) => "the address is not one of this host's: use one it has, or 0.0.0.0 / [::]",
+        Some(libc::EACCES) => "ports below 1024 need root or CAP_NET_BIND_SERVICE: grant it (AmbientCapabilities= in a systemd unit) or use a port ≥ 1024",
+        _ => "check the address",
     }
 }
