@@ -315,23 +315,6 @@ pub fn attach_reuseport_steering(
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sockaddr_round_trip() {
-        for a in ["127.0.0.1:7979", "[::1]:80", "10.1.2.3:65535"] {
-            let addr: SocketAddr = a.parse().unwrap();
-            let (st, len) = sockaddr_from(addr);
-            assert_eq!(
-                socketaddr_from_raw(&storage_bytes(&st)[..len as usize]),
-                Some(addr)
-            );
-        }
-    }
-}
-
 /// Whether a socket of another owner holds `addr` (UDP, or TCP with `tcp`): a bind
 /// without SO_REUSEPORT fails with EADDRINUSE exactly then (TCP's probe allows
 /// TIME_WAIT leftovers with SO_REUSEADDR, as the real listener does). Another error
@@ -391,5 +374,22 @@ pub fn bind_hint(e: &std::io::Error) -> &'static str {
         Some(libc::EADDRNOTAVAIL) => "the address is not one of this host's: use one it has, or 0.0.0.0 / [::]",
         Some(libc::EACCES) => "ports below 1024 need root or CAP_NET_BIND_SERVICE: grant it (AmbientCapabilities= in a systemd unit) or use a port ≥ 1024",
         _ => "check the address",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip() {
+        for a in ["127.0.0.1:7979", "[::1]:80", "10.1.2.3:65535"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let (st, len) = sockaddr_from(addr);
+            assert_eq!(
+                socketaddr_from_raw(&storage_bytes(&st)[..len as usize]),
+                Some(addr)
+            );
+        }
     }
 }
