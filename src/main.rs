@@ -62,10 +62,26 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: a message that already quotes its cause
+/// (`cannot read X: No such file...`) does not repeat it.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn check(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -103,6 +119,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .transpose()?;
+    if let Some(path) = &config.outputs.stats_json {
+        // Refused now rather than an error every interval.
+        report::write_atomically(path, &serde_json::json!({ "starting": true })).with_context(
+            || {
+                format!(
+                    "--stats-json {}: cannot write it (choose a writable path)",
+                    path.display()
+                )
+            },
+        )?;
+    }
     let mut server = engine::start(&config)?;
     let rcv = server.rcvbuf;
     if rcv.clamped {
@@ -123,6 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.listen
     );
     let listen = server.listen.to_string();
+    let stats_error_logged = std::sync::Mutex::new(None::<Instant>);
     let write_stats = |server: &engine::Server| {
         if let Some(path) = &config.outputs.stats_json {
             let mut doc = report::stats_json(
@@ -141,7 +169,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 doc["mqtt"] = m.json();
             }
             if let Err(e) = report::write_atomically(path, &doc) {
-                tracing::error!("writing {}: {e}", path.display());
+                let mut last = stats_error_logged.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
+                    *last = Some(Instant::now());
+                    tracing::error!(
+                        "writing {} failed: {e} (said at most once a minute)",
+                        path.display()
+                    );
+                }
             }
         }
     };

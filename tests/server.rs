@@ -698,3 +698,38 @@ fn a_second_instance_on_the_same_port_is_refused_and_the_first_keeps_everything(
     }
     first.wait_stats(5, |v| v["heartbeats"] == 100);
 }
+
+/// Errors say their cause once, and an unwritable stats path is refused at start
+/// rather than logged every interval.
+#[test]
+fn errors_name_their_cause_once_and_bad_output_paths_are_refused_at_start() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = run(&["serve", "--config", "/nonexistent/ringbeat.toml"]);
+    assert!(!ok);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    let (ok, err) = run(&[
+        "serve",
+        "--cores",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--stats-json",
+        "/proc/ringbeat-stats.json",
+        "--run-for",
+        "5",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--stats-json /proc/ringbeat-stats.json: cannot write it"),
+        "{err}"
+    );
+}
