@@ -162,7 +162,7 @@ impl EventWriter {
             batch: Vec::new(),
         };
         let thread = std::thread::Builder::new()
-            .name("ringbeat-events".into())
+            .name("rb-events".into())
             .spawn(move || writer.run())?;
         Ok(EventWriter {
             senders,

@@ -1,5 +1,5 @@
 //! The HTTP endpoint (`--http-listen`): metrics for Prometheus, one device's state, and
-//! health, served from a thread of its own (`ringbeat-http`), never from a shard.
+//! health, served from a thread of its own (`rb-http`), never from a shard.
 //!
 //! * `GET /metrics`: every counter and gauge of `ShardStats::FIELDS` (the single
 //!   declaration), per shard as the `shard` label, malformed frames and datagrams by
@@ -75,7 +75,7 @@ impl HttpServer {
         let thread = {
             let stop = stop.clone();
             std::thread::Builder::new()
-                .name("ringbeat-http".into())
+                .name("rb-http".into())
                 .spawn(move || serve(server, sources, &stop))?
         };
         Ok(HttpServer {

@@ -13,7 +13,7 @@
 //! queue; beyond it they are counted in `events_dropped`.
 //!
 //! The client is `rumqttc` (pure Rust, maintained); its event loop runs on a thread of
-//! its own (`ringbeat-mqtt-io`), the publishing on `ringbeat-mqtt`.
+//! its own (`rb-mqtt-io`), the publishing on `rb-mqtt`.
 
 use crate::events::Made;
 use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, QoS};
@@ -214,7 +214,7 @@ impl MqttPublisher {
         let thread = {
             let (feed, stop) = (feed.clone(), stop.clone());
             std::thread::Builder::new()
-                .name("ringbeat-mqtt".into())
+                .name("rb-mqtt".into())
                 .spawn(move || run(cfg, feed, &stop))?
         };
         Ok(MqttPublisher {
@@ -261,7 +261,7 @@ fn run(cfg: MqttConfig, feed: Feed, stop: &AtomicBool) {
         let (stats, resync, io_stop) = (stats.clone(), resync.clone(), io_stop.clone());
         let endpoint = format!("{}:{}", cfg.host, cfg.port);
         std::thread::Builder::new()
-            .name("ringbeat-mqtt-io".into())
+            .name("rb-mqtt-io".into())
             .spawn(move || drive(connection, &endpoint, &stats, &resync, &io_stop))
     };
     let state_topic = |id: u64| format!("{}/devices/{id}/state", cfg.prefix);

@@ -125,7 +125,7 @@ impl SnapshotWriter {
         let path = path.to_path_buf();
         let st = stats.clone();
         let thread = std::thread::Builder::new()
-            .name("ringbeat-snapshot".into())
+            .name("rb-snapshot".into())
             .spawn(move || {
                 // Writing 80 MB for 2M devices is seconds of CPU over a run; it must
                 // never take a shard's CPU (measured: p99 ×3 when it could).

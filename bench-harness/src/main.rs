@@ -296,13 +296,15 @@ struct ServerSample {
     stats: Option<serde_json::Value>,
 }
 
-/// Name prefix of the receiving threads of `pid`: the server's shards, or the bare
+/// Name prefix of the receiving threads of `pid`: the server's shards (`rb-shard-N`,
+/// or `ringbeat-shard-N` in builds before the threads' names were shortened to fit the
+/// kernel's 15 characters, which regression runs still measure), or the bare
 /// receiver's threads when the target is `ringbeat-bench sink`.
 fn receiver_threads(pid: u32) -> &'static str {
-    match procstat::thread_ids(pid, sink::THREAD_PREFIX) {
-        Ok(t) if !t.is_empty() => sink::THREAD_PREFIX,
-        _ => "ringbeat-shard",
-    }
+    ["rb-shard-", sink::THREAD_PREFIX]
+        .into_iter()
+        .find(|p| procstat::thread_ids(pid, p).is_ok_and(|t| !t.is_empty()))
+        .unwrap_or("ringbeat-shard")
 }
 
 fn sample_server(a: &LoadArgs) -> Option<ServerSample> {

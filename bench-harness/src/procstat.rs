@@ -16,7 +16,7 @@ pub struct ThreadSample {
 }
 
 /// CPU time and wake-ups of the threads of `pid` whose name starts with `prefix`
-/// (the server names its shards `ringbeat-shard-N`).
+/// (the server names its shards `rb-shard-N`).
 ///
 /// Read from `/proc/PID/task/TID/schedstat` (exact on-CPU nanoseconds). utime + stime
 /// from `stat` are only the fallback: with tick-based CPU accounting they are sampled at

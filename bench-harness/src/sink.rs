@@ -40,7 +40,7 @@ pub struct SinkOptions {
 }
 
 /// The sink's receive threads are named `ringbeat-sink-N` (the harness measures
-/// their CPU time as it measures the server's `ringbeat-shard-N`).
+/// their CPU time as it measures the server's `rb-shard-N`).
 pub const THREAD_PREFIX: &str = "ringbeat-sink";
 
 /// Runs one receive loop per CPU in `o.cpus` for `o.duration`; returns the bound

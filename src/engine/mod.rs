@@ -338,7 +338,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         };
         threads.push(
             std::thread::Builder::new()
-                .name(format!("ringbeat-shard-{index}"))
+                .name(format!("rb-shard-{index}"))
                 .spawn(move || match ctx.config.engine {
                     crate::config::Engine::Uring => shard_loop::run(ctx, uring::UringEngine::new),
                     crate::config::Engine::Epoll => shard_loop::run(ctx, epoll::EpollEngine::new),
