@@ -593,15 +593,22 @@ pub fn check_toml(text: &str) -> Result<Config, String> {
 
 impl NetworkArgs {
     fn validate(self) -> Result<NetworkConfig, ConfigError> {
-        let listen: SocketAddr = self.listen.parse().map_err(|_| {
-            invalid(
-                "listen",
-                format!(
-                    "`{}` is not an ADDR:PORT like 0.0.0.0:7979 or [::1]:7979",
-                    self.listen
-                ),
-            )
-        })?;
+        // An address, or a host name resolved once at start (`localhost:7979`).
+        let listen: SocketAddr = match self.listen.parse() {
+            Ok(a) => a,
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&self.listen)
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| {
+                    invalid(
+                        "listen",
+                        format!(
+                            "`{}` is not an ADDR:PORT like 0.0.0.0:7979, [::1]:7979 or localhost:7979 (a name that resolves)",
+                            self.listen
+                        ),
+                    )
+                })?,
+        };
         let cores = match &self.cores {
             Some(s) => parse_cpu_list(s).ok_or_else(|| {
                 invalid(
@@ -910,6 +917,16 @@ mod tests {
 
     fn config(flags: &[&str]) -> Result<Config, ConfigError> {
         ServeArgs::parse_flags(flags.iter().copied())?.into_config()
+    }
+
+    #[test]
+    fn listen_takes_an_address_or_a_name_that_resolves() {
+        let c = config(&["--cores", "0", "--listen", "localhost:7979"]).unwrap();
+        assert!(c.network.listen.ip().is_loopback());
+        assert_eq!(c.network.listen.port(), 7979);
+        let e = config(&["--cores", "0", "--listen", "no-such-host.invalid:7979"]).unwrap_err();
+        assert!(e.to_string().contains("a name that resolves"), "{e}");
+        assert!(config(&["--cores", "0", "--listen", "7979"]).is_err());
     }
 
     #[test]

@@ -18,9 +18,17 @@ const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `ringbeat --version`: the crate version and the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("RINGBEAT_REVISION"),
+    ")"
+);
+
 /// Heartbeat ingestion and device liveness server.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -146,6 +154,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         engine = ?config.engine,
         rcvbuf_effective_bytes = rcv.effective_bytes,
         rcvbuf_forced = rcv.forced,
+        version = VERSION,
         "ringbeat listening on {}",
         server.listen
     );

@@ -733,3 +733,23 @@ fn errors_name_their_cause_once_and_bad_output_paths_are_refused_at_start() {
         "{err}"
     );
 }
+
+/// `ringbeat --version` names the revision the binary was built from.
+#[test]
+fn version_names_the_revision() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let revision = text
+        .split("(revision ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        revision == "unknown"
+            || (revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+}
