@@ -434,7 +434,6 @@ pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
             out.push(c);
         }
     }
-    out.dedup();
     (!out.is_empty()).then_some(out)
 }
 
@@ -621,6 +620,16 @@ impl NetworkArgs {
             })?,
             None => allowed_cpus(),
         };
+        if let Some(c) = cores
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| cores[..i].contains(c).then_some(c))
+        {
+            return Err(invalid(
+                "cores",
+                format!("CPU {c} is listed twice: one shard per CPU, each CPU once"),
+            ));
+        }
         let allowed = allowed_cpus();
         if let Some(c) = cores.iter().find(|c| !allowed.contains(c)) {
             return Err(invalid(
@@ -917,6 +926,13 @@ mod tests {
 
     fn config(flags: &[&str]) -> Result<Config, ConfigError> {
         ServeArgs::parse_flags(flags.iter().copied())?.into_config()
+    }
+
+    #[test]
+    fn a_cpu_listed_twice_is_refused() {
+        let e = config(&["--cores", "0,1,0"]).unwrap_err();
+        assert!(e.to_string().contains("CPU 0 is listed twice"), "{e}");
+        assert!(config(&["--cores", "0-1,1"]).is_err());
     }
 
     #[test]
