@@ -129,14 +129,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     if let Some(path) = &config.outputs.stats_json {
         // Refused now rather than an error every interval.
-        report::write_atomically(path, &serde_json::json!({ "starting": true })).with_context(
-            || {
-                format!(
-                    "--stats-json {}: cannot write it (choose a writable path)",
-                    path.display()
-                )
-            },
-        )?;
+        report::check_writable(path).with_context(|| {
+            format!(
+                "--stats-json {}: cannot write it (choose a writable path)",
+                path.display()
+            )
+        })?;
     }
     let mut server = engine::start(&config)?;
     let rcv = server.rcvbuf;

@@ -65,6 +65,15 @@ pub fn snapshot_json(s: &crate::snapshot::WriterStats) -> Value {
 }
 
 /// Writes `value` to `path` atomically.
+/// Whether `write_atomically` can write `path`: its temporary file is created and
+/// removed (the document itself is left alone, so readers never see a placeholder).
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, b"")?;
+    std::fs::remove_file(&tmp)
+}
+
 pub fn write_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");

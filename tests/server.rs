@@ -531,7 +531,10 @@ fn receive_arena_is_bound_to_the_shards_numa_node() {
     let server = Server::start("numa", &["--engine", "uring", "--cores", "0"]);
     let s = server.stats();
     let shard = &s["per_shard"][0];
-    let addr = shard["arena_addr"].as_str().unwrap().to_string();
+    let addr = shard["arena_addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{s}"))
+        .to_string();
     let node = shard["numa_node"].as_u64().unwrap();
     let maps = std::fs::read_to_string(format!("/proc/{}/numa_maps", server.child.id()))
         .expect("/proc/PID/numa_maps (needs a NUMA-enabled kernel)");
