@@ -929,6 +929,11 @@ mod tests {
     }
 
     #[test]
+    fn the_systemd_example_config_is_valid() {
+        check_toml(include_str!("../deploy/systemd/ringbeat.toml")).unwrap();
+    }
+
+    #[test]
     fn a_cpu_listed_twice_is_refused() {
         let e = config(&["--cores", "0,1,0"]).unwrap_err();
         assert!(e.to_string().contains("CPU 0 is listed twice"), "{e}");
