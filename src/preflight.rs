@@ -268,16 +268,35 @@ fn ring_checks(config: &Config) -> Vec<Check> {
     out
 }
 
+/// Linux capability number of CAP_NET_ADMIN (SO_RCVBUFFORCE needs it; being root
+/// without it, as in many containers, is not enough).
+const CAP_NET_ADMIN: u32 = 12;
+
+/// Whether the process holds capability `cap` in its effective set (/proc/self/status
+/// `CapEff`).
+fn has_capability(cap: u32) -> bool {
+    read_trim("/proc/self/status").is_some_and(|s| capability_in_status(&s, cap))
+}
+
+/// Whether the `CapEff` line of a /proc/PID/status text has bit `cap`.
+fn capability_in_status(status: &str, cap: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << cap) != 0)
+}
+
 fn limit_checks(config: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     let want = config.network.rcvbuf_bytes;
     match read_trim("/proc/sys/net/core/rmem_max").and_then(|s| s.parse::<usize>().ok()) {
         Some(max) if max >= want => out.push(line("net.core.rmem_max", format!("{max} ≥ rcvbuf {want}"), Verdict::Ok, "")),
-        Some(max) if nix::unistd::geteuid().is_root() => out.push(line(
+        Some(max) if has_capability(CAP_NET_ADMIN) => out.push(line(
             "net.core.rmem_max",
             format!("{max} < rcvbuf {want}"),
             Verdict::Ok,
-            format!("root: SO_RCVBUFFORCE will be used (or `sysctl -w net.core.rmem_max={want}`)"),
+            format!("CAP_NET_ADMIN: SO_RCVBUFFORCE will be used (or `sysctl -w net.core.rmem_max={want}`)"),
         )),
         Some(max) => out.push(line(
             "net.core.rmem_max",
@@ -471,6 +490,16 @@ pub fn require(config: &Config) -> anyhow::Result<Vec<Check>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_come_from_the_effective_set() {
+        // Root in a container without CAP_NET_ADMIN (bit 12 clear), and with it.
+        let without = "Name:\tringbeat\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffefff\n";
+        let with = "CapEff:\t0000000000001000\n";
+        assert!(!capability_in_status(without, CAP_NET_ADMIN));
+        assert!(capability_in_status(with, CAP_NET_ADMIN));
+        assert!(!capability_in_status("no such line", CAP_NET_ADMIN));
+    }
 
     #[test]
     fn the_epoll_engine_needs_no_io_uring() {
