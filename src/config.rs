@@ -190,6 +190,10 @@ pub struct OutputArgs {
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub stats_interval: f64,
 
+    /// Seconds between two summary lines on stderr (independent of --stats-interval).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub summary_interval: f64,
+
     /// Do not print the per-interval summary line to stderr.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
           default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
@@ -376,6 +380,7 @@ pub struct OutputConfig {
     pub events: Option<PathBuf>,
     pub stats_json: Option<PathBuf>,
     pub stats_interval: Duration,
+    pub summary_interval: Duration,
     pub quiet: bool,
 }
 
@@ -788,6 +793,9 @@ impl OutputArgs {
         if !(0.05..=3600.0).contains(&self.stats_interval) {
             return Err(invalid("stats-interval", "must be 0.05 ..= 3600 seconds"));
         }
+        if !(0.1..=86_400.0).contains(&self.summary_interval) {
+            return Err(invalid("summary-interval", "must be 0.1 ..= 86400 seconds"));
+        }
         let http_listen = self
             .http_listen
             .as_deref()
@@ -861,6 +869,7 @@ impl OutputArgs {
             events: self.events,
             stats_json: self.stats_json,
             stats_interval: Duration::from_secs_f64(self.stats_interval),
+            summary_interval: Duration::from_secs_f64(self.summary_interval),
             quiet: self.quiet,
         })
     }

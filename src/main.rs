@@ -190,11 +190,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let total = |s: &[ShardStats]| ShardStats::total(s);
     let mut prev = total(&server.snapshot());
     let mut last = Instant::now();
+    let mut summary_prev = prev;
+    let mut last_summary = Instant::now();
+    let summary_every = config.outputs.summary_interval;
     let mut last_snapshot = Instant::now();
     let deadline = config.process.run_for.map(|d| started + d);
     let mut last_drop_warning: Option<Instant> = None;
     loop {
         let mut wait = config.outputs.stats_interval.saturating_sub(last.elapsed());
+        if !config.outputs.quiet {
+            wait = wait.min(summary_every.saturating_sub(last_summary.elapsed()));
+        }
         if config.snapshot.path.is_some() {
             wait = wait.min(
                 config
@@ -226,14 +232,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             server.request_snapshot();
             last_snapshot = Instant::now();
         }
+        if !config.outputs.quiet && last_summary.elapsed() >= summary_every {
+            let now = total(&server.snapshot());
+            eprintln!(
+                "{}",
+                report::summary_line(&summary_prev, &now, last_summary.elapsed().as_secs_f64())
+            );
+            summary_prev = now;
+            last_summary = Instant::now();
+        }
         if last.elapsed() >= config.outputs.stats_interval {
             let now = total(&server.snapshot());
-            if !config.outputs.quiet {
-                eprintln!(
-                    "{}",
-                    report::summary_line(&prev, &now, last.elapsed().as_secs_f64())
-                );
-            }
             write_stats(&server);
             if now.events_dropped > prev.events_dropped
                 && last_drop_warning.is_none_or(|t: Instant| t.elapsed() >= DROP_WARN_EVERY)

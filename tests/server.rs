@@ -756,3 +756,31 @@ fn version_names_the_revision() {
         "{text}"
     );
 }
+
+/// The summary line keeps its own interval, whatever the stats interval.
+#[test]
+fn summary_lines_follow_their_own_interval() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
+        .args([
+            "serve",
+            "--cores",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--stats-interval",
+            "0.1",
+            "--summary-interval",
+            "1",
+            "--run-for",
+            "2.5",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("hb/s ")).count(),
+        2,
+        "{err}"
+    );
+}
