@@ -136,7 +136,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     }
+    tracing::debug!(?config, "configuration (file keys and flags, validated)");
     let mut server = engine::start(&config)?;
+    for info in &server.infos {
+        tracing::debug!(
+            shard = info.index,
+            cpu = info.cpu,
+            numa_node = info.numa_node,
+            arena_bytes = info.arena_bytes,
+            min_wait = info.min_wait_supported,
+            "shard ready"
+        );
+    }
     let rcv = server.rcvbuf;
     if rcv.clamped {
         tracing::warn!(

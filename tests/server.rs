@@ -784,3 +784,29 @@ fn summary_lines_follow_their_own_interval() {
         "{err}"
     );
 }
+
+/// RUST_LOG=debug says more: the validated configuration, each shard, TCP connections.
+#[test]
+fn debug_logging_adds_what_the_server_decided() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
+        .env("RUST_LOG", "debug")
+        .args([
+            "serve",
+            "--cores",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--run-for",
+            "0.5",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("configuration (file keys and flags, validated)"),
+        "{err}"
+    );
+    assert!(err.contains("shard ready"), "{err}");
+}

@@ -173,6 +173,10 @@ impl Connections {
     pub fn admit(&mut self, fd: OwnedFd, now_ms: u64, stats: &mut ShardStats) -> Option<ConnId> {
         if self.slab.len() >= self.max {
             stats.tcp_refused += 1;
+            tracing::debug!(
+                max = self.max,
+                "TCP connection refused: the shard holds its share of --max-connections"
+            );
             return None;
         }
         // Acks are written as soon as they are made; failure changes only latency.
@@ -192,6 +196,12 @@ impl Connections {
         });
         stats.tcp_accepted += 1;
         stats.tcp_open = self.slab.len() as u64;
+        tracing::debug!(
+            slot = key,
+            generation,
+            open = self.slab.len(),
+            "TCP connection accepted"
+        );
         Some(ConnId {
             key: key as u32,
             generation,
@@ -314,6 +324,7 @@ impl Connections {
             Close::Stop => &mut stats.tcp_closed_at_stop,
         } += 1;
         stats.tcp_open = self.slab.len() as u64;
+        tracing::debug!(slot = key, reason = ?why, unwritten_acks = unwritten, "TCP connection closed");
         self.give_back(c.acks);
     }
 
