@@ -4,27 +4,41 @@
 # Dry-run (show only) by default. Idempotent: a second --apply keeps the values saved by
 # the first, and --revert with nothing saved does nothing.
 #
+# With --apply the values also go to $SYSCTL_D/60-ringbeat.conf so they survive a
+# reboot; --revert removes that file.
+#
 # usage: scripts/tune-kernel.sh [--apply | --revert] [--state FILE] [--port PORT]
 #   --state FILE  where --apply saves the old values (default /var/lib/ringbeat/tune-kernel.saved)
 #   --port PORT   the UDP port to check connection tracking for (default 7979)
-# env: SYSCTL_ROOT (default /proc/sys) — the tree read and written, for testing.
+# env: SYSCTL_ROOT (default /proc/sys) — the tree read and written, for testing;
+#      SYSCTL_D (default /etc/sysctl.d) — where the persistent file goes.
 set -euo pipefail
 
 MODE=show
 STATE=/var/lib/ringbeat/tune-kernel.saved
 PORT=7979
 ROOT=${SYSCTL_ROOT:-/proc/sys}
+SYSCTL_D=${SYSCTL_D:-/etc/sysctl.d}
+PERSIST="$SYSCTL_D/60-ringbeat.conf"
+usage_error() { echo "tune-kernel.sh: $1 (see --help)" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --apply) MODE=apply ;;
     --revert) MODE=revert ;;
-    --state) STATE=$2; shift ;;
-    --port) PORT=$2; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    --state) [ $# -ge 2 ] && [ -n "$2" ] || usage_error "--state needs a file"; STATE=$2; shift ;;
+    --port)
+      [ $# -ge 2 ] || usage_error "--port needs a value, e.g. --port 7979"
+      [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge 1 ] && [ "$2" -le 65535 ] || usage_error "--port $2: not a port (1-65535)"
+      PORT=$2; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) usage_error "unknown argument: $1" ;;
   esac
   shift
 done
+if [ "$MODE" != show ] && [ "$ROOT" = /proc/sys ] && [ "$(id -u)" != 0 ]; then
+  echo "tune-kernel.sh --$MODE changes kernel settings: run it as root (sudo $0 --$MODE)" >&2
+  exit 1
+fi
 
 # name | recommended | minimum-is-enough (1: raise only, never lower) | why
 SETTINGS=(
@@ -85,6 +99,17 @@ apply() {
     fi
   done
   if [ "$fresh" = 1 ]; then mv "$STATE.tmp" "$STATE"; echo "saved the old values in $STATE"; else echo "old values already saved in $STATE (kept)"; fi
+  # The same values at boot.
+  mkdir -p "$SYSCTL_D"
+  {
+    echo "# ringbeat's kernel settings (scripts/tune-kernel.sh --apply; --revert removes this file)"
+    for s in "${SETTINGS[@]}"; do
+      IFS='|' read -r name _ _ _ <<< "$s"
+      cur=$(current "$name")
+      [ "$cur" = "n/a" ] || echo "$name = $cur"
+    done
+  } > "$PERSIST"
+  echo "wrote $PERSIST (applied at boot)"
 }
 
 revert() {
@@ -94,8 +119,8 @@ revert() {
     cur=$(current "$name")
     if [ "$cur" != "$value" ]; then echo "$value" > "$(path_of "$name")"; echo "restored $name = $value (was $cur)"; else echo "keep $name = $value"; fi
   done < "$STATE"
-  rm -f "$STATE"
-  echo "reverted; removed $STATE"
+  rm -f "$STATE" "$PERSIST"
+  echo "reverted; removed $STATE and $PERSIST"
 }
 
 case "$MODE" in
