@@ -20,6 +20,7 @@ pub mod events;
 pub mod http;
 pub mod memory;
 pub mod mqtt;
+pub mod notify_systemd;
 pub mod preflight;
 pub mod report;
 pub mod snapshot;

@@ -167,6 +167,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "ringbeat listening on {}",
         server.listen
     );
+    ringbeat::notify_systemd::notify("READY=1");
     let listen = server.listen.to_string();
     let stats_error_logged = std::sync::Mutex::new(None::<Instant>);
     let write_stats = |server: &engine::Server| {
@@ -269,6 +270,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             last = Instant::now();
         }
     }
+    ringbeat::notify_systemd::notify("STOPPING=1");
     server.stop();
     write_stats(&server);
     let t = total(&server.snapshot());

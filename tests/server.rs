@@ -810,3 +810,33 @@ fn debug_logging_adds_what_the_server_decided() {
     );
     assert!(err.contains("shard ready"), "{err}");
 }
+
+/// Under systemd (`Type=notify`): READY=1 once serving, STOPPING=1 at the stop.
+#[test]
+fn systemd_hears_ready_and_stopping() {
+    let dir = common::temp_dir("notify");
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
+        .env("NOTIFY_SOCKET", &path)
+        .args([
+            "serve",
+            "--cores",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--run-for",
+            "1",
+            "--quiet",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
