@@ -139,6 +139,76 @@ impl DueQueue {
 }
 
 /// Datagrams prepared per `sendmmsg` at most.
+/// A sender thread's reports: one `Interval` a second to the main thread, and at the
+/// end the grace period for outstanding acks, the last interval and the result (the
+/// same for the UDP and the TCP sender).
+pub(crate) struct Progress {
+    tx: Sender<Interval>,
+    last: Instant,
+    /// Frames sent and acks matched since the last report.
+    pub frames: u64,
+    pub acks: u64,
+}
+
+impl Progress {
+    pub(crate) fn new(tx: Sender<Interval>) -> Progress {
+        Progress {
+            tx,
+            last: Instant::now(),
+            frames: 0,
+            acks: 0,
+        }
+    }
+
+    /// Reports the last second when one has passed; `lag_ns` says how far behind
+    /// schedule the sender is.
+    pub(crate) fn tick(&mut self, rec: &mut Recorder, lag_ns: impl FnOnce() -> u64) {
+        if self.last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last = Instant::now();
+        let lag_ns = lag_ns();
+        self.send(rec, lag_ns);
+    }
+
+    fn send(&mut self, rec: &mut Recorder, lag_ns: u64) {
+        let _ = self.tx.send(Interval {
+            latency: std::mem::replace(&mut rec.interval, latency::histogram()),
+            frames_sent: std::mem::take(&mut self.frames),
+            acks_received: std::mem::take(&mut self.acks),
+            lag_ns,
+        });
+    }
+
+    /// The grace period (acks still expected are read with `receive` until they are
+    /// in or `cfg.grace` has passed), the last interval, and the thread's result.
+    pub(crate) fn finish(
+        mut self,
+        cfg: &SenderConfig,
+        mut rec: Recorder,
+        mut t: Totals,
+        lag: Histogram<u64>,
+        mut receive: impl FnMut(&mut Recorder, &mut Totals) -> u64,
+    ) -> SenderResult {
+        let grace_end = Instant::now() + cfg.grace;
+        while cfg.ack_every > 0
+            && t.acks_received + t.acks_unmatched < t.acks_expected
+            && Instant::now() < grace_end
+        {
+            if receive(&mut rec, &mut t) == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        self.send(&mut rec, 0);
+        SenderResult {
+            totals: t,
+            intended: rec.intended,
+            service: rec.service,
+            lag,
+        }
+    }
+}
+
 const MAX_BUFFERS: usize = 16;
 
 pub fn run(
@@ -172,9 +242,7 @@ pub fn run(
     let mut queue = DueQueue::new(&sched, end_ns, cfg.jitter);
     let mut frame_counter = thread as u64;
     let mut socket_turn = 0usize;
-    let mut last_report = Instant::now();
-    let mut interval_frames = 0u64;
-    let mut interval_acks = 0u64;
+    let mut progress = Progress::new(progress);
     let now_ns = |start: Instant| start.elapsed().as_nanos() as u64;
     // The whole schedule goes out: frames still due at the end are sent late (their
     // lag is recorded) rather than dropped unseen.
@@ -244,7 +312,7 @@ pub fn run(
                         if i < n {
                             t.frames_sent += frames;
                             t.datagrams_sent += l.div_ceil(segment) as u64;
-                            interval_frames += frames;
+                            progress.frames += frames;
                         } else {
                             t.send_eagain_frames += frames;
                         }
@@ -260,19 +328,12 @@ pub fn run(
             }
         }
         if cfg.ack_every > 0 {
-            interval_acks += acks.receive(&sockets, &mut rec, start, &mut t);
+            progress.acks += acks.receive(&sockets, &mut rec, start, &mut t);
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
-            // How far behind: the oldest datagram still waiting that was due already.
-            let lag_ns = now_ns(start).saturating_sub(queue.next_intended_ns(&sched));
-            let _ = progress.send(Interval {
-                latency: std::mem::replace(&mut rec.interval, latency::histogram()),
-                frames_sent: std::mem::take(&mut interval_frames),
-                acks_received: std::mem::take(&mut interval_acks),
-                lag_ns,
-            });
-        }
+        // How far behind: the oldest datagram still waiting that was due already.
+        progress.tick(&mut rec, || {
+            now_ns(start).saturating_sub(queue.next_intended_ns(&sched))
+        });
         // Idle until the next intended time. With ack sampling on, keep polling for
         // acks (busy-poll, the sender's core is its own): sleeping here would delay
         // reading an ack and inflate measured latency at light load. Without acks,
@@ -290,28 +351,9 @@ pub fn run(
             std::hint::spin_loop();
         }
     }
-    // Grace period: collect outstanding acks.
-    let grace_end = Instant::now() + cfg.grace;
-    while cfg.ack_every > 0
-        && t.acks_received + t.acks_unmatched < t.acks_expected
-        && Instant::now() < grace_end
-    {
-        if acks.receive(&sockets, &mut rec, start, &mut t) == 0 {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-    let _ = progress.send(Interval {
-        latency: std::mem::replace(&mut rec.interval, latency::histogram()),
-        frames_sent: interval_frames,
-        acks_received: interval_acks,
-        lag_ns: 0,
-    });
-    Ok(SenderResult {
-        totals: t,
-        intended: rec.intended,
-        service: rec.service,
-        lag: lag_hist,
-    })
+    Ok(progress.finish(&cfg, rec, t, lag_hist, |rec, t| {
+        acks.receive(&sockets, rec, start, t)
+    }))
 }
 
 /// Receives acks on every source socket: one epoll set over all of them, so a single

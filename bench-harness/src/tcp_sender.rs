@@ -11,7 +11,7 @@
 use crate::latency::{self, Recorder};
 use crate::net;
 use crate::schedule::Schedule;
-use crate::sender::{DueQueue, Interval, SenderConfig, SenderResult, Totals};
+use crate::sender::{DueQueue, Interval, Progress, SenderConfig, SenderResult, Totals};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use ringbeat::core::codec::{decode_ack, FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES};
 use ringbeat::core::stream::{Feed, StreamDecoder};
@@ -96,8 +96,7 @@ pub fn run(
     let end_ns = cfg.duration.as_nanos() as u64;
     let mut queue = DueQueue::new(&sched, end_ns, cfg.jitter);
     let mut frame_counter = thread as u64;
-    let mut last_report = Instant::now();
-    let (mut interval_frames, mut interval_acks) = (0u64, 0u64);
+    let mut progress = Progress::new(progress);
     let gateways = sched.gateways() as u64;
     let flush_ns = flush.as_nanos() as u64;
     let mut last_flush_ns = 0u64;
@@ -193,7 +192,7 @@ pub fn run(
                             - (c.out.len() - n).div_ceil(FRAME_BYTES))
                             as u64;
                         t.frames_sent += frames;
-                        interval_frames += frames;
+                        progress.frames += frames;
                         c.out.drain(..n);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -208,18 +207,11 @@ pub fn run(
             });
         }
         if cfg.ack_every > 0 {
-            interval_acks += receive(&mut conns, &mut rec, &mut t);
+            progress.acks += receive(&mut conns, &mut rec, &mut t);
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
-            let lag_ns = now_ns(start).saturating_sub(queue.next_intended_ns(&sched));
-            let _ = progress.send(Interval {
-                latency: std::mem::replace(&mut rec.interval, latency::histogram()),
-                frames_sent: std::mem::take(&mut interval_frames),
-                acks_received: std::mem::take(&mut interval_acks),
-                lag_ns,
-            });
-        }
+        progress.tick(&mut rec, || {
+            now_ns(start).saturating_sub(queue.next_intended_ns(&sched))
+        });
         if cfg.ack_every == 0 && dirty.is_empty() {
             // Nothing to write: sleep until the next intended time.
             let next_ns = queue.next_intended_ns(&sched);
@@ -236,25 +228,5 @@ pub fn run(
         .iter()
         .map(|c| (c.out.len() / FRAME_BYTES) as u64)
         .sum::<u64>();
-    let grace_end = Instant::now() + cfg.grace;
-    while cfg.ack_every > 0
-        && t.acks_received + t.acks_unmatched < t.acks_expected
-        && Instant::now() < grace_end
-    {
-        if receive(&mut conns, &mut rec, &mut t) == 0 {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-    let _ = progress.send(Interval {
-        latency: std::mem::replace(&mut rec.interval, latency::histogram()),
-        frames_sent: interval_frames,
-        acks_received: interval_acks,
-        lag_ns: 0,
-    });
-    Ok(SenderResult {
-        totals: t,
-        intended: rec.intended,
-        service: rec.service,
-        lag: lag_hist,
-    })
+    Ok(progress.finish(&cfg, rec, t, lag_hist, |rec, t| receive(&mut conns, rec, t)))
 }
