@@ -27,7 +27,7 @@ pub enum SocketError {
     },
 }
 
-fn check(what: &'static str, rc: libc::c_int) -> Result<libc::c_int, SocketError> {
+pub(crate) fn check(what: &'static str, rc: libc::c_int) -> Result<libc::c_int, SocketError> {
     if rc < 0 {
         Err(SocketError::Sys {
             what,
@@ -38,7 +38,7 @@ fn check(what: &'static str, rc: libc::c_int) -> Result<libc::c_int, SocketError
     }
 }
 
-fn set_int(
+pub(crate) fn set_int(
     fd: RawFd,
     level: i32,
     name: i32,
@@ -88,41 +88,51 @@ pub struct UdpOptions<'a> {
     pub prefilter: Option<&'a [libc::sock_filter]>,
 }
 
-/// Opens a non-blocking UDP socket in the SO_REUSEPORT group for `addr`.
-pub fn udp_reuseport(
-    addr: SocketAddr,
-    opts: UdpOptions<'_>,
-) -> Result<(OwnedFd, RcvbufOutcome), SocketError> {
+/// A new non-blocking, close-on-exec socket of `kind` (SOCK_DGRAM, SOCK_STREAM) in
+/// `addr`'s family.
+pub(crate) fn new_socket(addr: SocketAddr, kind: libc::c_int) -> std::io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
     // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = check("socket", unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
+    let raw = unsafe { libc::socket(domain, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     // SAFETY: `raw` is a fresh descriptor we own; OwnedFd closes it on every error path.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Binds socket `fd` to `addr`.
+pub(crate) fn bind(fd: RawFd, addr: SocketAddr) -> std::io::Result<()> {
+    let (storage, len) = sockaddr_from(addr);
+    // SAFETY: `storage` holds a sockaddr of length `len` for this socket's family.
+    let rc = unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Opens a non-blocking UDP socket in the SO_REUSEPORT group for `addr`.
+pub fn udp_reuseport(
+    addr: SocketAddr,
+    opts: UdpOptions<'_>,
+) -> Result<(OwnedFd, RcvbufOutcome), SocketError> {
+    let fd = new_socket(addr, libc::SOCK_DGRAM).map_err(|source| SocketError::Sys {
+        what: "socket",
+        source,
+    })?;
     let s = fd.as_raw_fd();
     set_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1, "SO_REUSEPORT")?;
     let rcv = size_rcvbuf(s, opts.rcvbuf_bytes)?;
     if let Some(program) = opts.prefilter {
         attach_filter(s, program)?;
     }
-    let (storage, len) = sockaddr_from(addr);
-    // SAFETY: `storage` holds a sockaddr of length `len` for this socket's family.
-    let rc = unsafe { libc::bind(s, (&storage as *const libc::sockaddr_storage).cast(), len) };
-    if rc < 0 {
-        return Err(SocketError::Bind {
-            addr,
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    bind(s, addr).map_err(|source| SocketError::Bind { addr, source })?;
     Ok((fd, rcv))
 }
 
@@ -320,23 +330,14 @@ pub fn attach_reuseport_steering(
 /// TIME_WAIT leftovers with SO_REUSEADDR, as the real listener does). Another error
 /// (an address not on this host, a privileged port) comes back as it is.
 pub fn port_in_use(addr: SocketAddr, tcp: bool) -> Result<bool, std::io::Error> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    let kind = if tcp {
-        libc::SOCK_STREAM
-    } else {
-        libc::SOCK_DGRAM
-    };
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor we own; dropping the OwnedFd closes it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = new_socket(
+        addr,
+        if tcp {
+            libc::SOCK_STREAM
+        } else {
+            libc::SOCK_DGRAM
+        },
+    )?;
     if tcp {
         set_int(
             fd.as_raw_fd(),
@@ -347,23 +348,10 @@ pub fn port_in_use(addr: SocketAddr, tcp: bool) -> Result<bool, std::io::Error> 
         )
         .map_err(std::io::Error::other)?;
     }
-    let (storage, len) = sockaddr_from(addr);
-    // SAFETY: `storage` holds a sockaddr of length `len` for this socket's family.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if rc == 0 {
-        return Ok(false);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EADDRINUSE) {
-        Ok(true)
-    } else {
-        Err(e)
+    match bind(fd.as_raw_fd(), addr) {
+        Ok(()) => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(true),
+        Err(e) => Err(e),
     }
 }
 

@@ -2,89 +2,21 @@
 //! engine makes on connections (accept, read, write, shutdown). The io_uring engine
 //! queues the same operations through [`crate::uring`].
 
-use crate::socket::{sockaddr_from, SocketError};
+use crate::socket::{bind, check, new_socket, set_int, SocketError};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-
-fn check(what: &'static str, rc: libc::c_int) -> Result<libc::c_int, SocketError> {
-    if rc < 0 {
-        Err(SocketError::Sys {
-            what,
-            source: std::io::Error::last_os_error(),
-        })
-    } else {
-        Ok(rc)
-    }
-}
-
-fn set_int(
-    fd: BorrowedFd<'_>,
-    level: i32,
-    name: i32,
-    value: i32,
-    what: &'static str,
-) -> Result<(), SocketError> {
-    // SAFETY: `fd` is an open socket; the option value is a local c_int whose size is
-    // passed alongside it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    check(what, rc).map(drop)
-}
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Opens a non-blocking TCP listener in the SO_REUSEPORT group for `addr` with room
 /// for `backlog` connections waiting to be accepted.
 pub fn listener_reuseport(addr: SocketAddr, backlog: i32) -> Result<OwnedFd, SocketError> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = check("socket", unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
+    let fd = new_socket(addr, libc::SOCK_STREAM).map_err(|source| SocketError::Sys {
+        what: "socket",
+        source,
     })?;
-    // SAFETY: `raw` is a fresh descriptor we own; OwnedFd closes it on every error path.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    set_int(
-        fd.as_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_REUSEPORT,
-        1,
-        "SO_REUSEPORT",
-    )?;
-    set_int(
-        fd.as_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_REUSEADDR,
-        1,
-        "SO_REUSEADDR",
-    )?;
-    let (storage, len) = sockaddr_from(addr);
-    // SAFETY: `storage` holds a sockaddr of length `len` for this socket's family.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if rc < 0 {
-        return Err(SocketError::Bind {
-            addr,
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    let s = fd.as_raw_fd();
+    set_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1, "SO_REUSEPORT")?;
+    set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1, "SO_REUSEADDR")?;
+    bind(s, addr).map_err(|source| SocketError::Bind { addr, source })?;
     // SAFETY: listen(2) on our bound socket.
     check("listen", unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
     Ok(fd)
@@ -116,7 +48,13 @@ pub fn accept(listener: BorrowedFd<'_>) -> std::io::Result<Option<OwnedFd>> {
 /// Sets TCP_NODELAY: an ack is written as soon as it is made, not held back by
 /// Nagle's algorithm behind an unacknowledged segment.
 pub fn set_nodelay(fd: BorrowedFd<'_>) -> Result<(), SocketError> {
-    set_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1, "TCP_NODELAY")
+    set_int(
+        fd.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        1,
+        "TCP_NODELAY",
+    )
 }
 
 /// Reads what is queued (non-blocking): `Ok(0)` is the end of the stream, `EAGAIN`
