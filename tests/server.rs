@@ -676,8 +676,8 @@ fn batching_without_min_wait_falls_back_to_short_timeouts() {
 fn a_second_instance_on_the_same_port_is_refused_and_the_first_keeps_everything() {
     let first = Server::start("port-first", &["--cores", "0"]);
     let listen = first.addr.to_string();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
-        .args([
+    let (ok, _, err) = common::run_ringbeat(
+        &[
             "serve",
             "--cores",
             "1",
@@ -685,11 +685,10 @@ fn a_second_instance_on_the_same_port_is_refused_and_the_first_keeps_everything(
             &listen,
             "--run-for",
             "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        ],
+        &[],
+    );
+    assert!(!ok);
     assert!(err.contains(&format!("UDP {listen} in use")), "{err}");
     assert!(
         err.contains("stop it, or choose another --listen port"),
@@ -707,14 +706,8 @@ fn a_second_instance_on_the_same_port_is_refused_and_the_first_keeps_everything(
 #[test]
 fn errors_name_their_cause_once_and_bad_output_paths_are_refused_at_start() {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let (ok, _, err) = common::run_ringbeat(args, &[]);
+        (ok, err)
     };
     let (ok, err) = run(&["serve", "--config", "/nonexistent/ringbeat.toml"]);
     assert!(!ok);
@@ -740,11 +733,7 @@ fn errors_name_their_cause_once_and_bad_output_paths_are_refused_at_start() {
 /// `ringbeat --version` names the revision the binary was built from.
 #[test]
 fn version_names_the_revision() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
-        .arg("--version")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text, _) = common::run_ringbeat(&["--version"], &[]);
     let revision = text
         .split("(revision ")
         .nth(1)
@@ -760,8 +749,8 @@ fn version_names_the_revision() {
 /// The summary line keeps its own interval, whatever the stats interval.
 #[test]
 fn summary_lines_follow_their_own_interval() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
-        .args([
+    let (ok, _, err) = common::run_ringbeat(
+        &[
             "serve",
             "--cores",
             "0",
@@ -773,11 +762,10 @@ fn summary_lines_follow_their_own_interval() {
             "1",
             "--run-for",
             "2.5",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        ],
+        &[],
+    );
+    assert!(ok);
     assert_eq!(
         err.lines().filter(|l| l.starts_with("hb/s ")).count(),
         2,
@@ -788,9 +776,8 @@ fn summary_lines_follow_their_own_interval() {
 /// RUST_LOG=debug says more: the validated configuration, each shard, TCP connections.
 #[test]
 fn debug_logging_adds_what_the_server_decided() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
-        .env("RUST_LOG", "debug")
-        .args([
+    let (ok, _, err) = common::run_ringbeat(
+        &[
             "serve",
             "--cores",
             "0",
@@ -799,11 +786,10 @@ fn debug_logging_adds_what_the_server_decided() {
             "--run-for",
             "0.5",
             "--quiet",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        ],
+        &[("RUST_LOG", "debug")],
+    );
+    assert!(ok);
     assert!(
         err.contains("configuration (file keys and flags, validated)"),
         "{err}"

@@ -254,6 +254,21 @@ impl Drop for Server {
     }
 }
 
+/// Runs the ringbeat binary to completion with `args` and `env`: whether it
+/// succeeded, its stdout and its stderr.
+pub fn run_ringbeat(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ringbeat");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn heartbeat(device_id: u64, seq: u32, interval_ds: u16, ack: bool) -> [u8; FRAME_BYTES] {
     let mut f = FrameFields::heartbeat(
         device_id,
