@@ -395,18 +395,7 @@ mod tests {
         assert_eq!(datagram_frames(&[0u8; 2048]).unwrap().len(), 64);
     }
 
-    /// A tiny deterministic generator so the property tests need no extra crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            // splitmix64
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-    }
+    use crate::TestRng as Rng;
 
     #[test]
     fn property_encode_decode_round_trip() {
