@@ -7,7 +7,6 @@ mod common;
 
 use common::rng::Rng;
 use ringbeat::core::codec::{FrameFields, FLAG_ACK_REQUESTED, MAX_DATAGRAM_BYTES};
-use ringbeat::core::liveness::Thresholds;
 use ringbeat::core::memory::Heap;
 use ringbeat::core::shard::{CoreConfig, ShardCore};
 use ringbeat::core::snapshot::{self, Record};
@@ -43,23 +42,7 @@ fn mutate(rng: &mut Rng, mut input: Vec<u8>) -> Vec<u8> {
 }
 
 fn core(shards: u32) -> ShardCore<Heap> {
-    ShardCore::new(
-        CoreConfig {
-            shard: 0,
-            shards,
-            max_devices: 256,
-            thresholds: Thresholds {
-                late_after_permille: 1500,
-                offline_after_permille: 3000,
-            },
-            default_interval_ds: 10,
-            tick_ms: 10,
-            event_capacity: 4096,
-            huge_pages: false,
-        },
-        0,
-    )
-    .unwrap()
+    ShardCore::new(CoreConfig::basic(0, shards, 256), 0).unwrap()
 }
 
 #[test]

@@ -15,7 +15,6 @@
 
 use crate::net;
 use ringbeat::core::codec::{FrameFields, FRAME_BYTES};
-use ringbeat::core::liveness::Thresholds;
 use ringbeat::core::owner::owner;
 use ringbeat::core::shard::CoreConfig;
 use ringbeat::core::stream::StreamDecoder;
@@ -45,17 +44,8 @@ pub struct HandoffArgs {
 fn core(shard: u32, devices: u64) -> std::io::Result<ShardCore> {
     ShardCore::new(
         CoreConfig {
-            shard,
-            shards: 2,
-            max_devices: (devices + devices / 8) as u32,
-            thresholds: Thresholds {
-                late_after_permille: 1500,
-                offline_after_permille: 3000,
-            },
-            default_interval_ds: 10,
-            tick_ms: 10,
             event_capacity: 1 << 16,
-            huge_pages: false,
+            ..CoreConfig::basic(shard, 2, (devices + devices / 8) as u32)
         },
         0,
     )

@@ -6,7 +6,6 @@
 //! cost per ingested heartbeat.
 
 use ringbeat::core::codec::{FrameFields, MAX_DATAGRAM_BYTES};
-use ringbeat::core::liveness::Thresholds;
 use ringbeat::core::shard::CoreConfig;
 // The server's own memory (mapped, with prefetch), so the cost is the server's.
 use ringbeat::memory::Core as ShardCore;
@@ -32,17 +31,11 @@ pub fn run(
     let interval_ms = (interval_s * 1000.0) as u64;
     let mut core = ShardCore::new(
         CoreConfig {
-            shard: 0,
-            shards: 1,
-            max_devices: devices as u32,
-            thresholds: Thresholds {
-                late_after_permille: 1500,
-                offline_after_permille: 3000,
-            },
             default_interval_ds: (interval_s * 10.0) as u16,
             tick_ms,
             event_capacity: 1 << 20,
             huge_pages: true,
+            ..CoreConfig::basic(0, 1, devices as u32)
         },
         0,
     )?;

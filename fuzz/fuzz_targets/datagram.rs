@@ -5,24 +5,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringbeat::core::codec::MAX_DATAGRAM_BYTES;
-use ringbeat::core::liveness::Thresholds;
 use ringbeat::core::memory::Heap;
 use ringbeat::core::shard::{CoreConfig, ShardCore};
 
 fuzz_target!(|data: &[u8]| {
     let mut core = ShardCore::<Heap>::new(
         CoreConfig {
-            shard: 0,
-            shards: 2,
-            max_devices: 64,
-            thresholds: Thresholds {
-                late_after_permille: 1500,
-                offline_after_permille: 3000,
-            },
-            default_interval_ds: 10,
-            tick_ms: 10,
             event_capacity: 256,
-            huge_pages: false,
+            ..CoreConfig::basic(0, 2, 64)
         },
         0,
     )

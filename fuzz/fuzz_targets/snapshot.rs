@@ -31,6 +31,9 @@ fuzz_target!(|data: &[u8]| {
     )
     .unwrap();
     let restored = core.restore(&snap.records, 5);
-    assert_eq!(restored + core.stats().table_full, snap.records.len() as u64);
+    assert_eq!(
+        restored + core.stats().table_full,
+        snap.records.len() as u64
+    );
     core.advance(1 << 24);
 });

@@ -6,7 +6,6 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringbeat::core::codec::FRAME_BYTES;
-use ringbeat::core::liveness::Thresholds;
 use ringbeat::core::memory::Heap;
 use ringbeat::core::shard::{CoreConfig, ShardCore};
 use ringbeat::core::stream::StreamDecoder;
@@ -17,17 +16,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut core = ShardCore::<Heap>::new(
         CoreConfig {
-            shard: 0,
-            shards: 2,
-            max_devices: 64,
-            thresholds: Thresholds {
-                late_after_permille: 1500,
-                offline_after_permille: 3000,
-            },
-            default_interval_ds: 10,
-            tick_ms: 10,
             event_capacity: 256,
-            huge_pages: false,
+            ..CoreConfig::basic(0, 2, 64)
         },
         0,
     )
@@ -41,7 +31,13 @@ fuzz_target!(|data: &[u8]| {
         read += 1;
         let len = (1 + (cuts as u64 * 31 + read * 17) % 64) as usize;
         let end = (at + len).min(stream.len());
-        let fed = core.ingest_stream(&mut decoder, &stream[at..end], read, |_| acks += 1, |_, _| true);
+        let fed = core.ingest_stream(
+            &mut decoder,
+            &stream[at..end],
+            read,
+            |_| acks += 1,
+            |_, _| true,
+        );
         assert!(decoder.carried() < FRAME_BYTES);
         stopped = fed.stopped;
         at = end;

@@ -36,6 +36,28 @@ pub struct CoreConfig {
     pub huge_pages: bool,
 }
 
+impl CoreConfig {
+    /// Shard `shard` of `shards` with room for `max_devices`, the protocol's default
+    /// thresholds (late after 1.5 intervals, offline after 3), 1 s for heartbeats that
+    /// say 0, 10 ms ticks, 4,096 events between drains, no huge pages: for tests,
+    /// fuzzing and benches, which change what they need with `..CoreConfig::basic(..)`.
+    pub fn basic(shard: u32, shards: u32, max_devices: u32) -> CoreConfig {
+        CoreConfig {
+            shard,
+            shards,
+            max_devices,
+            thresholds: Thresholds {
+                late_after_permille: 1500,
+                offline_after_permille: 3000,
+            },
+            default_interval_ds: 10,
+            tick_ms: 10,
+            event_capacity: 4096,
+            huge_pages: false,
+        }
+    }
+}
+
 /// One liveness transition, as emitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
