@@ -360,7 +360,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     // TCP: every connection is open before the clock starts.
     let mut streams: Vec<Vec<std::net::TcpStream>> = Vec::new();
     if tcp {
-        let nofile = net::raise_nofile();
+        let nofile = ringbeat::engine::raise_nofile();
         if a.connections as u64 + 64 > nofile {
             bail!(
                 "--connections {} needs as many descriptors, the open-files limit is {nofile}: raise it (`ulimit -Hn`, as root) or ask for fewer",

@@ -33,15 +33,3 @@ pub fn tcp_connect_from(
     )?;
     Ok(std::net::TcpStream::from(fd))
 }
-
-/// Raises the soft open-files limit to the hard one (a descriptor per connection).
-pub fn raise_nofile() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-            .map(|()| hard)
-            .unwrap_or(soft),
-        Ok((soft, _)) => soft,
-        Err(_) => 1024,
-    }
-}
