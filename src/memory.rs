@@ -19,6 +19,9 @@ impl Memory for Mapped {
     fn devices(len: usize, huge_pages: bool) -> std::io::Result<ZeroedRegion<Device>> {
         ZeroedRegion::with_pages(len, huge_pages)
     }
+    fn discard(words: &mut ZeroedRegion<u32>, range: std::ops::Range<usize>) {
+        words.discard(range)
+    }
     #[inline(always)]
     fn prefetch<T>(value: &T) {
         mem::prefetch(value)

@@ -259,6 +259,7 @@ fn ring_checks(config: &Config) -> Vec<Check> {
             Verdict::Fail,
             match e {
                 ShardRingError::Setup(_) => "io_uring_setup failed with the shard's queue sizes",
+                ShardRingError::SendBytes(_) => "lower --buf-count or raise the memory limit",
                 ShardRingError::BufRing(_) => {
                     "needs Linux 5.19+; raise `ulimit -l` if memlock-limited"
                 }

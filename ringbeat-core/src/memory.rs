@@ -20,6 +20,12 @@ pub trait Memory: 'static {
     fn words(len: usize, huge_pages: bool) -> std::io::Result<Self::Words>;
     fn devices(len: usize, huge_pages: bool) -> std::io::Result<Self::Devices>;
 
+    /// Sets `words[range]` back to zero, giving whole pages back to the machine
+    /// where the memory can (the table's retired index regions).
+    fn discard(words: &mut Self::Words, range: std::ops::Range<usize>) {
+        words[range].fill(0);
+    }
+
     /// Asks the CPU to start loading the cache line holding `value`. Only a hint: doing
     /// nothing is correct, just slower on batched lookups and wheel walks.
     fn prefetch<T>(value: &T);

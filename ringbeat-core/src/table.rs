@@ -1,19 +1,33 @@
 //! The shard's device table: device_id → dense slot → per-device state.
 //!
-//! Fixed capacity chosen at start-up (`--max-devices`), never resized, so there is no
-//! rehash and no incremental evacuation on the hot path. Both arrays come from the
-//! [`Memory`] handed in (in the server, lazily committed mappings: capacity nobody has
-//! used costs address space, not memory).
+//! * devices: 32-byte [`Device`] records in insertion order, in a lazily committed
+//!   array of `--max-devices` capacity (memory is used as records are written, not
+//!   reserved). Devices are never removed (an offline device keeps its slot so its
+//!   epoch and sequence survive), which keeps slots stable and lets the liveness wheel
+//!   link them by slot number.
+//! * index: open addressing with linear probing over `u32` buckets, each holding
+//!   `slot + 1` in its low bits (0 = empty) and a tag of the id's hash in the bits the
+//!   capacity leaves free, so a probe past a bucket of another device almost never
+//!   loads that device's record. The index **grows with what it holds**: it doubles
+//!   when it is 70% full (so 35–70% full, 6–11 bytes per device), and it does so
+//!   without a pause.
 //!
-//! * index: open addressing with linear probing over `u32` buckets holding `slot + 1`
-//!   (0 = empty). Bucket count is the power of two ≥ 2 × capacity, so the load factor
-//!   stays ≤ 0.5 when full and most lookups touch one bucket.
-//! * devices: 32-byte [`Device`] records in insertion order. Devices are never removed
-//!   (an offline device keeps its slot so its epoch and sequence survive), which keeps
-//!   slots stable and lets the liveness wheel link them by slot number.
+//! Growth is incremental with bounded work per operation. Two index regions, each
+//! reserved (not committed) at the largest size, take turns: growth makes the idle one
+//! current at twice the size, in O(1). From then on, each insert moves 4 devices and
+//! each batch 32 from the old index into the new, by slot order (the records hold
+//! their ids, so moving needs no read of the old index); a lookup that misses in the
+//! new index looks in the old one, and new devices go into the new one only. When all
+//! are moved, the old region is zeroed and given back to the kernel a page per step,
+//! so it is empty and costs nothing when its turn comes again. A shard owns its table
+//! alone, so no reader can see a half-moved state. Moving finishes long before the
+//! next growth: it takes 0.7 × old size / 4 inserts, and the next growth needs
+//! 0.7 × old size more devices.
 //!
-//! Memory per device at full capacity: 32 (record) + 2 × 4 (index) = 40 bytes, plus
-//! about 4 bytes of liveness wheel entry (`liveness`), 44 in all.
+//! Memory per device: 32 (record) + 6–11 (index) + about 4 (liveness wheel entry,
+//! `liveness`) = 42–47 bytes at every fill level, while the old index is being
+//! emptied after a growth up to 16 more for a moment.
+//!
 //! Batched lookups ([`DeviceTable::lookup_or_insert_batch`]) issue all bucket loads
 //! before any dependent record load, so a batch's cache misses overlap instead of
 //! queueing behind one another.
@@ -101,10 +115,60 @@ pub enum Lookup {
     Full,
 }
 
+/// One index generation: which region, its size, and the probe arithmetic.
+#[derive(Clone, Copy, Debug)]
+struct Level {
+    region: usize,
+    shift: u32,
+    mask: usize,
+}
+
+impl Level {
+    fn new(region: usize, buckets: usize) -> Level {
+        Level {
+            region,
+            shift: 64 - buckets.trailing_zeros(),
+            mask: buckets - 1,
+        }
+    }
+    fn buckets(&self) -> usize {
+        self.mask + 1
+    }
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        (hash >> self.shift) as usize
+    }
+}
+
+/// What a growth left to do, a bounded step at a time.
+#[derive(Clone, Copy, Debug)]
+enum Growth {
+    Idle,
+    /// Devices of slots `next..end` are still only in `old`'s index.
+    Moving {
+        old: Level,
+        next: Slot,
+        end: Slot,
+    },
+    /// Region `region`'s buckets `next..end` are still to be zeroed.
+    Clearing {
+        region: usize,
+        next: usize,
+        end: usize,
+    },
+}
+
 pub struct DeviceTable<M: Memory> {
-    index: M::Words,
-    index_shift: u32,
-    index_mask: usize,
+    /// Two index regions of `max_buckets` each; `current.region` is the live one.
+    index: [M::Words; 2],
+    current: Level,
+    max_buckets: usize,
+    growth: Growth,
+    /// Growths so far (a counter for the stats).
+    growths: u32,
+    /// Bits of a bucket holding `slot + 1`; the rest hold the tag.
+    slot_bits: u32,
+    slot_mask: u32,
     devices: M::Devices,
     len: u32,
 }
@@ -116,8 +180,29 @@ fn mix(device_id: u64) -> u64 {
     (device_id ^ (device_id >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The tag bits of a bucket, from a second hash: the position uses the top bits of
+/// `mix`, which neighbouring buckets share, so the tag must not.
+#[inline]
+fn tag(device_id: u64, slot_bits: u32) -> u32 {
+    if slot_bits >= 32 {
+        return 0;
+    }
+    let h = (device_id ^ (device_id >> 31)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    ((h >> (64 - (32 - slot_bits))) as u32) << slot_bits
+}
+
 /// Most ids one batch call may carry (bounded stack arrays).
 pub const MAX_BATCH: usize = 256;
+
+/// Smallest index: 1024 buckets, 4 KiB.
+const MIN_BUCKETS: usize = 1024;
+/// Growth doubles the index when an insert would make it fuller than this (in tenths).
+const GROW_AT_TENTHS: usize = 7;
+/// Growth work per insert and per batch: devices moved, or buckets zeroed × 1/256.
+const STEP_INSERT: u32 = 4;
+const STEP_BATCH: u32 = 32;
+/// Buckets zeroed per unit of step: a 4 KiB page of them.
+const CLEAR_PER_UNIT: usize = 1024;
 
 impl<M: Memory> DeviceTable<M> {
     /// A table for up to `capacity` devices (1 ..= 2^31), on 4 KiB pages.
@@ -132,11 +217,24 @@ impl<M: Memory> DeviceTable<M> {
             capacity > 0 && capacity <= 1 << 31,
             "capacity checked by Config"
         );
-        let buckets = (capacity as usize * 2).next_power_of_two();
+        // Full at capacity, the largest index is at most 70% full.
+        let max_buckets = (capacity as usize * 10)
+            .div_ceil(GROW_AT_TENTHS)
+            .next_power_of_two()
+            .max(MIN_BUCKETS);
+        let slot_bits = 32 - capacity.leading_zeros();
         Ok(DeviceTable {
-            index: M::words(buckets, huge)?,
-            index_shift: 64 - buckets.trailing_zeros(),
-            index_mask: buckets - 1,
+            index: [M::words(max_buckets, huge)?, M::words(max_buckets, huge)?],
+            current: Level::new(0, MIN_BUCKETS),
+            max_buckets,
+            growth: Growth::Idle,
+            growths: 0,
+            slot_bits,
+            slot_mask: if slot_bits >= 32 {
+                u32::MAX
+            } else {
+                (1 << slot_bits) - 1
+            },
             devices: M::devices(capacity as usize, huge)?,
             len: 0,
         })
@@ -151,70 +249,190 @@ impl<M: Memory> DeviceTable<M> {
     pub fn capacity(&self) -> u32 {
         self.devices.len() as u32
     }
+    /// Buckets of the current index.
+    pub fn index_buckets(&self) -> usize {
+        self.current.buckets()
+    }
+    /// Growths of the index so far.
+    pub fn growths(&self) -> u32 {
+        self.growths
+    }
+    /// A growth's moving or clearing is still under way.
+    pub fn growing(&self) -> bool {
+        !matches!(self.growth, Growth::Idle)
+    }
 
+    /// Probes `level` for `device_id`: its slot, or the empty bucket that ends the probe.
     #[inline]
-    fn home(&self, device_id: u64) -> usize {
-        (mix(device_id) >> self.index_shift) as usize
+    fn probe(&self, level: Level, device_id: u64, hash: u64, tag: u32) -> Result<Slot, usize> {
+        let index = &self.index[level.region];
+        let mut bucket = level.home(hash);
+        loop {
+            let entry = index[bucket];
+            if entry == 0 {
+                return Err(bucket);
+            }
+            if entry & !self.slot_mask == tag {
+                let slot = (entry & self.slot_mask) - 1;
+                if self.devices[slot as usize].device_id == device_id {
+                    return Ok(slot);
+                }
+            }
+            bucket = (bucket + 1) & level.mask;
+        }
+    }
+
+    /// Puts `slot` (holding `device_id`) into `level`'s index; it must not be there.
+    #[inline]
+    fn place(&mut self, level: Level, device_id: u64, slot: Slot) {
+        let entry = tag(device_id, self.slot_bits) | (slot + 1);
+        let index = &mut self.index[level.region];
+        let mut bucket = level.home(mix(device_id));
+        while index[bucket] != 0 {
+            bucket = (bucket + 1) & level.mask;
+        }
+        index[bucket] = entry;
     }
 
     /// Looks up one device, inserting it when new and there is room.
     #[inline]
     pub fn lookup_or_insert(&mut self, device_id: u64) -> Lookup {
         debug_assert!(device_id != 0, "the codec rejects device_id 0");
-        let mut bucket = self.home(device_id);
-        loop {
-            let entry = self.index[bucket];
-            if entry == 0 {
-                if self.len == self.capacity() {
-                    return Lookup::Full;
+        let hash = mix(device_id);
+        let tag = tag(device_id, self.slot_bits);
+        let free = match self.probe(self.current, device_id, hash, tag) {
+            Ok(slot) => return Lookup::Found(slot),
+            Err(bucket) => bucket,
+        };
+        if let Growth::Moving { old, .. } = self.growth {
+            if let Ok(slot) = self.probe(old, device_id, hash, tag) {
+                return Lookup::Found(slot);
+            }
+        }
+        if self.len == self.capacity() {
+            return Lookup::Full;
+        }
+        let slot = self.len;
+        self.len += 1;
+        self.devices[slot as usize].device_id = device_id;
+        let grown = self.grow_if_full();
+        if grown {
+            self.place(self.current, device_id, slot);
+        } else {
+            self.index[self.current.region][free] = tag | (slot + 1);
+        }
+        self.step(STEP_INSERT);
+        Lookup::Inserted(slot)
+    }
+
+    /// Starts a growth when the current index would be more than 70% full with
+    /// `len` devices, unless the previous one is unfinished (it finishes first: it
+    /// has 0.7 × its size of inserts' steps to do so) or the index is at its largest.
+    /// O(1): the new region is already mapped and zero.
+    fn grow_if_full(&mut self) -> bool {
+        let buckets = self.current.buckets();
+        if (self.len as usize) * 10 <= buckets * GROW_AT_TENTHS || buckets >= self.max_buckets {
+            return false;
+        }
+        if self.growing() {
+            // Finish the previous growth at once. Not reached: the steps of the
+            // 0.7 × old size inserts between growths finish it (module comment).
+            self.step(u32::MAX);
+        }
+        let old = self.current;
+        // The newest device (slot len - 1) is placed by the caller in the new index.
+        self.current = Level::new(1 - old.region, buckets * 2);
+        self.growth = Growth::Moving {
+            old,
+            next: 0,
+            end: self.len - 1,
+        };
+        self.growths += 1;
+        true
+    }
+
+    /// Does up to `units` of growth work: moving a device to the new index, or
+    /// zeroing a page of the old one.
+    fn step(&mut self, mut units: u32) {
+        while units > 0 {
+            match self.growth {
+                Growth::Idle => return,
+                Growth::Moving { old, next, end } => {
+                    let n = units.min(end - next);
+                    for slot in next..next + n {
+                        let id = self.devices[slot as usize].device_id;
+                        self.place(self.current, id, slot);
+                    }
+                    units -= n;
+                    self.growth = if next + n == end {
+                        Growth::Clearing {
+                            region: old.region,
+                            next: 0,
+                            end: old.buckets(),
+                        }
+                    } else {
+                        Growth::Moving {
+                            old,
+                            next: next + n,
+                            end,
+                        }
+                    };
                 }
-                let slot = self.len;
-                self.len += 1;
-                self.index[bucket] = slot + 1;
-                let d = &mut self.devices[slot as usize];
-                d.device_id = device_id;
-                return Lookup::Inserted(slot);
+                Growth::Clearing { region, next, end } => {
+                    let n = (units as usize)
+                        .saturating_mul(CLEAR_PER_UNIT)
+                        .min(end - next);
+                    M::discard(&mut self.index[region], next..next + n);
+                    units -= n.div_ceil(CLEAR_PER_UNIT) as u32;
+                    self.growth = if next + n == end {
+                        Growth::Idle
+                    } else {
+                        Growth::Clearing {
+                            region,
+                            next: next + n,
+                            end,
+                        }
+                    };
+                }
             }
-            if self.devices[(entry - 1) as usize].device_id == device_id {
-                return Lookup::Found(entry - 1);
-            }
-            bucket = (bucket + 1) & self.index_mask;
         }
     }
 
     /// Looks up a batch of ids. Prefetches every id's index bucket, then (once those
     /// have had time to arrive) every hit's record, then probes: the batch's cache
-    /// misses overlap instead of queueing behind one another.
+    /// misses overlap instead of queueing behind one another. Then does a batch's
+    /// step of any growth under way.
     pub fn lookup_or_insert_batch(&mut self, device_ids: &[u64], out: &mut [Lookup]) {
         debug_assert!(device_ids.len() <= MAX_BATCH && out.len() >= device_ids.len());
         let mut homes = [0usize; MAX_BATCH];
+        let level = self.current;
+        let index = &self.index[level.region];
         for (i, &id) in device_ids.iter().enumerate() {
-            homes[i] = self.home(id);
-            M::prefetch(&self.index[homes[i]]);
+            homes[i] = level.home(mix(id));
+            M::prefetch(&index[homes[i]]);
         }
         for &home in &homes[..device_ids.len()] {
-            let entry = self.index[home];
+            let entry = index[home];
             if entry != 0 {
-                M::prefetch(&self.devices[(entry - 1) as usize]);
+                M::prefetch(&self.devices[((entry & self.slot_mask) - 1) as usize]);
             }
         }
         for (i, &id) in device_ids.iter().enumerate() {
             out[i] = self.lookup_or_insert(id);
         }
+        self.step(STEP_BATCH);
     }
 
     /// Finds a device without inserting it.
     pub fn find(&self, device_id: u64) -> Option<Slot> {
-        let mut bucket = self.home(device_id);
-        loop {
-            let entry = self.index[bucket];
-            if entry == 0 {
-                return None;
-            }
-            if self.devices[(entry - 1) as usize].device_id == device_id {
-                return Some(entry - 1);
-            }
-            bucket = (bucket + 1) & self.index_mask;
+        let hash = mix(device_id);
+        let tag = tag(device_id, self.slot_bits);
+        if let Ok(slot) = self.probe(self.current, device_id, hash, tag) {
+            return Some(slot);
+        }
+        match self.growth {
+            Growth::Moving { old, .. } => self.probe(old, device_id, hash, tag).ok(),
+            _ => None,
         }
     }
 
@@ -261,12 +479,96 @@ mod tests {
         assert_eq!(t.len(), 1000);
     }
 
+    /// splitmix64: ids spread over all 64 bits.
+    fn ids(n: usize, seed: u64) -> Vec<u64> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) | 1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_index_grows_with_what_it_holds_and_finds_everything_meanwhile() {
+        let n = 300_000;
+        let mut t = DeviceTable::<Heap>::new(1 << 22).unwrap();
+        assert_eq!(t.index_buckets(), MIN_BUCKETS);
+        let all = ids(n, 42);
+        let mut seen_growing = 0;
+        for (i, &id) in all.iter().enumerate() {
+            assert_eq!(t.lookup_or_insert(id), Lookup::Inserted(i as u32));
+            if t.growing() {
+                seen_growing += 1;
+                // Mid-growth, old devices (moved or not) and new ones are all found.
+                for j in [0, i / 3, i / 2, i] {
+                    assert_eq!(t.find(all[j]), Some(j as u32), "device {j} at {i}");
+                }
+            }
+            // Between 35% and 70% full (or at the smallest size).
+            let b = t.index_buckets();
+            assert!((i + 1) * 10 <= b * 7, "{} devices in {b} buckets", i + 1);
+            assert!(b == MIN_BUCKETS || (i + 1) * 20 > b * 7, "{} in {b}", i + 1);
+        }
+        assert!(
+            seen_growing > 0 && t.growths() == 9,
+            "{} growths",
+            t.growths()
+        );
+        for (i, &id) in all.iter().enumerate() {
+            assert_eq!(t.lookup_or_insert(id), Lookup::Found(i as u32));
+        }
+        assert!(!t.growing(), "every growth finished within its inserts");
+        // The retired region is all zero again, ready for its next turn.
+        assert!(t.index[1 - t.current.region].iter().all(|&b| b == 0));
+        assert_eq!(t.find(2), None);
+    }
+
+    #[test]
+    fn a_full_table_rejects_new_devices_at_its_largest_index() {
+        let cap = 5000;
+        let mut t = DeviceTable::<Heap>::new(cap).unwrap();
+        let all = ids(cap as usize + 100, 7);
+        for (i, &id) in all.iter().enumerate() {
+            let want = if i < cap as usize {
+                Lookup::Inserted(i as u32)
+            } else {
+                Lookup::Full
+            };
+            assert_eq!(t.lookup_or_insert(id), want);
+        }
+        assert_eq!(t.index_buckets(), t.max_buckets);
+        for (i, &id) in all[..cap as usize].iter().enumerate() {
+            assert_eq!(t.find(id), Some(i as u32));
+        }
+    }
+
+    #[test]
+    fn tags_use_the_bits_the_capacity_leaves() {
+        // Capacity 1000: 10 slot bits, 22 tag bits; ids equal in their position bits
+        // but not their tags still resolve to their own records.
+        let mut t = DeviceTable::<Heap>::new(1000).unwrap();
+        assert_eq!(t.slot_bits, 10);
+        for id in 1..=1000u64 {
+            t.lookup_or_insert(id << 40);
+        }
+        for id in 1..=1000u64 {
+            assert_eq!(t.find(id << 40), Some(id as u32 - 1));
+        }
+        assert_eq!(tag(12345, 32), 0);
+    }
+
     #[test]
     fn batch_agrees_with_single_lookups() {
-        let mut a = DeviceTable::<Heap>::new(5000).unwrap();
-        let mut b = DeviceTable::<Heap>::new(5000).unwrap();
-        let ids: Vec<u64> = (0..6000u64)
-            .map(|i| (i % 4500 + 1) * 0x1_0000_0001)
+        // Through several growths (batch and single lookups step differently).
+        let mut a = DeviceTable::<Heap>::new(50_000).unwrap();
+        let mut b = DeviceTable::<Heap>::new(50_000).unwrap();
+        let ids: Vec<u64> = (0..60_000u64)
+            .map(|i| (i % 45_000 + 1) * 0x1_0000_0001)
             .collect();
         let mut out = [Lookup::Full; MAX_BATCH];
         for chunk in ids.chunks(MAX_BATCH) {

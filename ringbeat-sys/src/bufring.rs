@@ -118,8 +118,8 @@ pub struct BufRing {
 }
 
 impl BufRing {
-    /// Maps the arena (bound to the calling thread's NUMA node and pre-faulted, so
-    /// every page really is local) and the descriptor ring, registers the ring as
+    /// Maps the arena (bound to the calling thread's NUMA node, so every page is
+    /// local when it is first written) and the descriptor ring, registers the ring as
     /// buffer group `bgid` and hands every buffer to the kernel.
     pub fn new(
         submitter: &Submitter<'_>,
@@ -151,9 +151,9 @@ impl BufRing {
                 source: std::io::Error::last_os_error(),
             });
         }
-        // Pre-fault under the binding so the first receives take no page faults.
-        // SAFETY: writes within the mapping we own.
-        unsafe { std::ptr::write_bytes(arena.ptr, 0, arena.bytes) };
+        // Not pre-faulted: the binding places each page on the node when the kernel
+        // first writes it, so an idle shard keeps none of the arena resident and a
+        // busy one pays one fault per 4 KiB page, once.
         let ring = Mapping::new(shape.count as usize * std::mem::size_of::<BufRingEntry>())?;
         let flags = if shape.incremental {
             io_uring::types::IOU_PBUF_RING_INC as u16

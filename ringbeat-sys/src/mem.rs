@@ -77,6 +77,36 @@ impl<T: ZeroValid + Copy> ZeroedRegion<T> {
     pub fn map_bytes(&self) -> usize {
         self.map_bytes
     }
+
+    /// Sets elements `range` back to zero and gives the whole pages among them back to
+    /// the kernel (`MADV_DONTNEED`: the next touch maps a fresh zero page), so a range
+    /// no longer used stops costing resident memory. Edges that share a page with
+    /// elements outside `range` are zeroed by writing.
+    pub fn discard(&mut self, range: std::ops::Range<usize>) {
+        assert!(range.start <= range.end && range.end <= self.len);
+        let size = std::mem::size_of::<T>();
+        let base = self.addr();
+        let page = 4096;
+        let first = (base + range.start * size).next_multiple_of(page);
+        let last = (base + range.end * size) / page * page;
+        if first < last {
+            // SAFETY: [first, last) is whole pages inside our own private anonymous
+            // mapping; after DONTNEED they read back as zero, a valid `T` (`ZeroValid`),
+            // and `&mut self` means no reference into them exists.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            let (a, b) = ((first - base).div_ceil(size), (last - base) / size);
+            self[range.start..a.max(range.start)].fill(T::zeroed());
+            self[b.min(range.end)..range.end].fill(T::zeroed());
+        } else {
+            self[range].fill(T::zeroed());
+        }
+    }
 }
 
 impl<T: ZeroValid + Copy> std::ops::Deref for ZeroedRegion<T> {
@@ -128,6 +158,18 @@ pub fn prefetch<T>(value: &T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discard_zeroes_the_range_and_frees_its_pages() {
+        let mut r = ZeroedRegion::<u32>::new(5 * 1024 + 7).unwrap();
+        r.fill(7);
+        r.discard(1000..4200);
+        assert!(r[..1000].iter().all(|&v| v == 7));
+        assert!(r[1000..4200].iter().all(|&v| v == 0));
+        assert!(r[4200..].iter().all(|&v| v == 7));
+        r.discard(0..3);
+        assert_eq!(&r[..4], &[0, 0, 0, 7]);
+    }
 
     #[test]
     fn region_is_zeroed_and_writable() {

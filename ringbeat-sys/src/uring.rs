@@ -9,6 +9,7 @@
 //! that will use it (the struct is deliberately not `Send`).
 
 use crate::bufring::{BufRing, BufRingError, BufRingShape};
+use crate::mem::ZeroedRegion;
 use io_uring::{opcode, squeue, types, IoUring};
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -27,6 +28,10 @@ pub enum ShardRingError {
          kernel.io_uring_disabled=0 and no seccomp filter on io_uring_setup; run `ringbeat check`)"
     )]
     Setup(std::io::Error),
+    #[error(
+        "mapping the ack send slots failed: {0} (lower --buf-count or raise the memory limit)"
+    )]
+    SendBytes(std::io::Error),
     #[error(transparent)]
     BufRing(#[from] BufRingError),
 }
@@ -98,7 +103,6 @@ struct SendSlot {
     msg: libc::msghdr,
     iov: libc::iovec,
     addr: libc::sockaddr_storage,
-    buf: Box<[u8]>,
 }
 
 /// A received datagram in a provided buffer, as `RecvMsgMulti` laid it out.
@@ -129,6 +133,11 @@ pub struct ShardRing {
     accepted: Vec<std::os::fd::OwnedFd>,
     recv_msg: Box<libc::msghdr>,
     slots: Box<[SendSlot]>,
+    /// The send slots' datagram bytes, `send_bytes_per_slot` each, in one lazily
+    /// committed mapping: an idle shard keeps none of it resident, a busy one only the
+    /// slots it has used.
+    send_bytes: ZeroedRegion<u8>,
+    send_bytes_per_slot: usize,
     wake_buf: Box<u64>,
     /// Makes the type `!Send`: a SINGLE_ISSUER ring is used by its creating thread only.
     _single_thread: std::marker::PhantomData<*const ()>,
@@ -208,9 +217,10 @@ impl ShardRing {
                     iov_len: 0,
                 },
                 addr: zeroed_sockaddr(),
-                buf: vec![0u8; shape.max_datagram_bytes].into_boxed_slice(),
             })
             .collect();
+        let send_bytes = ZeroedRegion::new(shape.send_slots as usize * shape.max_datagram_bytes)
+            .map_err(ShardRingError::SendBytes)?;
         let mut recv_msg = Box::new(zeroed_msghdr());
         // The kernel lays out `io_uring_recvmsg_out`, then up to this much source
         // address, then the payload; no control data (drops are read with SO_MEMINFO).
@@ -225,6 +235,8 @@ impl ShardRing {
             accepted: Vec::new(),
             recv_msg,
             slots,
+            send_bytes,
+            send_bytes_per_slot: shape.max_datagram_bytes,
             wake_buf: Box::new(0),
             _single_thread: std::marker::PhantomData,
         })
@@ -249,8 +261,8 @@ impl ShardRing {
         let mut enters = 0;
         for _ in 0..2 {
             // SAFETY: every entry built in this module points only at memory owned by
-            // `self` (receive msghdr, send slots, wake-up buffer, buffer ring), boxed so
-            // it never moves, and freed only after the ring is closed (field order).
+            // `self` (receive msghdr, send slots, wake-up buffer, buffer ring), boxed or
+            // mapped so it never moves, and freed only after the ring is closed (field order).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Pushed {
                     pushed: true,
@@ -301,9 +313,11 @@ impl ShardRing {
         to: &[u8],
         user_data: u64,
     ) -> Pushed {
+        let per_slot = self.send_bytes_per_slot;
+        assert!(bytes.len() <= per_slot, "ack longer than a send slot");
+        let buf = &mut self.send_bytes[slot as usize * per_slot..][..per_slot];
+        buf[..bytes.len()].copy_from_slice(bytes);
         let s = &mut self.slots[slot as usize];
-        assert!(bytes.len() <= s.buf.len(), "ack longer than a send slot");
-        s.buf[..bytes.len()].copy_from_slice(bytes);
         let addr = sockaddr_bytes(&mut s.addr);
         assert!(
             to.len() <= addr.len(),
@@ -311,7 +325,7 @@ impl ShardRing {
         );
         addr[..to.len()].copy_from_slice(to);
         s.iov = libc::iovec {
-            iov_base: s.buf.as_mut_ptr().cast(),
+            iov_base: buf.as_mut_ptr().cast(),
             iov_len: bytes.len(),
         };
         s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
