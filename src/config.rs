@@ -256,10 +256,12 @@ pub struct SnapshotArgs {
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Process")]
 pub struct ProcessArgs {
-    /// I/O engine. `epoll` (recvmmsg/sendmmsg) and `tokio-uring` (one-shot
-    /// recv_from/send_to) are there to compare; the io_uring flags apply to `uring`
-    /// only (given with another engine, they are an error).
-    #[arg(long, value_enum, default_value_t = Engine::Uring)]
+    /// I/O engine. `auto` uses io_uring when this machine allows it and otherwise
+    /// epoll, with a warning that names why (kernel, sysctl, seccomp, emulation) and
+    /// the fix; `uring` refuses to start without io_uring. `epoll` (recvmmsg/sendmmsg)
+    /// and `tokio-uring` (one-shot recv_from/send_to) are there to compare. The
+    /// io_uring flags apply to `auto` and `uring` only (an error with the others).
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
     pub engine: Engine,
 
     /// Keep every CPU out of idle states slower than this many microseconds to wake
@@ -278,8 +280,10 @@ pub struct ProcessArgs {
 /// The I/O engine under the shards (all run the same shard loop and core).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
-    /// io_uring: multishot receive over a provided buffer ring (the default).
+    /// io_uring where the preflight passes, else epoll with a warning (the default).
     #[default]
+    Auto,
+    /// io_uring: multishot receive over a provided buffer ring.
     Uring,
     /// epoll + recvmmsg/sendmmsg in batches: the classic design, for comparison.
     Epoll,
@@ -287,6 +291,19 @@ pub enum Engine {
     /// for comparison (built with the default `tokio-uring` cargo feature).
     #[cfg(feature = "tokio-uring")]
     TokioUring,
+}
+
+impl Engine {
+    /// The flag value naming it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Auto => "auto",
+            Engine::Uring => "uring",
+            Engine::Epoll => "epoll",
+            #[cfg(feature = "tokio-uring")]
+            Engine::TokioUring => "tokio-uring",
+        }
+    }
 }
 
 /// How a shard waits for completions.
@@ -486,7 +503,7 @@ impl ServeArgs {
     /// Validates and derives the `Config`.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let engine = self.process.engine;
-        if engine != Engine::Uring {
+        if !matches!(engine, Engine::Uring | Engine::Auto) {
             for (id, flag) in [
                 ("wait_us", "--wait-us"),
                 ("buf_count", "--buf-count"),
@@ -970,7 +987,7 @@ mod tests {
             c.liveness.liveness_slice,
             crate::core::shard::LIVENESS_SLICE
         );
-        assert_eq!(c.engine, Engine::Uring);
+        assert_eq!(c.engine, Engine::Auto);
         assert!(matches!(c.uring.wait, WaitStrategy::Adaptive { .. }));
         // Worst case deadline: 6553.5 s × 300 must stay below 2^31 ms.
         assert!(6553.5 * 300.0 * 1000.0 < 2f64.powi(31));

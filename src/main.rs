@@ -94,7 +94,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn check(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.into_config()?;
-    let checks = preflight::run_checks(&config);
+    let checks = preflight::run_checks(&config).checks;
     print!("{}", preflight::render(&checks));
     let failed = checks.iter().any(|c| c.verdict == preflight::Verdict::Fail);
     Ok(if failed {
@@ -105,8 +105,10 @@ fn check(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = args.into_config()?;
-    for c in preflight::require(&config)? {
+    let mut config = args.into_config()?;
+    let preflight = preflight::require(&config)?;
+    config.engine = preflight.engine;
+    for c in preflight.checks {
         if c.verdict == preflight::Verdict::Warn {
             tracing::warn!("{}: {} — {}", c.name, c.value, c.fix);
         }

@@ -2,7 +2,7 @@
 //! limits, each with a verdict and the fix. `serve` runs the same checks and refuses to
 //! start on a failure, with the same message.
 
-use crate::config::Config;
+use crate::config::{Config, Engine};
 use crate::sys::uring::{ShardRing, ShardRingError};
 use io_uring::{opcode, IoUring, Probe};
 
@@ -53,8 +53,89 @@ pub fn kernel_version() -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
-/// Runs every check for `config`.
-pub fn run_checks(config: &Config) -> Vec<Check> {
+/// The checks' verdicts and the engine a server started now would use.
+pub struct Preflight {
+    pub checks: Vec<Check>,
+    /// `--engine auto` resolved: `Uring` when io_uring passed every check, else `Epoll`.
+    pub engine: Engine,
+}
+
+/// Runs every check for `config`. With `--engine auto`, failed io_uring checks are
+/// warnings and the engine falls back to epoll, with a line naming why and the fix.
+pub fn run_checks(config: &Config) -> Preflight {
+    let mut out = Vec::new();
+    let engine = match config.engine {
+        Engine::Auto => {
+            let uring = uring_checks(config);
+            match unavailable_reason(&uring) {
+                None => {
+                    out.extend(uring);
+                    out.push(line("engine", "uring (--engine auto)", Verdict::Ok, ""));
+                    Engine::Uring
+                }
+                Some(reason) => {
+                    out.extend(uring.into_iter().map(|mut c| {
+                        if c.verdict == Verdict::Fail {
+                            c.verdict = Verdict::Warn;
+                        }
+                        c
+                    }));
+                    out.push(line(
+                        "engine",
+                        format!("epoll (--engine auto): io_uring unavailable: {reason}"),
+                        Verdict::Warn,
+                        "serving with epoll (recvmmsg/sendmmsg: same protocol and outputs, \
+                         less throughput per core); for io_uring, fix the line above",
+                    ));
+                    Engine::Epoll
+                }
+            }
+        }
+        Engine::Uring => {
+            out.extend(uring_checks(config));
+            Engine::Uring
+        }
+        other => {
+            // The epoll and tokio-uring engines need no io_uring feature beyond what
+            // tokio-uring checks itself: a kernel, a container (Docker's default
+            // seccomp profile) or an emulator without io_uring is fine for epoll.
+            out.push(line(
+                "io_uring",
+                format!("not used by the shards (--engine {})", other.name()),
+                Verdict::Ok,
+                "",
+            ));
+            other
+        }
+    };
+    out.extend(port_checks(config));
+    out.extend(limit_checks(config));
+    Preflight {
+        checks: out,
+        engine,
+    }
+}
+
+/// Why io_uring cannot be used, from the failed io_uring checks (None: it can).
+fn unavailable_reason(checks: &[Check]) -> Option<String> {
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| format!("{} {} ({})", c.name, c.value, c.fix))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
+}
+
+/// Whether a seccomp filter is on the process (/proc/self/status `Seccomp: 2`).
+fn seccomp_filtered() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Seccomp:") && l.split_whitespace().nth(1) == Some("2"))
+    })
+}
+
+/// What the io_uring engine needs: the kernel version, the sysctl, and a shard's ring.
+fn uring_checks(config: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     match kernel_version() {
         Some(v) if v >= (6, 1) => out.push(line("kernel", format!("{}.{}", v.0, v.1), Verdict::Ok, "")),
@@ -62,22 +143,9 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
             "kernel",
             format!("{}.{}", v.0, v.1),
             Verdict::Fail,
-            "needs Linux 6.1+ (multishot recvmsg 6.0, DEFER_TASKRUN 6.1); 6.12+ for min-wait batching",
+            "io_uring needs Linux 6.1+ (multishot recvmsg 6.0, DEFER_TASKRUN 6.1); 6.12+ for min-wait batching",
         )),
         None => out.push(line("kernel", "unknown", Verdict::Warn, "could not parse uname")),
-    }
-    if config.engine == crate::config::Engine::Epoll {
-        // The epoll engine makes no io_uring call: a kernel, a container (Docker's
-        // default seccomp profile) or an emulator without io_uring is fine.
-        out.push(line(
-            "io_uring",
-            "not used (--engine epoll)",
-            Verdict::Ok,
-            "",
-        ));
-        out.extend(port_checks(config));
-        out.extend(limit_checks(config));
-        return out;
     }
     match read_trim("/proc/sys/kernel/io_uring_disabled").as_deref() {
         Some("0") | None => out.push(line("kernel.io_uring_disabled", "0", Verdict::Ok, "")),
@@ -94,9 +162,10 @@ pub fn run_checks(config: &Config) -> Vec<Check> {
             "io_uring is disabled: `sysctl -w kernel.io_uring_disabled=0`",
         )),
     }
-    out.extend(port_checks(config));
+    if out.iter().any(|c| c.verdict == Verdict::Fail) {
+        return out;
+    }
     out.extend(ring_checks(config));
-    out.extend(limit_checks(config));
     out
 }
 
@@ -149,11 +218,26 @@ fn ring_checks(config: &Config) -> Vec<Check> {
             r
         }
         Err(e) => {
-            let fix = match e.raw_os_error() {
-                Some(libc::EPERM) => "io_uring refused: check kernel.io_uring_disabled and any seccomp profile (containers often block io_uring_setup)",
-                Some(libc::EINVAL) => "kernel too old for SINGLE_ISSUER/DEFER_TASKRUN: needs Linux 6.1+",
-                Some(libc::ENOSYS) => "kernel built without io_uring (CONFIG_IO_URING)",
-                _ => "io_uring_setup failed",
+            let errno = e.raw_os_error();
+            let fix = if matches!(errno, Some(libc::EPERM | libc::ENOSYS)) && seccomp_filtered() {
+                "a seccomp filter refuses io_uring_setup (Docker's default profile does): \
+                 run the container with a profile that allows io_uring_setup, io_uring_enter \
+                 and io_uring_register"
+            } else {
+                match errno {
+                    Some(libc::EPERM) => {
+                        "io_uring refused: check kernel.io_uring_disabled and kernel.io_uring_group"
+                    }
+                    Some(libc::EINVAL) => {
+                        "kernel too old for SINGLE_ISSUER/DEFER_TASKRUN: needs Linux 6.1+"
+                    }
+                    Some(libc::ENOSYS) => {
+                        "io_uring_setup is not implemented here: an emulator \
+                        (qemu-user) or a kernel built without CONFIG_IO_URING; run natively on \
+                        a kernel with io_uring"
+                    }
+                    _ => "io_uring_setup failed",
+                }
             };
             out.push(line(
                 "io_uring setup (SINGLE_ISSUER, DEFER_TASKRUN)",
@@ -472,9 +556,10 @@ pub fn render(checks: &[Check]) -> String {
 }
 
 /// Fails with every failing line (and its fix) when any check fails.
-pub fn require(config: &Config) -> anyhow::Result<Vec<Check>> {
-    let checks = run_checks(config);
-    let failed: Vec<&Check> = checks
+pub fn require(config: &Config) -> anyhow::Result<Preflight> {
+    let preflight = run_checks(config);
+    let failed: Vec<&Check> = preflight
+        .checks
         .iter()
         .filter(|c| c.verdict == Verdict::Fail)
         .collect();
@@ -485,7 +570,7 @@ pub fn require(config: &Config) -> anyhow::Result<Vec<Check>> {
             .collect();
         anyhow::bail!("preflight failed:\n  {}", msg.join("\n  "));
     }
-    Ok(checks)
+    Ok(preflight)
 }
 
 #[cfg(test)]
@@ -515,7 +600,8 @@ mod tests {
         .unwrap()
         .into_config()
         .unwrap();
-        let checks = run_checks(&config);
+        let Preflight { checks, engine } = run_checks(&config);
+        assert_eq!(engine, Engine::Epoll);
         assert!(checks
             .iter()
             .any(|c| c.name == "io_uring" && c.verdict == Verdict::Ok));

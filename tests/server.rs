@@ -6,6 +6,8 @@ mod common;
 use common::{client, heartbeat, recv_retry, Server};
 use ringbeat::core::codec::{decode_ack, Ack, FRAME_BYTES};
 use ringbeat::core::owner::owner;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn acks_of(datagram: &[u8]) -> Vec<Ack> {
@@ -843,4 +845,77 @@ fn systemd_hears_ready_and_stopping() {
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn engine_auto_falls_back_to_epoll_where_io_uring_is_refused_and_says_why() {
+    // `check` under a seccomp filter like Docker's: a warning, not a failure, naming
+    // the filter and the engine that will be used.
+    let out = common::refuse_io_uring(Command::new(env!("CARGO_BIN_EXE_ringbeat")).args([
+        "check",
+        "--cores",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+    ]))
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("epoll (--engine auto)") && text.contains("seccomp"),
+        "{text}"
+    );
+    // `--engine uring` insists, and fails with the same reason.
+    let out = common::refuse_io_uring(Command::new(env!("CARGO_BIN_EXE_ringbeat")).args([
+        "check",
+        "--engine",
+        "uring",
+        "--cores",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+    ]))
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("seccomp"));
+
+    // `serve` starts on epoll, warns once with the reason, and answers heartbeats.
+    let mut child = common::refuse_io_uring(Command::new(env!("CARGO_BIN_EXE_ringbeat")).args([
+        "serve",
+        "--cores",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--run-for",
+        "5",
+    ]))
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+        said.push(line);
+    };
+    let said = said.join("\n");
+    assert!(
+        said.contains("io_uring unavailable") && said.contains("seccomp"),
+        "{said}"
+    );
+    let c = client();
+    c.send_to(&heartbeat(77, 1, 0, true), addr).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = recv_retry(&c, &mut buf).unwrap();
+    assert_eq!(acks_of(&buf[..n])[0].device_id, 77);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

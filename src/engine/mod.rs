@@ -340,7 +340,11 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             std::thread::Builder::new()
                 .name(format!("rb-shard-{index}"))
                 .spawn(move || match ctx.config.engine {
-                    crate::config::Engine::Uring => shard_loop::run(ctx, uring::UringEngine::new),
+                    // `serve` resolves `auto` with the preflight before it starts the
+                    // engine; a caller that did not is asking for io_uring.
+                    crate::config::Engine::Uring | crate::config::Engine::Auto => {
+                        shard_loop::run(ctx, uring::UringEngine::new)
+                    }
                     crate::config::Engine::Epoll => shard_loop::run(ctx, epoll::EpollEngine::new),
                     #[cfg(feature = "tokio-uring")]
                     crate::config::Engine::TokioUring => {

@@ -254,6 +254,43 @@ impl Drop for Server {
     }
 }
 
+/// Makes `cmd`'s process refuse `io_uring_setup` with EPERM, as Docker's default
+/// seccomp profile does: a seccomp filter installed between fork and exec.
+pub fn refuse_io_uring(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    // seccomp_data: `nr` at offset 0. io_uring_setup is 425 on x86_64 and aarch64.
+    let filter = [
+        insn(LD_W_ABS, 0, 0, 0),
+        insn(JEQ_K, 0, 1, libc::SYS_io_uring_setup as u32),
+        insn(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        insn(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: the closure runs in the child between fork and exec and only makes two
+    // prctl calls on data it owns (moved in), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Runs the ringbeat binary to completion with `args` and `env`: whether it
 /// succeeded, its stdout and its stderr.
 pub fn run_ringbeat(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
