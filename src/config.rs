@@ -306,6 +306,18 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// tokio-uring serves UDP only (one task per connection is what the io_uring
+    /// engine exists to avoid).
+    pub fn serves_tcp(self) -> bool {
+        match self {
+            #[cfg(feature = "tokio-uring")]
+            Engine::TokioUring => false,
+            _ => true,
+        }
+    }
+}
+
 /// How a shard waits for completions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStrategy {

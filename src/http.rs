@@ -35,8 +35,6 @@ use std::time::{Duration, Instant};
 
 /// Longest a device query waits for its owner's answer.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(500);
-/// A shard that has not published its counters for this long is not healthy.
-const STALE_AFTER_MS: u64 = 1_000;
 /// Requests (and replies) a shard's query rings hold.
 pub const QUERY_RING: u32 = 64;
 
@@ -287,15 +285,10 @@ fn healthz(src: &Sources) -> (u16, &'static str, String) {
     (code, "text/plain", body)
 }
 
-/// 200 when every shard published within `STALE_AFTER_MS` of `now_ms` (and the server
+/// 200 when every shard published within `engine::STALE_AFTER_MS` of `now_ms` (and the server
 /// is not stopping), else 503 saying why.
 fn health(now_ms: u64, alive_ms: &[u64], stopping: bool) -> (u16, String) {
-    let stale: Vec<usize> = alive_ms
-        .iter()
-        .enumerate()
-        .filter(|(_, &t)| now_ms.saturating_sub(t) > STALE_AFTER_MS)
-        .map(|(i, _)| i)
-        .collect();
+    let stale = crate::engine::stale(now_ms, alive_ms);
     if stopping {
         (503, "stopping\n".into())
     } else if stale.is_empty() {
@@ -303,7 +296,10 @@ fn health(now_ms: u64, alive_ms: &[u64], stopping: bool) -> (u16, String) {
     } else {
         (
             503,
-            format!("shards not running (no counters for over {STALE_AFTER_MS} ms): {stale:?}\n"),
+            format!(
+                "shards not running (no counters for over {} ms): {stale:?}\n",
+                crate::engine::STALE_AFTER_MS
+            ),
         )
     }
 }

@@ -210,8 +210,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut last_snapshot = Instant::now();
     let deadline = config.process.run_for.map(|d| started + d);
     let mut last_drop_warning: Option<Instant> = None;
+    let watchdog = ringbeat::notify_systemd::watchdog_interval();
+    let mut last_watchdog = Instant::now();
+    let mut stuck_said = false;
     loop {
         let mut wait = config.outputs.stats_interval.saturating_sub(last.elapsed());
+        if let Some(every) = watchdog {
+            wait = wait.min(every.saturating_sub(last_watchdog.elapsed()));
+        }
         if !config.outputs.quiet {
             wait = wait.min(summary_every.saturating_sub(last_summary.elapsed()));
         }
@@ -241,6 +247,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::info!("--run-for elapsed: stopping");
             break;
+        }
+        if let Some(every) = watchdog.filter(|&e| last_watchdog.elapsed() >= e) {
+            // Pinged only while every shard loops: a stuck one lets systemd restart us.
+            let stale = server.shared.stale_shards();
+            if stale.is_empty() {
+                ringbeat::notify_systemd::notify("WATCHDOG=1");
+                stuck_said = false;
+            } else if !stuck_said {
+                stuck_said = true;
+                tracing::error!(
+                    ?stale,
+                    "shards stopped looping: not pinging the systemd watchdog (it restarts the server after WatchdogSec={:?})",
+                    every * 2
+                );
+            }
+            last_watchdog = Instant::now();
         }
         if config.snapshot.path.is_some() && last_snapshot.elapsed() >= config.snapshot.interval {
             server.request_snapshot();

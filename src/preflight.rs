@@ -73,7 +73,7 @@ pub fn run_checks(config: &Config) -> Preflight {
                     out.push(line("engine", "uring (--engine auto)", Verdict::Ok, ""));
                     Engine::Uring
                 }
-                Some(reason) => {
+                Some((reason, fix)) => {
                     out.extend(uring.into_iter().map(|mut c| {
                         if c.verdict == Verdict::Fail {
                             c.verdict = Verdict::Warn;
@@ -82,10 +82,12 @@ pub fn run_checks(config: &Config) -> Preflight {
                     }));
                     out.push(line(
                         "engine",
-                        format!("epoll (--engine auto): io_uring unavailable: {reason}"),
+                        format!("epoll (--engine auto): io_uring unavailable ({reason})"),
                         Verdict::Warn,
-                        "serving with epoll (recvmmsg/sendmmsg: same protocol and outputs, \
-                         less throughput per core); for io_uring, fix the line above",
+                        format!(
+                            "serving with epoll (the same protocol and outputs, less \
+                             throughput per core); for io_uring: {fix}"
+                        ),
                     ));
                     Engine::Epoll
                 }
@@ -116,14 +118,20 @@ pub fn run_checks(config: &Config) -> Preflight {
     }
 }
 
-/// Why io_uring cannot be used, from the failed io_uring checks (None: it can).
-fn unavailable_reason(checks: &[Check]) -> Option<String> {
-    let failed: Vec<String> = checks
+/// Why io_uring cannot be used and the fix, from the failed io_uring checks (None:
+/// it can).
+fn unavailable_reason(checks: &[Check]) -> Option<(String, String)> {
+    let failed: Vec<&Check> = checks
         .iter()
         .filter(|c| c.verdict == Verdict::Fail)
-        .map(|c| format!("{} {} ({})", c.name, c.value, c.fix))
         .collect();
-    (!failed.is_empty()).then(|| failed.join("; "))
+    let join = |f: fn(&Check) -> String| failed.iter().map(|c| f(c)).collect::<Vec<_>>().join("; ");
+    (!failed.is_empty()).then(|| {
+        (
+            join(|c| format!("{}: {}", c.name, c.value)),
+            join(|c| c.fix.clone()),
+        )
+    })
 }
 
 /// Whether a seccomp filter is on the process (/proc/self/status `Seccomp: 2`).

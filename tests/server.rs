@@ -817,15 +817,17 @@ fn debug_logging_adds_what_the_server_decided() {
     assert!(err.contains("shard ready"), "{err}");
 }
 
-/// Under systemd (`Type=notify`): READY=1 once serving, STOPPING=1 at the stop.
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once serving, WATCHDOG=1
+/// at half the watchdog period while the shards loop, STOPPING=1 at the stop.
 #[test]
-fn systemd_hears_ready_and_stopping() {
+fn systemd_hears_ready_watchdog_and_stopping() {
     let dir = common::temp_dir("notify");
     let path = dir.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringbeat"))
         .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000")
         .args([
             "serve",
             "--cores",
@@ -842,8 +844,17 @@ fn systemd_hears_ready_and_stopping() {
     let mut buf = [0u8; 64];
     let n = sock.recv(&mut buf).expect("READY=1");
     assert_eq!(&buf[..n], b"READY=1");
-    let n = sock.recv(&mut buf).expect("STOPPING=1");
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    let mut pings = 0;
+    loop {
+        let n = sock.recv(&mut buf).expect("WATCHDOG=1 or STOPPING=1");
+        match &buf[..n] {
+            b"WATCHDOG=1" => pings += 1,
+            b"STOPPING=1" => break,
+            other => panic!("unexpected {:?}", String::from_utf8_lossy(other)),
+        }
+    }
+    // Every 100 ms over a 1 s run.
+    assert!((5..=12).contains(&pings), "{pings} watchdog pings");
     assert!(child.wait().unwrap().success());
 }
 

@@ -72,7 +72,7 @@ impl RecvBatch {
                 fd,
                 self.msgs.as_mut_ptr(),
                 self.msgs.len() as u32,
-                libc::MSG_DONTWAIT,
+                libc::MSG_DONTWAIT as _,
                 std::ptr::null_mut(),
             )
         };
@@ -189,7 +189,7 @@ impl SendBatch {
                     fd,
                     self.msgs[sent..].as_mut_ptr(),
                     (n - sent) as u32,
-                    libc::MSG_DONTWAIT,
+                    libc::MSG_DONTWAIT as _,
                 )
             };
             if r <= 0 {

@@ -93,10 +93,20 @@ pub enum Signal {
 /// a background writer never takes CPU time from a pinned shard. Best effort: false
 /// when the kernel refused.
 pub fn run_when_idle() -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `sched_param` is plain integers (musl adds reserved ones), so all-zero
+    // is valid: priority 0, as SCHED_IDLE requires.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // The system call itself: musl's libc wrapper refuses with ENOSYS by design.
     // SAFETY: changes the calling thread's (pid 0) policy; `param` is an initialised
     // local the kernel reads for the duration of the call.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+    unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_IDLE,
+            &param as *const libc::sched_param,
+        ) == 0
+    }
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and threads it spawns
@@ -111,7 +121,8 @@ pub fn block_signals() {
 pub fn wait_signal(timeout: Duration) -> Option<Signal> {
     let set = handled_signals();
     let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
+        // `as _`: time_t is 64-bit on every target built (musl 1.2+ included).
+        tv_sec: timeout.as_secs() as _,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `set` and `ts` are initialised locals; a null siginfo pointer is allowed.

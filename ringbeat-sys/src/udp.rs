@@ -137,7 +137,7 @@ pub fn recv_many(
             fd,
             msgs.as_mut_ptr(),
             n as u32,
-            libc::MSG_DONTWAIT,
+            libc::MSG_DONTWAIT as _,
             std::ptr::null_mut(),
         )
     };
@@ -163,7 +163,7 @@ pub fn send_to(fd: RawFd, data: &[u8], to: &libc::sockaddr_storage) -> bool {
             fd,
             data.as_ptr().cast(),
             data.len(),
-            libc::MSG_DONTWAIT,
+            libc::MSG_DONTWAIT as _,
             (to as *const libc::sockaddr_storage).cast(),
             len,
         ) >= 0

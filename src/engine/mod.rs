@@ -45,6 +45,35 @@ pub struct Shared {
     /// When each shard last published its counters (ms since the shards' time zero):
     /// a shard that stopped looping is seen here (`/healthz`).
     pub alive_ms: Vec<std::sync::atomic::AtomicU64>,
+    /// The shards' time zero (`alive_ms` counts from it).
+    pub base: Instant,
+}
+
+/// A shard that has not published its counters for this long has stopped looping
+/// (it publishes every `PUBLISH_EVERY`, and at least once per tick when idle).
+pub const STALE_AFTER_MS: u64 = 1_000;
+
+impl Shared {
+    /// Shards that have not published within `STALE_AFTER_MS`: stuck or gone.
+    pub fn stale_shards(&self) -> Vec<usize> {
+        let alive: Vec<u64> = self
+            .alive_ms
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .collect();
+        stale(self.base.elapsed().as_millis() as u64, &alive)
+    }
+}
+
+/// Indexes of the shards whose last publication in `alive_ms` is older than
+/// `STALE_AFTER_MS` at `now_ms`.
+pub fn stale(now_ms: u64, alive_ms: &[u64]) -> Vec<usize> {
+    alive_ms
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| now_ms.saturating_sub(t) > STALE_AFTER_MS)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// What a shard reports once it is ready.
@@ -201,8 +230,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         rcvbuf_bytes: config.network.rcvbuf_bytes,
         prefilter: prefilter.as_deref(),
     };
-    let serve_tcp =
-        config.network.tcp.is_some() && config.engine != crate::config::Engine::TokioUring;
+    let serve_tcp = config.network.tcp.is_some() && config.engine.serves_tcp();
     if config.network.tcp.is_some() && !serve_tcp {
         tracing::warn!("--engine tokio-uring serves UDP only: TCP is off (use --engine uring or epoll for TCP, or --no-tcp to silence this)");
     }
@@ -244,6 +272,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         alive_ms: (0..shards)
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
+        base,
     });
     // rings[from][to]
     let mut producers: Vec<Vec<Option<Producer>>> = (0..shards)
