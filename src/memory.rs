@@ -22,6 +22,9 @@ impl Memory for Mapped {
     fn discard(words: &mut ZeroedRegion<u32>, range: std::ops::Range<usize>) {
         words.discard(range)
     }
+    fn populate(words: &mut ZeroedRegion<u32>, range: std::ops::Range<usize>) {
+        words.populate(range)
+    }
     #[inline(always)]
     fn prefetch<T>(value: &T) {
         mem::prefetch(value)

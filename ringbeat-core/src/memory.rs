@@ -26,6 +26,10 @@ pub trait Memory: 'static {
         words[range].fill(0);
     }
 
+    /// Makes `words[range]` resident now (they stay zero), so that first touches
+    /// later take no page fault. Memory that is resident from the start needs nothing.
+    fn populate(_words: &mut Self::Words, _range: std::ops::Range<usize>) {}
+
     /// Asks the CPU to start loading the cache line holding `value`. Only a hint: doing
     /// nothing is correct, just slower on batched lookups and wheel walks.
     fn prefetch<T>(value: &T);

@@ -9,21 +9,25 @@
 //!   `slot + 1` in its low bits (0 = empty) and a tag of the id's hash in the bits the
 //!   capacity leaves free, so a probe past a bucket of another device almost never
 //!   loads that device's record. The index **grows with what it holds**: it doubles
-//!   when it is 70% full (so 35–70% full, 6–11 bytes per device), and it does so
-//!   without a pause.
+//!   when it is 70% full (so 35–70% full, 6–11 bytes per device; a little fuller
+//!   while the next one is prepared), and it does so without a pause.
 //!
 //! Growth is incremental with bounded work per operation. Two index regions, each
-//! reserved (not committed) at the largest size, take turns: growth makes the idle one
-//! current at twice the size, in O(1). From then on, each insert moves 4 devices and
-//! each batch 32 from the old index into the new, by slot order (the records hold
-//! their ids, so moving needs no read of the old index); a lookup that misses in the
-//! new index looks in the old one, and new devices go into the new one only. When all
-//! are moved, the old region is zeroed and given back to the kernel a page per step,
-//! so it is empty and costs nothing when its turn comes again. A shard owns its table
-//! alone, so no reader can see a half-moved state. Moving finishes long before the
-//! next growth: it takes 0.7 × old size / 4 inserts, and the next growth needs
-//! 0.7 × old size more devices.
-//!
+//! reserved (not committed) at the largest size, take turns. When the current index
+//! is 70% full, the idle region is first made resident at twice the size, 4 pages per
+//! batch (`Preparing`): fresh pages cost ~1.3 µs each to zero and map, and the random
+//! touches right after a switch would otherwise all fault at once (measured: batches
+//! of 32 lookups taking 0.4–0.8 ms after a growth to 2M buckets). Then it becomes
+//! current, in O(1), and each insert moves 2 devices and each batch 16 more from the
+//! old index into the new, by slot order (the records hold their ids, so moving needs
+//! no read of the old index; the new buckets are prefetched 32 at a time so their
+//! cache misses overlap); a lookup that misses in the new index looks in the old one,
+//! and new devices go into the new one only. When all are moved, the old region is
+//! zeroed and given back to the kernel a page per step, so it is empty and costs
+//! nothing when its turn comes again. A shard owns its table alone, so no reader can
+//! see a half-moved state. Moving finishes long before the next growth: it takes
+//! 0.7 × old size / 2 inserts, and the next growth needs 0.7 × old size more devices.
+
 //! Memory per device: 32 (record) + 6–11 (index) + about 4 (liveness wheel entry,
 //! `liveness`) = 42–47 bytes at every fill level, while the old index is being
 //! emptied after a growth up to 16 more for a moment.
@@ -144,6 +148,12 @@ impl Level {
 #[derive(Clone, Copy, Debug)]
 enum Growth {
     Idle,
+    /// The next index's buckets `next..end` (in the idle region) are still to be made
+    /// resident before it takes over.
+    Preparing {
+        next: usize,
+        end: usize,
+    },
     /// Devices of slots `next..end` are still only in `old`'s index.
     Moving {
         old: Level,
@@ -198,9 +208,24 @@ pub const MAX_BATCH: usize = 256;
 const MIN_BUCKETS: usize = 1024;
 /// Growth doubles the index when an insert would make it fuller than this (in tenths).
 const GROW_AT_TENTHS: usize = 7;
-/// Growth work per insert and per batch: devices moved, or buckets zeroed × 1/256.
-const STEP_INSERT: u32 = 4;
-const STEP_BATCH: u32 = 32;
+/// Growth work per insert (twice what finishes a growth before the next one), plus
+/// a little per batch so that moving goes on while no device is new. A unit is one
+/// device moved or a page of buckets zeroed.
+const STEP_INSERT: u32 = 2;
+const STEP_BATCH: u32 = 16;
+/// Devices moved per round of prefetches (their new buckets' cache misses overlap).
+const MOVE_CHUNK: usize = 32;
+/// Buckets made resident per page of preparation (4 KiB).
+const PAGE_BUCKETS: usize = 1024;
+/// Pages of the next index made resident per batch and per single insert while
+/// preparing: a fresh page costs about 1.3 µs to zero and map here, so this bounds
+/// the work a batch takes on (5 µs) while spreading it over ~B/4096 batches.
+const PREPARE_PAGES_BATCH: usize = 4;
+const PREPARE_PAGES_INSERT: usize = 1;
+/// Preparing stops being spread out (it is finished at once) if the current index
+/// gets this full meanwhile, in hundredths: only batches of hundreds of new devices
+/// each can get there.
+const FORCE_AT_HUNDREDTHS: usize = 85;
 /// Buckets zeroed per unit of step: a 4 KiB page of them.
 const CLEAR_PER_UNIT: usize = 1024;
 
@@ -257,7 +282,16 @@ impl<M: Memory> DeviceTable<M> {
     pub fn growths(&self) -> u32 {
         self.growths
     }
-    /// A growth's moving or clearing is still under way.
+    /// What a growth under way is doing: "idle", "preparing", "moving", "clearing".
+    pub fn growth_phase(&self) -> &'static str {
+        match self.growth {
+            Growth::Idle => "idle",
+            Growth::Preparing { .. } => "preparing",
+            Growth::Moving { .. } => "moving",
+            Growth::Clearing { .. } => "clearing",
+        }
+    }
+    /// A growth's preparing, moving or clearing is still under way.
     pub fn growing(&self) -> bool {
         !matches!(self.growth, Growth::Idle)
     }
@@ -297,6 +331,16 @@ impl<M: Memory> DeviceTable<M> {
     /// Looks up one device, inserting it when new and there is room.
     #[inline]
     pub fn lookup_or_insert(&mut self, device_id: u64) -> Lookup {
+        let found = self.lookup_or_insert_unstepped(device_id);
+        if matches!(found, Lookup::Inserted(_)) {
+            self.step(STEP_INSERT, PREPARE_PAGES_INSERT);
+        }
+        found
+    }
+
+    /// `lookup_or_insert` leaving the insert's growth step to the caller.
+    #[inline]
+    fn lookup_or_insert_unstepped(&mut self, device_id: u64) -> Lookup {
         debug_assert!(device_id != 0, "the codec rejects device_id 0");
         let hash = mix(device_id);
         let tag = tag(device_id, self.slot_bits);
@@ -315,53 +359,89 @@ impl<M: Memory> DeviceTable<M> {
         let slot = self.len;
         self.len += 1;
         self.devices[slot as usize].device_id = device_id;
-        let grown = self.grow_if_full();
-        if grown {
-            self.place(self.current, device_id, slot);
-        } else {
-            self.index[self.current.region][free] = tag | (slot + 1);
-        }
-        self.step(STEP_INSERT);
+        self.index[self.current.region][free] = tag | (slot + 1);
+        self.grow_if_full();
         Lookup::Inserted(slot)
     }
 
-    /// Starts a growth when the current index would be more than 70% full with
-    /// `len` devices, unless the previous one is unfinished (it finishes first: it
-    /// has 0.7 × its size of inserts' steps to do so) or the index is at its largest.
-    /// O(1): the new region is already mapped and zero.
-    fn grow_if_full(&mut self) -> bool {
+    /// Starts a growth when the current index is more than 70% full, unless one is
+    /// under way or the index is at its largest: first the next index is made
+    /// resident a few pages per step (`Preparing`), so that the moves and inserts
+    /// after the switch take no page faults, which would otherwise come all at once
+    /// (every touch of a fresh random bucket faults, at ~1.3 µs each).
+    fn grow_if_full(&mut self) {
         let buckets = self.current.buckets();
-        if (self.len as usize) * 10 <= buckets * GROW_AT_TENTHS || buckets >= self.max_buckets {
-            return false;
+        let len = self.len as usize;
+        if len * 10 <= buckets * GROW_AT_TENTHS || buckets >= self.max_buckets {
+            return;
         }
-        if self.growing() {
-            // Finish the previous growth at once. Not reached: the steps of the
-            // 0.7 × old size inserts between growths finish it (module comment).
-            self.step(u32::MAX);
+        match self.growth {
+            Growth::Idle => {
+                self.growth = Growth::Preparing {
+                    next: 0,
+                    end: buckets * 2,
+                };
+            }
+            Growth::Preparing { .. } if len * 100 > buckets * FORCE_AT_HUNDREDTHS => {
+                self.prepare(usize::MAX);
+            }
+            // Moving or clearing: finished within the inserts before the next growth
+            // (module comment), so this is a guard only.
+            Growth::Moving { .. } | Growth::Clearing { .. }
+                if len * 100 > buckets * FORCE_AT_HUNDREDTHS =>
+            {
+                self.step(u32::MAX, 0);
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes up to `pages` pages of the next index resident; switches to it when all
+    /// are.
+    fn prepare(&mut self, pages: usize) {
+        let Growth::Preparing { next, end } = self.growth else {
+            return;
+        };
+        let n = pages.saturating_mul(PAGE_BUCKETS).min(end - next);
+        let region = 1 - self.current.region;
+        M::populate(&mut self.index[region], next..next + n);
+        if next + n < end {
+            self.growth = Growth::Preparing {
+                next: next + n,
+                end,
+            };
+            return;
         }
         let old = self.current;
-        // The newest device (slot len - 1) is placed by the caller in the new index.
-        self.current = Level::new(1 - old.region, buckets * 2);
+        self.current = Level::new(region, end);
         self.growth = Growth::Moving {
             old,
             next: 0,
-            end: self.len - 1,
+            end: self.len,
         };
         self.growths += 1;
-        true
     }
 
     /// Does up to `units` of growth work: moving a device to the new index, or
-    /// zeroing a page of the old one.
-    fn step(&mut self, mut units: u32) {
+    /// zeroing a page of the old one; or, while preparing, `pages` pages of it.
+    fn step(&mut self, mut units: u32, pages: usize) {
         while units > 0 {
             match self.growth {
                 Growth::Idle => return,
+                Growth::Preparing { .. } => {
+                    self.prepare(pages);
+                    return;
+                }
                 Growth::Moving { old, next, end } => {
-                    let n = units.min(end - next);
-                    for slot in next..next + n {
-                        let id = self.devices[slot as usize].device_id;
-                        self.place(self.current, id, slot);
+                    let n = units.min(end - next).min(MOVE_CHUNK as u32);
+                    let level = self.current;
+                    let mut ids = [0u64; MOVE_CHUNK];
+                    for (k, slot) in (next..next + n).enumerate() {
+                        ids[k] = self.devices[slot as usize].device_id;
+                        M::prefetch(&self.index[level.region][level.home(mix(ids[k]))]);
+                    }
+                    for (k, slot) in (next..next + n).enumerate() {
+                        self.place(level, ids[k], slot);
                     }
                     units -= n;
                     self.growth = if next + n == end {
@@ -408,8 +488,13 @@ impl<M: Memory> DeviceTable<M> {
         let level = self.current;
         let index = &self.index[level.region];
         for (i, &id) in device_ids.iter().enumerate() {
-            homes[i] = level.home(mix(id));
+            let hash = mix(id);
+            homes[i] = level.home(hash);
             M::prefetch(&index[homes[i]]);
+            if let Growth::Moving { old, .. } = self.growth {
+                // A device not moved yet, or a new one, is looked for there too.
+                M::prefetch(&self.index[old.region][old.home(hash)]);
+            }
         }
         for &home in &homes[..device_ids.len()] {
             let entry = index[home];
@@ -417,10 +502,13 @@ impl<M: Memory> DeviceTable<M> {
                 M::prefetch(&self.devices[((entry & self.slot_mask) - 1) as usize]);
             }
         }
+        let mut inserted = 0;
         for (i, &id) in device_ids.iter().enumerate() {
-            out[i] = self.lookup_or_insert(id);
+            out[i] = self.lookup_or_insert_unstepped(id);
+            inserted += matches!(out[i], Lookup::Inserted(_)) as u32;
         }
-        self.step(STEP_BATCH);
+        // The inserts' steps together, in prefetched rounds.
+        self.step(inserted * STEP_INSERT + STEP_BATCH, PREPARE_PAGES_BATCH);
     }
 
     /// Finds a device without inserting it.
@@ -509,9 +597,10 @@ mod tests {
                     assert_eq!(t.find(all[j]), Some(j as u32), "device {j} at {i}");
                 }
             }
-            // Between 35% and 70% full (or at the smallest size).
+            // Between 35% and 70% full (or at the smallest size), a little more
+            // while the next index is prepared.
             let b = t.index_buckets();
-            assert!((i + 1) * 10 <= b * 7, "{} devices in {b} buckets", i + 1);
+            assert!((i + 1) * 100 <= b * 72, "{} devices in {b} buckets", i + 1);
             assert!(b == MIN_BUCKETS || (i + 1) * 20 > b * 7, "{} in {b}", i + 1);
         }
         assert!(

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Footprint measurements for scripts/exp-footprint.sh (see there). Each subcommand
+prints CSV rows on stdout; everything sends to 127.0.0.1 only and stops by itself.
+
+  idle BIN [RUNNER...]            idle RSS after start: one shard, two shards
+  per-device BIN BENCH LEVELS     resident bytes per tracked device at each fill level
+  ramp BIN BENCH DEVICES RATE     p99 while DEVICES first appear against p99 after
+  first-ack BIN                   ms from the server's start to the first ack
+"""
+import json, os, signal, socket, struct, subprocess, sys, tempfile, time
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+class Server:
+    def __init__(self, bin, args, runner=(), cpu="0"):
+        self.dir = tempfile.mkdtemp(prefix="rb-footprint-")
+        self.port = free_port()
+        self.stats = os.path.join(self.dir, "stats.json")
+        cmd = ["taskset", "-c", cpu, *runner, bin, "serve", "--listen", f"127.0.0.1:{self.port}",
+               "--stats-json", self.stats, "--stats-interval", "0.2", "--quiet", "--run-for", "600", *args]
+        self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while True:
+            self.log.seek(0)
+            if "listening on" in self.log.read():
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.log.seek(0)
+                raise RuntimeError(f"server did not start: {self.log.read()}")
+            time.sleep(0.005)
+
+    def pid(self):
+        # Under a runner (qemu-user) the emulated process is the runner's own pid.
+        return self.proc.pid
+
+    def devices(self):
+        time.sleep(0.5)
+        with open(self.stats) as f:
+            return json.load(f)["devices"]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+
+def settle_rss(pid):
+    time.sleep(1.0)
+    return rss_kib(pid)
+
+def idle(bin, runner):
+    print("shards,rss_kib")
+    for cores in ["0", "0,1"]:
+        s = Server(bin, ["--cores", cores], runner, cpu="0,1")
+        print(f"{len(cores.split(','))},{settle_rss(s.pid())}")
+        s.stop()
+
+def load(bench, port, devices, rate, duration, batch, first_id=1, out=None):
+    cmd = ["taskset", "-c", "1", bench, "load", "--target", f"127.0.0.1:{port}",
+           "--devices", str(devices), "--first-id", str(first_id), "--rate", str(rate),
+           "--batch", str(batch), "--duration", str(duration), "--warmup", "0"]
+    if out:
+        cmd += ["--json", out]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if out:
+        with open(out) as f:
+            return json.load(f)
+
+def per_device(bin, bench, levels, runner):
+    print("devices,rss_before_kib,rss_after_kib,tracked,bytes_per_device")
+    for n in levels:
+        s = Server(bin, ["--cores", "0"], runner)
+        # Warm-up: 20,000 single-frame datagrams from 1,000 devices cycle the receive
+        # ring and the ack slots, so what grows afterwards is the device state.
+        load(bench, s.port, 1000, 20000, 1, 1, first_id=1 << 40)
+        before_devices = s.devices()
+        before = settle_rss(s.pid())
+        # Every one of the n devices sends once or more (interval n / rate ≤ duration).
+        rate = max(100_000, min(2_000_000, n))
+        load(bench, s.port, n, rate, n / rate + 1, 32)
+        tracked = s.devices() - before_devices
+        after = settle_rss(s.pid())
+        print(f"{n},{before},{after},{tracked},{(after - before) * 1024 / tracked:.1f}")
+        s.stop()
+
+def ramp(bin, bench, devices, rate, runs):
+    print("run,p99_ramp_us,p99_steady_us,ratio,p50_ramp_us,p50_steady_us")
+    for r in range(runs):
+        s = Server(bin, ["--cores", "0"])
+        d = tempfile.mkdtemp()
+        interval = devices / rate
+        # The ramp: every device is new during the first interval.
+        a = load(bench, s.port, devices, rate, interval, 32, out=os.path.join(d, "ramp.json"))
+        # Steady state: the same devices again, at the same rate, on the same server.
+        b = load(bench, s.port, devices, rate, 2 * interval, 32, out=os.path.join(d, "steady.json"))
+        pa, pb = a["latency_intended"]["p99_us"], b["latency_intended"]["p99_us"]
+        print(f"{r + 1},{pa:.1f},{pb:.1f},{pa / pb:.2f},{a['latency_intended']['p50_us']:.1f},{b['latency_intended']['p50_us']:.1f}")
+        s.stop()
+
+def first_ack(bin, runs):
+    print("run,ms_to_first_ack")
+    for r in range(runs):
+        port = free_port()
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.settimeout(0.001)
+        frame = b"RBHB" + struct.pack("<HBBQIHHQ", 1, 1, 1, 1, 1, 0, 0, 0)
+        t0 = time.monotonic()
+        p = subprocess.Popen(["taskset", "-c", "0", bin, "serve", "--cores", "0", "--listen",
+                              f"127.0.0.1:{port}", "--quiet", "--run-for", "5"], stderr=subprocess.DEVNULL)
+        while True:
+            c.sendto(frame, ("127.0.0.1", port))
+            try:
+                c.recv(64)
+                break
+            except (socket.timeout, ConnectionRefusedError):
+                if time.monotonic() - t0 > 5:
+                    raise RuntimeError("no ack within 5 s")
+        print(f"{r + 1},{(time.monotonic() - t0) * 1000:.1f}")
+        p.send_signal(signal.SIGTERM)
+        p.wait()
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "idle":
+        idle(args[0], args[1:])
+    elif cmd == "per-device":
+        per_device(args[0], args[1], [int(x) for x in args[2].split(",")], args[3:])
+    elif cmd == "ramp":
+        ramp(args[0], args[1], int(args[2]), int(args[3]), int(args[4]))
+    elif cmd == "first-ack":
+        first_ack(args[0], int(args[1]))
+    else:
+        sys.exit(__doc__)
