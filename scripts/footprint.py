@@ -84,9 +84,10 @@ def per_device(bin, bench, levels, runner):
     print("devices,rss_before_kib,rss_after_kib,tracked,bytes_per_device")
     for n in levels:
         s = Server(bin, ["--cores", "0"], runner)
-        # Warm-up: 20,000 single-frame datagrams from 1,000 devices cycle the receive
-        # ring and the ack slots, so what grows afterwards is the device state.
-        load(bench, s.port, 1000, 20000, 1, 1, first_id=1 << 40)
+        # Warm-up: 20,000 full datagrams (64 frames, 2 KiB) from 1,024 devices cycle
+        # every receive buffer end to end and the ack slots, so what grows afterwards
+        # is the device state.
+        load(bench, s.port, 1024, 1_280_000, 1, 64, first_id=1 << 40)
         before_devices = s.devices()
         before = settle_rss(s.pid())
         # Every one of the n devices sends once or more (interval n / rate ≤ duration).

@@ -152,6 +152,8 @@ pub struct ShardCore<M: Memory> {
     pending: Vec<Pending>,
     pending_now_ms: u64,
     emitter: Emitter,
+    /// The last tick (shard ms / tick) the table took its growth step in.
+    growth_tick: u64,
 }
 
 impl<M: Memory> ShardCore<M> {
@@ -164,6 +166,7 @@ impl<M: Memory> ShardCore<M> {
             // Capacities fixed here; pushes never exceed them (checked before each push).
             pending: Vec::with_capacity(MAX_BATCH),
             pending_now_ms: now_ms,
+            growth_tick: now_ms / cfg.tick_ms as u64,
             emitter: Emitter {
                 events: Vec::with_capacity(cfg.event_capacity),
                 next_seq: 1,
@@ -441,6 +444,12 @@ impl<M: Memory> ShardCore<M> {
             });
         self.stats.rechecks = self.wheel.rechecks;
         self.stats.wheel_overflow = self.wheel.overflow;
+        let tick = now_ms / self.cfg.tick_ms as u64;
+        if tick != self.growth_tick {
+            self.growth_tick = tick;
+            self.table.tick_step();
+        }
+        self.stats.device_memory_bytes = self.table.memory_bytes() + self.wheel.memory_bytes();
         self.stats.deferred = self.wheel.deferred;
         done
     }

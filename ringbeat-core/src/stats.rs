@@ -132,6 +132,10 @@ stats! {
     Counter duplicates ("heartbeats"),
     /// Devices known to this shard.
     Gauge devices ("devices"),
+    /// Memory the device state holds: records, hashed index (both while it grows) and
+    /// liveness wheel entries, counted by what has been written (about the resident
+    /// size; divide by `devices` for bytes per device).
+    Gauge device_memory_bytes ("bytes"),
     /// Heartbeats of new devices rejected because the table was full.
     Counter table_full ("heartbeats"),
     /// Datagrams the kernel dropped on this shard's socket (its receive queue was full,
@@ -341,7 +345,17 @@ mod tests {
             .filter(|f| f.kind == Kind::Gauge)
             .map(|f| f.name)
             .collect();
-        assert_eq!(gauges, ["devices", "online", "late", "offline", "tcp_open"]);
+        assert_eq!(
+            gauges,
+            [
+                "devices",
+                "device_memory_bytes",
+                "online",
+                "late",
+                "offline",
+                "tcp_open"
+            ]
+        );
     }
 
     #[test]

@@ -8,29 +8,33 @@
 //! * index: open addressing with linear probing over `u32` buckets, each holding
 //!   `slot + 1` in its low bits (0 = empty) and a tag of the id's hash in the bits the
 //!   capacity leaves free, so a probe past a bucket of another device almost never
-//!   loads that device's record. The index **grows with what it holds**: it doubles
-//!   when it is 70% full (so 35–70% full, 6–11 bytes per device; a little fuller
-//!   while the next one is prepared), and it does so without a pause.
+//!   loads that device's record. The index **grows with what it holds**: it grows by
+//!   half when it is 70% full (so 47–70% full, 5.7–8.6 bytes per device; a little
+//!   fuller while the next one is prepared), and it does so without a pause. The home
+//!   bucket is the hash's top 32 bits scaled to the size (multiply and shift), so
+//!   sizes need not be powers of two.
 //!
 //! Growth is incremental with bounded work per operation. Two index regions, each
 //! reserved (not committed) at the largest size, take turns. When the current index
-//! is 70% full, the idle region is first made resident at twice the size, 4 pages per
+//! is 70% full, the idle region is first made resident at 1.5 × the size, 4 pages per
 //! batch (`Preparing`): fresh pages cost ~1.3 µs each to zero and map, and the random
 //! touches right after a switch would otherwise all fault at once (measured: batches
 //! of 32 lookups taking 0.4–0.8 ms after a growth to 2M buckets). Then it becomes
-//! current, in O(1), and each insert moves 2 devices and each batch 16 more from the
-//! old index into the new, by slot order (the records hold their ids, so moving needs
+//! current, in O(1), and each insert moves 4 devices, each batch one more per lookup
+//! plus 16, and each liveness tick 1,024 (so a growth ends without traffic too) from
+//! the old index into the new, by slot order (the records hold their ids, so moving needs
 //! no read of the old index; the new buckets are prefetched 32 at a time so their
 //! cache misses overlap); a lookup that misses in the new index looks in the old one,
 //! and new devices go into the new one only. When all are moved, the old region is
 //! zeroed and given back to the kernel a page per step, so it is empty and costs
 //! nothing when its turn comes again. A shard owns its table alone, so no reader can
-//! see a half-moved state. Moving finishes long before the next growth: it takes
-//! 0.7 × old size / 2 inserts, and the next growth needs 0.7 × old size more devices.
-
-//! Memory per device: 32 (record) + 6–11 (index) + about 4 (liveness wheel entry,
-//! `liveness`) = 42–47 bytes at every fill level, while the old index is being
-//! emptied after a growth up to 16 more for a moment.
+//! see a half-moved state. Moving finishes well before the next growth: it takes
+//! 0.7 × old size / 4 inserts, and the next growth comes 0.35 × old size devices later.
+//!
+//! Memory per device: 32 (record) + 5.7–8.6 (index) + 4–6 (liveness wheel entries,
+//! `liveness`: 4 bytes each, up to 1.5 per device) = 42–47 bytes at every fill level;
+//! while the next index is prepared and the old one emptied, up to 14 more for a
+//! moment.
 //!
 //! Batched lookups ([`DeviceTable::lookup_or_insert_batch`]) issue all bucket loads
 //! before any dependent record load, so a batch's cache misses overlap instead of
@@ -119,28 +123,34 @@ pub enum Lookup {
     Full,
 }
 
-/// One index generation: which region, its size, and the probe arithmetic.
+/// One index generation: which region and its size.
 #[derive(Clone, Copy, Debug)]
 struct Level {
     region: usize,
-    shift: u32,
-    mask: usize,
+    buckets: usize,
 }
 
 impl Level {
     fn new(region: usize, buckets: usize) -> Level {
-        Level {
-            region,
-            shift: 64 - buckets.trailing_zeros(),
-            mask: buckets - 1,
-        }
+        Level { region, buckets }
     }
     fn buckets(&self) -> usize {
-        self.mask + 1
+        self.buckets
     }
+    /// The home bucket: the top 32 bits of the hash scaled to the size (a multiply
+    /// and a shift, no division), so sizes need not be powers of two and growth can
+    /// be by half.
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        (hash >> self.shift) as usize
+        (((hash >> 32) * self.buckets as u64) >> 32) as usize
+    }
+    #[inline]
+    fn next(&self, bucket: usize) -> usize {
+        if bucket + 1 == self.buckets {
+            0
+        } else {
+            bucket + 1
+        }
     }
 }
 
@@ -206,13 +216,18 @@ pub const MAX_BATCH: usize = 256;
 
 /// Smallest index: 1024 buckets, 4 KiB.
 const MIN_BUCKETS: usize = 1024;
-/// Growth doubles the index when an insert would make it fuller than this (in tenths).
+/// Growth makes the index half as large again when an insert makes it fuller than
+/// this (in tenths).
 const GROW_AT_TENTHS: usize = 7;
 /// Growth work per insert (twice what finishes a growth before the next one), plus
 /// a little per batch so that moving goes on while no device is new. A unit is one
 /// device moved or a page of buckets zeroed.
-const STEP_INSERT: u32 = 2;
+const STEP_INSERT: u32 = 4;
 const STEP_BATCH: u32 = 16;
+/// Growth work per liveness tick (10 ms by default): 1,024 moves take ~30 µs, and a
+/// growth to 2M buckets finishes in ~14 s with no traffic at all.
+const STEP_TICK: u32 = 1024;
+const PREPARE_PAGES_TICK: usize = 16;
 /// Devices moved per round of prefetches (their new buckets' cache misses overlap).
 const MOVE_CHUNK: usize = 32;
 /// Buckets made resident per page of preparation (4 KiB).
@@ -245,7 +260,7 @@ impl<M: Memory> DeviceTable<M> {
         // Full at capacity, the largest index is at most 70% full.
         let max_buckets = (capacity as usize * 10)
             .div_ceil(GROW_AT_TENTHS)
-            .next_power_of_two()
+            .next_multiple_of(PAGE_BUCKETS)
             .max(MIN_BUCKETS);
         let slot_bits = 32 - capacity.leading_zeros();
         Ok(DeviceTable {
@@ -282,6 +297,22 @@ impl<M: Memory> DeviceTable<M> {
     pub fn growths(&self) -> u32 {
         self.growths
     }
+    /// Bytes of records and index written so far (whole pages): about what the table
+    /// keeps resident.
+    pub fn memory_bytes(&self) -> u64 {
+        let page = |bytes: usize| bytes.next_multiple_of(4096) as u64;
+        let index = |buckets: usize| page(buckets * 4);
+        let growing = match self.growth {
+            Growth::Idle => 0,
+            Growth::Preparing { next, .. } => index(next),
+            Growth::Moving { old, .. } => index(old.buckets()),
+            Growth::Clearing { next, end, .. } => index(end - next),
+        };
+        page(self.len as usize * std::mem::size_of::<Device>())
+            + index(self.current.buckets())
+            + growing
+    }
+
     /// What a growth under way is doing: "idle", "preparing", "moving", "clearing".
     pub fn growth_phase(&self) -> &'static str {
         match self.growth {
@@ -312,7 +343,7 @@ impl<M: Memory> DeviceTable<M> {
                     return Ok(slot);
                 }
             }
-            bucket = (bucket + 1) & level.mask;
+            bucket = level.next(bucket);
         }
     }
 
@@ -323,7 +354,7 @@ impl<M: Memory> DeviceTable<M> {
         let index = &mut self.index[level.region];
         let mut bucket = level.home(mix(device_id));
         while index[bucket] != 0 {
-            bucket = (bucket + 1) & level.mask;
+            bucket = level.next(bucket);
         }
         index[bucket] = entry;
     }
@@ -377,9 +408,14 @@ impl<M: Memory> DeviceTable<M> {
         }
         match self.growth {
             Growth::Idle => {
+                // By half (whole pages), so that the fullness after a growth stays
+                // near 47%: 8.6 bytes per device at most instead of 11.4 after a
+                // doubling.
                 self.growth = Growth::Preparing {
                     next: 0,
-                    end: buckets * 2,
+                    end: (buckets + buckets / 2)
+                        .next_multiple_of(PAGE_BUCKETS)
+                        .min(self.max_buckets),
                 };
             }
             Growth::Preparing { .. } if len * 100 > buckets * FORCE_AT_HUNDREDTHS => {
@@ -420,6 +456,13 @@ impl<M: Memory> DeviceTable<M> {
             end: self.len,
         };
         self.growths += 1;
+    }
+
+    /// A tick's share of any growth under way (the shard calls it every tick, busy or
+    /// not), so that a growth finishes, and the old index stops costing memory and
+    /// second probes, even when no device is new and few heartbeats come.
+    pub fn tick_step(&mut self) {
+        self.step(STEP_TICK, PREPARE_PAGES_TICK);
     }
 
     /// Does up to `units` of growth work: moving a device to the new index, or
@@ -507,8 +550,9 @@ impl<M: Memory> DeviceTable<M> {
             out[i] = self.lookup_or_insert_unstepped(id);
             inserted += matches!(out[i], Lookup::Inserted(_)) as u32;
         }
-        // The inserts' steps together, in prefetched rounds.
-        self.step(inserted * STEP_INSERT + STEP_BATCH, PREPARE_PAGES_BATCH);
+        // The inserts' steps and one unit per lookup, together in prefetched rounds.
+        let units = inserted * STEP_INSERT + device_ids.len() as u32 + STEP_BATCH;
+        self.step(units, PREPARE_PAGES_BATCH);
     }
 
     /// Finds a device without inserting it.
@@ -601,10 +645,15 @@ mod tests {
             // while the next index is prepared.
             let b = t.index_buckets();
             assert!((i + 1) * 100 <= b * 72, "{} devices in {b} buckets", i + 1);
-            assert!(b == MIN_BUCKETS || (i + 1) * 20 > b * 7, "{} in {b}", i + 1);
+            // (Sizes are whole pages: small ones grow by more than half.)
+            assert!(
+                b < 16 * MIN_BUCKETS || (i + 1) * 100 > b * 46,
+                "{} in {b}",
+                i + 1
+            );
         }
         assert!(
-            seen_growing > 0 && t.growths() == 9,
+            seen_growing > 0 && t.growths() == 14,
             "{} growths",
             t.growths()
         );
