@@ -44,6 +44,16 @@ $F ramp "$REL" "$BENCH" 2000000 2000000 "$RUNS" > "$OUT/ramp.csv"
 if [ -n "${BASELINE_BIN:-}" ]; then
   $F ramp "$BASELINE_BIN" "$BENCH" 2000000 2000000 "$RUNS" > "$OUT/ramp-baseline.csv"
 fi
+if [ -n "${BASELINE_BIN:-}" ]; then
+  echo "== saturation against the baseline"
+  for i in 1 2 3; do
+    for b in "$BASELINE_BIN" "$REL"; do
+      label=$([ "$b" = "$REL" ] && echo this || echo baseline)
+      "$BENCH" sweep --kind rate --results "$OUT/saturation" --name "$label-$i" --devices 2000000 \
+        --rates 20000000 --batch 32 --runs 1 --duration 6 --warmup 3 --server-bin "$b" >/dev/null
+    done
+  done
+fi
 echo "== first ack"
 $F first-ack "$REL" "$RUNS" > "$OUT/first-ack.csv"
 
@@ -84,6 +94,19 @@ def ramp_table(f, label):
 ramp_table("ramp.csv", "this build")
 if baseline:
     ramp_table("ramp-baseline.csv", f"baseline `{os.path.basename(baseline)}`")
+sat = os.path.join(out, "saturation")
+if os.path.isdir(sat):
+    L.append("## Throughput at saturation against the baseline\n")
+    L.append("20M hb/s offered, 2M devices, 32 per datagram, 3 runs of each binary interleaved (`saturation/`): heartbeats per server core-second.\n")
+    got = {"this": [], "baseline": []}
+    for d in sorted(os.listdir(sat)):
+        r = list(csv.DictReader(open(os.path.join(sat, d, "points.csv"))))[0]
+        label = "this" if "-this-" in d else "baseline"
+        got[label].append(float(r["server_hb_per_core_second"]))
+    L.append("| build | runs (M hb per core-second) | median |\n|---|---|---|")
+    for k in ["baseline", "this"]:
+        L.append(f"| {k} | {', '.join(f'{v / 1e6:.2f}' for v in got[k])} | **{statistics.median(got[k]) / 1e6:.2f}** |")
+    L.append("")
 fa = rows("first-ack.csv")
 L.append(f"## Start to first ack\n\nFrom spawning `ringbeat serve --cores 0` to the first ack of a heartbeat resent every millisecond: median **{med(x['ms_to_first_ack'] for x in fa):.1f} ms** over {len(fa)} runs (`first-ack.csv`).\n")
 L.append("## Static binaries (`scripts/build-static.sh`)\n")
