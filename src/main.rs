@@ -129,15 +129,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .transpose()?;
-    if let Some(path) = &config.outputs.stats_json {
-        // Refused now rather than an error every interval.
-        report::check_writable(path).with_context(|| {
-            format!(
-                "--stats-json {}: cannot write it (choose a writable path)",
-                path.display()
-            )
-        })?;
-    }
     tracing::debug!(?config, "configuration (file keys and flags, validated)");
     let mut server = engine::start(&config)?;
     for info in &server.infos {

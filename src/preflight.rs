@@ -111,6 +111,7 @@ pub fn run_checks(config: &Config) -> Preflight {
         }
     };
     out.extend(port_checks(config));
+    out.extend(output_checks(config));
     out.extend(limit_checks(config));
     Preflight {
         checks: out,
@@ -174,6 +175,58 @@ fn uring_checks(config: &Config) -> Vec<Check> {
         return out;
     }
     out.extend(ring_checks(config));
+    out
+}
+
+/// What `serve` would write to and listen on besides the heartbeat port: the events
+/// file (appended to), the stats file and the snapshot (each written through a
+/// `.tmp` beside it), and the HTTP port. So `check` tests every flag it is given.
+fn output_checks(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    // An existing file must open for appending; a new one is not created by a check,
+    // only a `.tmp` beside it (then removed).
+    let appendable = |p: &std::path::Path| {
+        if p.exists() {
+            std::fs::OpenOptions::new().append(true).open(p).map(drop)
+        } else {
+            crate::report::check_writable(p)
+        }
+    };
+    let files = [
+        ("events file", config.outputs.events.as_deref(), true),
+        ("stats file", config.outputs.stats_json.as_deref(), false),
+        ("snapshot file", config.snapshot.path.as_deref(), false),
+    ];
+    for (name, path, append) in files {
+        let Some(path) = path.filter(|p| p.as_os_str() != "-") else {
+            continue;
+        };
+        let tried = if append {
+            appendable(path)
+        } else {
+            crate::report::check_writable(path)
+        };
+        out.push(match tried {
+            Ok(()) => line(name, path.display().to_string(), Verdict::Ok, ""),
+            Err(e) => line(
+                name,
+                format!("{}: {e}", path.display()),
+                Verdict::Fail,
+                "choose a path in a directory the server may write (under systemd: its StateDirectory or LogsDirectory)",
+            ),
+        });
+    }
+    if let Some(addr) = config.outputs.http_listen {
+        out.push(match std::net::TcpListener::bind(addr) {
+            Ok(_) => line("HTTP port", format!("{addr} free"), Verdict::Ok, ""),
+            Err(e) => line(
+                "HTTP port",
+                format!("{addr}: {e}"),
+                Verdict::Fail,
+                crate::sys::socket::bind_hint(&e),
+            ),
+        });
+    }
     out
 }
 

@@ -745,9 +745,35 @@ fn errors_name_their_cause_once_and_bad_output_paths_are_refused_at_start() {
     ]);
     assert!(!ok);
     assert!(
-        err.contains("--stats-json /proc/ringbeat-stats.json: cannot write it"),
+        err.contains("stats file: /proc/ringbeat-stats.json:") && err.contains("choose a path"),
         "{err}"
     );
+    // `check` tests every output flag it is given, without creating the files.
+    let dir = common::temp_dir("check-outputs");
+    let events = dir.join("events.jsonl");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = taken.local_addr().unwrap().to_string();
+    let (ok, text, _) = common::run_ringbeat(
+        &[
+            "check",
+            "--cores",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--events",
+            events.to_str().unwrap(),
+            "--snapshot",
+            "/nonexistent/dir/ringbeat.snap",
+            "--http-listen",
+            &http,
+        ],
+        &[],
+    );
+    assert!(!ok, "{text}");
+    assert!(text.contains("ok    events file"), "{text}");
+    assert!(!events.exists(), "check created {}", events.display());
+    assert!(text.contains("FAIL  snapshot file"), "{text}");
+    assert!(text.contains("FAIL  HTTP port"), "{text}");
 }
 
 /// `ringbeat --version` names the revision the binary was built from.
