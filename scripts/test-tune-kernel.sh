@@ -53,5 +53,33 @@ as_user=()
 out=$("${as_user[@]}" bash scripts/tune-kernel.sh --apply 2>&1 >/dev/null; echo "rc=$?")
 check "non-root --apply" "$(echo "$out" | grep -c 'run it as root')$(echo "$out" | tail -1)" "1rc=1"
 
+# --role load: the generator's settings, saved and persisted apart from the server's.
+run --role load --apply > /dev/null
+check "load role raises rmem_default" "$(val net/core/rmem_default)" 4194304
+check "load role has its own boot file" "$(grep -c '^net.core.wmem_max = 99999999$' "$T/sysctl.d/60-ringbeat-load.conf")" 1
+check "load role leaves the server's rmem_max" "$(val net/core/rmem_max)" 212992
+run --role load --revert > /dev/null
+check "load role reverts" "$(val net/core/rmem_default)" 212992
+check "--role bad" "$(run --role x 2>&1 >/dev/null)" "tune-kernel.sh: --role x: server or load (see --help)"
+
+# Connection tracking with the real nft, in a network namespace of its own (an empty
+# ruleset): --apply adds table inet ringbeat (both ways, UDP and TCP), a second --apply
+# sees the exemption and keeps it, --revert removes the table; an exemption the
+# administrator already has is seen and left alone.
+mk net/netfilter/nf_conntrack_count 0
+command -v nft >/dev/null || { echo "FAIL: nft not found (apt-get install nftables)"; exit 1; }
+out=$(SYSCTL_ROOT="$T/sys" SYSCTL_D="$T/sysctl.d" T="$T" unshare -n bash -c '
+  t() { bash scripts/tune-kernel.sh --state "$T/ct-state" "$@"; }
+  t --apply >/dev/null; nft list table inet ringbeat | grep -c notrack
+  t --apply | grep -c "already exempt"
+  t --revert >/dev/null; nft list tables | grep -c ringbeat
+  nft add table ip raw && nft add chain ip raw prerouting "{ type filter hook prerouting priority raw ; }" \
+    && nft add rule ip raw prerouting udp dport 7979 notrack
+  t | grep -c "conntrack .*port exempt"
+  t --apply >/dev/null; nft list tables | grep -c ringbeat; t --revert >/dev/null
+  nft list table ip raw | grep -c notrack
+' 2>&1 | paste -sd ' ')
+check "nft: add, keep, revert; an existing exemption seen and kept" "$out" "4 1 0 1 0 1"
+
 echo "tune-kernel: $pass passed, $fail failed"
 [ "$fail" = 0 ]
