@@ -83,7 +83,7 @@ arm = {x["devices"]: x["bytes_per_device"] for x in rows("per-device-aarch64-qem
 for x in rows("per-device-x86_64.csv"):
     L.append(f"| {int(x['devices']):,} | {x['bytes_per_device']} | {arm.get(x['devices'], '')} |")
 L.append("\n## p99 while 2M devices first appear\n")
-L.append(f"2M hb/s in 32-heartbeat datagrams: the first second every device is new (the index grows from 1,024 buckets to 4M), then two seconds of the same devices on the same server. {runs} runs, each with a fresh server; latency from the intended send time.\n")
+L.append(f"2M hb/s in 32-heartbeat datagrams: the first second every device is new (the index grows from 1,024 buckets to 3.1M), then one second more of the same devices on the same server (not measured: the last growth finishes), then the steady second, measured. {runs} runs, each with a fresh server; latency from the intended send time.\n")
 def ramp_table(f, label):
     r = rows(f)
     L.append(f"| {label} | run | p99 ramp (µs) | p99 steady (µs) | ramp / steady |\n|---|---|---|---|---|")

@@ -106,8 +106,11 @@ def ramp(bin, bench, devices, rate, runs):
         interval = devices / rate
         # The ramp: every device is new during the first interval.
         a = load(bench, s.port, devices, rate, interval, 32, out=os.path.join(d, "ramp.json"))
-        # Steady state: the same devices again, at the same rate, on the same server.
-        b = load(bench, s.port, devices, rate, 2 * interval, 32, out=os.path.join(d, "steady.json"))
+        # Steady state: the same devices again, at the same rate, on the same server,
+        # after one interval more that lets the last growth finish; a window of the
+        # same length as the ramp's.
+        load(bench, s.port, devices, rate, interval, 32)
+        b = load(bench, s.port, devices, rate, interval, 32, out=os.path.join(d, "steady.json"))
         pa, pb = a["latency_intended"]["p99_us"], b["latency_intended"]["p99_us"]
         print(f"{r + 1},{pa:.1f},{pb:.1f},{pa / pb:.2f},{a['latency_intended']['p50_us']:.1f},{b['latency_intended']['p50_us']:.1f}")
         s.stop()
