@@ -64,6 +64,7 @@ struct PlotArgs {
 
 #[derive(clap::Args, Clone, Debug)]
 struct LivenessArgs {
+    /// Simulated devices in the table.
     #[arg(long, default_value_t = 2_000_000)]
     devices: u64,
     /// Each device's heartbeat period, seconds.
@@ -75,6 +76,7 @@ struct LivenessArgs {
     /// Devices (per mille) that fall silent after the first third of the run.
     #[arg(long, default_value_t = 10)]
     silent_permille: u64,
+    /// Liveness tick (the server's --tick-ms).
     #[arg(long, default_value_t = 10)]
     tick_ms: u32,
     /// Pin to this CPU.
@@ -197,10 +199,13 @@ pub struct GeneratorArgs {
 
 #[derive(clap::Args, Clone, Debug)]
 struct SinkArgs {
+    /// Address to receive heartbeats on (one SO_REUSEPORT socket per CPU).
     #[arg(long, default_value = "127.0.0.1:7979")]
     listen: SocketAddr,
+    /// CPUs to run one pinned receiving thread each on, e.g. `0` or `0-1`.
     #[arg(long, default_value = "0")]
     cpus: String,
+    /// Seconds to receive before exiting (and printing the counts).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Poll without ever sleeping (a full core per CPU): the latency floor that the
@@ -280,11 +285,9 @@ fn exit_err(e: anyhow::Error) -> ! {
     std::process::exit(1);
 }
 
-fn pct(h: &Histogram<u64>, q: f64) -> f64 {
-    if h.is_empty() {
-        return f64::NAN;
-    }
-    h.value_at_quantile(q) as f64 / 1000.0
+/// Quantile `q` in µs; None (null in the JSON) when nothing was recorded.
+fn pct(h: &Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
 }
 
 /// Server measurements at one instant.
@@ -326,7 +329,20 @@ fn counter(s: &ServerSample, key: &str) -> u64 {
 }
 
 fn load(a: LoadArgs) -> anyhow::Result<()> {
-    run_load(&a).map(drop)
+    let doc = run_load(&a)?;
+    let (expected, received) = (
+        doc["acks"]["expected"].as_u64().unwrap_or(0),
+        doc["acks"]["received"].as_u64().unwrap_or(0),
+    );
+    if expected > 0 && received == 0 {
+        bail!(
+            "no ack came back from {} ({expected} asked for): is a server listening there? \
+             (start one with `ringbeat serve --listen {}`, or give --target)",
+            a.target,
+            a.target
+        );
+    }
+    Ok(())
 }
 
 /// Runs one load and returns its summary document (also printed and written to the
@@ -468,13 +484,13 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
                 if reports.is_multiple_of(cpus.len()) {
                     let t = start.elapsed();
                     eprintln!(
-                        "[{:5.1}s] offered {:.0} hb/s, sent {:.0} hb/s, acks {}/s, p99 {:.1} µs (so far {:.1}), lag {:.1} ms{}",
+                        "[{:5.1}s] offered {:.0} hb/s, sent {:.0} hb/s, acks {}/s, p99 {} µs (so far {}), lag {:.1} ms{}",
                         t.as_secs_f64(),
                         rate,
                         frames as f64,
                         acks,
-                        pct(&second, 0.99),
-                        pct(&so_far, 0.99),
+                        pct(&second, 0.99).map_or("-".into(), |v| format!("{v:.1}")),
+                        pct(&so_far, 0.99).map_or("-".into(), |v| format!("{v:.1}")),
                         lag_ns as f64 / 1e6,
                         if lag_ns > 10_000_000 { "  GENERATOR BEHIND SCHEDULE" } else { "" }
                     );
@@ -594,7 +610,7 @@ fn summary_json(
     let lat = |h: &Histogram<u64>| {
         json!({
             "count": h.len(), "p50_us": pct(h, 0.5), "p90_us": pct(h, 0.9), "p99_us": pct(h, 0.99),
-            "p999_us": pct(h, 0.999), "max_us": if h.is_empty() { f64::NAN } else { h.max() as f64 / 1000.0 },
+            "p999_us": pct(h, 0.999), "max_us": (!h.is_empty()).then(|| h.max() as f64 / 1000.0),
         })
     };
     let server = match (before, after) {
@@ -605,7 +621,7 @@ fn summary_json(
             let switches = e.voluntary_switches.saturating_sub(b.voluntary_switches);
             json!({
                 "cpu_seconds": cpu, "shard_threads": e.threads, "heartbeats": hb, "datagrams": d("datagrams"),
-                "heartbeats_per_core_second": if cpu > 0.0 { hb as f64 / cpu } else { f64::NAN },
+                "heartbeats_per_core_second": (cpu > 0.0).then(|| hb as f64 / cpu),
                 "cpu_utilisation": cpu / measured_s,
                 "kernel_drops": d("kernel_drops"), "ring_dry": d("ring_dry"), "forward_drops": d("forward_drops"),
                 "cqes": d("cqes"), "enters": d("enters"), "wakeups": d("wakeups"),
@@ -645,26 +661,40 @@ fn summary_json(
     })
 }
 
+/// A measured value, or what is missing instead of NaN.
+fn shown(v: &serde_json::Value, decimals: usize, missing: &str) -> String {
+    match v.as_f64() {
+        Some(x) if x.is_finite() => format!("{x:.decimals$}"),
+        _ => missing.to_string(),
+    }
+}
+
+/// The results summary goes to standard output (what a script captures); progress and
+/// warnings go to standard error.
 fn print_summary(d: &serde_json::Value, behind: bool) {
-    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     let l = &d["latency_intended"];
     let s = &d["latency_service"];
-    eprintln!("\n                      p50       p90       p99      p999       max   (µs)");
+    println!("\n                      p50       p90       p99      p999       max   (µs)");
     for (name, h) in [
         ("from intended send", l),
         ("service time", s),
         ("generator lag", &d["generator"]["lag"]),
     ] {
-        eprintln!(
-            "{name:<18} {:9.1} {:9.1} {:9.1} {:9.1} {:9.1}",
-            f(&h["p50_us"]),
-            f(&h["p90_us"]),
-            f(&h["p99_us"]),
-            f(&h["p999_us"]),
-            f(&h["max_us"])
+        if h["count"].as_u64() == Some(0) {
+            println!("{name:<18} no samples (no acks came back)");
+            continue;
+        }
+        println!(
+            "{name:<18} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            shown(&h["p50_us"], 1, "-"),
+            shown(&h["p90_us"], 1, "-"),
+            shown(&h["p99_us"], 1, "-"),
+            shown(&h["p999_us"], 1, "-"),
+            shown(&h["max_us"], 1, "-")
         );
     }
-    eprintln!(
+    println!(
         "sent {} frames in {} datagrams ({:.0} hb/s); acks {}/{} ({} missing); generator drops {}",
         d["sent"]["frames"],
         d["sent"]["datagrams"],
@@ -675,7 +705,7 @@ fn print_summary(d: &serde_json::Value, behind: bool) {
         d["sent"]["generator_drops_eagain_frames"]
     );
     if d["garbage"]["sent"].as_u64().unwrap_or(0) > 0 {
-        eprintln!(
+        println!(
             "garbage: {} datagrams sent beside the load; server rejected {} as malformed",
             d["garbage"]["sent"], d["server"]["malformed_total"]
         );
@@ -683,17 +713,20 @@ fn print_summary(d: &serde_json::Value, behind: bool) {
     if !d["server"].is_null() {
         let sv = &d["server"];
         if let Some(n) = sv["syscalls"].as_u64() {
-            eprintln!(
+            println!(
                 "server system calls: {n} ({:.0}/s, {:.1} heartbeats per call)",
                 f(&sv["syscalls_per_s"]),
                 f(&sv["heartbeats_per_syscall"])
             );
         }
-        eprintln!(
-            "server: {:.0} hb per core-second ({:.2} cores busy), kernel drops {}, ring dry {}, {:.0} wakeups/s ({:.0} by the kernel's count), {:.1} hb/wakeup, {:.1} cqes/enter",
-            f(&sv["heartbeats_per_core_second"]), f(&sv["cpu_utilisation"]), sv["kernel_drops"], sv["ring_dry"],
-            f(&sv["wakeups_per_s"]), f(&sv["kernel_wakeups_per_s"]), f(&sv["heartbeats_per_wakeup"]), f(&sv["cqes_per_enter"])
+        let no_cpu = "n/a (give --server-pid for the server's CPU time)";
+        println!(
+            "server: {} hb per core-second ({} cores busy), kernel drops {}, ring dry {}, {:.0} wakeups/s ({} by the kernel's count), {:.1} hb/wakeup, {:.1} cqes/enter",
+            shown(&sv["heartbeats_per_core_second"], 0, no_cpu), shown(&sv["cpu_utilisation"], 2, "n/a"), sv["kernel_drops"], sv["ring_dry"],
+            f(&sv["wakeups_per_s"]), shown(&sv["kernel_wakeups_per_s"], 0, "n/a"), f(&sv["heartbeats_per_wakeup"]), f(&sv["cqes_per_enter"])
         );
+    } else {
+        println!("server: not measured (give --server-pid and --server-stats for its CPU time and counters)");
     }
     if behind {
         eprintln!("WARNING: the generator did not keep its schedule (p99 send lag > 1 ms): results measure the generator, not the server");

@@ -197,3 +197,79 @@ fn load_against_the_sink_loses_nothing() {
     assert_eq!(last["datagrams"], d["sent"]["datagrams"], "{last}");
     assert_eq!(last["kernel_drops"], 0, "{last}");
 }
+
+/// Against no server: the summary says what is missing (no NaN, on stdout) and the
+/// load exits 1 naming what to check.
+#[test]
+fn a_load_that_gets_no_ack_fails_and_says_why() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
+        .args([
+            "load",
+            "--target",
+            &target,
+            "--devices",
+            "100",
+            "--rate",
+            "1000",
+        ])
+        .args(["--duration", "0.5", "--warmup", "0", "--grace", "0.1"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("no ack came back from {target}")),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("no samples (no acks came back)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("server: not measured"), "{stdout}");
+    assert!(
+        !stdout.contains("NaN") && !stderr.contains("NaN"),
+        "{stdout}{stderr}"
+    );
+}
+
+/// `sweep` never overwrites a results folder.
+#[test]
+fn sweep_refuses_an_existing_results_folder() {
+    let dir = temp("sweep-exists");
+    let today = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%F"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let existing = dir.join(format!("{}-taken", today.trim()));
+    std::fs::create_dir_all(&existing).unwrap();
+    std::fs::write(existing.join("keep.txt"), "earlier results").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
+        .args([
+            "sweep", "--kind", "rate", "--name", "taken", "--rates", "1000",
+        ])
+        .arg("--results")
+        .arg(&dir)
+        .args(["--allow-dirty"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("results are never overwritten"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(existing.join("keep.txt")).unwrap(),
+        "earlier results"
+    );
+}

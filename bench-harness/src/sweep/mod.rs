@@ -21,7 +21,7 @@ mod server;
 pub use plot::plot;
 
 use crate::{run_load, GeneratorArgs, LoadArgs, ShapeArgs};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use record::Row;
 use server::ServerProcess;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,7 @@ pub struct SweepArgs {
     /// Folder name: the results go to `<results>/<UTC date>-<name>/`.
     #[arg(long)]
     pub name: String,
+    /// Folder the dated results folder goes in.
     #[arg(long, default_value = "results")]
     results: PathBuf,
     /// Rate scan: offered heartbeats per second, comma-separated.
@@ -81,6 +82,12 @@ pub struct SweepArgs {
     /// Extra server flag (repeatable), e.g. `--server-arg=--wait-us=0`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// Measure with uncommitted changes in the git tree, writing them to
+    /// `uncommitted.diff` beside the results (without it, a dirty tree is refused:
+    /// results must say exactly what code they measured).
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// Port the started server listens on (on 127.0.0.1).
     #[arg(long, default_value_t = 7979)]
     pub port: u16,
     /// Runs per point (each with a fresh server); points.csv holds their medians and
@@ -279,6 +286,19 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     // the checkout holds when the last run ends.
     let environment = server::environment(&a, &server_bin);
     let dir = a.results.join(format!("{}-{}", server::today(), a.name));
+    if dir.exists() {
+        bail!(
+            "{} exists: results are never overwritten; choose another --name, or move it away",
+            dir.display()
+        );
+    }
+    let diff = server::uncommitted_diff();
+    if !diff.is_empty() && !a.allow_dirty {
+        bail!(
+            "the git tree has uncommitted changes: commit them first, or pass --allow-dirty \
+             to measure anyway with the diff written beside the results"
+        );
+    }
     let compare = !a.variants.is_empty() || a.sink_baseline;
     let variants = variants(&a);
     // Each variant's folder: the sweep folder itself when there is only one.
@@ -296,17 +316,30 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         let raw = d.join("raw");
         std::fs::create_dir_all(&raw).with_context(|| format!("creating {}", raw.display()))?;
     }
+    if !diff.is_empty() {
+        let p = dir.join("uncommitted.diff");
+        std::fs::write(&p, format!("{diff}\n"))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     let mut medians: Vec<Vec<Row>> = vec![Vec::new(); variants.len()];
     let mut all_runs: Vec<Vec<Row>> = vec![Vec::new(); variants.len()];
     for (i, p) in points.iter().enumerate() {
         eprintln!(
-            "== point {}/{}: {} devices, {:.0} hb/s, batch {}, warm-up {:.1} s",
+            "== point {}/{}: {} devices, {:.0} hb/s, batch {}, warm-up {:.1} s{}",
             i + 1,
             points.len(),
             p.devices,
             p.rate_hb_per_s,
             a.shape.batch,
-            p.warmup_s
+            p.warmup_s,
+            if p.warmup_s > a.warmup + 1e-9 {
+                format!(
+                    " (lengthened from the {:.1} s asked to one device interval + 1 s, so every device has sent before the measured window)",
+                    a.warmup
+                )
+            } else {
+                String::new()
+            }
         );
         let mut runs = vec![Vec::with_capacity(a.runs); variants.len()];
         for run in 1..=a.runs {
@@ -320,7 +353,21 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                     format!("p{i:02}-r{run}")
                 };
                 let raw = vdirs[vi].join("raw");
-                let row = measure(&a, &server_bin, v, p, &raw, &tag)?;
+                let row = match measure(&a, &server_bin, v, p, &raw, &tag) {
+                    Ok(row) => row,
+                    // Nothing measured yet: no half-written folder is left behind.
+                    Err(e) if i == 0 && run == 1 && vi == 0 => {
+                        let kept = std::env::temp_dir().join("ringbeat-sweep-failed-server.log");
+                        let _ = std::fs::copy(raw.join(format!("{tag}.server.log")), &kept);
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e.context(format!(
+                            "the first run failed, so {} was removed (the server's log is kept as {})",
+                            dir.display(),
+                            kept.display()
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                };
                 all_runs[vi].push(Row {
                     run: Some(run),
                     ..row.clone()

@@ -246,7 +246,12 @@ pub fn markdown_table(csv_text: &str, keep: &[&str]) -> String {
         s += &format!(
             "| {} |\n",
             idx.iter()
-                .map(|&i| f.get(i).copied().unwrap_or(""))
+                // A value that was not measured (NaN in the CSV, which tools read
+                // back as missing) reads as such.
+                .map(|&i| match f.get(i).copied().unwrap_or("") {
+                    "NaN" => "n/a",
+                    v => v,
+                })
                 .collect::<Vec<_>>()
                 .join(" | ")
         );

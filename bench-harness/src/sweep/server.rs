@@ -43,10 +43,10 @@ pub fn environment(a: &SweepArgs, server_bin: &Path) -> String {
     s += &format!(
         "- git revision: {}{}\n",
         shell("git", &["rev-parse", "HEAD"]),
-        if shell("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        if uncommitted_diff().is_empty() {
             ""
         } else {
-            " (uncommitted changes)"
+            " with uncommitted changes (`uncommitted.diff`)"
         }
     );
     s += &format!("- kernel: {}\n", read("/proc/sys/kernel/osrelease"));
@@ -148,7 +148,8 @@ impl ServerProcess {
         };
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
-        let log = log.to_path_buf();
+        let log_path = log.to_path_buf();
+        let log = log_path.clone();
         std::thread::spawn(move || {
             let mut out = std::fs::File::create(log).ok();
             let mut told = false;
@@ -163,9 +164,31 @@ impl ServerProcess {
                 }
             }
         });
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        // Up to 10 s for "listening on", unless the server exits first.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut started = false;
+        while std::time::Instant::now() < deadline {
+            if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                started = true;
+                break;
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+        }
+        if !started {
             let _ = child.kill();
-            bail!("the server did not start (see its log)");
+            let _ = child.wait();
+            // The log thread ends with the server's stderr; give it a moment to flush.
+            std::thread::sleep(Duration::from_millis(100));
+            let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = said.lines().rev().take(5).collect();
+            bail!(
+                "the server did not start ({} serve, log {}); it said:\n  {}",
+                bin.display(),
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+            );
         }
         Ok(ServerProcess { child })
     }
@@ -177,4 +200,10 @@ impl ServerProcess {
         );
         let _ = self.child.wait();
     }
+}
+
+/// `git diff HEAD` of the tracked files: empty when the tree is clean (or not a git
+/// checkout).
+pub fn uncommitted_diff() -> String {
+    shell("git", &["diff", "HEAD"])
 }
