@@ -58,21 +58,31 @@ impl Recorder {
         pack(slot, intended_ns)
     }
 
-    pub fn on_ack(&mut self, sent_ns: u64, now_ns: u64) -> bool {
+    /// A frame intended at `intended_ns` falls in the measured window (after the
+    /// warm-up).
+    pub fn measured(&self, intended_ns: u64) -> bool {
+        intended_ns >= self.warmup_end_ns
+    }
+
+    /// Records the ack of the frame `sent_ns` names: None when it matches no frame in
+    /// flight (or was counted already), else whether that frame is in the measured
+    /// window.
+    pub fn on_ack(&mut self, sent_ns: u64, now_ns: u64) -> Option<bool> {
         let (slot, intended) = unpack(sent_ns);
         let (want, lag) = self.slots[slot as usize];
         if want != intended || now_ns < intended {
-            return false;
+            return None;
         }
         self.slots[slot as usize].0 = u64::MAX; // each ack counts once
         let from_intended = (now_ns - intended).max(1);
         let from_actual = now_ns.saturating_sub(intended + lag).max(1);
         let _ = self.interval.record(from_intended);
-        if intended >= self.warmup_end_ns {
+        let measured = self.measured(intended);
+        if measured {
             let _ = self.intended.record(from_intended);
             let _ = self.service.record(from_actual);
         }
-        true
+        Some(measured)
     }
 }
 
@@ -170,7 +180,7 @@ mod tests {
         let mut r = Recorder::new(0);
         // Intended at 1 ms, the generator stalled and sent it at 11 ms; acked at 11.05 ms.
         let sent = r.take_slot(1_000_000, 10_000_000);
-        assert!(r.on_ack(sent, 11_050_000));
+        assert_eq!(r.on_ack(sent, 11_050_000), Some(true));
         assert_eq!(r.intended.max(), r.intended.highest_equivalent(10_050_000));
         assert!(
             (r.service.max() as i64 - 50_000).abs() < 100,
@@ -178,8 +188,8 @@ mod tests {
             r.service.max()
         );
         // The same ack twice, or an unknown slot, does not count.
-        assert!(!r.on_ack(sent, 12_000_000));
-        assert!(!r.on_ack(pack(9, 5), 12_000_000));
+        assert_eq!(r.on_ack(sent, 12_000_000), None);
+        assert_eq!(r.on_ack(pack(9, 5), 12_000_000), None);
         assert_eq!(r.intended.len(), 1);
     }
 
@@ -188,8 +198,9 @@ mod tests {
         let mut r = Recorder::new(1_000_000_000);
         let early = r.take_slot(500_000_000, 0);
         let late = r.take_slot(1_500_000_000, 0);
-        assert!(r.on_ack(early, 500_010_000));
-        assert!(r.on_ack(late, 1_500_010_000));
+        // Both count as acks; only the one after the warm-up is in the window.
+        assert_eq!(r.on_ack(early, 500_010_000), Some(false));
+        assert_eq!(r.on_ack(late, 1_500_010_000), Some(true));
         assert_eq!(r.intended.len(), 1);
         assert_eq!(r.interval.len(), 2);
     }

@@ -49,6 +49,10 @@ pub struct Totals {
     pub send_eagain_frames: u64,
     pub acks_expected: u64,
     pub acks_received: u64,
+    /// The same, for frames intended after the warm-up: the window every other
+    /// measured figure covers (the server's counters included).
+    pub acks_expected_measured: u64,
+    pub acks_received_measured: u64,
     pub acks_unmatched: u64,
     pub late_datagrams_1ms: u64,
 }
@@ -284,6 +288,7 @@ pub fn run(
                             f.flags = FLAG_ACK_REQUESTED;
                             f.sent_ns = rec.take_slot(intended, lag);
                             t.acks_expected += 1;
+                            t.acks_expected_measured += rec.measured(intended) as u64;
                         }
                         let out: &mut [u8; FRAME_BYTES] = (&mut buf[len..len + FRAME_BYTES])
                             .try_into()
@@ -404,10 +409,14 @@ impl AckReceiver {
                 for i in 0..n {
                     for frame in self.rx[i][..self.rx_len[i]].chunks_exact(FRAME_BYTES) {
                         match decode_ack(frame.try_into().expect("32 bytes")) {
-                            Ok(a) if rec.on_ack(a.sent_ns, now) => {
-                                t.acks_received += 1;
-                                got += 1;
-                            }
+                            Ok(a) => match rec.on_ack(a.sent_ns, now) {
+                                Some(measured) => {
+                                    t.acks_received += 1;
+                                    t.acks_received_measured += measured as u64;
+                                    got += 1;
+                                }
+                                None => t.acks_unmatched += 1,
+                            },
                             _ => t.acks_unmatched += 1,
                         }
                     }

@@ -118,10 +118,14 @@ pub fn run(
                         let now = start.elapsed().as_nanos() as u64;
                         c.acks.feed(&rx[..len], |f| {
                             match decode_ack(f) {
-                                Ok(a) if rec.on_ack(a.sent_ns, now) => {
-                                    t.acks_received += 1;
-                                    got += 1;
-                                }
+                                Ok(a) => match rec.on_ack(a.sent_ns, now) {
+                                    Some(measured) => {
+                                        t.acks_received += 1;
+                                        t.acks_received_measured += measured as u64;
+                                        got += 1;
+                                    }
+                                    None => t.acks_unmatched += 1,
+                                },
                                 _ => t.acks_unmatched += 1,
                             }
                             Feed::Continue
@@ -168,6 +172,7 @@ pub fn run(
                     f.flags = FLAG_ACK_REQUESTED;
                     f.sent_ns = rec.take_slot(intended, lag);
                     t.acks_expected += 1;
+                    t.acks_expected_measured += rec.measured(intended) as u64;
                 }
                 c.out.extend_from_slice(&f.to_bytes());
             }
