@@ -73,7 +73,7 @@ pub fn plot_variants(dir: &Path) -> anyhow::Result<Vec<String>> {
             (
                 "compare-latency.svg",
                 |r| r.p99_us,
-                "p99 latency from intended send time (µs)",
+                "p99 latency from intended send time",
                 true,
             ),
             (
@@ -111,19 +111,24 @@ pub fn plot_variants(dir: &Path) -> anyhow::Result<Vec<String>> {
                 .y_label_area_size(75);
             if log_y {
                 let mut chart = builder.build_cartesian_2d(
-                    x_range.clone().log_scale(),
-                    (lo * 0.7..hi * 1.5).log_scale(),
+                    x_range.clone().log_scale().with_key_points(x_ticks(&xs)),
+                    (lo * 0.7..hi * 1.5)
+                        .log_scale()
+                        .with_key_points(nice_ticks(lo * 0.7, hi * 1.5)),
                 )?;
                 chart
                     .configure_mesh()
                     .x_desc(x_desc)
                     .y_desc(y_desc)
                     .x_label_formatter(&|v| human(*v))
+                    .y_label_formatter(&|v| micros(*v))
                     .draw()?;
                 draw_lines(&mut chart, lines)?;
             } else {
-                let mut chart =
-                    builder.build_cartesian_2d(x_range.clone().log_scale(), 0.0..hi * 1.15)?;
+                let mut chart = builder.build_cartesian_2d(
+                    x_range.clone().log_scale().with_key_points(x_ticks(&xs)),
+                    0.0..hi * 1.15,
+                )?;
                 chart
                     .configure_mesh()
                     .x_desc(x_desc)
@@ -203,7 +208,12 @@ pub fn plot_variants(dir: &Path) -> anyhow::Result<Vec<String>> {
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(75)
-            .build_cartesian_2d(-0.5..n as f64 - 0.5, (lo * 0.7..hi * 1.5).log_scale())?;
+            .build_cartesian_2d(
+                -0.5..n as f64 - 0.5,
+                (lo * 0.7..hi * 1.5)
+                    .log_scale()
+                    .with_key_points(nice_ticks(lo * 0.7, hi * 1.5)),
+            )?;
         let names = labels.clone();
         chart
             .configure_mesh()
@@ -289,15 +299,18 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
             .x_label_area_size(45)
             .y_label_area_size(65)
             .build_cartesian_2d(
-                x_range.clone().log_scale(),
-                (lat_min * 0.7..lat_max * 1.5).log_scale(),
+                x_range.clone().log_scale().with_key_points(x_ticks(&xs)),
+                (lat_min * 0.7..lat_max * 1.5)
+                    .log_scale()
+                    .with_key_points(nice_ticks(lat_min * 0.7, lat_max * 1.5)),
             )?;
         chart
             .configure_mesh()
             .x_labels(8)
             .x_desc(x_desc)
-            .y_desc("latency (µs)")
+            .y_desc("latency")
             .x_label_formatter(&|v| human(*v))
+            .y_label_formatter(&|v| micros(*v))
             .draw()?;
         let lines = series
             .iter()
@@ -335,7 +348,10 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<()> {
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(75)
-            .build_cartesian_2d(x_range.log_scale(), 0.0..y_max)?;
+            .build_cartesian_2d(
+                x_range.log_scale().with_key_points(x_ticks(&xs)),
+                0.0..y_max,
+            )?;
         chart
             .configure_mesh()
             .x_labels(8)
@@ -406,12 +422,71 @@ where
     Ok(())
 }
 
+/// 2500000 → "2.5M", 1000000 → "1M", 250000 → "250K": no trailing ".0".
 fn human(v: f64) -> String {
+    let short = |x: f64, unit: &str| {
+        let t = format!("{x:.1}");
+        format!("{}{unit}", t.strip_suffix(".0").unwrap_or(&t))
+    };
     if v >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+        short(v / 1e6, "M")
     } else if v >= 1e3 {
-        format!("{:.0}K", v / 1e3)
+        short(v / 1e3, "K")
     } else {
-        format!("{v:.0}")
+        short(v, "")
     }
+}
+
+/// A latency in µs with its unit: "50 µs", "1.5 ms", "2 s".
+fn micros(v: f64) -> String {
+    let short = |x: f64, unit: &str| {
+        let t = format!("{x:.1}");
+        format!("{} {unit}", t.strip_suffix(".0").unwrap_or(&t))
+    };
+    if v >= 1e6 {
+        short(v / 1e6, "s")
+    } else if v >= 1e3 {
+        short(v / 1e3, "ms")
+    } else {
+        short(v, "µs")
+    }
+}
+
+/// Ticks at the measured x values (a scan has a handful), so each point is labelled.
+fn x_ticks(xs: &[f64]) -> Vec<f64> {
+    let mut t: Vec<f64> = xs
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t.dedup();
+    if t.len() > 12 {
+        let step = t.len().div_ceil(12);
+        t = t.into_iter().step_by(step).collect();
+    }
+    t
+}
+
+/// Round ticks (1, 2, 5 × 10^k) between `lo` and `hi`, for log axes that span less
+/// than a decade or many.
+fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut t = Vec::new();
+    if !(lo > 0.0 && hi > lo) {
+        return t;
+    }
+    let mut decade = 10f64.powf(lo.log10().floor());
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            if v >= lo && v <= hi {
+                t.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    if t.len() > 12 {
+        t.retain(|v| (v / 10f64.powf(v.log10().floor()) - 1.0).abs() < 1e-9);
+    }
+    t
 }
