@@ -113,6 +113,13 @@ pub struct NetworkArgs {
     /// senders included). Keep it well above the longest heartbeat interval.
     #[arg(long, value_name = "SECS", default_value_t = 300.0)]
     pub tcp_idle_timeout: f64,
+
+    /// Accept heartbeats only from this network (CIDR such as `10.0.0.0/8`, `fd00::/8`,
+    /// or one address); repeatable, a list in the config file (`allow = ["10.0.0.0/8"]`).
+    /// Datagrams from elsewhere are dropped unanswered and counted (`disallowed`), TCP
+    /// connections closed at accept and counted (`tcp_disallowed`). Unset: anyone.
+    #[arg(long, value_name = "CIDR", action = ArgAction::Append)]
+    pub allow: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -355,6 +362,8 @@ pub struct NetworkConfig {
     pub kernel_prefilter: bool,
     /// None with `--no-tcp`.
     pub tcp: Option<TcpConfig>,
+    /// Empty: every source may send.
+    pub allow: crate::core::allow::Allowlist,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -727,6 +736,13 @@ impl NetworkArgs {
             rcvbuf_bytes,
             kernel_prefilter: self.kernel_prefilter,
             tcp,
+            allow: crate::core::allow::Allowlist::new(
+                self.allow
+                    .iter()
+                    .map(|c| crate::core::allow::Cidr::parse(c))
+                    .collect::<Result<_, _>>()
+                    .map_err(|reason| invalid("allow", reason))?,
+            ),
         })
     }
 }

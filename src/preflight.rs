@@ -111,6 +111,7 @@ pub fn run_checks(config: &Config) -> Preflight {
         }
     };
     out.extend(port_checks(config));
+    out.push(allow_check(config));
     out.extend(output_checks(config));
     out.extend(limit_checks(config));
     Preflight {
@@ -176,6 +177,32 @@ fn uring_checks(config: &Config) -> Vec<Check> {
     }
     out.extend(ring_checks(config));
     out
+}
+
+/// Who may send: a server on every address with no `--allow` believes anyone who can
+/// reach the port.
+fn allow_check(config: &Config) -> Check {
+    let n = &config.network;
+    if !n.allow.is_empty() {
+        let list: Vec<String> = n.allow.cidrs().iter().map(|c| c.network()).collect();
+        return line("source allowlist", list.join(" "), Verdict::Ok, "");
+    }
+    if n.listen.ip().is_unspecified() {
+        line(
+            "source allowlist",
+            format!("none, listening on all addresses ({})", n.listen),
+            Verdict::Warn,
+            "anyone who can reach the port can keep any device online or fill the table: \
+             add --allow CIDR for your device networks (repeatable), or listen on one address",
+        )
+    } else {
+        line(
+            "source allowlist",
+            format!("none (listening on {} only)", n.listen.ip()),
+            Verdict::Ok,
+            "",
+        )
+    }
 }
 
 /// What `serve` would write to and listen on besides the heartbeat port: the events

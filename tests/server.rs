@@ -956,3 +956,51 @@ fn engine_auto_falls_back_to_epoll_where_io_uring_is_refused_and_says_why() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `--allow`: datagrams from outside the allowlist are dropped unanswered and counted
+/// (never applied, never acked); from inside they are served. A list in the config
+/// file works the same.
+#[test]
+fn datagrams_from_outside_the_allowlist_are_dropped_and_counted() {
+    let server = Server::start(
+        "allow-out",
+        &[
+            "--cores",
+            "0",
+            "--allow",
+            "10.0.0.0/8",
+            "--allow",
+            "fd00::/8",
+        ],
+    );
+    let c = client();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for seq in 1..=5 {
+        c.send_to(&heartbeat(80, seq, 0, true), server.addr)
+            .unwrap();
+    }
+    let mut buf = [0u8; 64];
+    assert!(
+        c.recv_from(&mut buf).is_err(),
+        "no ack to a disallowed source"
+    );
+    let v = server.wait_stats(5, |v| v["disallowed"].as_u64() == Some(5));
+    assert_eq!(v["heartbeats"].as_u64(), Some(0));
+    assert_eq!(v["devices"].as_u64(), Some(0));
+
+    let dir = common::temp_dir("allow-file");
+    let file = dir.join("ringbeat.toml");
+    std::fs::write(&file, "allow = [\"127.0.0.0/8\", \"fd00::/8\"]\n").unwrap();
+    let server = Server::start(
+        "allow-in",
+        &["--cores", "0", "--config", file.to_str().unwrap()],
+    );
+    let c = client();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    c.send_to(&heartbeat(81, 1, 0, true), server.addr).unwrap();
+    let (n, _) = recv_retry(&c, &mut buf).unwrap();
+    assert_eq!(acks_of(&buf[..n])[0].device_id, 81);
+    let v = server.wait_stats(5, |v| v["heartbeats"].as_u64() == Some(1));
+    assert_eq!(v["disallowed"].as_u64(), Some(0));
+}

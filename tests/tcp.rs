@@ -367,3 +367,21 @@ fn no_tcp_turns_tcp_off() {
     let err = TcpStream::connect(server.addr).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
 }
+
+/// `--allow`: a connection from outside the allowlist is closed at accept and counted,
+/// before any frame of it is read; one from inside is served.
+#[test]
+fn connections_from_outside_the_allowlist_are_closed_and_counted() {
+    for engine in ENGINES {
+        let server = start("allow", engine, &["--allow", "10.0.0.0/8"]);
+        let mut outside = connect(&server);
+        let _ = outside.write_all(&heartbeat(70, 1, 10, true));
+        expect_closed(&mut outside);
+        let v = server.wait_stats(5, |v| n(v, "tcp_disallowed") == 1);
+        assert_eq!((n(&v, "tcp_accepted"), n(&v, "heartbeats")), (0, 0));
+        let server = start("allow-in", engine, &["--allow", "127.0.0.0/8"]);
+        let mut inside = connect(&server);
+        inside.write_all(&heartbeat(71, 1, 10, true)).unwrap();
+        assert_eq!(read_acks(&mut inside, 1)[0].device_id, 71);
+    }
+}

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod allow;
 pub mod blind;
 pub mod bpf;
 pub mod codec;

@@ -136,6 +136,8 @@ stats! {
     /// liveness wheel entries, counted by what has been written (about the resident
     /// size; divide by `devices` for bytes per device).
     Gauge device_memory_bytes ("bytes"),
+    /// Datagrams from sources outside `--allow`: dropped unanswered.
+    Counter disallowed ("datagrams"),
     /// Heartbeats of new devices rejected because the table was full.
     Counter table_full ("heartbeats"),
     /// Datagrams the kernel dropped on this shard's socket (its receive queue was full,
@@ -189,6 +191,8 @@ stats! {
     Gauge tcp_open ("connections"),
     /// TCP connections accepted (and kept).
     Counter tcp_accepted ("connections"),
+    /// TCP connections closed at accept because the peer is outside `--allow`.
+    Counter tcp_disallowed ("connections"),
     /// TCP connections closed at accept because the shard held its share of
     /// --max-connections.
     Counter tcp_refused ("connections"),

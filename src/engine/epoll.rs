@@ -80,7 +80,12 @@ impl EpollEngine {
             send: SendBatch::new(BATCH, MAX_DATAGRAM_BYTES),
             info: ShardInfo::without_arena(ctx),
             more: false,
-            conns: ctx.config.network.tcp.as_ref().map(Connections::new),
+            conns: ctx
+                .config
+                .network
+                .tcp
+                .as_ref()
+                .map(|t| Connections::new(t, &ctx.config.network.allow)),
             listener: ctx.listener.take(),
             ready: Vec::with_capacity(EVENTS),
             read_buf: vec![0u8; READ_BYTES].into_boxed_slice(),
@@ -95,7 +100,12 @@ impl EpollEngine {
             io.too_long();
             return;
         };
-        let ack = io.datagram(payload, now_ms);
+        let name = crate::sys::socket::sockaddr_storage_bytes(&addr, addr_len);
+        let ack = io.datagram(
+            payload,
+            crate::engine::shard_loop::Source::Raw(name),
+            now_ms,
+        );
         if ack.is_empty() {
             return;
         }

@@ -52,12 +52,33 @@ pub(crate) struct Ingest<'a> {
     pub core: &'a mut ShardCore,
     outbound: &'a mut [Option<Producer>],
     ack: &'a mut [u8; MAX_DATAGRAM_BYTES],
+    allow: &'a crate::core::allow::Allowlist,
+}
+
+/// Where a datagram came from, as the engine's receive gave it.
+pub(crate) enum Source<'a> {
+    /// A raw `sockaddr_in` / `sockaddr_in6`.
+    Raw(&'a [u8]),
+    Addr(std::net::SocketAddr),
 }
 
 impl Ingest<'_> {
     /// One received datagram: validated and applied (or forwarded, or counted). Returns
-    /// the ack datagram to send back to its source; empty when nothing asked for one.
-    pub fn datagram(&mut self, payload: &[u8], now_ms: u64) -> &[u8] {
+    /// the ack datagram to send back to its source; empty when nothing asked for one,
+    /// or when the source is not allowed (`--allow`: counted, never answered).
+    pub fn datagram(&mut self, payload: &[u8], source: Source<'_>, now_ms: u64) -> &[u8] {
+        if !self.allow.is_empty() {
+            let allowed = match source {
+                Source::Raw(name) => self.allow.allows_sockaddr(name),
+                Source::Addr(a) => self.allow.allows(a.ip()),
+            };
+            if !allowed {
+                let s = self.core.stats_mut();
+                s.datagrams += 1;
+                s.disallowed += 1;
+                return &[];
+            }
+        }
         let outbound = &mut *self.outbound;
         let len = self
             .core
@@ -254,6 +275,7 @@ impl ShardLoop<'_> {
             core: self.core,
             outbound: &mut self.ctx.outbound,
             ack: &mut self.ack,
+            allow: &self.ctx.config.network.allow,
         }
     }
 

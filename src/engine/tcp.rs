@@ -153,10 +153,12 @@ pub(crate) struct Connections {
     next_sweep_ms: u64,
     /// Emptied ack buffers kept for reuse (io_uring writes), bounded.
     spare: Vec<Vec<u8>>,
+    /// `--allow`: peers outside it are closed at accept.
+    allow: crate::core::allow::Allowlist,
 }
 
 impl Connections {
-    pub fn new(cfg: &TcpConfig) -> Connections {
+    pub fn new(cfg: &TcpConfig, allow: &crate::core::allow::Allowlist) -> Connections {
         Connections {
             slab: slab::Slab::with_capacity((cfg.per_shard as usize).min(PRESIZE_MAX)),
             next_generation: 1,
@@ -165,12 +167,30 @@ impl Connections {
             sweep_at: 0,
             next_sweep_ms: 0,
             spare: Vec::new(),
+            allow: allow.clone(),
         }
     }
 
     /// Takes a new connection, or closes and counts it when the shard holds its share
     /// of `--max-connections`.
     pub fn admit(&mut self, fd: OwnedFd, now_ms: u64, stats: &mut ShardStats) -> Option<ConnId> {
+        if !self.allow.is_empty() {
+            // One getpeername per accepted connection (accepts are few next to frames).
+            let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+            )
+            .ok()
+            .and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+            });
+            if !peer.is_some_and(|ip| self.allow.allows(ip)) {
+                stats.tcp_disallowed += 1;
+                tracing::debug!(?peer, "TCP connection closed: the peer is outside --allow");
+                return None;
+            }
+        }
         if self.slab.len() >= self.max {
             stats.tcp_refused += 1;
             tracing::debug!(

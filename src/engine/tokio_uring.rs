@@ -162,7 +162,11 @@ impl Engine for TokioEngine {
                 match res {
                     Ok((n, _)) if n > MAX_DATAGRAM_BYTES => io.too_long(),
                     Ok((n, peer)) => {
-                        let ack = io.datagram(&buf[..n], now_ms);
+                        let ack = io.datagram(
+                            &buf[..n],
+                            crate::engine::shard_loop::Source::Addr(peer),
+                            now_ms,
+                        );
                         if !ack.is_empty() {
                             if let Some(mut out) = ack_pool.pop() {
                                 out.clear();

@@ -306,7 +306,7 @@ impl UringEngine {
             tcp: match (ctx.listener.take(), cfg.network.tcp.as_ref()) {
                 (Some(listener), Some(t)) => Some(Tcp {
                     listener,
-                    conns: Connections::new(t),
+                    conns: Connections::new(t, &ctx.config.network.allow),
                     rearm_accept: true,
                     rearm: Vec::new(),
                     closes: Vec::new(),
@@ -656,7 +656,11 @@ impl UringEngine {
             io.too_long();
             return;
         }
-        let ack = io.datagram(d.payload, now_ms);
+        let ack = io.datagram(
+            d.payload,
+            crate::engine::shard_loop::Source::Raw(d.name),
+            now_ms,
+        );
         let ack_len = ack.len();
         if ack_len == 0 {
             return;
