@@ -365,6 +365,15 @@ pub fn bind_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// The first `len` bytes of a socket address the kernel wrote (a receive's source):
+/// what `ringbeat_core::allow` reads.
+pub fn sockaddr_storage_bytes(addr: &libc::sockaddr_storage, len: u32) -> &[u8] {
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: sockaddr_storage is plain C data of `size_of` bytes (every byte pattern
+    // is valid), borrowed for the slice's lifetime; `len` is clamped to its size.
+    unsafe { std::slice::from_raw_parts((addr as *const libc::sockaddr_storage).cast::<u8>(), len) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,13 +389,4 @@ mod tests {
             );
         }
     }
-}
-
-/// The first `len` bytes of a socket address the kernel wrote (a receive's source):
-/// what `ringbeat_core::allow` reads.
-pub fn sockaddr_storage_bytes(addr: &libc::sockaddr_storage, len: u32) -> &[u8] {
-    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-    // SAFETY: sockaddr_storage is plain C data of `size_of` bytes (every byte pattern
-    // is valid), borrowed for the slice's lifetime; `len` is clamped to its size.
-    unsafe { std::slice::from_raw_parts((addr as *const libc::sockaddr_storage).cast::<u8>(), len) }
 }
