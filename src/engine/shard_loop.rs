@@ -59,6 +59,8 @@ pub(crate) struct Ingest<'a> {
 pub(crate) enum Source<'a> {
     /// A raw `sockaddr_in` / `sockaddr_in6`.
     Raw(&'a [u8]),
+    /// The tokio-uring engine's.
+    #[cfg(feature = "tokio-uring")]
     Addr(std::net::SocketAddr),
 }
 
@@ -70,6 +72,7 @@ impl Ingest<'_> {
         if !self.allow.is_empty() {
             let allowed = match source {
                 Source::Raw(name) => self.allow.allows_sockaddr(name),
+                #[cfg(feature = "tokio-uring")]
                 Source::Addr(a) => self.allow.allows(a.ip()),
             };
             if !allowed {
