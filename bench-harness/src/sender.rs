@@ -39,6 +39,17 @@ pub struct Interval {
     pub lag_ns: u64,
 }
 
+/// Every device's next sequence number, all zero and resident: touched now, before
+/// the clock starts, because left to the first heartbeats a page fault per 1,024
+/// devices would land in the measured sends (8 MiB at 2M devices).
+pub fn sequence_numbers(devices: usize) -> Vec<u32> {
+    let mut seq = vec![0u32; devices];
+    for v in seq.iter_mut().step_by(1024) {
+        *v = std::hint::black_box(0);
+    }
+    seq
+}
+
 #[derive(Default)]
 pub struct Totals {
     pub frames_sent: u64,
@@ -238,12 +249,7 @@ pub fn run(
     let mut buffers: Vec<Vec<u8>> = (0..MAX_BUFFERS)
         .map(|_| vec![0u8; per_buffer * segment])
         .collect();
-    let mut seq = vec![0u32; sched.order.len()];
-    // Touched now, before the clock starts: left to the first heartbeats, a page fault
-    // per 1,024 devices would land in the measured sends (8 MiB at 2M devices).
-    for v in seq.iter_mut().step_by(1024) {
-        *v = std::hint::black_box(0);
-    }
+    let mut seq = sequence_numbers(sched.order.len());
     let mut rec = Recorder::new(cfg.warmup.as_nanos() as u64);
     let mut lag_hist = latency::histogram();
     let mut t = Totals::default();

@@ -89,11 +89,7 @@ pub fn run(
         .collect();
     let mut dirty: Vec<usize> = Vec::new();
     let mut rx = vec![0u8; 64 << 10];
-    let mut seq = vec![0u32; sched.order.len()];
-    // Touched before the clock starts (see sender.rs).
-    for v in seq.iter_mut().step_by(1024) {
-        *v = std::hint::black_box(0);
-    }
+    let mut seq = crate::sender::sequence_numbers(sched.order.len());
     let mut rec = Recorder::new(cfg.warmup.as_nanos() as u64);
     let mut lag_hist = latency::histogram();
     let mut t = Totals::default();
