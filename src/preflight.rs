@@ -257,6 +257,23 @@ fn output_checks(config: &Config) -> Vec<Check> {
     out
 }
 
+/// Whether the port stays in use for `PORT_GRACE`: a server that just exited can hold
+/// its port for a moment after its process is gone (the kernel tears an io_uring, and
+/// the sockets its requests hold, down asynchronously), so a restart right after a stop
+/// is not refused for it.
+fn port_in_use_for_a_while(addr: std::net::SocketAddr, tcp: bool) -> std::io::Result<bool> {
+    const PORT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+    let until = std::time::Instant::now() + PORT_GRACE;
+    loop {
+        match crate::sys::socket::port_in_use(addr, tcp) {
+            Ok(true) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The listen port must not be held by another socket: a second instance would join
 /// the SO_REUSEPORT group and silently take part of the traffic.
 fn port_checks(config: &Config) -> Vec<Check> {
@@ -270,7 +287,7 @@ fn port_checks(config: &Config) -> Vec<Check> {
     }
     protos
         .into_iter()
-        .map(|(proto, tcp)| match crate::sys::socket::port_in_use(addr, tcp) {
+        .map(|(proto, tcp)| match port_in_use_for_a_while(addr, tcp) {
             Ok(false) => line("listen port", format!("{proto} {addr} free"), Verdict::Ok, ""),
             Ok(true) => line(
                 "listen port",
