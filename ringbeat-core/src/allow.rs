@@ -98,10 +98,13 @@ fn unmap(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The networks heartbeats may come from; empty = everyone.
+/// The networks heartbeats may come from; empty = everyone. Kept as (network, mask)
+/// pairs per family, so a check is a few integer compares with no conversion.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allowlist {
     cidrs: Vec<Cidr>,
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
 }
 
 /// Linux `AF_INET` and `AF_INET6` (the core names no OS crate).
@@ -110,7 +113,32 @@ const AF_INET6: u16 = 10;
 
 impl Allowlist {
     pub fn new(cidrs: Vec<Cidr>) -> Allowlist {
-        Allowlist { cidrs }
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for c in &cidrs {
+            match *c {
+                Cidr::V4 { net, prefix } => {
+                    let m = Cidr::mask4(prefix);
+                    v4.push((net & m, m));
+                }
+                Cidr::V6 { net, prefix } => {
+                    let m = Cidr::mask6(prefix);
+                    v6.push((net & m, m));
+                }
+            }
+        }
+        Allowlist { cidrs, v4, v6 }
+    }
+
+    fn allows_v4(&self, a: u32) -> bool {
+        self.v4.iter().any(|&(net, m)| a & m == net)
+    }
+    fn allows_v6(&self, a: u128) -> bool {
+        // An IPv4 peer of an IPv6 socket: ::ffff:a.b.c.d.
+        if a >> 32 == 0xffff {
+            return self.allows_v4(a as u32);
+        }
+        self.v6.iter().any(|&(net, m)| a & m == net)
     }
     pub fn is_empty(&self) -> bool {
         self.cidrs.is_empty()
@@ -121,7 +149,11 @@ impl Allowlist {
 
     /// Whether `ip` may send (always, with an empty list).
     pub fn allows(&self, ip: IpAddr) -> bool {
-        self.cidrs.is_empty() || self.cidrs.iter().any(|c| c.contains(ip))
+        self.cidrs.is_empty()
+            || match ip {
+                IpAddr::V4(a) => self.allows_v4(u32::from(a)),
+                IpAddr::V6(a) => self.allows_v6(u128::from(a)),
+            }
     }
 
     /// Whether the peer of a raw `sockaddr_in` / `sockaddr_in6` (as the kernel wrote
@@ -131,7 +163,19 @@ impl Allowlist {
         if self.cidrs.is_empty() {
             return true;
         }
-        sockaddr_ip(name).is_some_and(|ip| self.allows(ip))
+        let family = match name.get(0..2) {
+            Some(f) => u16::from_ne_bytes([f[0], f[1]]),
+            None => return false,
+        };
+        match (family, name.get(4..8), name.get(8..24)) {
+            (AF_INET, Some(a), _) => self.allows_v4(u32::from_be_bytes([a[0], a[1], a[2], a[3]])),
+            (AF_INET6, _, Some(a)) => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(a);
+                self.allows_v6(u128::from_be_bytes(b))
+            }
+            _ => false,
+        }
     }
 }
 
