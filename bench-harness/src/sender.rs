@@ -68,6 +68,33 @@ pub struct Totals {
     pub late_datagrams_1ms: u64,
 }
 
+impl Totals {
+    /// One ack frame read back at `now_ns`: matched to its heartbeat in `rec` and
+    /// counted (in the measured window too when it falls there), or counted unmatched.
+    /// True when it matched.
+    pub fn ack_frame(
+        &mut self,
+        rec: &mut Recorder,
+        frame: &[u8; FRAME_BYTES],
+        now_ns: u64,
+    ) -> bool {
+        match decode_ack(frame)
+            .ok()
+            .and_then(|a| rec.on_ack(a.sent_ns, now_ns))
+        {
+            Some(measured) => {
+                self.acks_received += 1;
+                self.acks_received_measured += measured as u64;
+                true
+            }
+            None => {
+                self.acks_unmatched += 1;
+                false
+            }
+        }
+    }
+}
+
 pub struct SenderResult {
     pub totals: Totals,
     pub intended: Histogram<u64>,
@@ -419,17 +446,7 @@ impl AckReceiver {
                 let now = start.elapsed().as_nanos() as u64;
                 for i in 0..n {
                     for frame in self.rx[i][..self.rx_len[i]].chunks_exact(FRAME_BYTES) {
-                        match decode_ack(frame.try_into().expect("32 bytes")) {
-                            Ok(a) => match rec.on_ack(a.sent_ns, now) {
-                                Some(measured) => {
-                                    t.acks_received += 1;
-                                    t.acks_received_measured += measured as u64;
-                                    got += 1;
-                                }
-                                None => t.acks_unmatched += 1,
-                            },
-                            _ => t.acks_unmatched += 1,
-                        }
+                        got += t.ack_frame(rec, frame.try_into().expect("32 bytes"), now) as u64;
                     }
                 }
             }

@@ -13,7 +13,7 @@ use crate::net;
 use crate::schedule::Schedule;
 use crate::sender::{DueQueue, Interval, Progress, SenderConfig, SenderResult, Totals};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use ringbeat::core::codec::{decode_ack, FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES};
+use ringbeat::core::codec::{FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES};
 use ringbeat::core::stream::{Feed, StreamDecoder};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -117,17 +117,7 @@ pub fn run(
                     Ok(len) => {
                         let now = start.elapsed().as_nanos() as u64;
                         c.acks.feed(&rx[..len], |f| {
-                            match decode_ack(f) {
-                                Ok(a) => match rec.on_ack(a.sent_ns, now) {
-                                    Some(measured) => {
-                                        t.acks_received += 1;
-                                        t.acks_received_measured += measured as u64;
-                                        got += 1;
-                                    }
-                                    None => t.acks_unmatched += 1,
-                                },
-                                _ => t.acks_unmatched += 1,
-                            }
+                            got += t.ack_frame(rec, f, now) as u64;
                             Feed::Continue
                         });
                         if len < rx.len() {

@@ -422,34 +422,26 @@ where
     Ok(())
 }
 
-/// 2500000 → "2.5M", 1000000 → "1M", 250000 → "250K": no trailing ".0".
+/// `v` scaled by the first of `units` (divisor, suffix) it reaches, with one decimal
+/// and no trailing ".0": 2500000 → "2.5M", 1000000 → "1M".
+fn scaled(v: f64, units: &[(f64, &str)]) -> String {
+    let (div, unit) = units
+        .iter()
+        .copied()
+        .find(|&(d, _)| v >= d)
+        .unwrap_or((1.0, units.last().map_or("", |u| u.1)));
+    let t = format!("{:.1}", v / div);
+    format!("{}{unit}", t.strip_suffix(".0").unwrap_or(&t))
+}
+
+/// 2500000 → "2.5M", 1000000 → "1M", 250000 → "250K".
 fn human(v: f64) -> String {
-    let short = |x: f64, unit: &str| {
-        let t = format!("{x:.1}");
-        format!("{}{unit}", t.strip_suffix(".0").unwrap_or(&t))
-    };
-    if v >= 1e6 {
-        short(v / 1e6, "M")
-    } else if v >= 1e3 {
-        short(v / 1e3, "K")
-    } else {
-        short(v, "")
-    }
+    scaled(v, &[(1e6, "M"), (1e3, "K"), (1.0, "")])
 }
 
 /// A latency in µs with its unit: "50 µs", "1.5 ms", "2 s".
 fn micros(v: f64) -> String {
-    let short = |x: f64, unit: &str| {
-        let t = format!("{x:.1}");
-        format!("{} {unit}", t.strip_suffix(".0").unwrap_or(&t))
-    };
-    if v >= 1e6 {
-        short(v / 1e6, "s")
-    } else if v >= 1e3 {
-        short(v / 1e3, "ms")
-    } else {
-        short(v, "µs")
-    }
+    scaled(v, &[(1e6, " s"), (1e3, " ms"), (1.0, " µs")])
 }
 
 /// Ticks at the measured x values (a scan has a handful), so each point is labelled.
@@ -489,4 +481,21 @@ fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
         t.retain(|v| (v / 10f64.powf(v.log10().floor()) - 1.0).abs() < 1e-9);
     }
     t
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn axis_labels_carry_units_and_no_trailing_zero() {
+        assert_eq!(human(2_500_000.0), "2.5M");
+        assert_eq!(human(1_000_000.0), "1M");
+        assert_eq!(human(250_000.0), "250K");
+        assert_eq!(human(20.0), "20");
+        assert_eq!(micros(50.0), "50 µs");
+        assert_eq!(micros(1_500.0), "1.5 ms");
+        assert_eq!(micros(2_000_000.0), "2 s");
+        assert_eq!(micros(0.5), "0.5 µs");
+    }
 }
