@@ -74,28 +74,6 @@ impl Cidr {
             }
         }
     }
-
-    /// Whether `ip` is inside (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (*self, unmap(ip)) {
-            (Cidr::V4 { net, prefix }, IpAddr::V4(a)) => {
-                let m = Self::mask4(prefix);
-                u32::from(a) & m == net & m
-            }
-            (Cidr::V6 { net, prefix }, IpAddr::V6(a)) => {
-                let m = Self::mask6(prefix);
-                u128::from(a) & m == net & m
-            }
-            _ => false,
-        }
-    }
-}
-
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// The networks heartbeats may come from; empty = everyone. Kept as (network, mask)
@@ -176,23 +154,6 @@ impl Allowlist {
             }
             _ => false,
         }
-    }
-}
-
-/// The IP address in a raw `sockaddr_in` (family, port, 4 address bytes at 4..8) or
-/// `sockaddr_in6` (family, port, flow info, 16 address bytes at 8..24).
-pub fn sockaddr_ip(name: &[u8]) -> Option<IpAddr> {
-    let family = u16::from_ne_bytes(name.get(0..2)?.try_into().ok()?);
-    match family {
-        AF_INET => {
-            let b: [u8; 4] = name.get(4..8)?.try_into().ok()?;
-            Some(IpAddr::V4(Ipv4Addr::from(b)))
-        }
-        AF_INET6 => {
-            let b: [u8; 16] = name.get(8..24)?.try_into().ok()?;
-            Some(IpAddr::V6(Ipv6Addr::from(b)))
-        }
-        _ => None,
     }
 }
 
