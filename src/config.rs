@@ -12,6 +12,7 @@
 //! (booleans too: `--huge-pages=false` turns off `huge-pages = true`).
 
 use crate::core::liveness::Thresholds;
+use crate::core::registry::Registry;
 use crate::core::shard::CoreConfig;
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches};
@@ -19,6 +20,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,21 @@ pub struct NetworkArgs {
     /// connections closed at accept and counted (`tcp_disallowed`). Unset: anyone.
     #[arg(long, value_name = "CIDR", action = ArgAction::Append)]
     pub allow: Vec<String>,
+
+    /// The devices that exist, one per line: `ID [key=32HEX] [interval=30s]` (README,
+    /// Security). Heartbeats for other ids are refused (acked with status 2, counted in
+    /// `unknown_device`) before they take a table slot. Reloaded on SIGHUP; devices it
+    /// no longer lists are forgotten, each with an event.
+    #[arg(long, value_name = "PATH")]
+    pub devices_file: Option<PathBuf>,
+
+    /// Refuse version-1 (unauthenticated) heartbeats from every device (acked with
+    /// status 3, counted in `auth_required`). Needs --devices-file with a key for every
+    /// device. Without it, a device with a key must still send version 2; others may
+    /// send either.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    pub require_auth: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -364,6 +381,43 @@ pub struct NetworkConfig {
     pub tcp: Option<TcpConfig>,
     /// Empty: every source may send.
     pub allow: crate::core::allow::Allowlist,
+    /// `--devices-file`: where the registry was read from (reloaded on SIGHUP) and what
+    /// it held at start.
+    pub devices_file: Option<PathBuf>,
+    pub registry: Option<Arc<Registry>>,
+    pub require_auth: bool,
+}
+
+/// Reads and checks a devices file for `shards` shards: every problem names the file
+/// and line. With `require_auth` every device needs a key; the table (`capacity` per
+/// shard, `max_devices` in all) must hold every listed device.
+pub fn load_registry(
+    path: &std::path::Path,
+    shards: u32,
+    require_auth: bool,
+    max_devices: u64,
+    per_shard: u32,
+) -> Result<Registry, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the devices file {}: {e}", path.display()))?;
+    let r = Registry::parse(&text, shards).map_err(|e| format!("{} {e}", path.display()))?;
+    if require_auth {
+        if let Some((id, line)) = r.first_without_key() {
+            return Err(format!(
+                "{} line {line}: device {id} has no key, but --require-auth refuses heartbeats without one: give it key=<32 hex digits>",
+                path.display()
+            ));
+        }
+    }
+    let most = (0..shards).map(|s| r.owned_by(s)).max().unwrap_or(0);
+    if r.len() as u64 > max_devices || most > per_shard {
+        return Err(format!(
+            "{} lists {} devices, more than the table holds (--max-devices {max_devices}): raise --max-devices",
+            path.display(),
+            r.len()
+        ));
+    }
+    Ok(r)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -543,11 +597,32 @@ impl ServeArgs {
                 }
             }
         }
-        let network = self.network.validate()?;
+        let mut network = self.network.validate()?;
         let shards = network.cores.len() as u64;
+        let liveness = self.liveness.validate(shards)?;
+        match &network.devices_file {
+            Some(path) => {
+                let r = load_registry(
+                    path,
+                    shards as u32,
+                    network.require_auth,
+                    liveness.max_devices,
+                    liveness.devices_per_shard,
+                )
+                .map_err(|reason| invalid("devices-file", reason))?;
+                network.registry = Some(Arc::new(r));
+            }
+            None if network.require_auth => {
+                return Err(invalid(
+                    "require-auth",
+                    "needs --devices-file, which holds the devices' keys",
+                ))
+            }
+            None => {}
+        }
         Ok(Config {
             engine,
-            liveness: self.liveness.validate(shards)?,
+            liveness,
             uring: self.uring.validate()?,
             outputs: self.outputs.validate()?,
             snapshot: self.snapshot.validate()?,
@@ -743,6 +818,9 @@ impl NetworkArgs {
                     .collect::<Result<_, _>>()
                     .map_err(|reason| invalid("allow", reason))?,
             ),
+            devices_file: self.devices_file,
+            registry: None,
+            require_auth: self.require_auth,
         })
     }
 }
@@ -970,6 +1048,7 @@ impl Config {
             tick_ms: self.liveness.tick_ms,
             event_capacity: self.event_queue,
             huge_pages: self.liveness.huge_pages,
+            require_auth: self.network.require_auth,
         }
     }
 }

@@ -231,6 +231,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(Signal::Reopen) => {
                 tracing::info!("SIGHUP: reopening the events file");
                 server.reopen_outputs();
+                if let Some(path) = &config.network.devices_file {
+                    match server.reload_registry() {
+                        Ok((devices, keyed, forgotten)) => tracing::info!(
+                            devices,
+                            keyed,
+                            forgotten,
+                            "SIGHUP: reloaded the devices file {}",
+                            path.display()
+                        ),
+                        Err(e) => tracing::error!(
+                            "SIGHUP: the devices file was not reloaded, the one loaded before stays in use: {e}"
+                        ),
+                    }
+                }
                 continue;
             }
             None => {}

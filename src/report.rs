@@ -95,7 +95,7 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         }
     };
     format!(
-        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | tcp: open {} accepted/s {:.0} closed/s {:.0} refused {} frames/s {:.0} ack_queue_drops {} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | refused: table_full {} disallowed {} tcp_disallowed {} | blind {} ms, deferred {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
+        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | tcp: open {} accepted/s {:.0} closed/s {:.0} refused {} frames/s {:.0} ack_queue_drops {} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | refused: table_full {} unknown_device {} auth_required {} auth_failed {} replayed {} disallowed {} tcp_disallowed {} | blind {} ms, deferred {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
         rate(d.heartbeats),
         rate(d.datagrams),
         rate(d.acks_sent),
@@ -115,6 +115,10 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         now.events_dropped,
         now.malformed_total(),
         now.table_full,
+        now.unknown_device,
+        now.auth_required,
+        now.auth_failed,
+        now.replayed,
         now.disallowed,
         now.tcp_disallowed,
         d.blind_ms,

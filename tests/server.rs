@@ -92,7 +92,7 @@ fn every_malformed_case_is_counted_by_reason_and_never_acked() {
     let mut bad_magic = good(900);
     bad_magic[1] = b'X';
     let mut bad_version = good(901);
-    bad_version[4] = 2;
+    bad_version[4] = 3; // 2 is the authenticated frame (64 bytes)
     let mut bad_kind = good(902);
     bad_kind[6] = 2; // an ack sent to the server
     let zero_id = heartbeat(0, 1, 10, true);

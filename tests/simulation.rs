@@ -227,6 +227,7 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
                     tick_ms: TICK_MS,
                     event_capacity: 1 << 16,
                     huge_pages: false,
+                    require_auth: false,
                 },
                 start_ms,
             )
@@ -382,6 +383,10 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
         let shards = sc.shards as usize;
         let mut forward_queues: Vec<Vec<[u8; FRAME_BYTES]>> = vec![Vec::new(); shards];
         let mut direct: Vec<Vec<[u8; FRAME_BYTES]>> = vec![Vec::new(); shards];
+        // What each owner holds as its direct frames arrive: a frame it owns is acked
+        // with status 1 when its device is new and the table is full (decided before
+        // the ack); forwarded frames are applied after the direct ones.
+        let mut known_now = known.clone();
         for k in due {
             let (dgram, to) = network.remove(&k).unwrap();
             let mut expected_acks: Vec<u8> = Vec::new();
@@ -393,13 +398,26 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
                             Err(e) => *injected.frame_errors.entry(e.name()).or_default() += 1,
                             Ok(hb) => {
                                 injected.valid_delivered += 1;
+                                let id = hb.device_id();
+                                let mut status = codec::ACK_ACCEPTED;
+                                if owner(id, sc.shards) == to
+                                    && !known_now[to as usize].contains(&id)
+                                {
+                                    if known_now[to as usize].len() as u32
+                                        == sc.max_devices_per_shard
+                                    {
+                                        status = codec::ACK_TABLE_FULL;
+                                    } else {
+                                        known_now[to as usize].insert(id);
+                                    }
+                                }
                                 if hb.ack_requested() {
                                     let mut a = [0u8; 32];
                                     let iv = match hb.interval_ds() {
                                         0 => DEFAULT_INTERVAL_DS,
                                         v => v,
                                     };
-                                    codec::encode_ack(&hb, iv, &mut a);
+                                    codec::encode_ack_status(&hb, status, iv, &mut a);
                                     expected_acks.extend_from_slice(&a);
                                 }
                                 if owner(hb.device_id(), sc.shards) == to {

@@ -134,7 +134,7 @@ fn other_malformed_frames_are_skipped_and_the_connection_stays_open() {
         let server = start("malformed", engine, &[]);
         let mut s = connect(&server);
         let mut bad_version = heartbeat(5, 1, 10, true);
-        bad_version[4] = 2;
+        bad_version[4] = 3; // 2 is the authenticated frame (64 bytes)
         let mut bad_kind = heartbeat(5, 2, 10, true);
         bad_kind[6] = 2;
         let zero_id = heartbeat(0, 3, 10, true);

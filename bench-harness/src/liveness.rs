@@ -35,6 +35,7 @@ pub fn run(
             tick_ms,
             event_capacity: 1 << 20,
             huge_pages: true,
+            require_auth: false,
             ..CoreConfig::basic(0, 1, devices as u32)
         },
         0,

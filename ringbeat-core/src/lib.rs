@@ -14,6 +14,7 @@ pub mod liveness;
 pub mod memory;
 pub mod owner;
 pub mod query;
+pub mod registry;
 pub mod shard;
 pub mod snapshot;
 pub mod stats;

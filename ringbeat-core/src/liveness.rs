@@ -59,7 +59,7 @@ impl Thresholds {
         let permille = match state {
             Liveness::Online => self.late_after_permille,
             Liveness::Late => self.offline_after_permille,
-            Liveness::Offline | Liveness::Unknown => return None,
+            Liveness::Offline | Liveness::Unknown | Liveness::Forgotten => return None,
         };
         // interval_ds * 100 ms * permille / 1000; Config keeps this below 2^31.
         Some((interval_ds as u64 * permille as u64 / 10) as u32)

@@ -3,14 +3,19 @@
 //! forward and liveness events. It never touches a socket, a ring or the clock, which
 //! is what lets `tests/simulation.rs` drive it under simulated time from a seed.
 
-use super::codec::{self, FrameError, Heartbeat, FRAME_BYTES, MAX_DATAGRAM_BYTES};
+use super::codec::{
+    self, FrameError, FrameV2, Heartbeat, Refusal, FRAME_BYTES, FRAME_V2_BYTES, MAX_DATAGRAM_BYTES,
+    VERSION_2,
+};
 use super::liveness::{Thresholds, Wheel};
 use super::owner::owner;
+use super::registry::{Counter, Registry, ReplayWindow};
 use super::stats::ShardStats;
 use super::stream::{Fed, Feed, StreamDecoder};
 use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
 use crate::memory::Memory;
 use crate::snapshot::Record;
+use std::sync::Arc;
 
 /// Wheel entries an engine visits per `advance_slice` between receive batches. A
 /// tick's rechecks come in bursts (every device about once per interval: 1M devices on
@@ -34,6 +39,8 @@ pub struct CoreConfig {
     pub event_capacity: usize,
     /// Back the device table with transparent huge pages.
     pub huge_pages: bool,
+    /// Refuse version-1 (unauthenticated) heartbeats from every device.
+    pub require_auth: bool,
 }
 
 impl CoreConfig {
@@ -54,8 +61,37 @@ impl CoreConfig {
             tick_ms: 10,
             event_capacity: 4096,
             huge_pages: false,
+            require_auth: false,
         }
     }
+}
+
+/// One frame as it came off the wire: its version says how long it is.
+#[derive(Clone, Copy)]
+enum Unit<'a> {
+    V1(&'a [u8; FRAME_BYTES]),
+    V2(&'a [u8; FRAME_V2_BYTES]),
+}
+
+/// A version-2 frame handed to its owner travels as 32 bytes: its header with `boot`
+/// in place of `sent_ns` (the owner needs the counter, not the sender's clock, and the
+/// receiving shard has checked the tag). Rings carry 32-byte frames only.
+fn forwarded_v2(frame: &FrameV2<'_>) -> [u8; FRAME_BYTES] {
+    let mut out = *frame.header().bytes();
+    out[24..28].copy_from_slice(&frame.boot().to_le_bytes());
+    out[28..32].fill(0);
+    out
+}
+
+/// A frame the receiving shard let through, as its owner takes it.
+#[derive(Clone, Copy)]
+struct Admitted {
+    device_id: u64,
+    seq: u32,
+    status: u16,
+    interval_ds: u16,
+    /// Version 2: the registry's local index and the (boot, seq) counter.
+    counter: Option<(u32, u64)>,
 }
 
 /// One liveness transition, as emitted.
@@ -124,13 +160,13 @@ fn count_state(s: &mut ShardStats, from: Liveness, to: Liveness) {
         Liveness::Online => s.online -= 1,
         Liveness::Late => s.late -= 1,
         Liveness::Offline => s.offline -= 1,
-        Liveness::Unknown => {}
+        Liveness::Unknown | Liveness::Forgotten => {}
     }
     match to {
         Liveness::Online => s.online += 1,
         Liveness::Late => s.late += 1,
         Liveness::Offline => s.offline += 1,
-        Liveness::Unknown => {}
+        Liveness::Unknown | Liveness::Forgotten => {}
     }
 }
 
@@ -140,6 +176,8 @@ struct Pending {
     seq: u32,
     status: u16,
     interval_ds: u16,
+    /// The device restarted (a version-2 boot counter advanced): a new session.
+    new_session: bool,
 }
 
 /// Generic over where its large arrays live (`Memory`): mapped memory in the server,
@@ -154,6 +192,14 @@ pub struct ShardCore<M: Memory> {
     emitter: Emitter,
     /// The last tick (shard ms / tick) the table took its growth step in.
     growth_tick: u64,
+    /// The device registry (`--devices-file`), shared by every shard; `None`: any id.
+    registry: Option<Arc<Registry>>,
+    /// Replay windows of the registered devices this shard owns, by `Entry::local`.
+    windows: Vec<ReplayWindow>,
+    /// Whether the last applied heartbeat found the table full.
+    last_full: bool,
+    /// The last refused heartbeat's device and reason, for the rate-limited warning.
+    pub last_refused: Option<(u64, Refusal)>,
 }
 
 impl<M: Memory> ShardCore<M> {
@@ -172,7 +218,58 @@ impl<M: Memory> ShardCore<M> {
                 next_seq: 1,
             },
             cfg,
+            registry: None,
+            windows: Vec::new(),
+            last_full: false,
+            last_refused: None,
         })
+    }
+
+    /// Takes a (new) device registry: replay windows of devices it still lists are kept,
+    /// and devices in `removed` that this shard tracks are forgotten, each with an event
+    /// (→ forgotten). `None` lifts the registry: any id is taken again.
+    pub fn set_registry(&mut self, next: Option<Arc<Registry>>, removed: &[u64], now_ms: u64) {
+        self.flush();
+        let mut windows = Vec::new();
+        if let Some(r) = &next {
+            windows = vec![ReplayWindow::default(); r.owned_by(self.cfg.shard) as usize];
+            if let Some(old) = &self.registry {
+                for (id, e) in r.iter() {
+                    if owner(id, self.cfg.shards) != self.cfg.shard {
+                        continue;
+                    }
+                    if let Some(o) = old.get(id) {
+                        if o.key == e.key {
+                            windows[e.local as usize] = self.windows[o.local as usize];
+                        }
+                    }
+                }
+            }
+        }
+        self.registry = next;
+        self.windows = windows;
+        for &id in removed {
+            if owner(id, self.cfg.shards) != self.cfg.shard {
+                continue;
+            }
+            let Some(slot) = self.table.find(id) else {
+                continue;
+            };
+            let d = self.table.device_mut(slot);
+            let before = d.liveness();
+            if before == Liveness::Forgotten {
+                continue;
+            }
+            d.set_liveness(Liveness::Forgotten);
+            let d = *d;
+            self.stats.forgotten += 1;
+            self.emitter
+                .emit(&mut self.stats, &d, before, Liveness::Forgotten, now_ms);
+        }
+    }
+
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
     }
 
     pub fn config(&self) -> &CoreConfig {
@@ -218,10 +315,24 @@ impl<M: Memory> ShardCore<M> {
             }
         };
         let mut ack_len = 0;
-        for raw in frames {
-            let _ = self.ingest_frame(raw, now_ms, &mut forward, |ack| {
-                acks[ack_len..ack_len + FRAME_BYTES].copy_from_slice(ack);
-                ack_len += FRAME_BYTES;
+        let mut i = 0;
+        while i < frames.len() {
+            // A version-2 header (right magic, version 2) makes the frame 64 bytes.
+            let unit = if codec::unit_version(&frames[i]) == Some(VERSION_2) {
+                let Some(pair) = frames.get(i..i + 2) else {
+                    self.stats.count_frame_error(FrameError::TruncatedV2);
+                    break;
+                };
+                i += 2;
+                Unit::V2(pair.as_flattened().try_into().expect("two 32-byte units"))
+            } else {
+                i += 1;
+                Unit::V1(&frames[i - 1])
+            };
+            // An ack is as long as its heartbeat, so the acks fit as the frames did.
+            let _ = self.ingest_unit(unit, now_ms, &mut forward, |ack: &[u8]| {
+                acks[ack_len..ack_len + ack.len()].copy_from_slice(ack);
+                ack_len += ack.len();
             });
         }
         ack_len
@@ -239,79 +350,290 @@ impl<M: Memory> ShardCore<M> {
         decoder: &mut StreamDecoder,
         bytes: &[u8],
         now_ms: u64,
-        mut ack: impl FnMut(&[u8; FRAME_BYTES]),
+        mut ack: impl FnMut(&[u8]),
         mut forward: impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
     ) -> Fed {
         self.stats.tcp_bytes += bytes.len() as u64;
+        // The first half of a version-2 frame waits here for its second.
+        let mut held = decoder.take_held();
         let fed = decoder.feed(bytes, |raw| {
-            match self.ingest_frame(raw, now_ms, &mut forward, &mut ack) {
+            let result = if let Some(first) = held.take() {
+                let mut whole = [0u8; FRAME_V2_BYTES];
+                whole[..FRAME_BYTES].copy_from_slice(&first);
+                whole[FRAME_BYTES..].copy_from_slice(raw);
+                self.ingest_unit(Unit::V2(&whole), now_ms, &mut forward, &mut ack)
+            } else if codec::unit_version(raw) == Some(VERSION_2) {
+                held = Some(*raw);
+                Ok(())
+            } else {
+                self.ingest_unit(Unit::V1(raw), now_ms, &mut forward, &mut ack)
+            };
+            match result {
                 Err(FrameError::BadMagic) => Feed::Stop,
                 _ => Feed::Continue,
             }
         });
+        decoder.hold(held);
         self.stats.tcp_frames += fed.frames as u64;
         self.stats.tcp_split_frames += fed.split as u64;
         fed
     }
 
-    /// One frame from the network, datagram or stream: validated (a rejection is
-    /// counted by reason and returned), acked through `ack` when it asks for one,
-    /// queued for the table when this shard owns its device, else forwarded.
+    /// One frame from the network, datagram or stream: validated (a malformed frame is
+    /// counted by reason and returned, never answered), checked against the registry and
+    /// its key (a refusal is counted and answered with its status), then taken here when
+    /// this shard owns its device, else forwarded; acked through `ack` when it asks.
+    ///
+    /// What only the owner can know, it decides before the ack when the owner is this
+    /// shard: a replayed counter, and (when the table is nearly full) whether a new
+    /// device fits. A frame handed to another shard is acked as accepted once it passed
+    /// the checks made here; its owner still refuses (and counts) a replay or a full
+    /// table, but that answer does not reach the sender.
     #[inline(always)]
-    fn ingest_frame(
+    fn ingest_unit(
         &mut self,
-        raw: &[u8; FRAME_BYTES],
+        unit: Unit<'_>,
         now_ms: u64,
         forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
-        mut ack: impl FnMut(&[u8; FRAME_BYTES]),
+        mut ack: impl FnMut(&[u8]),
     ) -> Result<(), FrameError> {
-        let hb = match codec::decode_heartbeat(raw) {
-            Ok(hb) => hb,
+        let decoded = match unit {
+            Unit::V1(raw) => codec::decode_heartbeat(raw).map(|h| (h, None)),
+            Unit::V2(raw) => codec::decode_v2(raw).map(|f| (f.header(), Some(f))),
+        };
+        let (hb, v2) = match decoded {
+            Ok(d) => d,
             Err(e) => {
                 self.stats.count_frame_error(e);
                 return Err(e);
             }
         };
         self.stats.frames_valid += 1;
-        if hb.ack_requested() {
-            let mut out = [0u8; FRAME_BYTES];
-            codec::encode_ack(&hb, self.expected_interval_ds(hb.interval_ds()), &mut out);
-            ack(&out);
+        let device_id = hb.device_id();
+        let entry = match &self.registry {
+            None => None,
+            Some(r) => match r.get(device_id) {
+                Some(e) => Some(*e),
+                None => {
+                    self.answer_refusal(&hb, v2.as_ref(), None, Refusal::UnknownDevice, &mut ack);
+                    return Ok(());
+                }
+            },
+        };
+        let key = entry.and_then(|e| e.key);
+        let interval_ds = match entry {
+            Some(e) if e.interval_ds != 0 => e.interval_ds,
+            _ => self.expected_interval_ds(hb.interval_ds()),
+        };
+        let counter = match (&v2, &key) {
+            (None, Some(_)) => {
+                self.answer_refusal(&hb, None, None, Refusal::AuthRequired, &mut ack);
+                return Ok(());
+            }
+            (None, None) if self.cfg.require_auth => {
+                self.answer_refusal(&hb, None, None, Refusal::AuthRequired, &mut ack);
+                return Ok(());
+            }
+            (None, None) => None,
+            (Some(f), Some(k)) if f.verify(k) => {
+                self.stats.authenticated += 1;
+                Some((entry.map_or(0, |e| e.local), f.counter()))
+            }
+            (Some(f), _) => {
+                self.answer_refusal(&hb, Some(f), key.as_ref(), Refusal::AuthFailed, &mut ack);
+                return Ok(());
+            }
+        };
+        let target = owner(device_id, self.cfg.shards);
+        if target != self.cfg.shard {
+            let sent = match &v2 {
+                None => forward(target, hb.bytes()),
+                Some(f) => forward(target, &forwarded_v2(f)),
+            };
+            if sent {
+                self.stats.forwarded += 1;
+            } else {
+                self.stats.forward_drops += 1;
+            }
+            self.write_ack(
+                &hb,
+                v2.as_ref(),
+                key.as_ref(),
+                codec::ACK_ACCEPTED,
+                interval_ds,
+                &mut ack,
+            );
+            return Ok(());
         }
-        let target = owner(hb.device_id(), self.cfg.shards);
-        if target == self.cfg.shard {
-            self.push_pending(&hb, now_ms);
-        } else if forward(target, hb.bytes()) {
-            self.stats.forwarded += 1;
-        } else {
-            self.stats.forward_drops += 1;
+        let admitted = Admitted {
+            device_id,
+            seq: hb.seq(),
+            status: hb.status(),
+            interval_ds,
+            counter,
+        };
+        let refused = self.take(admitted, now_ms, hb.ack_requested());
+        match refused {
+            None => self.write_ack(
+                &hb,
+                v2.as_ref(),
+                key.as_ref(),
+                codec::ACK_ACCEPTED,
+                interval_ds,
+                &mut ack,
+            ),
+            Some(r) => self.answer_refusal(&hb, v2.as_ref(), key.as_ref(), r, &mut ack),
         }
         Ok(())
     }
 
-    /// Takes a frame another shard received for a device this shard owns.
-    pub fn ingest_forwarded(&mut self, frame: &[u8; FRAME_BYTES], now_ms: u64) {
-        match codec::decode_heartbeat(frame) {
-            Ok(hb) => {
-                debug_assert_eq!(owner(hb.device_id(), self.cfg.shards), self.cfg.shard);
-                self.stats.forwarded_in += 1;
-                self.push_pending(&hb, now_ms);
+    /// Counts a refusal and answers it when the frame asked for an ack.
+    #[cold]
+    fn answer_refusal(
+        &mut self,
+        hb: &Heartbeat<'_>,
+        v2: Option<&FrameV2<'_>>,
+        key: Option<&codec::Key>,
+        r: Refusal,
+        ack: &mut impl FnMut(&[u8]),
+    ) {
+        if r != Refusal::TableFull {
+            // A full table is counted where the lookup failed.
+            self.stats.count_refusal(r);
+        }
+        self.last_refused = Some((hb.device_id(), r));
+        let interval_ds = self.expected_interval_ds(hb.interval_ds());
+        self.write_ack(hb, v2, key, r.status(), interval_ds, ack);
+    }
+
+    /// Writes the frame's ack (when it asked for one) in its own version.
+    #[inline(always)]
+    fn write_ack(
+        &mut self,
+        hb: &Heartbeat<'_>,
+        v2: Option<&FrameV2<'_>>,
+        key: Option<&codec::Key>,
+        status: u16,
+        interval_ds: u16,
+        ack: &mut impl FnMut(&[u8]),
+    ) {
+        if !hb.ack_requested() {
+            return;
+        }
+        match v2 {
+            None => {
+                let mut out = [0u8; FRAME_BYTES];
+                codec::encode_ack_status(hb, status, interval_ds, &mut out);
+                ack(&out);
             }
-            // Only validated frames are forwarded; count rather than trust blindly.
-            Err(e) => self.stats.count_frame_error(e),
+            Some(f) => {
+                let mut out = [0u8; FRAME_V2_BYTES];
+                codec::encode_ack_v2(f, status, interval_ds, key, &mut out);
+                ack(&out);
+            }
         }
     }
 
-    fn push_pending(&mut self, hb: &Heartbeat<'_>, now_ms: u64) {
+    /// Takes an admitted heartbeat for a device this shard owns: its replay counter is
+    /// checked now, the table lookup is queued for the next batch, unless `decide` (the
+    /// sender waits for an answer) and the table may be full, then the batch is applied
+    /// at once so the answer is known. Returns the refusal, if any.
+    #[inline(always)]
+    fn take(&mut self, a: Admitted, now_ms: u64, decide: bool) -> Option<Refusal> {
+        let mut new_session = false;
+        if let Some((local, counter)) = a.counter {
+            let Some(w) = self.windows.get_mut(local as usize) else {
+                // No registry entry (a reload raced a hand-off): nothing to check against.
+                self.stats.count_refusal(Refusal::UnknownDevice);
+                return Some(Refusal::UnknownDevice);
+            };
+            match w.take(counter) {
+                Counter::Replayed => {
+                    self.stats.count_refusal(Refusal::Replayed);
+                    return Some(Refusal::Replayed);
+                }
+                Counter::Ahead { new_boot } => new_session = new_boot,
+                Counter::Reordered => {}
+            }
+        }
+        let at_risk =
+            self.table.len() as usize + self.pending.len() + 1 >= self.table.capacity() as usize;
+        self.push_pending(a, new_session, now_ms);
+        if decide && at_risk {
+            self.flush();
+            if self.last_full {
+                return Some(Refusal::TableFull);
+            }
+        }
+        None
+    }
+
+    /// Takes a frame another shard received for a device this shard owns.
+    /// The receiving shard checked the frame (registry, key); the registry's interval
+    /// and the replay counter are the owner's to apply.
+    pub fn ingest_forwarded(&mut self, frame: &[u8; FRAME_BYTES], now_ms: u64) {
+        let v2 = codec::unit_version(frame) == Some(VERSION_2);
+        let mut header = *frame;
+        if v2 {
+            header[4..6].copy_from_slice(&codec::VERSION.to_le_bytes());
+        }
+        let hb = match codec::decode_heartbeat(&header) {
+            Ok(hb) => hb,
+            // Only validated frames are forwarded; count rather than trust blindly.
+            Err(e) => {
+                self.stats.count_frame_error(e);
+                return;
+            }
+        };
+        debug_assert_eq!(owner(hb.device_id(), self.cfg.shards), self.cfg.shard);
+        self.stats.forwarded_in += 1;
+        let entry = self
+            .registry
+            .as_ref()
+            .map(|r| r.get(hb.device_id()).copied());
+        let entry = match entry {
+            Some(None) => {
+                // Forgotten by a reload since the receiving shard looked.
+                self.stats.count_refusal(Refusal::UnknownDevice);
+                return;
+            }
+            Some(Some(e)) => Some(e),
+            None => None,
+        };
+        let interval_ds = match entry {
+            Some(e) if e.interval_ds != 0 => e.interval_ds,
+            _ => self.expected_interval_ds(hb.interval_ds()),
+        };
+        let counter = v2.then(|| {
+            let boot = u32::from_le_bytes(frame[24..28].try_into().expect("4 bytes"));
+            (
+                entry.map_or(u32::MAX, |e| e.local),
+                (boot as u64) << 32 | hb.seq() as u64,
+            )
+        });
+        let admitted = Admitted {
+            device_id: hb.device_id(),
+            seq: hb.seq(),
+            status: hb.status(),
+            interval_ds,
+            counter,
+        };
+        if let Some(r) = self.take(admitted, now_ms, false) {
+            self.last_refused = Some((hb.device_id(), r));
+        }
+    }
+
+    fn push_pending(&mut self, a: Admitted, new_session: bool, now_ms: u64) {
         if self.pending.len() == MAX_BATCH {
             self.flush();
         }
         self.pending_now_ms = now_ms;
         self.pending.push(Pending {
-            device_id: hb.device_id(),
-            seq: hb.seq(),
-            status: hb.status(),
-            interval_ds: self.expected_interval_ds(hb.interval_ds()),
+            device_id: a.device_id,
+            seq: a.seq,
+            status: a.status,
+            interval_ds: a.interval_ds,
+            new_session,
         });
     }
 
@@ -344,9 +666,12 @@ impl<M: Memory> ShardCore<M> {
             }
             Lookup::Full => {
                 self.stats.table_full += 1;
+                self.last_full = true;
+                self.last_refused = Some((p.device_id, Refusal::TableFull));
                 return;
             }
         };
+        self.last_full = false;
         self.stats.heartbeats += 1;
         let th = self.cfg.thresholds;
         // Transitions already due that the walk has not reached come first.
@@ -364,7 +689,11 @@ impl<M: Memory> ShardCore<M> {
         d.last_seen_ms = now_ms as u32;
         d.interval_ds = p.interval_ds;
         match before {
-            Liveness::Unknown | Liveness::Offline => {
+            _ if p.new_session => {
+                d.last_seq = p.seq;
+                d.status = p.status;
+            }
+            Liveness::Unknown | Liveness::Offline | Liveness::Forgotten => {
                 // A new session: the device may have restarted its sequence.
                 d.last_seq = p.seq;
                 d.status = p.status;
@@ -491,7 +820,7 @@ impl<M: Memory> ShardCore<M> {
         for slot in from_slot..end {
             let d = self.table.device(slot);
             let state = d.liveness();
-            if state == Liveness::Unknown {
+            if matches!(state, Liveness::Unknown | Liveness::Forgotten) {
                 continue;
             }
             let ago_ms = now_ms - d.last_seen_before(now_ms);
@@ -516,12 +845,21 @@ impl<M: Memory> ShardCore<M> {
     /// silence. A device that is back before its restored deadlines gets no event; one
     /// that stays silent goes late, then offline, on its normal schedule from the
     /// restart. Returns how many were restored; the rest did not fit the table
-    /// (`table_full`).
+    /// (`table_full`) or are not in the registry (`forgotten`).
     pub fn restore(&mut self, records: &[Record], now_ms: u64) -> u64 {
         let th = self.cfg.thresholds;
         let mut restored = 0;
         for r in records {
             debug_assert_eq!(owner(r.device_id, self.cfg.shards), self.cfg.shard);
+            if self
+                .registry
+                .as_ref()
+                .is_some_and(|reg| reg.get(r.device_id).is_none())
+            {
+                // Saved before the devices file stopped listing it.
+                self.stats.forgotten += 1;
+                continue;
+            }
             let slot = match self.table.lookup_or_insert(r.device_id) {
                 Lookup::Inserted(s) => s,
                 // A device given twice keeps its first record (the decoder refuses
@@ -551,7 +889,10 @@ impl<M: Memory> ShardCore<M> {
 
     /// The state of one device, if known (for tests and introspection).
     pub fn device(&self, device_id: u64) -> Option<&Device> {
-        self.table.find(device_id).map(|s| self.table.device(s))
+        self.table
+            .find(device_id)
+            .map(|s| self.table.device(s))
+            .filter(|d| d.liveness() != Liveness::Forgotten)
     }
 
     /// Answers a question about one device (see `query`).
@@ -585,6 +926,7 @@ mod tests {
                 tick_ms: 10,
                 event_capacity: 1024,
                 huge_pages: false,
+                require_auth: false,
             },
             now_ms,
         )

@@ -118,13 +118,15 @@ stats! {
     Counter datagrams ("datagrams"),
     /// Valid heartbeat frames received from the network by this shard (owned or not).
     Counter frames_valid ("frames"),
-    /// Ack frames sent (UDP and TCP).
+    /// Ack frames sent (UDP and TCP), in 32-byte units: a version-2 ack (64 bytes)
+    /// counts as two.
     Counter acks_sent ("frames"),
     /// Ack datagrams sent.
     Counter ack_datagrams ("datagrams"),
     /// Ack datagrams that could not be queued or failed to send.
     Counter ack_datagrams_dropped ("datagrams"),
-    /// Ack frames dropped: in dropped ack datagrams (UDP), or tcp_ack_queue_drops.
+    /// Ack frames dropped: in dropped ack datagrams (UDP), or tcp_ack_queue_drops; in
+    /// 32-byte units like acks_sent.
     Counter acks_dropped ("frames"),
     /// Heartbeats missing from forward seq gaps.
     Counter lost_heartbeats ("heartbeats"),
@@ -138,8 +140,25 @@ stats! {
     Gauge device_memory_bytes ("bytes"),
     /// Datagrams from sources outside `--allow`: dropped unanswered.
     Counter disallowed ("datagrams"),
-    /// Heartbeats of new devices rejected because the table was full.
+    /// Heartbeats of new devices rejected because the table was full (acked with
+    /// status 1 when asked).
     Counter table_full ("heartbeats"),
+    /// Heartbeats refused because their device is not in --devices-file (status 2):
+    /// they take no table slot.
+    Counter unknown_device ("heartbeats"),
+    /// Version-1 heartbeats refused because their device must authenticate: it has a
+    /// key, or --require-auth is set (status 3).
+    Counter auth_required ("heartbeats"),
+    /// Version-2 heartbeats refused because their tag was wrong or their device has no
+    /// key (status 4).
+    Counter auth_failed ("heartbeats"),
+    /// Version-2 heartbeats refused because their (boot, seq) was taken before or is
+    /// older than the replay window (status 5).
+    Counter replayed ("heartbeats"),
+    /// Version-2 (authenticated) heartbeats whose tag was right.
+    Counter authenticated ("heartbeats"),
+    /// Devices forgotten because a reload of --devices-file no longer lists them.
+    Counter forgotten ("devices"),
     /// Datagrams the kernel dropped on this shard's socket (its receive queue was full,
     /// or the prefilter refused them): SK_MEMINFO_DROPS.
     Counter kernel_drops ("datagrams"),
@@ -228,6 +247,35 @@ stats! {
 }
 
 impl ShardStats {
+    /// Counts a refused heartbeat under its reason.
+    pub fn count_refusal(&mut self, r: crate::codec::Refusal) {
+        use crate::codec::Refusal;
+        *match r {
+            Refusal::TableFull => &mut self.table_full,
+            Refusal::UnknownDevice => &mut self.unknown_device,
+            Refusal::AuthRequired => &mut self.auth_required,
+            Refusal::AuthFailed => &mut self.auth_failed,
+            Refusal::Replayed => &mut self.replayed,
+        } += 1;
+    }
+
+    /// Refused heartbeats by reason, in `Refusal::ALL` order.
+    pub fn refusals(&self) -> [(crate::codec::Refusal, u64); 5] {
+        use crate::codec::Refusal;
+        Refusal::ALL.map(|r| {
+            (
+                r,
+                match r {
+                    Refusal::TableFull => self.table_full,
+                    Refusal::UnknownDevice => self.unknown_device,
+                    Refusal::AuthRequired => self.auth_required,
+                    Refusal::AuthFailed => self.auth_failed,
+                    Refusal::Replayed => self.replayed,
+                },
+            )
+        })
+    }
+
     /// TCP connections closed for any reason.
     pub fn tcp_closed(&self) -> u64 {
         self.tcp_closed_peer

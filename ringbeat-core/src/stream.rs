@@ -50,13 +50,46 @@ pub struct Fed {
 }
 
 /// A connection's receive state: the bytes of a frame cut by the end of a read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamDecoder {
     carry: [u8; FRAME_BYTES - 1],
     carried: u8,
+    /// Whether `held` holds the first 32 bytes of a version-2 frame (64 bytes) waiting
+    /// for the rest (a flag beside it rather than an `Option`, which would pad the
+    /// decoder by 8 bytes per connection).
+    holding: bool,
+    held: [u8; FRAME_BYTES],
+}
+
+impl Default for StreamDecoder {
+    fn default() -> Self {
+        StreamDecoder {
+            carry: [0; FRAME_BYTES - 1],
+            carried: 0,
+            holding: false,
+            held: [0; FRAME_BYTES],
+        }
+    }
 }
 
 impl StreamDecoder {
+    /// Takes the held first half of a version-2 frame, if any (the caller assembles
+    /// 64-byte frames from the 32-byte units `feed` yields).
+    pub fn take_held(&mut self) -> Option<[u8; FRAME_BYTES]> {
+        std::mem::take(&mut self.holding).then_some(self.held)
+    }
+    /// Keeps the first half of a version-2 frame until the next `feed`.
+    pub fn hold(&mut self, first: Option<[u8; FRAME_BYTES]>) {
+        if let Some(h) = first {
+            self.held = h;
+        }
+        self.holding = first.is_some();
+    }
+    /// Bytes of an unfinished frame held (carry and a held version-2 half).
+    pub fn pending_bytes(&self) -> usize {
+        self.carried as usize + if self.holding { FRAME_BYTES } else { 0 }
+    }
+
     /// Bytes of an incomplete frame held from earlier reads (0..=31). Non-zero when the
     /// peer closes means it closed mid-frame.
     pub fn carried(&self) -> usize {

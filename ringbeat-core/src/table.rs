@@ -43,6 +43,9 @@
 use crate::memory::Memory;
 
 /// Liveness state of a device. `Unknown` only appears as the `from` of the first event.
+/// `Forgotten`: a reload of the device registry no longer lists it; it keeps its slot
+/// (slots are never reused) but is not tracked, saved or answered for, and comes back
+/// as a new session if the registry lists it again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Liveness {
@@ -50,6 +53,7 @@ pub enum Liveness {
     Online = 1,
     Late = 2,
     Offline = 3,
+    Forgotten = 4,
 }
 
 impl Liveness {
@@ -59,6 +63,7 @@ impl Liveness {
             Liveness::Online => "online",
             Liveness::Late => "late",
             Liveness::Offline => "offline",
+            Liveness::Forgotten => "forgotten",
         }
     }
     pub fn from_u8(v: u8) -> Liveness {
@@ -66,6 +71,7 @@ impl Liveness {
             1 => Liveness::Online,
             2 => Liveness::Late,
             3 => Liveness::Offline,
+            4 => Liveness::Forgotten,
             _ => Liveness::Unknown,
         }
     }

@@ -47,6 +47,17 @@ pub struct Shared {
     pub alive_ms: Vec<std::sync::atomic::AtomicU64>,
     /// The shards' time zero (`alive_ms` counts from it).
     pub base: Instant,
+    /// The device registry's generation: bumped by the main thread after it put a
+    /// reloaded registry in `registry`; each shard takes it at its next publish.
+    pub registry_gen: std::sync::atomic::AtomicU64,
+    pub registry: Mutex<RegistryUpdate>,
+}
+
+/// A reloaded device registry and the ids it no longer lists.
+#[derive(Clone, Default)]
+pub struct RegistryUpdate {
+    pub registry: Option<Arc<crate::core::registry::Registry>>,
+    pub removed: Arc<Vec<u64>>,
 }
 
 /// A shard that has not published its counters for this long has stopped looping
@@ -135,6 +146,8 @@ pub struct Server {
     snapshots: Option<crate::snapshot::SnapshotWriter>,
     /// The snapshot writer's counters (with `--snapshot`).
     pub snapshot_stats: Option<Arc<crate::snapshot::WriterStats>>,
+    /// What it was started with (the devices file is read again from it on SIGHUP).
+    config: Config,
     /// The event writer's counters (with `--events`).
     pub event_stats: Option<Arc<crate::events::EventStats>>,
 }
@@ -273,6 +286,11 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect(),
         base,
+        registry_gen: std::sync::atomic::AtomicU64::new(0),
+        registry: Mutex::new(RegistryUpdate {
+            registry: config.network.registry.clone(),
+            removed: Arc::default(),
+        }),
     });
     // rings[from][to]
     let mut producers: Vec<Vec<Option<Producer>>> = (0..shards)
@@ -423,8 +441,8 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         event_stats: events.as_ref().map(|e| e.stats.clone()),
         events,
         snapshot_stats: snapshots.as_ref().map(|w| w.stats.clone()),
-
         snapshots,
+        config: config.clone(),
     };
     if let Some(e) = failure {
         server.stop();
@@ -453,6 +471,38 @@ impl Server {
         if let Some(e) = &self.events {
             e.reopen();
         }
+    }
+
+    /// Reads `--devices-file` again (SIGHUP) and hands it to every shard; on an error the
+    /// registry in use stays. Returns (devices, with keys, forgotten).
+    pub fn reload_registry(&self) -> Result<(usize, usize, usize), String> {
+        let Some(path) = &self.config.network.devices_file else {
+            return Err("no --devices-file to reload".into());
+        };
+        let next = crate::config::load_registry(
+            path,
+            self.config.shards(),
+            self.config.network.require_auth,
+            self.config.liveness.max_devices,
+            self.config.liveness.devices_per_shard,
+        )?;
+        let mut slot = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let removed = slot
+            .registry
+            .as_ref()
+            .map_or_else(Vec::new, |old| old.removed_in(&next));
+        let counts = (next.len(), next.keyed(), removed.len());
+        *slot = RegistryUpdate {
+            registry: Some(Arc::new(next)),
+            removed: Arc::new(removed),
+        };
+        drop(slot);
+        self.shared.registry_gen.fetch_add(1, Ordering::Release);
+        Ok(counts)
     }
 
     /// Asks every shard for a snapshot (with `--snapshot`); they copy it in slices.

@@ -100,7 +100,7 @@ impl Ingest<'_> {
         decoder: &mut crate::core::stream::StreamDecoder,
         bytes: &[u8],
         now_ms: u64,
-        ack: impl FnMut(&[u8; FRAME_BYTES]),
+        ack: impl FnMut(&[u8]),
     ) -> crate::core::stream::Fed {
         let outbound = &mut *self.outbound;
         self.core
@@ -199,15 +199,25 @@ pub(crate) fn run<E: Engine>(
         .and_then(|engine| Ok((engine, new_core(&ctx)?)));
     match built {
         Ok((mut engine, mut core)) => {
+            let now_ms = ctx.base.elapsed().as_millis() as u64;
+            let (registry_gen, update) = take_registry(&ctx.shared);
+            core.set_registry(update.registry, &update.removed, now_ms);
             let restore = std::mem::take(&mut ctx.restore);
             if !restore.is_empty() {
                 let now_ms = ctx.base.elapsed().as_millis() as u64;
                 let n = core.restore(&restore, now_ms);
-                if n < restore.len() as u64 {
+                if core.stats().forgotten > 0 {
+                    tracing::warn!(
+                        shard = ctx.index,
+                        forgotten = core.stats().forgotten,
+                        "the snapshot holds devices the devices file does not list: they are not restored"
+                    );
+                }
+                if n + core.stats().forgotten < restore.len() as u64 {
                     tracing::warn!(
                         shard = ctx.index,
                         restored = n,
-                        refused = restore.len() as u64 - n,
+                        refused = restore.len() as u64 - n - core.stats().forgotten,
                         "the snapshot holds more devices than this shard's table: raise --max-devices"
                     );
                 }
@@ -221,6 +231,8 @@ pub(crate) fn run<E: Engine>(
                 ack: Box::new([0; MAX_DATAGRAM_BYTES]),
                 socket_drops_seen: 0,
                 blind: Blindness::default(),
+                registry_gen,
+                refusals: Refusals::default(),
             }
             .run(&mut engine);
         }
@@ -229,6 +241,27 @@ pub(crate) fn run<E: Engine>(
         }
     }
 }
+
+/// The registry update in `Shared` and its generation.
+fn take_registry(shared: &super::Shared) -> (u64, super::RegistryUpdate) {
+    let generation = shared.registry_gen.load(Ordering::Acquire);
+    let update = shared
+        .registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    (generation, update)
+}
+
+/// Refused heartbeats since the last warning (logged at most every `REFUSAL_LOG_EVERY`).
+#[derive(Default)]
+struct Refusals {
+    logged: [u64; 5],
+    last_log: Option<Instant>,
+}
+
+/// Least time between two "refused heartbeats" log lines of one shard.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The shard's sans-IO core, built on the shard's thread (after pinning, so the
 /// table's pages are local).
@@ -244,6 +277,9 @@ struct ShardLoop<'a> {
     /// Last SK_MEMINFO_DROPS value read from the socket.
     socket_drops_seen: u32,
     blind: Blindness,
+    /// The registry generation this shard holds.
+    registry_gen: u64,
+    refusals: Refusals,
 }
 
 /// What the loop watches to know when the shard may have missed heartbeats (see
@@ -465,11 +501,52 @@ impl ShardLoop<'_> {
     /// Copies the counters to the shard's slot for the reporter (kernel drops are read
     /// by `check_drops`, at least once per tick).
     fn publish_stats(&mut self) {
+        if self.ctx.shared.registry_gen.load(Ordering::Acquire) != self.registry_gen {
+            let (generation, update) = take_registry(&self.ctx.shared);
+            self.registry_gen = generation;
+            let now_ms = self.now_ms();
+            self.core
+                .set_registry(update.registry, &update.removed, now_ms);
+        }
+        self.warn_refusals();
         self.ctx.shared.alive_ms[self.ctx.index as usize].store(self.now_ms(), Ordering::Relaxed);
         let mut slot = self.ctx.shared.stats[self.ctx.index as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         *slot = *self.core.stats();
+    }
+
+    /// Logs refused heartbeats (table full, unknown device, authentication) at most
+    /// every `REFUSAL_LOG_EVERY`, with counts by reason and the last one's device.
+    fn warn_refusals(&mut self) {
+        let now: [u64; 5] = self.core.stats().refusals().map(|(_, n)| n);
+        if now == self.refusals.logged
+            || self
+                .refusals
+                .last_log
+                .is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        let counts: Vec<String> = crate::core::codec::Refusal::ALL
+            .iter()
+            .zip(now.iter().zip(self.refusals.logged))
+            .filter(|(_, (n, was))| **n > *was)
+            .map(|(r, (n, was))| format!("{} {}", r.name(), n - was))
+            .collect();
+        let (device, reason, hint) = match self.core.last_refused {
+            Some((id, r)) => (id, r.name(), r.hint()),
+            None => (0, "", ""),
+        };
+        tracing::warn!(
+            shard = self.ctx.index,
+            last_device = device,
+            last_reason = reason,
+            "refused heartbeats (not tracked, answered with a non-zero ack status): {}; for the last one: {hint}",
+            counts.join(", ")
+        );
+        self.refusals.logged = now;
+        self.refusals.last_log = Some(Instant::now());
     }
 
     /// The stop sequence (module doc).

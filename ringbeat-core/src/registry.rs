@@ -1,0 +1,430 @@
+//! The device registry (`--devices-file`): which devices exist, with an optional key
+//! for authenticated (version-2) heartbeats and an optional expected interval. When a
+//! registry is given, heartbeats for ids it does not list are refused before they reach
+//! the device table, so a flood of random ids takes no slot.
+//!
+//! The file is text, one device per line; `#` starts a comment:
+//!
+//! ```text
+//! # id                 key (32 hex digits)                    period
+//! 4242                 key=000102030405060708090a0b0c0d0e0f   interval=30s
+//! 0x00a1b2c3d4e5f601   interval=500ms
+//! 77
+//! ```
+//!
+//! The registry is parsed once per load into an immutable value that every shard
+//! shares (a reload replaces it whole); each shard keeps the mutable part, the replay
+//! windows of the devices it owns, indexed by [`Entry::local`].
+//!
+//! ```
+//! use ringbeat_core::registry::Registry;
+//! let r = Registry::parse("4242 interval=30s\n77 key=000102030405060708090a0b0c0d0e0f\n", 1).unwrap();
+//! assert_eq!(r.get(4242).unwrap().interval_ds, 300);
+//! assert!(r.get(77).unwrap().key.is_some());
+//! assert!(r.get(5).is_none());
+//! let e = Registry::parse("4242\n4242\n", 1).unwrap_err();
+//! assert_eq!(e.to_string(), "line 2: device 4242 is listed twice (first on line 1)");
+//! ```
+
+use crate::codec::Key;
+use crate::owner::owner;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// One registered device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The key its version-2 tags are made with; `None`: it may send version 1 (unless
+    /// the server requires authentication).
+    pub key: Option<Key>,
+    /// The period the server expects of it, in deciseconds; 0 = what its heartbeats say.
+    pub interval_ds: u16,
+    /// Its position among the registered devices its owner shard holds (that shard's
+    /// index into its replay windows).
+    pub local: u32,
+    /// The line of the file it is on, for messages.
+    pub line: u32,
+}
+
+/// A malformed registry: the line and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+/// Device ids are spread by a multiply-xorshift finalizer (splitmix64's): much cheaper
+/// than the standard library's SipHash, and ids are chosen by the operator, not by the
+/// sender, so the entries' layout cannot be steered from the network.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// The parsed registry: immutable, shared by every shard.
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
+    /// Devices per owner shard (the length of that shard's replay windows).
+    owned: Vec<u32>,
+    keyed: usize,
+}
+
+impl Registry {
+    /// Parses a registry file's text for a server of `shards` shards.
+    pub fn parse(text: &str, shards: u32) -> Result<Registry, RegistryError> {
+        let mut r = Registry {
+            owned: vec![0; shards.max(1) as usize],
+            ..Registry::default()
+        };
+        for (n, raw) in text.lines().enumerate() {
+            let line = n + 1;
+            let err = |message: String| RegistryError { line, message };
+            let content = raw.split('#').next().unwrap_or("").trim();
+            if content.is_empty() {
+                continue;
+            }
+            let mut words = content.split_whitespace();
+            let id_text = words.next().expect("not empty");
+            let id = parse_id(id_text).map_err(err)?;
+            let mut entry = Entry {
+                key: None,
+                interval_ds: 0,
+                local: 0,
+                line: line as u32,
+            };
+            for word in words {
+                let (name, value) = word.split_once('=').ok_or_else(|| {
+                    err(format!(
+                        "`{word}`: expected key=HEX or interval=DURATION after the device id"
+                    ))
+                })?;
+                match name {
+                    "key" if entry.key.is_none() => {
+                        entry.key = Some(parse_key(value).map_err(err)?)
+                    }
+                    "interval" if entry.interval_ds == 0 => {
+                        entry.interval_ds = parse_interval(value).map_err(err)?
+                    }
+                    "key" | "interval" => return Err(err(format!("`{name}` given twice"))),
+                    _ => {
+                        return Err(err(format!(
+                            "unknown field `{name}` (the fields are key= and interval=)"
+                        )))
+                    }
+                }
+            }
+            let shard = owner(id, shards.max(1)) as usize;
+            entry.local = r.owned[shard];
+            if let Some(first) = r.entries.get(&id) {
+                return Err(err(format!(
+                    "device {id} is listed twice (first on line {})",
+                    first.line
+                )));
+            }
+            if r.entries.len() == u32::MAX as usize {
+                return Err(err("more than 2^32 - 1 devices".into()));
+            }
+            r.owned[shard] += 1;
+            r.keyed += entry.key.is_some() as usize;
+            r.entries.insert(id, entry);
+        }
+        Ok(r)
+    }
+
+    #[inline]
+    pub fn get(&self, device_id: u64) -> Option<&Entry> {
+        self.entries.get(&device_id)
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    /// Devices with a key.
+    pub fn keyed(&self) -> usize {
+        self.keyed
+    }
+    /// Registered devices `shard` owns.
+    pub fn owned_by(&self, shard: u32) -> u32 {
+        self.owned.get(shard as usize).copied().unwrap_or(0)
+    }
+    /// Every registered id with its entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Entry)> {
+        self.entries.iter().map(|(id, e)| (*id, e))
+    }
+    /// Ids `self` lists that `next` does not: the devices a reload forgets.
+    pub fn removed_in(&self, next: &Registry) -> Vec<u64> {
+        let mut gone: Vec<u64> = self
+            .entries
+            .keys()
+            .filter(|id| next.get(**id).is_none())
+            .copied()
+            .collect();
+        gone.sort_unstable();
+        gone
+    }
+    /// The first entry (by line) without a key, if any: `--require-auth` needs a key
+    /// for every device.
+    pub fn first_without_key(&self) -> Option<(u64, u32)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.key.is_none())
+            .map(|(id, e)| (*id, e.line))
+            .min_by_key(|(_, line)| *line)
+    }
+}
+
+fn parse_id(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse::<u64>(),
+    };
+    match parsed {
+        Ok(0) => Err("device id 0 is not valid (the protocol reserves it)".into()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(format!(
+            "`{text}`: a device id is a number from 1 to 2^64 - 1, decimal or 0x hex"
+        )),
+    }
+}
+
+fn parse_key(text: &str) -> Result<Key, String> {
+    let bad = || {
+        format!(
+            "key `{text}`: a key is 32 hex digits (128 bits), e.g. from `head -c16 /dev/urandom | xxd -p`"
+        )
+    };
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut key = [0u8; 16];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(key)
+}
+
+/// `30s`, `500ms`, `2m`, `1.5s`: a whole number of tenths of a second, 0.1 s to
+/// 6553.5 s (the protocol's interval field).
+fn parse_interval(text: &str) -> Result<u16, String> {
+    let bad = |why: &str| format!("interval `{text}`: {why} (e.g. interval=30s, interval=500ms)");
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return Err(bad("give a unit: ms, s or m"));
+    };
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| bad("not a number"))?;
+    let ds = value * unit_ms / 100.0;
+    if (ds - ds.round()).abs() > 1e-9 {
+        return Err(bad("must be a whole number of tenths of a second"));
+    }
+    match ds.round() {
+        d if d < 1.0 => Err(bad("must be at least 100ms")),
+        d if d > u16::MAX as f64 => Err(bad("must be at most 6553.5s")),
+        d => Ok(d as u16),
+    }
+}
+
+/// A device's replay window for version-2 counters `(boot << 32) | seq`: the highest
+/// counter taken and which of the 63 before it were taken too, so heartbeats reordered
+/// by up to 63 places are still taken once, and a copy never (as in IPsec's and
+/// WireGuard's anti-replay windows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayWindow {
+    highest: u64,
+    /// Bit i: counter `highest - i` was taken. 0 = nothing taken yet.
+    seen: u64,
+}
+
+/// What a counter was to its window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Ahead of everything taken; `new_boot` when its boot differs from the last one
+    /// (the device restarted: a new session, its seq starts again).
+    Ahead { new_boot: bool },
+    /// Behind the highest but inside the window and not taken before.
+    Reordered,
+    /// Taken before, or too old to tell: refused.
+    Replayed,
+}
+
+impl ReplayWindow {
+    /// Counters this far behind the highest are still told apart.
+    pub const WIDTH: u64 = 64;
+
+    /// Checks `counter` and, unless it is a replay, marks it taken.
+    #[inline]
+    pub fn take(&mut self, counter: u64) -> Counter {
+        if self.seen == 0 {
+            *self = ReplayWindow {
+                highest: counter,
+                seen: 1,
+            };
+            return Counter::Ahead { new_boot: true };
+        }
+        if counter > self.highest {
+            let shift = counter - self.highest;
+            let new_boot = counter >> 32 != self.highest >> 32;
+            self.seen = if shift >= Self::WIDTH {
+                1
+            } else {
+                (self.seen << shift) | 1
+            };
+            self.highest = counter;
+            return Counter::Ahead { new_boot };
+        }
+        let behind = self.highest - counter;
+        if behind >= Self::WIDTH || self.seen & (1 << behind) != 0 {
+            return Counter::Replayed;
+        }
+        self.seen |= 1 << behind;
+        Counter::Reordered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ids_keys_intervals_and_comments() {
+        let r = Registry::parse(
+            "# fleet\n\n1\n0x10 interval=1.5s  # a comment\n  7 key=00112233445566778899AABBCCDDEEFF interval=2m\n",
+            2,
+        )
+        .unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.get(16).unwrap().interval_ds, 15);
+        let e = r.get(7).unwrap();
+        assert_eq!(e.interval_ds, 1200);
+        assert_eq!(e.key.unwrap()[15], 0xFF);
+        assert_eq!(e.line, 5);
+        assert_eq!(r.keyed(), 1);
+        assert_eq!(r.owned_by(0) + r.owned_by(1), 3);
+        assert_eq!(r.first_without_key(), Some((1, 3)));
+    }
+
+    #[test]
+    fn every_malformed_line_is_refused_with_its_number() {
+        let cases = [
+            ("1\n0\n", "line 2: device id 0 is not valid"),
+            ("x1\n", "line 1: `x1`: a device id is a number"),
+            ("18446744073709551616\n", "line 1: `18446744073709551616`"),
+            ("1 key=00\n", "line 1: key `00`: a key is 32 hex digits"),
+            ("1 key=0011223344556677889900112233445g\n", "32 hex digits"),
+            ("1\n\n3 interval=30\n", "line 3: interval `30`: give a unit"),
+            ("1 interval=0s\n", "at least 100ms"),
+            ("1 interval=150ms\n", "whole number of tenths"),
+            ("1 interval=2h\n", "give a unit"),
+            ("1 interval=7000s\n", "at most 6553.5s"),
+            ("1 interval=-1s\n", "not a number"),
+            ("1 name=x\n", "unknown field `name`"),
+            ("1 interval=1s interval=2s\n", "`interval` given twice"),
+            ("1 30s\n", "expected key=HEX or interval=DURATION"),
+            (
+                "5\n6\n5\n",
+                "line 3: device 5 is listed twice (first on line 1)",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Registry::parse(text, 4).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn local_indexes_are_dense_per_owner() {
+        let text: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+        let r = Registry::parse(&text, 3).unwrap();
+        for shard in 0..3 {
+            let mut locals: Vec<u32> = r
+                .iter()
+                .filter(|(id, _)| owner(*id, 3) == shard)
+                .map(|(_, e)| e.local)
+                .collect();
+            locals.sort_unstable();
+            assert_eq!(locals, (0..r.owned_by(shard)).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn removed_ids_are_the_ones_the_next_load_lacks() {
+        let a = Registry::parse("1\n2\n3\n", 1).unwrap();
+        let b = Registry::parse("3\n4\n", 1).unwrap();
+        assert_eq!(a.removed_in(&b), [1, 2]);
+        assert!(b.removed_in(&b).is_empty());
+    }
+
+    #[test]
+    fn the_window_takes_each_counter_once() {
+        let mut w = ReplayWindow::default();
+        assert_eq!(w.take(10), Counter::Ahead { new_boot: true });
+        assert_eq!(w.take(10), Counter::Replayed);
+        assert_eq!(w.take(12), Counter::Ahead { new_boot: false });
+        assert_eq!(w.take(11), Counter::Reordered);
+        assert_eq!(w.take(11), Counter::Replayed);
+        assert_eq!(w.take(12 + 63), Counter::Ahead { new_boot: false });
+        // 12 is now 63 behind: still in the window, and taken.
+        assert_eq!(w.take(12), Counter::Replayed);
+        // 11 is 64 behind: too old to tell, refused.
+        assert_eq!(w.take(11), Counter::Replayed);
+        assert_eq!(w.take(1 << 32), Counter::Ahead { new_boot: true });
+        assert_eq!(w.take(u64::MAX), Counter::Ahead { new_boot: true });
+        assert_eq!(w.take(u64::MAX), Counter::Replayed);
+    }
+
+    #[test]
+    fn property_the_window_matches_a_set_of_taken_counters() {
+        let mut rng = crate::TestRng(9);
+        for _ in 0..200 {
+            let mut w = ReplayWindow::default();
+            let mut taken = std::collections::BTreeSet::new();
+            let mut top = 1000u64;
+            for _ in 0..500 {
+                top += rng.below(4) as u64;
+                let c = top - rng.below(80) as u64;
+                let highest = taken.iter().next_back().copied();
+                let want_replay =
+                    taken.contains(&c) || highest.is_some_and(|h| c + ReplayWindow::WIDTH <= h);
+                let got = w.take(c);
+                assert_eq!(got == Counter::Replayed, want_replay, "{c} {highest:?}");
+                if !want_replay {
+                    taken.insert(c);
+                }
+            }
+        }
+    }
+}
