@@ -537,21 +537,18 @@ impl<M: Memory> ShardCore<M> {
     /// Takes an admitted heartbeat for a device this shard owns: its replay counter is
     /// checked now, the table lookup is queued for the next batch, unless `decide` (the
     /// sender waits for an answer) and the table may be full, then the batch is applied
-    /// at once so the answer is known. Returns the refusal, if any.
+    /// at once so the answer is known. Returns the refusal, if any, for the caller to
+    /// count (a full table is counted where the lookup failed).
     #[inline(always)]
     fn take(&mut self, a: Admitted, now_ms: u64, decide: bool) -> Option<Refusal> {
         let mut new_session = false;
         if let Some((local, counter)) = a.counter {
             let Some(w) = self.windows.get_mut(local as usize) else {
                 // No registry entry (a reload raced a hand-off): nothing to check against.
-                self.stats.count_refusal(Refusal::UnknownDevice);
                 return Some(Refusal::UnknownDevice);
             };
             match w.take(counter) {
-                Counter::Replayed => {
-                    self.stats.count_refusal(Refusal::Replayed);
-                    return Some(Refusal::Replayed);
-                }
+                Counter::Replayed => return Some(Refusal::Replayed),
                 Counter::Ahead { new_boot } => new_session = new_boot,
                 Counter::Reordered => {}
             }
@@ -619,6 +616,7 @@ impl<M: Memory> ShardCore<M> {
             counter,
         };
         if let Some(r) = self.take(admitted, now_ms, false) {
+            self.stats.count_refusal(r);
             self.last_refused = Some((hb.device_id(), r));
         }
     }

@@ -1,0 +1,406 @@
+//! Only a device can keep itself alive: the device registry, honest ack statuses and
+//! authenticated (version-2) heartbeats, against the real server binary on loopback.
+
+mod common;
+
+use common::{client, heartbeat, recv_retry, run_ringbeat, Server};
+use ringbeat::core::codec::{
+    self, decode_ack, decode_ack_v2, Ack, AckV2Error, FrameFields, Key, FLAG_ACK_REQUESTED,
+    FRAME_BYTES, FRAME_V2_BYTES,
+};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+const KEY_A: Key = *b"0123456789abcdef";
+const KEY_B: Key = *b"fedcba9876543210";
+
+fn hex(key: &Key) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn devices_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path = common::temp_dir(name).join("devices.txt");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A version-2 heartbeat asking for an ack, tagged with `key`.
+fn v2(device_id: u64, boot: u32, seq: u32, key: &Key) -> [u8; FRAME_V2_BYTES] {
+    let mut f = FrameFields::heartbeat(device_id, seq, 10, 0x5EED_0000 + seq as u64);
+    f.flags = FLAG_ACK_REQUESTED;
+    let mut out = [0u8; FRAME_V2_BYTES];
+    codec::encode_v2(&f, boot, key, &mut out);
+    out
+}
+
+/// Sends one datagram and returns the ack datagram.
+fn exchange(c: &UdpSocket, to: SocketAddr, datagram: &[u8]) -> Vec<u8> {
+    c.send_to(datagram, to).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = recv_retry(c, &mut buf).expect("an ack");
+    buf[..n].to_vec()
+}
+
+fn v1_acks(datagram: &[u8]) -> Vec<Ack> {
+    datagram
+        .chunks(FRAME_BYTES)
+        .map(|c| decode_ack(c.try_into().unwrap()).expect("a version-1 ack"))
+        .collect()
+}
+
+/// The status of a version-2 ack, its tag checked with `key`.
+fn v2_status(ack: &[u8], key: &Key) -> u16 {
+    let (a, _) = decode_ack_v2(ack.try_into().unwrap(), key).expect("an authentic ack");
+    a.status
+}
+
+/// A flood of random ids changes nothing when a registry is given: each is refused
+/// with status 2 before it takes a slot, and a registered device is still taken.
+#[test]
+fn unknown_ids_under_a_flood_take_no_slot_and_are_told_so() {
+    let file = devices_file(
+        "registry-flood",
+        "# three devices\n4242\n4243 interval=2s\n4244\n",
+    );
+    let server = Server::start(
+        "registry-flood",
+        &[
+            "--cores",
+            "0",
+            "--max-devices",
+            "100",
+            "--devices-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let c = client();
+    let mut rng = common::rng::Rng(7);
+    let mut refused = 0;
+    for _ in 0..300 {
+        let frames: Vec<u8> = (0..32)
+            .flat_map(|_| heartbeat(rng.next() | 1 << 40, 1, 10, true))
+            .collect();
+        let acks = v1_acks(&exchange(&c, server.addr, &frames));
+        assert_eq!(acks.len(), 32);
+        for a in acks {
+            assert_eq!(
+                a.status,
+                codec::ACK_UNKNOWN_DEVICE,
+                "device {}",
+                a.device_id
+            );
+            refused += 1;
+        }
+    }
+    let acks = v1_acks(&exchange(
+        &c,
+        server.addr,
+        &[heartbeat(4242, 1, 10, true), heartbeat(4243, 1, 0, true)].concat(),
+    ));
+    assert_eq!(acks[0].status, codec::ACK_ACCEPTED);
+    assert_eq!(acks[1].status, codec::ACK_ACCEPTED);
+    assert_eq!(
+        acks[1].interval_ds, 20,
+        "the registry's interval is the expected one"
+    );
+    let v = server.wait_stats(5, |v| v["heartbeats"] == 2);
+    assert_eq!(v["unknown_device"], refused);
+    assert_eq!(v["devices"], 2, "refused ids took no slot");
+    assert_eq!(v["table_full"], 0);
+    wait_log(&server, |l| {
+        l.contains("refused heartbeats")
+            && l.contains("unknown_device")
+            && l.contains("--devices-file")
+    });
+}
+
+/// Waits (up to 5 s) for a server log line that `pred` accepts.
+fn wait_log(server: &Server, pred: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline {
+        seen.extend(server.stderr_so_far());
+        if seen.iter().any(|l| pred(l)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no such log line in {seen:#?}");
+}
+
+/// Without a registry, a full table refuses new devices with status 1, and exactly the
+/// devices acked with status 0 are tracked.
+#[test]
+fn a_full_table_says_so_in_the_ack() {
+    let server = Server::start("table-full-ack", &["--cores", "0", "--max-devices", "10"]);
+    let c = client();
+    let mut accepted = Vec::new();
+    let mut full = 0;
+    for id in 1..=40u64 {
+        let a = v1_acks(&exchange(&c, server.addr, &heartbeat(id, 1, 10, true)))[0];
+        match a.status {
+            codec::ACK_ACCEPTED => accepted.push(id),
+            codec::ACK_TABLE_FULL => full += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    assert!(accepted.len() >= 10 && full > 0, "{accepted:?}");
+    // A device already tracked is still accepted on a full table.
+    let a = v1_acks(&exchange(
+        &c,
+        server.addr,
+        &heartbeat(accepted[0], 2, 10, true),
+    ))[0];
+    assert_eq!(a.status, codec::ACK_ACCEPTED);
+    let v = server.wait_stats(5, |v| v["heartbeats"] == accepted.len() as u64 + 1);
+    assert_eq!(v["devices"], accepted.len() as u64);
+    assert_eq!(v["table_full"], full);
+}
+
+/// Version 2: a right tag is taken and answered with an authentic ack; a spoofed tag, a
+/// replayed counter, a version-1 frame from a keyed device and a version-2 frame from an
+/// unknown one are each refused with their status and counted; a device that restarts
+/// with a higher boot counter starts a new session.
+#[test]
+fn authenticated_heartbeats_refuse_spoofs_and_replays() {
+    let file = devices_file(
+        "auth",
+        &format!("10 key={}\n11 key={}\n12\n", hex(&KEY_A), hex(&KEY_B)),
+    );
+    let server = Server::start(
+        "auth",
+        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
+    );
+    let c = client();
+    let at = server.addr;
+
+    let ack = exchange(&c, at, &v2(10, 1, 1, &KEY_A));
+    assert_eq!(ack.len(), FRAME_V2_BYTES, "a version-2 ack");
+    assert_eq!(v2_status(&ack, &KEY_A), codec::ACK_ACCEPTED);
+    assert_eq!(
+        decode_ack_v2(ack.as_slice().try_into().unwrap(), &KEY_B).unwrap_err(),
+        AckV2Error::BadTag,
+        "the ack is tagged with the device's key"
+    );
+
+    // Spoofed: device 10's frame tagged with device 11's key.
+    let ack = exchange(&c, at, &v2(10, 1, 2, &KEY_B));
+    assert_eq!(v2_status(&ack, &KEY_A), codec::ACK_AUTH_FAILED);
+    // One changed byte after tagging.
+    let mut tampered = v2(10, 1, 3, &KEY_A);
+    tampered[20] ^= 1;
+    let ack = exchange(&c, at, &tampered);
+    assert_eq!(v2_status(&ack, &KEY_A), codec::ACK_AUTH_FAILED);
+
+    // Replayed: the very first frame again.
+    let ack = exchange(&c, at, &v2(10, 1, 1, &KEY_A));
+    assert_eq!(v2_status(&ack, &KEY_A), codec::ACK_REPLAYED);
+    // Ahead, then one reordered inside the window, then that one again.
+    assert_eq!(
+        v2_status(&exchange(&c, at, &v2(10, 1, 9, &KEY_A)), &KEY_A),
+        0
+    );
+    assert_eq!(
+        v2_status(&exchange(&c, at, &v2(10, 1, 5, &KEY_A)), &KEY_A),
+        0
+    );
+    assert_eq!(
+        v2_status(&exchange(&c, at, &v2(10, 1, 5, &KEY_A)), &KEY_A),
+        codec::ACK_REPLAYED
+    );
+    // A restart: boot 2 with seq 1 is ahead of boot 1's seq 9.
+    assert_eq!(
+        v2_status(&exchange(&c, at, &v2(10, 2, 1, &KEY_A)), &KEY_A),
+        0
+    );
+
+    // Version 1 from a device with a key: refused, it must authenticate.
+    let a = v1_acks(&exchange(&c, at, &heartbeat(11, 1, 10, true)))[0];
+    assert_eq!(a.status, codec::ACK_AUTH_REQUIRED);
+    // Version 1 from a registered device without a key: taken.
+    let a = v1_acks(&exchange(&c, at, &heartbeat(12, 1, 10, true)))[0];
+    assert_eq!(a.status, codec::ACK_ACCEPTED);
+    // Version 2 from an unknown device: status 2, with no tag (no key to make one).
+    let ack = exchange(&c, at, &v2(99, 1, 1, &KEY_A));
+    assert_eq!(&ack[48..], &[0u8; 16]);
+    assert_eq!(
+        u16::from_le_bytes([ack[20], ack[21]]),
+        codec::ACK_UNKNOWN_DEVICE
+    );
+
+    // Versions mixed in one datagram, each acked in its own version, in order.
+    let mixed = [
+        heartbeat(12, 2, 10, true).as_slice(),
+        &v2(11, 1, 1, &KEY_B),
+        &heartbeat(12, 3, 10, true),
+    ]
+    .concat();
+    let ack = exchange(&c, at, &mixed);
+    assert_eq!(ack.len(), 32 + 64 + 32);
+    assert_eq!(v1_acks(&ack[..32])[0].seq, 2);
+    assert_eq!(v2_status(&ack[32..96], &KEY_B), 0);
+    assert_eq!(v1_acks(&ack[96..])[0].seq, 3);
+
+    let v = server.wait_stats(5, |v| v["heartbeats"] == 8);
+    assert_eq!(
+        v["authenticated"], 7,
+        "tags that were right, replays included"
+    );
+    assert_eq!(v["auth_failed"], 2, "a spoofed and a tampered tag");
+    assert_eq!(v["replayed"], 2);
+    assert_eq!(v["auth_required"], 1);
+    assert_eq!(v["unknown_device"], 1);
+    assert_eq!(v["devices"], 3);
+}
+
+/// `--require-auth` refuses version 1 from every device, and the devices file must give
+/// every device a key.
+#[test]
+fn require_auth_refuses_version_one() {
+    let file = devices_file("require-auth", &format!("10 key={}\n", hex(&KEY_A)));
+    let server = Server::start(
+        "require-auth",
+        &[
+            "--cores",
+            "0",
+            "--devices-file",
+            file.to_str().unwrap(),
+            "--require-auth",
+        ],
+    );
+    let c = client();
+    let a = v1_acks(&exchange(&c, server.addr, &heartbeat(10, 1, 10, true)))[0];
+    assert_eq!(a.status, codec::ACK_AUTH_REQUIRED);
+    assert_eq!(
+        v2_status(&exchange(&c, server.addr, &v2(10, 0, 1, &KEY_A)), &KEY_A),
+        0
+    );
+
+    let file = devices_file(
+        "require-auth-nokey",
+        &format!("10 key={}\n\n11\n", hex(&KEY_A)),
+    );
+    let (ok, _, err) = run_ringbeat(
+        &[
+            "check",
+            "--devices-file",
+            file.to_str().unwrap(),
+            "--require-auth",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("line 3: device 11 has no key"), "{err}");
+    let (ok, _, err) = run_ringbeat(&["check", "--require-auth"], &[]);
+    assert!(!ok);
+    assert!(err.contains("needs --devices-file"), "{err}");
+}
+
+/// A malformed devices file is refused at start with its line; one that lists more
+/// devices than the table holds is refused too.
+#[test]
+fn a_malformed_devices_file_is_refused_with_its_line() {
+    let file = devices_file("registry-bad", "1\n2 key=xyz\n");
+    let (ok, _, err) = run_ringbeat(&["serve", "--devices-file", file.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("devices.txt line 2: key `xyz`"), "{err}");
+    let file = devices_file("registry-big", "1\n2\n3\n");
+    let (ok, _, err) = run_ringbeat(
+        &[
+            "check",
+            "--devices-file",
+            file.to_str().unwrap(),
+            "--max-devices",
+            "2",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(err.contains("raise --max-devices"), "{err}");
+}
+
+/// SIGHUP reloads the devices file: a device it no longer lists is forgotten with an
+/// event and refused afterwards, a new one is taken; a malformed file is refused and the
+/// one in use stays.
+#[test]
+fn sighup_reloads_the_registry_and_forgets_removed_devices() {
+    let file = devices_file("registry-reload", "1\n2\n");
+    let server = Server::start(
+        "registry-reload",
+        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
+    );
+    let c = client();
+    for id in [1, 2, 3] {
+        exchange(&c, server.addr, &heartbeat(id, 1, 10, true));
+    }
+    server.wait_stats(5, |v| v["heartbeats"] == 2 && v["unknown_device"] == 1);
+
+    std::fs::write(&file, "2\n3\n").unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_stats(5, |v| v["forgotten"] == 1);
+    let statuses: Vec<u16> = [1, 2, 3]
+        .iter()
+        .map(|&id| v1_acks(&exchange(&c, server.addr, &heartbeat(id, 2, 10, true)))[0].status)
+        .collect();
+    assert_eq!(statuses, [codec::ACK_UNKNOWN_DEVICE, 0, 0]);
+
+    std::fs::write(&file, "2\n3\n0\n").unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_log(&server, |l| {
+        l.contains("not reloaded") && l.contains("line 3")
+    });
+    let a = v1_acks(&exchange(&c, server.addr, &heartbeat(3, 3, 10, true)))[0];
+    assert_eq!(a.status, 0, "the registry in use stays after a bad reload");
+
+    let (_, stats, events) = server.terminate();
+    assert_eq!(stats["forgotten"], 1);
+    let events = events.join("\n");
+    let forgotten: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("\"to\":\"forgotten\""))
+        .collect();
+    assert_eq!(forgotten.len(), 1, "{events}");
+    assert!(
+        forgotten[0].contains("\"device_id\":1,"),
+        "{}",
+        forgotten[0]
+    );
+}
+
+/// Over TCP, version-2 frames cut at any byte are put together again; acks come back in
+/// order and in each frame's version; a spoofed one is refused without closing.
+#[test]
+fn tcp_carries_version_two_frames_split_anywhere() {
+    let file = devices_file("auth-tcp", &format!("10 key={}\n12\n", hex(&KEY_A)));
+    let server = Server::start(
+        "auth-tcp",
+        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
+    );
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    let stream = [
+        v2(10, 1, 1, &KEY_A).as_slice(),
+        &heartbeat(12, 1, 10, true),
+        &v2(10, 1, 2, &KEY_B),
+        &v2(10, 1, 3, &KEY_A),
+    ]
+    .concat();
+    for piece in stream.chunks(7) {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut acks = vec![0u8; 64 + 32 + 64 + 64];
+    s.read_exact(&mut acks).unwrap();
+    assert_eq!(v2_status(&acks[..64], &KEY_A), 0);
+    assert_eq!(v1_acks(&acks[64..96])[0].status, 0);
+    assert_eq!(v2_status(&acks[96..160], &KEY_A), codec::ACK_AUTH_FAILED);
+    assert_eq!(v2_status(&acks[160..], &KEY_A), 0);
+    let v = server.wait_stats(5, |v| v["heartbeats"] == 3);
+    assert_eq!(v["auth_failed"], 1);
+    assert_eq!(
+        v["tcp_open"], 1,
+        "a refused frame does not close the connection"
+    );
+}
