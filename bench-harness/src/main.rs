@@ -137,6 +137,11 @@ pub struct LoadArgs {
     /// Seconds to wait for outstanding acks after the last send.
     #[arg(long, default_value_t = 0.5)]
     grace: f64,
+    /// Send authenticated version-2 frames (PROTOCOL.md), each tagged with its device's
+    /// key from this file (the server's --devices-file format: `ID key=32HEX`); every
+    /// device sent needs a key. Acks are checked against the same keys.
+    #[arg(long, value_name = "FILE")]
+    auth_keys: Option<PathBuf>,
     /// Server pid: sample its shard threads' CPU time (else looked up via --server-stats' owner is not possible; give it).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -356,9 +361,30 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     if tcp && a.connections == 0 {
         bail!("--connections must be at least 1");
     }
-    if a.shape.batch == 0 || a.shape.batch > ringbeat::core::codec::MAX_FRAMES_PER_DATAGRAM {
-        bail!("--batch must be 1..=64");
+    let most = if a.auth_keys.is_some() {
+        ringbeat::core::codec::MAX_DATAGRAM_BYTES / ringbeat::core::codec::FRAME_V2_BYTES
+    } else {
+        ringbeat::core::codec::MAX_FRAMES_PER_DATAGRAM
+    };
+    if a.shape.batch == 0 || a.shape.batch > most {
+        bail!("--batch must be 1..={most} (a datagram holds at most 2,048 bytes)");
     }
+    let auth = match &a.auth_keys {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --auth-keys {}", path.display()))?;
+            let keys = ringbeat::core::registry::Registry::parse(&text, 1)
+                .map_err(|e| anyhow::anyhow!("--auth-keys {} {e}", path.display()))?;
+            let boot = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs() as u32);
+            Some(sender::Auth {
+                keys: std::sync::Arc::new(keys),
+                boot,
+            })
+        }
+    };
     if !(0.0..=0.5).contains(&a.shape.jitter) {
         bail!("--jitter must be between 0 and 0.5 (a fraction of the interval)");
     }
@@ -415,6 +441,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         gso: !a.generator.no_gso,
         grace: Duration::from_secs_f64(a.grace),
         jitter: a.shape.jitter,
+        auth,
     };
     let threads: Vec<_> = cpus
         .iter()
@@ -547,6 +574,8 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         totals.acks_expected_measured += x.acks_expected_measured;
         totals.acks_received_measured += x.acks_received_measured;
         totals.acks_unmatched += x.acks_unmatched;
+        totals.acks_refused += x.acks_refused;
+        totals.acks_bad_tag += x.acks_bad_tag;
         totals.late_datagrams_1ms += x.late_datagrams_1ms;
     }
     let measured_s = a.duration - a.warmup;
@@ -656,6 +685,10 @@ fn summary_json(
             "expected_whole_run": t.acks_expected, "received_whole_run": t.acks_received,
             "missing_whole_run": t.acks_expected.saturating_sub(t.acks_received),
             "unmatched": t.acks_unmatched,
+            // Whole run: acks saying the heartbeat was refused (non-zero status), and
+            // version-2 acks whose tag was wrong.
+            "refused_whole_run": t.acks_refused,
+            "bad_tag_whole_run": t.acks_bad_tag,
         },
         "latency_intended": lat(intended),
         "latency_service": lat(service),
@@ -710,6 +743,15 @@ fn print_summary(d: &serde_json::Value, behind: bool) {
         d["acks"]["missing"],
         d["sent"]["generator_drops_eagain_frames"]
     );
+    let (refused, bad_tag) = (
+        d["acks"]["refused_whole_run"].as_u64().unwrap_or(0),
+        d["acks"]["bad_tag_whole_run"].as_u64().unwrap_or(0),
+    );
+    if refused + bad_tag > 0 {
+        println!(
+            "the server refused {refused} of the acked heartbeats (non-zero ack status: see its log and PROTOCOL.md); {bad_tag} version-2 acks had a wrong tag"
+        );
+    }
     if d["garbage"]["sent"].as_u64().unwrap_or(0) > 0 {
         println!(
             "garbage: {} datagrams sent beside the load; server rejected {} as malformed",

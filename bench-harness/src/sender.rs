@@ -7,10 +7,14 @@ use crate::net;
 use crate::schedule::Schedule;
 use hdrhistogram::Histogram;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use ringbeat::core::codec::{decode_ack, FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES};
+use ringbeat::core::codec::{
+    self, decode_ack, FrameFields, Key, FLAG_ACK_REQUESTED, FRAME_BYTES, FRAME_V2_BYTES, VERSION_2,
+};
+use ringbeat::core::registry::Registry;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -28,6 +32,58 @@ pub struct SenderConfig {
     pub grace: Duration,
     /// Each heartbeat leaves up to ± this fraction of its interval from its phase.
     pub jitter: f64,
+    /// `--auth-keys`: send authenticated version-2 frames with these keys.
+    pub auth: Option<Auth>,
+}
+
+/// What version-2 sending needs: every device's key (from a devices file, the server's
+/// format) and the boot counter this run sends with.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    pub keys: Arc<Registry>,
+    /// The run's start in Unix seconds: a later run against the same server counts as a
+    /// restart of every device, so its counters are ahead of the last run's.
+    pub boot: u32,
+}
+
+impl Auth {
+    /// Each schedule position's key, looked up once before the clock starts; an id the
+    /// file lacks or gives no key is an error naming it.
+    pub fn keys_for(&self, ids: &[u64]) -> Result<Vec<Key>, String> {
+        ids.iter()
+            .map(|&id| {
+                self.keys.get(id).and_then(|e| e.key).ok_or_else(|| {
+                    format!("--auth-keys has no key for device {id}: every device sent needs one")
+                })
+            })
+            .collect()
+    }
+}
+
+/// Bytes one frame takes: 64 authenticated (version 2), else 32.
+pub fn frame_bytes(auth: Option<&Auth>) -> usize {
+    if auth.is_some() {
+        FRAME_V2_BYTES
+    } else {
+        FRAME_BYTES
+    }
+}
+
+/// Encodes `f` into the start of `out` in the version the run sends; returns its length.
+#[inline]
+pub fn encode_frame(f: &FrameFields, key: Option<(&Key, u32)>, out: &mut [u8]) -> usize {
+    match key {
+        None => {
+            f.encode((&mut out[..FRAME_BYTES]).try_into().expect("32 bytes"));
+            FRAME_BYTES
+        }
+        Some((key, boot)) => {
+            let out: &mut [u8; FRAME_V2_BYTES] =
+                (&mut out[..FRAME_V2_BYTES]).try_into().expect("64 bytes");
+            codec::encode_v2(f, boot, key, out);
+            FRAME_V2_BYTES
+        }
+    }
 }
 
 /// What a thread reports each second.
@@ -65,6 +121,10 @@ pub struct Totals {
     pub acks_expected_measured: u64,
     pub acks_received_measured: u64,
     pub acks_unmatched: u64,
+    /// Acks with a non-zero status: the server refused the heartbeat (PROTOCOL.md).
+    pub acks_refused: u64,
+    /// Version-2 acks whose tag was not the device key's.
+    pub acks_bad_tag: u64,
     pub late_datagrams_1ms: u64,
 }
 
@@ -75,13 +135,43 @@ impl Totals {
     pub fn ack_frame(
         &mut self,
         rec: &mut Recorder,
-        frame: &[u8; FRAME_BYTES],
+        frame: &[u8],
         now_ns: u64,
+        auth: Option<&Auth>,
     ) -> bool {
-        match decode_ack(frame)
-            .ok()
-            .and_then(|a| rec.on_ack(a.sent_ns, now_ns))
-        {
+        let ack = match (frame.len(), auth) {
+            (FRAME_BYTES, _) => decode_ack(frame.try_into().expect("32 bytes")).ok(),
+            (FRAME_V2_BYTES, Some(auth)) => {
+                let id = u64::from_le_bytes(frame[8..16].try_into().expect("8 bytes"));
+                let key = auth.keys.get(id).and_then(|e| e.key).unwrap_or([0; 16]);
+                match codec::decode_ack_v2(frame.try_into().expect("64 bytes"), &key) {
+                    Ok((a, _)) => Some(a),
+                    // An all-zero tag: a refusal from a server without the
+                    // device's key (unknown device). Counted as a refusal, not a
+                    // forgery, as long as it does not claim acceptance.
+                    Err(codec::AckV2Error::BadTag)
+                        if frame[codec::TAGGED_BYTES..].iter().all(|&b| b == 0)
+                            && frame[20..22] != [0, 0] =>
+                    {
+                        // Its header read with the version-1 decoder.
+                        let mut head: [u8; FRAME_BYTES] =
+                            frame[..FRAME_BYTES].try_into().expect("32 bytes");
+                        head[4..6].copy_from_slice(&codec::VERSION.to_le_bytes());
+                        decode_ack(&head).ok()
+                    }
+                    Err(codec::AckV2Error::BadTag) => {
+                        self.acks_bad_tag += 1;
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        if ack.is_some_and(|a| a.status != codec::ACK_ACCEPTED) {
+            self.acks_refused += 1;
+        }
+        match ack.and_then(|a| rec.on_ack(a.sent_ns, now_ns)) {
             Some(measured) => {
                 self.acks_received += 1;
                 self.acks_received_measured += measured as u64;
@@ -101,6 +191,25 @@ pub struct SenderResult {
     pub service: Histogram<u64>,
     /// Send lag (actual − intended) of every datagram, ns.
     pub lag: Histogram<u64>,
+}
+
+/// Splits an ack datagram (or a run of stream bytes) into ack frames by their
+/// version: a version-2 header makes the frame 64 bytes. A trailing half is dropped.
+pub fn ack_frames(bytes: &[u8], mut each: impl FnMut(&[u8])) {
+    let mut at = 0;
+    while at + FRAME_BYTES <= bytes.len() {
+        let unit: &[u8; FRAME_BYTES] = bytes[at..at + FRAME_BYTES].try_into().expect("32 bytes");
+        let len = if codec::unit_version(unit) == Some(VERSION_2) {
+            FRAME_V2_BYTES
+        } else {
+            FRAME_BYTES
+        };
+        if at + len > bytes.len() {
+            return;
+        }
+        each(&bytes[at..at + len]);
+        at += len;
+    }
 }
 
 /// The datagrams of a schedule in intended-time order. Without jitter that is index
@@ -267,7 +376,13 @@ pub fn run(
         .map(|_| net::connected_udp(cfg.target, 4 << 20))
         .collect::<std::io::Result<_>>()?;
     let mut acks = AckReceiver::new(&sockets)?;
-    let segment = sched.batch * FRAME_BYTES;
+    let frame_len = frame_bytes(cfg.auth.as_ref());
+    let keys = match &cfg.auth {
+        Some(auth) => auth.keys_for(&sched.order).map_err(std::io::Error::other)?,
+        None => Vec::new(),
+    };
+    let boot = cfg.auth.as_ref().map_or(0, |a| a.boot);
+    let segment = sched.batch * frame_len;
     let per_buffer = if cfg.gso {
         (net::GSO_MAX_BYTES / segment).clamp(1, net::GSO_MAX_SEGMENTS)
     } else {
@@ -328,11 +443,8 @@ pub fn run(
                             t.acks_expected += 1;
                             t.acks_expected_measured += rec.measured(intended) as u64;
                         }
-                        let out: &mut [u8; FRAME_BYTES] = (&mut buf[len..len + FRAME_BYTES])
-                            .try_into()
-                            .expect("32 bytes");
-                        f.encode(out);
-                        len += FRAME_BYTES;
+                        let key = keys.get(pos).map(|k| (k, boot));
+                        len += encode_frame(&f, key, &mut buf[len..]);
                     }
                     if len - first < segment {
                         break;
@@ -351,7 +463,7 @@ pub fn run(
             match net::send_buffers(fd, &views, segment as u16, cfg.gso) {
                 Ok(n) => {
                     for (i, l) in lens[..used].iter().enumerate() {
-                        let frames = (*l / FRAME_BYTES) as u64;
+                        let frames = (*l / frame_len) as u64;
                         if i < n {
                             t.frames_sent += frames;
                             t.datagrams_sent += l.div_ceil(segment) as u64;
@@ -364,14 +476,14 @@ pub fn run(
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                     t.send_eagain_frames += lens[..used]
                         .iter()
-                        .map(|l| (*l / FRAME_BYTES) as u64)
+                        .map(|l| (*l / frame_len) as u64)
                         .sum::<u64>();
                 }
                 Err(_) => t.send_errors += 1,
             }
         }
         if cfg.ack_every > 0 {
-            progress.acks += acks.receive(&sockets, &mut rec, start, &mut t);
+            progress.acks += acks.receive(&sockets, &mut rec, start, &mut t, cfg.auth.as_ref());
         }
         // How far behind: the oldest datagram still waiting that was due already.
         progress.tick(&mut rec, || {
@@ -394,8 +506,9 @@ pub fn run(
             std::hint::spin_loop();
         }
     }
+    let auth = cfg.auth.clone();
     Ok(progress.finish(&cfg, rec, t, lag_hist, |rec, t| {
-        acks.receive(&sockets, rec, start, t)
+        acks.receive(&sockets, rec, start, t, auth.as_ref())
     }))
 }
 
@@ -429,6 +542,7 @@ impl AckReceiver {
         rec: &mut Recorder,
         start: Instant,
         t: &mut Totals,
+        auth: Option<&Auth>,
     ) -> u64 {
         let mut got = 0;
         let mut ready = [EpollEvent::empty(); 64];
@@ -445,9 +559,9 @@ impl AckReceiver {
                 }
                 let now = start.elapsed().as_nanos() as u64;
                 for i in 0..n {
-                    for frame in self.rx[i][..self.rx_len[i]].chunks_exact(FRAME_BYTES) {
-                        got += t.ack_frame(rec, frame.try_into().expect("32 bytes"), now) as u64;
-                    }
+                    ack_frames(&self.rx[i][..self.rx_len[i]], |frame| {
+                        got += t.ack_frame(rec, frame, now, auth) as u64;
+                    });
                 }
             }
         }

@@ -11,9 +11,10 @@
 use crate::latency::{self, Recorder};
 use crate::net;
 use crate::schedule::Schedule;
+use crate::sender::{encode_frame, frame_bytes};
 use crate::sender::{DueQueue, Interval, Progress, SenderConfig, SenderResult, Totals};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use ringbeat::core::codec::{FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES};
+use ringbeat::core::codec::{self, FrameFields, FLAG_ACK_REQUESTED, FRAME_V2_BYTES};
 use ringbeat::core::stream::{Feed, StreamDecoder};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -68,6 +69,14 @@ pub fn run(
     if let Some(cpu) = cfg.cpu {
         net::pin_to_cpu(cpu)?;
     }
+    let frame_len = frame_bytes(cfg.auth.as_ref());
+    let keys = match &cfg.auth {
+        Some(auth) => auth.keys_for(&sched.order).map_err(std::io::Error::other)?,
+        None => Vec::new(),
+    };
+    let boot = cfg.auth.as_ref().map_or(0, |a| a.boot);
+    let auth = cfg.auth.clone();
+    let auth = auth.as_ref();
     // Nothing is due before the start (the connections may be held open a while).
     if let Some(wait) = start.checked_duration_since(Instant::now()) {
         std::thread::sleep(wait);
@@ -116,10 +125,20 @@ pub fn run(
                     }
                     Ok(len) => {
                         let now = start.elapsed().as_nanos() as u64;
+                        // Version-2 acks are two 32-byte units: the first waits for
+                        // the second in the decoder.
+                        let mut held = c.acks.take_held();
                         c.acks.feed(&rx[..len], |f| {
-                            got += t.ack_frame(rec, f, now) as u64;
+                            if let Some(first) = held.take() {
+                                got += t.ack_frame(rec, &[first, *f].concat(), now, auth) as u64;
+                            } else if codec::unit_version(f) == Some(codec::VERSION_2) {
+                                held = Some(*f);
+                            } else {
+                                got += t.ack_frame(rec, f, now, auth) as u64;
+                            }
                             Feed::Continue
                         });
+                        c.acks.hold(held);
                         if len < rx.len() {
                             break;
                         }
@@ -154,7 +173,7 @@ pub fn run(
                 let mut f =
                     FrameFields::heartbeat(sched.order[pos], seq[pos], cfg.interval_ds, intended);
                 frame_counter += 1;
-                if c.out.len() + FRAME_BYTES > QUEUE_BOUND {
+                if c.out.len() + frame_len > QUEUE_BOUND {
                     t.send_eagain_frames += 1;
                     continue;
                 }
@@ -164,7 +183,9 @@ pub fn run(
                     t.acks_expected += 1;
                     t.acks_expected_measured += rec.measured(intended) as u64;
                 }
-                c.out.extend_from_slice(&f.to_bytes());
+                let mut frame = [0u8; FRAME_V2_BYTES];
+                let n = encode_frame(&f, keys.get(pos).map(|k| (k, boot)), &mut frame);
+                c.out.extend_from_slice(&frame[..n]);
             }
             t.datagrams_sent += 1;
             if !c.dirty {
@@ -183,8 +204,8 @@ pub fn run(
                 let c = &mut conns[ci];
                 match c.stream.write(&c.out) {
                     Ok(n) => {
-                        let frames = (c.out.len().div_ceil(FRAME_BYTES)
-                            - (c.out.len() - n).div_ceil(FRAME_BYTES))
+                        let frames = (c.out.len().div_ceil(frame_len)
+                            - (c.out.len() - n).div_ceil(frame_len))
                             as u64;
                         t.frames_sent += frames;
                         progress.frames += frames;
@@ -193,7 +214,7 @@ pub fn run(
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(_) => {
                         t.send_errors += 1;
-                        t.send_eagain_frames += (c.out.len() / FRAME_BYTES) as u64;
+                        t.send_eagain_frames += (c.out.len() / frame_len) as u64;
                         c.out.clear();
                     }
                 }
@@ -221,7 +242,7 @@ pub fn run(
     // Frames still queued at the end are not sent; then the grace period for acks.
     t.send_eagain_frames += conns
         .iter()
-        .map(|c| (c.out.len() / FRAME_BYTES) as u64)
+        .map(|c| (c.out.len() / frame_len) as u64)
         .sum::<u64>();
     Ok(progress.finish(&cfg, rec, t, lag_hist, |rec, t| receive(&mut conns, rec, t)))
 }

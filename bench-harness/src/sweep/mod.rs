@@ -97,7 +97,7 @@ pub struct SweepArgs {
     /// A server variant to compare, `LABEL=FLAGS` (repeatable), e.g.
     /// `--variant 'epoll=--engine epoll'`; `LABEL=@PATH FLAGS` runs another server
     /// binary (an earlier revision's build, say); `NAME=VALUE` among the flags sets the
-    /// server's environment, `--proto=tcp` / `--connections=N` the load's transport. Every point runs every variant, interleaved
+    /// server's environment, `--proto=tcp` / `--connections=N` the load's transport, `--auth-keys=FILE` its version-2 keys. Every point runs every variant, interleaved
     /// run by run so that the machine's noise falls on all of them alike; each variant
     /// gets its own folder and the comparison goes to variants.csv and compare-*.svg.
     #[arg(long = "variant", value_name = "LABEL=FLAGS", value_parser = parse_variant)]
@@ -143,6 +143,9 @@ pub struct Variant {
     /// `--connections=N` among its flags set the load, not the server).
     pub proto: Option<String>,
     pub connections: Option<usize>,
+    /// `--auth-keys=FILE` among its flags: the load sends authenticated version-2
+    /// frames with these keys.
+    pub auth_keys: Option<PathBuf>,
     /// The server's environment for this variant (`NAME=VALUE` among its flags).
     pub env: Vec<(String, String)>,
 }
@@ -153,11 +156,20 @@ impl Variant {
             return "ringbeat-bench sink".into();
         }
         let bin = self.bin.iter().map(|b| format!("@{}", b.display()));
-        let load = self.proto.iter().map(|p| format!("--proto={p}")).chain(
-            self.connections
-                .iter()
-                .map(|c| format!("--connections={c}")),
-        );
+        let load = self
+            .proto
+            .iter()
+            .map(|p| format!("--proto={p}"))
+            .chain(
+                self.connections
+                    .iter()
+                    .map(|c| format!("--connections={c}")),
+            )
+            .chain(
+                self.auth_keys
+                    .iter()
+                    .map(|k| format!("--auth-keys={}", k.display())),
+            );
         bin.chain(load)
             .chain(self.flags.iter().cloned())
             .collect::<Vec<_>>()
@@ -193,6 +205,7 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
     };
     let mut proto = None;
     let mut connections = None;
+    let mut auth_keys = None;
     let mut server_flags = Vec::new();
     let mut env = Vec::new();
     for f in flags {
@@ -211,6 +224,8 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
                 return Err(format!("variant {label}: --proto={p}: udp or tcp"));
             }
             proto = Some(p.to_string());
+        } else if let Some(k) = f.strip_prefix("--auth-keys=") {
+            auth_keys = Some(PathBuf::from(k));
         } else if let Some(n) = f.strip_prefix("--connections=") {
             connections = Some(
                 n.parse()
@@ -227,6 +242,7 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
         sink: false,
         proto,
         connections,
+        auth_keys,
         env,
     })
 }
@@ -248,6 +264,7 @@ fn variants(a: &SweepArgs) -> Vec<Variant> {
             sink: false,
             proto: None,
             connections: None,
+            auth_keys: None,
             env: Vec::new(),
         });
     }
@@ -261,6 +278,7 @@ fn variants(a: &SweepArgs) -> Vec<Variant> {
                 sink: true,
                 proto: None,
                 connections: None,
+                auth_keys: None,
                 env: Vec::new(),
             },
         );
@@ -414,6 +432,7 @@ fn measure(
         connections: v.connections.unwrap_or(a.connections),
         tcp_flush_us: a.tcp_flush_us,
         tcp_hold: 0.0,
+        auth_keys: v.auth_keys.clone(),
         grace: 0.5,
         server_pid: Some(server.child.id()),
         server_stats: Some(stats),
