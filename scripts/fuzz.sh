@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Fuzzes the datagram path, the snapshot loader and the config file reader with
-# cargo-fuzz (libFuzzer, nightly toolchain), all three targets at once, each for
-# SECONDS. Starts from the committed seeds (fuzz/seeds/) plus any corpus kept in
+# Fuzzes the datagram and stream paths, authenticated (version-2) frames, the snapshot
+# loader, the config file reader and the devices-file parser with cargo-fuzz
+# (libFuzzer, nightly toolchain), all targets at once, each for SECONDS. Starts from the committed seeds (fuzz/seeds/) plus any corpus kept in
 # fuzz/corpus/. Fails if any target finds a crash (its input is kept in
 # fuzz/artifacts/TARGET/).
 #
 # usage: scripts/fuzz.sh [SECONDS] [OUT_DIR]     (default 1200 s and results/<date>-fuzz)
-#   env: TARGETS=${TARGETS:-"datagram stream snapshot config_file"}
+#   env: TARGETS=${TARGETS:-"datagram stream snapshot config_file authenticated registry"}
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-1200}
 OUT=${2:-results/$(date -u +%Y-%m-%d)-fuzz}
-TARGETS=${TARGETS:-"datagram stream snapshot config_file"}
+TARGETS=${TARGETS:-"datagram stream snapshot config_file authenticated registry"}
 if ! rustup toolchain list | grep -q '^nightly'; then
   echo "fuzz: skipped, no nightly toolchain (rustup toolchain install nightly)"
   exit 0

@@ -27,6 +27,10 @@ fuzz_target!(|data: &[u8]| {
     core.advance(1 << 20);
     let s = core.stats();
     assert_eq!(s.datagrams, data.chunks(2_100).count() as u64);
-    assert_eq!(s.frames_valid, s.heartbeats + s.forwarded + s.table_full);
+    // No registry: version-2 frames are refused (no key), version 1 is taken.
+    assert_eq!(
+        s.frames_valid,
+        s.heartbeats + s.forwarded + s.table_full + s.auth_failed
+    );
     assert_eq!(s.online + s.late + s.offline, s.devices);
 });

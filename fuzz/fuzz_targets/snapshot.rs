@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
             tick_ms: 10,
             event_capacity: 1024,
             huge_pages: false,
+            require_auth: false,
         },
         0,
     )

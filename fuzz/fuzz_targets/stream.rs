@@ -1,7 +1,8 @@
 //! Any bytes as a TCP connection's stream, cut into reads at points the input chooses,
 //! through the whole ingest path of a shard core: never a panic, every whole frame
 //! before the first bad magic taken (applied, forwarded or counted malformed), nothing
-//! after it, one ack per valid ACK_REQUESTED frame, and at most 31 bytes carried.
+//! after it (a version-2 header takes the next 32 bytes as its second half), one ack per
+//! valid ACK_REQUESTED frame, and at most 31 bytes carried.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -45,14 +46,36 @@ fuzz_target!(|data: &[u8]| {
     }
     core.advance(1 << 20);
     let s = core.stats();
-    let whole = (stream.len() / FRAME_BYTES) as u64;
-    let first_bad_magic = stream
-        .chunks_exact(FRAME_BYTES)
-        .position(|f| f[0..4] != *b"RBHB")
-        .map(|i| i as u64 + 1);
-    assert_eq!(stopped, first_bad_magic.is_some());
-    assert_eq!(s.tcp_frames, first_bad_magic.unwrap_or(whole));
-    assert_eq!(s.frames_valid, s.heartbeats + s.forwarded + s.table_full);
+    // The frames the stream holds up to and including the first bad magic: a 32-byte
+    // unit whose header says version 2 makes a 64-byte frame with the unit after it
+    // (whatever that unit holds).
+    let units: Vec<&[u8]> = stream.chunks_exact(FRAME_BYTES).collect();
+    let (mut i, mut frames, mut bad_magic) = (0, 0u64, false);
+    while i < units.len() {
+        let u = units[i];
+        if u[0..4] != *b"RBHB" {
+            frames += 1;
+            bad_magic = true;
+            break;
+        }
+        let len = if u16::from_le_bytes([u[4], u[5]]) == 2 {
+            2
+        } else {
+            1
+        };
+        if i + len > units.len() {
+            break;
+        }
+        frames += 1;
+        i += len;
+    }
+    assert_eq!(stopped, bad_magic);
+    assert_eq!(s.tcp_frames, frames);
+    // No registry: version-2 frames are refused (no key), version 1 is taken.
+    assert_eq!(
+        s.frames_valid,
+        s.heartbeats + s.forwarded + s.table_full + s.auth_failed
+    );
     assert_eq!(s.frames_valid + s.malformed_total(), s.tcp_frames);
     assert!(acks as u64 <= s.frames_valid);
     assert_eq!(s.online + s.late + s.offline, s.devices);

@@ -356,16 +356,19 @@ impl<M: Memory> ShardCore<M> {
         self.stats.tcp_bytes += bytes.len() as u64;
         // The first half of a version-2 frame waits here for its second.
         let mut held = decoder.take_held();
+        let mut frames = 0u64;
         let fed = decoder.feed(bytes, |raw| {
             let result = if let Some(first) = held.take() {
                 let mut whole = [0u8; FRAME_V2_BYTES];
                 whole[..FRAME_BYTES].copy_from_slice(&first);
                 whole[FRAME_BYTES..].copy_from_slice(raw);
+                frames += 1;
                 self.ingest_unit(Unit::V2(&whole), now_ms, &mut forward, &mut ack)
             } else if codec::unit_version(raw) == Some(VERSION_2) {
                 held = Some(*raw);
                 Ok(())
             } else {
+                frames += 1;
                 self.ingest_unit(Unit::V1(raw), now_ms, &mut forward, &mut ack)
             };
             match result {
@@ -374,7 +377,7 @@ impl<M: Memory> ShardCore<M> {
             }
         });
         decoder.hold(held);
-        self.stats.tcp_frames += fed.frames as u64;
+        self.stats.tcp_frames += frames;
         self.stats.tcp_split_frames += fed.split as u64;
         fed
     }
