@@ -404,3 +404,29 @@ fn tcp_carries_version_two_frames_split_anywhere() {
         "a refused frame does not close the connection"
     );
 }
+
+/// An independent client written from PROTOCOL.md in Python (its own SipHash) is
+/// answered byte for byte: its version-2 heartbeats are taken and their acks' tags check
+/// out, over UDP and TCP; a replay is refused.
+#[test]
+fn an_independent_client_speaks_version_two() {
+    let file = devices_file("auth-python", &format!("42 key={}\n", hex(&KEY_A)));
+    let server = Server::start(
+        "auth-python",
+        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
+    );
+    let client = |extra: &[&str]| {
+        let out = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rbclient.py"))
+            .arg(server.addr.to_string())
+            .args(["--device", "42", "--key", &hex(&KEY_A)])
+            .args(extra)
+            .output()
+            .expect("python3 runs scripts/rbclient.py");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    assert!(client(&["--boot", "1", "--seq", "1"]).contains("status 0 (accepted)"));
+    assert!(client(&["--boot", "1", "--seq", "2", "--tcp"]).contains("status 0 (accepted)"));
+    assert!(client(&["--boot", "1", "--seq", "2"]).contains("status 5 (replayed)"));
+    server.wait_stats(5, |v| v["heartbeats"] == 2 && v["replayed"] == 1);
+}

@@ -608,6 +608,84 @@ mod tests {
         );
     }
 
+    const KEY: Key = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+
+    #[test]
+    fn the_tag_is_the_reference_siphash_2_4_128() {
+        // The SipHash reference implementation's 128-bit vectors (key 00..0f, message
+        // 00 01 .. n-1): the first, for the empty message, and the 48-byte one.
+        let msg: Vec<u8> = (0..48).collect();
+        assert_eq!(
+            siphasher::sip128::SipHasher24::new_with_key(&KEY)
+                .hash(&[])
+                .as_bytes(),
+            [
+                0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55,
+                0x02, 0x93
+            ]
+        );
+        assert_eq!(tag(&KEY, &msg), tag(&KEY, &msg));
+        assert_ne!(tag(&KEY, &msg), tag(&[1; 16], &msg));
+    }
+
+    #[test]
+    fn v2_layout_is_byte_exact() {
+        let mut f = FrameFields::heartbeat(42, 7, 100, 0);
+        f.flags = FLAG_ACK_REQUESTED;
+        let mut out = [0u8; FRAME_V2_BYTES];
+        encode_v2(&f, 3, &KEY, &mut out);
+        let hex: Vec<String> = out
+            .chunks(16)
+            .map(|row| {
+                row.chunks(8)
+                    .map(|h| {
+                        h.iter()
+                            .map(|b| format!("{b:02X}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            })
+            .collect();
+        // PROTOCOL.md's example, byte for byte.
+        let documented = include_str!("../../PROTOCOL.md")
+            .split("key `000102030405060708090a0b0c0d0e0f`):\n\n```\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n```").next())
+            .expect("the example in PROTOCOL.md");
+        assert_eq!(hex.join("\n"), documented);
+        assert_eq!(&out[..4], b"RBHB");
+        assert_eq!(&out[4..6], &[2, 0]);
+        assert_eq!(&out[32..36], &[3, 0, 0, 0]);
+        assert_eq!(&out[36..48], &[0; 12]);
+        assert_eq!(&out[48..], &tag(&KEY, &out[..48]));
+        let v = decode_v2(&out).unwrap();
+        assert!(v.verify(&KEY));
+        assert_eq!((v.boot(), v.counter()), (3, 3 << 32 | 7));
+        // Any changed bit breaks the tag.
+        for bit in 0..FRAME_V2_BYTES * 8 {
+            let mut bad = out;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                decode_v2(&bad).map_or(true, |v| !v.verify(&KEY)),
+                "bit {bit}"
+            );
+        }
+        // The ack echoes, is tagged, and is read back.
+        let mut ack = [0u8; FRAME_V2_BYTES];
+        encode_ack_v2(&v, ACK_REPLAYED, 100, Some(&KEY), &mut ack);
+        let (a, boot) = decode_ack_v2(&ack, &KEY).unwrap();
+        assert_eq!(
+            (a.device_id, a.seq, a.status, boot),
+            (42, 7, ACK_REPLAYED, 3)
+        );
+        assert_eq!(
+            decode_ack_v2(&ack, &[9; 16]).unwrap_err(),
+            AckV2Error::BadTag
+        );
+    }
+
     #[test]
     fn unknown_flag_bits_are_ignored() {
         let mut b = hb(9, 1);
