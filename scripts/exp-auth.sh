@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# What the device registry and authenticated (version-2) heartbeats cost: the same load
+# against the server without a registry (v1), with a registry of every device without
+# keys (v1-registry: one lookup per frame), and with keys, the load sending version-2
+# frames (v2: a lookup, a SipHash-2-4-128 tag check and a replay window per frame), at
+# one heartbeat per datagram and at 32, variants interleaved run by run. Server on CPU
+# 0, load on CPU 1; sends only to 127.0.0.1. The devices files (random keys) are
+# written to a temporary folder and removed afterwards.
+#
+# usage: scripts/exp-auth.sh [OUT_DIR]   env: RUNS=3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-results}
+RUNS=${RUNS:-3}
+cargo build --release --locked --workspace -q
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+python3 scripts/devices-file.py 2000000 --out "$tmp/keys.txt"
+python3 scripts/devices-file.py 2000000 --no-keys --out "$tmp/ids.txt"
+variants=(--variant "v1=" --variant "v1-registry=--devices-file=$tmp/ids.txt"
+  --variant "v2=--devices-file=$tmp/keys.txt --auth-keys=$tmp/keys.txt")
+target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch1 \
+  --devices 200000 --rates 1500000,3000000 --batch 1 --runs "$RUNS" --duration 7 --warmup 2 \
+  "${variants[@]}"
+target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch32 \
+  --devices 2000000 --rates 20000000 --batch 32 --runs "$RUNS" --duration 7 --warmup 2 \
+  "${variants[@]}"
