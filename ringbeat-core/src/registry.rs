@@ -28,8 +28,6 @@
 
 use crate::codec::Key;
 use crate::owner::owner;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// One registered device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,33 +59,43 @@ impl std::fmt::Display for RegistryError {
 
 impl std::error::Error for RegistryError {}
 
-/// Device ids are spread by a multiply-xorshift finalizer (splitmix64's): much cheaper
-/// than the standard library's SipHash, and ids are chosen by the operator, not by the
-/// sender, so the entries' layout cannot be steered from the network.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
+/// Spreads device ids over the slots: splitmix64's finalizer. Ids are chosen by the
+/// operator, not by the sender, so the slots' layout cannot be steered from the network
+/// (a lookup of an unlisted id costs at most the longest run of occupied slots).
+#[inline]
+fn mix(id: u64) -> u64 {
+    let mut z = id;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
-/// The parsed registry: immutable, shared by every shard.
+/// One slot of the registry's index: what the per-frame check needs in 16 bytes, so a
+/// lookup is one cache line (prefetched for a whole datagram before its frames are
+/// looked at). `id` 0 = empty (the protocol never uses 0).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(16))]
+pub struct Slot {
+    id: u64,
+    /// Index of the entry in file order.
+    pub entry: u32,
+    /// The entry's expected interval (0 = none).
+    pub interval_ds: u16,
+    /// The entry has a key.
+    pub keyed: bool,
+}
+
+/// The parsed registry: immutable, shared by every shard. An open-addressing index
+/// (linear probing, at most half full) of 16-byte slots beside the entries: the
+/// standard library's map spends a cache miss on its control bytes and another on the
+/// entry for every lookup, and cannot be prefetched from outside; at 2M devices the
+/// per-frame lookup measured here cost ~5× the rest of a heartbeat's work.
 #[derive(Debug, Default)]
 pub struct Registry {
-    entries: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
+    slots: Vec<Slot>,
+    /// log2 of the slot count's complement: home = mix(id) >> shift.
+    shift: u32,
+    entries: Vec<(u64, Entry)>,
     /// Devices per owner shard (the length of that shard's replay windows).
     owned: Vec<u32>,
     keyed: usize,
@@ -96,10 +104,8 @@ pub struct Registry {
 impl Registry {
     /// Parses a registry file's text for a server of `shards` shards.
     pub fn parse(text: &str, shards: u32) -> Result<Registry, RegistryError> {
-        let mut r = Registry {
-            owned: vec![0; shards.max(1) as usize],
-            ..Registry::default()
-        };
+        let shards = shards.max(1);
+        let mut entries: Vec<(u64, Entry)> = Vec::new();
         for (n, raw) in text.lines().enumerate() {
             let line = n + 1;
             let err = |message: String| RegistryError { line, message };
@@ -137,27 +143,83 @@ impl Registry {
                     }
                 }
             }
-            let shard = owner(id, shards.max(1)) as usize;
+            if entries.len() >= (u32::MAX / 4) as usize {
+                return Err(err("more than 2^30 devices".into()));
+            }
+            entries.push((id, entry));
+        }
+        let size = (entries.len() * 2).next_power_of_two().max(16);
+        let mut r = Registry {
+            slots: vec![Slot::default(); size],
+            shift: 64 - size.trailing_zeros(),
+            entries: Vec::with_capacity(entries.len()),
+            owned: vec![0; shards as usize],
+            keyed: 0,
+        };
+        for (id, mut entry) in entries {
+            let at = match r.probe(id) {
+                Ok(found) => {
+                    let first = r.entries[r.slots[found].entry as usize].1.line;
+                    return Err(RegistryError {
+                        line: entry.line as usize,
+                        message: format!("device {id} is listed twice (first on line {first})"),
+                    });
+                }
+                Err(empty) => empty,
+            };
+            let shard = owner(id, shards) as usize;
             entry.local = r.owned[shard];
-            if let Some(first) = r.entries.get(&id) {
-                return Err(err(format!(
-                    "device {id} is listed twice (first on line {})",
-                    first.line
-                )));
-            }
-            if r.entries.len() == u32::MAX as usize {
-                return Err(err("more than 2^32 - 1 devices".into()));
-            }
             r.owned[shard] += 1;
             r.keyed += entry.key.is_some() as usize;
-            r.entries.insert(id, entry);
+            r.slots[at] = Slot {
+                id,
+                entry: r.entries.len() as u32,
+                interval_ds: entry.interval_ds,
+                keyed: entry.key.is_some(),
+            };
+            r.entries.push((id, entry));
         }
         Ok(r)
     }
 
+    /// The slot holding `id` (Ok) or the empty slot ending its probe (Err).
+    #[inline]
+    fn probe(&self, id: u64) -> Result<usize, usize> {
+        let mask = self.slots.len() - 1;
+        let mut at = (mix(id) >> self.shift) as usize;
+        loop {
+            let s = &self.slots[at];
+            if s.id == id {
+                return Ok(at);
+            }
+            if s.id == 0 {
+                return Err(at);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The slot a lookup of `id` starts at, to prefetch before looking it up.
+    #[inline]
+    pub fn home(&self, id: u64) -> &Slot {
+        &self.slots[(mix(id) >> self.shift) as usize]
+    }
+
+    /// The per-frame check: `id`'s slot if it is listed.
+    #[inline]
+    pub fn find(&self, id: u64) -> Option<Slot> {
+        self.probe(id).ok().map(|at| self.slots[at])
+    }
+
+    /// An entry by its index (`Slot::entry`).
+    #[inline]
+    pub fn entry(&self, index: u32) -> &Entry {
+        &self.entries[index as usize].1
+    }
+
     #[inline]
     pub fn get(&self, device_id: u64) -> Option<&Entry> {
-        self.entries.get(&device_id)
+        self.find(device_id).map(|s| self.entry(s.entry))
     }
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -173,7 +235,7 @@ impl Registry {
     pub fn owned_by(&self, shard: u32) -> u32 {
         self.owned.get(shard as usize).copied().unwrap_or(0)
     }
-    /// Every registered id with its entry, in no particular order.
+    /// Every registered id with its entry, in file order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Entry)> {
         self.entries.iter().map(|(id, e)| (*id, e))
     }
@@ -181,9 +243,9 @@ impl Registry {
     pub fn removed_in(&self, next: &Registry) -> Vec<u64> {
         let mut gone: Vec<u64> = self
             .entries
-            .keys()
-            .filter(|id| next.get(**id).is_none())
-            .copied()
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| next.find(*id).is_none())
             .collect();
         gone.sort_unstable();
         gone
@@ -193,9 +255,8 @@ impl Registry {
     pub fn first_without_key(&self) -> Option<(u64, u32)> {
         self.entries
             .iter()
-            .filter(|(_, e)| e.key.is_none())
+            .find(|(_, e)| e.key.is_none())
             .map(|(id, e)| (*id, e.line))
-            .min_by_key(|(_, line)| *line)
     }
 }
 
