@@ -20,7 +20,7 @@
 //! use ringbeat_core::registry::Registry;
 //! let r = Registry::parse("4242 interval=30s\n77 key=000102030405060708090a0b0c0d0e0f\n", 1).unwrap();
 //! assert_eq!(r.get(4242).unwrap().interval_ds, 300);
-//! assert!(r.get(77).unwrap().key.is_some());
+//! assert!(r.get(77).unwrap().key().is_some());
 //! assert!(r.get(5).is_none());
 //! let e = Registry::parse("4242\n4242\n", 1).unwrap_err();
 //! assert_eq!(e.to_string(), "line 2: device 4242 is listed twice (first on line 1)");
@@ -29,19 +29,33 @@
 use crate::codec::Key;
 use crate::owner::owner;
 
-/// One registered device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One registered device, as the registry's slot holds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(32))]
 pub struct Entry {
-    /// The key its version-2 tags are made with; `None`: it may send version 1 (unless
-    /// the server requires authentication).
-    pub key: Option<Key>,
-    /// The period the server expects of it, in deciseconds; 0 = what its heartbeats say.
-    pub interval_ds: u16,
+    id: u64,
+    /// The key its version-2 tags are made with (all zero when it has none).
+    key: Key,
     /// Its position among the registered devices its owner shard holds (that shard's
     /// index into its replay windows).
     pub local: u32,
-    /// The line of the file it is on, for messages.
-    pub line: u32,
+    /// The period the server expects of it, in deciseconds; 0 = what its heartbeats say.
+    pub interval_ds: u16,
+    keyed: bool,
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 32);
+
+impl Entry {
+    /// The key its version-2 tags are made with; `None`: it may send version 1 (unless
+    /// the server requires authentication).
+    #[inline]
+    pub fn key(&self) -> Option<&Key> {
+        self.keyed.then_some(&self.key)
+    }
+    pub fn keyed(&self) -> bool {
+        self.keyed
+    }
 }
 
 /// A malformed registry: the line and what is wrong with it.
@@ -70,42 +84,31 @@ fn mix(id: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One slot of the registry's index: what the per-frame check needs in 16 bytes, so a
-/// lookup is one cache line (prefetched for a whole datagram before its frames are
-/// looked at). `id` 0 = empty (the protocol never uses 0).
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C, align(16))]
-pub struct Slot {
-    id: u64,
-    /// Index of the entry in file order.
-    pub entry: u32,
-    /// The entry's expected interval (0 = none).
-    pub interval_ds: u16,
-    /// The entry has a key.
-    pub keyed: bool,
-}
-
 /// The parsed registry: immutable, shared by every shard. An open-addressing index
-/// (linear probing, at most half full) of 16-byte slots beside the entries: the
-/// standard library's map spends a cache miss on its control bytes and another on the
-/// entry for every lookup, and cannot be prefetched from outside; at 2M devices the
-/// per-frame lookup measured here cost ~5× the rest of a heartbeat's work.
+/// (linear probing, 37–75% full) of 32-byte entries holding everything the per-frame
+/// check needs (key, interval, replay window index), two to a cache line, so a lookup
+/// is one cache miss, prefetched for a whole datagram before its frames are looked at.
+/// (The standard library's map spends a miss on its control bytes and another on the
+/// entry, and cannot be prefetched from outside: at 2M devices its per-frame lookup
+/// cost about 5× the rest of a heartbeat's work here.) 43–85 bytes per listed device.
 #[derive(Debug, Default)]
 pub struct Registry {
-    slots: Vec<Slot>,
-    /// log2 of the slot count's complement: home = mix(id) >> shift.
+    slots: Vec<Entry>,
+    /// home = mix(id) >> shift.
     shift: u32,
-    entries: Vec<(u64, Entry)>,
+    len: usize,
     /// Devices per owner shard (the length of that shard's replay windows).
     owned: Vec<u32>,
     keyed: usize,
+    /// The first device (by line) without a key: `--require-auth` refuses the file.
+    first_without_key: Option<(u64, u32)>,
 }
 
 impl Registry {
     /// Parses a registry file's text for a server of `shards` shards.
     pub fn parse(text: &str, shards: u32) -> Result<Registry, RegistryError> {
         let shards = shards.max(1);
-        let mut entries: Vec<(u64, Entry)> = Vec::new();
+        let mut listed: Vec<(Entry, u32)> = Vec::new();
         for (n, raw) in text.lines().enumerate() {
             let line = n + 1;
             let err = |message: String| RegistryError { line, message };
@@ -115,13 +118,11 @@ impl Registry {
             }
             let mut words = content.split_whitespace();
             let id_text = words.next().expect("not empty");
-            let id = parse_id(id_text).map_err(err)?;
             let mut entry = Entry {
-                key: None,
-                interval_ds: 0,
-                local: 0,
-                line: line as u32,
+                id: parse_id(id_text).map_err(err)?,
+                ..Entry::default()
             };
+            let mut interval_given = false;
             for word in words {
                 let (name, value) = word.split_once('=').ok_or_else(|| {
                     err(format!(
@@ -129,11 +130,13 @@ impl Registry {
                     ))
                 })?;
                 match name {
-                    "key" if entry.key.is_none() => {
-                        entry.key = Some(parse_key(value).map_err(err)?)
+                    "key" if !entry.keyed => {
+                        entry.key = parse_key(value).map_err(err)?;
+                        entry.keyed = true;
                     }
-                    "interval" if entry.interval_ds == 0 => {
-                        entry.interval_ds = parse_interval(value).map_err(err)?
+                    "interval" if !interval_given => {
+                        entry.interval_ds = parse_interval(value).map_err(err)?;
+                        interval_given = true;
                     }
                     "key" | "interval" => return Err(err(format!("`{name}` given twice"))),
                     _ => {
@@ -143,41 +146,45 @@ impl Registry {
                     }
                 }
             }
-            if entries.len() >= (u32::MAX / 4) as usize {
+            if listed.len() >= (u32::MAX / 4) as usize {
                 return Err(err("more than 2^30 devices".into()));
             }
-            entries.push((id, entry));
+            listed.push((entry, line as u32));
         }
-        let size = (entries.len() * 2).next_power_of_two().max(16);
+        let size = (listed.len() * 4 / 3 + 1).next_power_of_two().max(16);
         let mut r = Registry {
-            slots: vec![Slot::default(); size],
+            slots: vec![Entry::default(); size],
             shift: 64 - size.trailing_zeros(),
-            entries: Vec::with_capacity(entries.len()),
+            len: 0,
             owned: vec![0; shards as usize],
             keyed: 0,
+            first_without_key: None,
         };
-        for (id, mut entry) in entries {
-            let at = match r.probe(id) {
+        // The line of each filled slot, for the message about a duplicate.
+        let mut lines = vec![0u32; size];
+        for (mut entry, line) in listed {
+            let at = match r.probe(entry.id) {
                 Ok(found) => {
-                    let first = r.entries[r.slots[found].entry as usize].1.line;
                     return Err(RegistryError {
-                        line: entry.line as usize,
-                        message: format!("device {id} is listed twice (first on line {first})"),
+                        line: line as usize,
+                        message: format!(
+                            "device {} is listed twice (first on line {})",
+                            entry.id, lines[found]
+                        ),
                     });
                 }
                 Err(empty) => empty,
             };
-            let shard = owner(id, shards) as usize;
+            let shard = owner(entry.id, shards) as usize;
             entry.local = r.owned[shard];
             r.owned[shard] += 1;
-            r.keyed += entry.key.is_some() as usize;
-            r.slots[at] = Slot {
-                id,
-                entry: r.entries.len() as u32,
-                interval_ds: entry.interval_ds,
-                keyed: entry.key.is_some(),
-            };
-            r.entries.push((id, entry));
+            r.keyed += entry.keyed as usize;
+            if !entry.keyed && r.first_without_key.is_none() {
+                r.first_without_key = Some((entry.id, line));
+            }
+            r.slots[at] = entry;
+            lines[at] = line;
+            r.len += 1;
         }
         Ok(r)
     }
@@ -201,31 +208,20 @@ impl Registry {
 
     /// The slot a lookup of `id` starts at, to prefetch before looking it up.
     #[inline]
-    pub fn home(&self, id: u64) -> &Slot {
+    pub fn home(&self, id: u64) -> &Entry {
         &self.slots[(mix(id) >> self.shift) as usize]
     }
 
-    /// The per-frame check: `id`'s slot if it is listed.
+    /// `id`'s entry if it is listed.
     #[inline]
-    pub fn find(&self, id: u64) -> Option<Slot> {
-        self.probe(id).ok().map(|at| self.slots[at])
-    }
-
-    /// An entry by its index (`Slot::entry`).
-    #[inline]
-    pub fn entry(&self, index: u32) -> &Entry {
-        &self.entries[index as usize].1
-    }
-
-    #[inline]
-    pub fn get(&self, device_id: u64) -> Option<&Entry> {
-        self.find(device_id).map(|s| self.entry(s.entry))
+    pub fn get(&self, id: u64) -> Option<&Entry> {
+        self.probe(id).ok().map(|at| &self.slots[at])
     }
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
     /// Devices with a key.
     pub fn keyed(&self) -> usize {
@@ -235,17 +231,16 @@ impl Registry {
     pub fn owned_by(&self, shard: u32) -> u32 {
         self.owned.get(shard as usize).copied().unwrap_or(0)
     }
-    /// Every registered id with its entry, in file order.
+    /// Every registered id with its entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Entry)> {
-        self.entries.iter().map(|(id, e)| (*id, e))
+        self.slots.iter().filter(|e| e.id != 0).map(|e| (e.id, e))
     }
     /// Ids `self` lists that `next` does not: the devices a reload forgets.
     pub fn removed_in(&self, next: &Registry) -> Vec<u64> {
         let mut gone: Vec<u64> = self
-            .entries
             .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| next.find(*id).is_none())
+            .map(|(id, _)| id)
+            .filter(|id| next.get(*id).is_none())
             .collect();
         gone.sort_unstable();
         gone
@@ -253,10 +248,7 @@ impl Registry {
     /// The first entry (by line) without a key, if any: `--require-auth` needs a key
     /// for every device.
     pub fn first_without_key(&self) -> Option<(u64, u32)> {
-        self.entries
-            .iter()
-            .find(|(_, e)| e.key.is_none())
-            .map(|(id, e)| (*id, e.line))
+        self.first_without_key
     }
 }
 
@@ -391,8 +383,7 @@ mod tests {
         assert_eq!(r.get(16).unwrap().interval_ds, 15);
         let e = r.get(7).unwrap();
         assert_eq!(e.interval_ds, 1200);
-        assert_eq!(e.key.unwrap()[15], 0xFF);
-        assert_eq!(e.line, 5);
+        assert_eq!(e.key().unwrap()[15], 0xFF);
         assert_eq!(r.keyed(), 1);
         assert_eq!(r.owned_by(0) + r.owned_by(1), 3);
         assert_eq!(r.first_without_key(), Some((1, 3)));

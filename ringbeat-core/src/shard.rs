@@ -239,7 +239,7 @@ impl<M: Memory> ShardCore<M> {
                         continue;
                     }
                     if let Some(o) = old.get(id) {
-                        if o.key == e.key {
+                        if o.key() == e.key() {
                             windows[e.local as usize] = self.windows[o.local as usize];
                         }
                     }
@@ -364,9 +364,7 @@ impl<M: Memory> ShardCore<M> {
         let mut i = 0;
         while i < frames.len() {
             if codec::unit_version(&frames[i]) == Some(VERSION_2) {
-                if let Some(slot) = r.find(id(&frames[i])).filter(|s| s.keyed) {
-                    let e = r.entry(slot.entry);
-                    M::prefetch(e);
+                if let Some(e) = r.get(id(&frames[i])).filter(|e| e.keyed()) {
                     if let Some(w) = self.windows.get(e.local as usize) {
                         M::prefetch(w);
                     }
@@ -455,30 +453,25 @@ impl<M: Memory> ShardCore<M> {
         let device_id = hb.device_id();
         // The registry's slot (prefetched for the datagram), and for a keyed device its
         // key and replay window index; None without a registry.
-        let listed = self.registry.as_deref().map(|r| {
-            r.find(device_id).map(|slot| {
-                let (key, local) = if slot.keyed && v2.is_some() {
-                    let e = r.entry(slot.entry);
-                    (e.key, e.local)
-                } else {
-                    (None, 0)
-                };
-                (slot, key, local)
-            })
-        });
-        let (slot, key, local) = match listed {
-            None => (None, None, 0),
-            Some(Some((slot, key, local))) => (Some(slot), key, local),
+        let listed = self
+            .registry
+            .as_deref()
+            .map(|r| r.get(device_id).copied());
+        let entry = match listed {
+            None => None,
+            Some(Some(e)) => Some(e),
             Some(None) => {
                 self.answer_refusal(&hb, v2.as_ref(), None, Refusal::UnknownDevice, &mut ack);
                 return Ok(());
             }
         };
-        let interval_ds = match slot {
-            Some(s) if s.interval_ds != 0 => s.interval_ds,
+        let interval_ds = match entry {
+            Some(e) if e.interval_ds != 0 => e.interval_ds,
             _ => self.expected_interval_ds(hb.interval_ds()),
         };
-        let keyed = slot.is_some_and(|s| s.keyed);
+        let keyed = entry.is_some_and(|e| e.keyed());
+        let key = entry.and_then(|e| e.key().copied());
+        let local = entry.map_or(0, |e| e.local);
         let counter = match &v2 {
             None if keyed || self.cfg.require_auth => {
                 self.answer_refusal(&hb, None, None, Refusal::AuthRequired, &mut ack);
