@@ -12,8 +12,8 @@
 //! (booleans too: `--huge-pages=false` turns off `huge-pages = true`).
 
 use crate::core::liveness::Thresholds;
-use crate::core::registry::Registry;
 use crate::core::shard::CoreConfig;
+use crate::memory::Registry;
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches};
 use std::collections::BTreeSet;

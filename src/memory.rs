@@ -3,6 +3,7 @@
 //! space, not memory, and the CPU's prefetch hint for batched lookups and wheel walks.
 
 use crate::core::memory::Memory;
+use crate::core::registry::Entry;
 use crate::core::table::Device;
 use crate::sys::mem::{self, ZeroedRegion};
 
@@ -12,11 +13,15 @@ pub struct Mapped;
 impl Memory for Mapped {
     type Words = ZeroedRegion<u32>;
     type Devices = ZeroedRegion<Device>;
+    type Entries = ZeroedRegion<Entry>;
 
     fn words(len: usize, huge_pages: bool) -> std::io::Result<ZeroedRegion<u32>> {
         ZeroedRegion::with_pages(len, huge_pages)
     }
     fn devices(len: usize, huge_pages: bool) -> std::io::Result<ZeroedRegion<Device>> {
+        ZeroedRegion::with_pages(len, huge_pages)
+    }
+    fn entries(len: usize, huge_pages: bool) -> std::io::Result<ZeroedRegion<Entry>> {
         ZeroedRegion::with_pages(len, huge_pages)
     }
     fn discard(words: &mut ZeroedRegion<u32>, range: std::ops::Range<usize>) {
@@ -33,6 +38,8 @@ impl Memory for Mapped {
 
 /// The shard core as the engines run it.
 pub type Core = crate::core::shard::ShardCore<Mapped>;
+/// The device registry as the server holds it (its index on huge pages).
+pub type Registry = crate::core::registry::RegistryIn<Mapped>;
 
 #[cfg(test)]
 mod tests {

@@ -52,9 +52,14 @@ impl Auth {
     pub fn keys_for(&self, ids: &[u64]) -> Result<Vec<Key>, String> {
         ids.iter()
             .map(|&id| {
-                self.keys.get(id).and_then(|e| e.key().copied()).ok_or_else(|| {
-                    format!("--auth-keys has no key for device {id}: every device sent needs one")
-                })
+                self.keys
+                    .get(id)
+                    .and_then(|e| e.key().copied())
+                    .ok_or_else(|| {
+                        format!(
+                            "--auth-keys has no key for device {id}: every device sent needs one"
+                        )
+                    })
             })
             .collect()
     }
@@ -143,7 +148,11 @@ impl Totals {
             (FRAME_BYTES, _) => decode_ack(frame.try_into().expect("32 bytes")).ok(),
             (FRAME_V2_BYTES, Some(auth)) => {
                 let id = u64::from_le_bytes(frame[8..16].try_into().expect("8 bytes"));
-                let key = auth.keys.get(id).and_then(|e| e.key().copied()).unwrap_or([0; 16]);
+                let key = auth
+                    .keys
+                    .get(id)
+                    .and_then(|e| e.key().copied())
+                    .unwrap_or([0; 16]);
                 match codec::decode_ack_v2(frame.try_into().expect("64 bytes"), &key) {
                     Ok((a, _)) => Some(a),
                     // An all-zero tag: a refusal from a server without the

@@ -6,6 +6,7 @@
 //! `prefetch` is the CPU's hint); tests, the simulation and the bench harness's
 //! liveness study use [`Heap`] (plain vectors, no hint).
 
+use crate::registry::Entry;
 use crate::table::Device;
 use std::ops::DerefMut;
 
@@ -15,10 +16,13 @@ pub trait Memory: 'static {
     type Words: DerefMut<Target = [u32]> + Send;
     /// `len` device records, all zero (the "unused" record).
     type Devices: DerefMut<Target = [Device]> + Send;
+    /// `len` registry entries, all zero (empty), shared read-only by every shard.
+    type Entries: DerefMut<Target = [Entry]> + Send + Sync;
 
     /// `huge_pages` asks for transparent huge pages where the memory supports them.
     fn words(len: usize, huge_pages: bool) -> std::io::Result<Self::Words>;
     fn devices(len: usize, huge_pages: bool) -> std::io::Result<Self::Devices>;
+    fn entries(len: usize, huge_pages: bool) -> std::io::Result<Self::Entries>;
 
     /// Sets `words[range]` back to zero, giving whole pages back to the machine
     /// where the memory can (the table's retired index regions).
@@ -41,12 +45,16 @@ pub struct Heap;
 impl Memory for Heap {
     type Words = Vec<u32>;
     type Devices = Vec<Device>;
+    type Entries = Vec<Entry>;
 
     fn words(len: usize, _huge_pages: bool) -> std::io::Result<Vec<u32>> {
         Ok(vec![0; len])
     }
     fn devices(len: usize, _huge_pages: bool) -> std::io::Result<Vec<Device>> {
         Ok(vec![Device::default(); len])
+    }
+    fn entries(len: usize, _huge_pages: bool) -> std::io::Result<Vec<Entry>> {
+        Ok(vec![Entry::default(); len])
     }
     #[inline(always)]
     fn prefetch<T>(_value: &T) {}

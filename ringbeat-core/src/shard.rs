@@ -9,7 +9,7 @@ use super::codec::{
 };
 use super::liveness::{Thresholds, Wheel};
 use super::owner::owner;
-use super::registry::{Counter, Registry, ReplayWindow};
+use super::registry::{Counter, RegistryIn, ReplayWindow};
 use super::stats::ShardStats;
 use super::stream::{Fed, Feed, StreamDecoder};
 use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
@@ -193,7 +193,7 @@ pub struct ShardCore<M: Memory> {
     /// The last tick (shard ms / tick) the table took its growth step in.
     growth_tick: u64,
     /// The device registry (`--devices-file`), shared by every shard; `None`: any id.
-    registry: Option<Arc<Registry>>,
+    registry: Option<Arc<RegistryIn<M>>>,
     /// Replay windows of the registered devices this shard owns, by `Entry::local`.
     windows: Vec<ReplayWindow>,
     /// Whether the last applied heartbeat found the table full.
@@ -228,7 +228,7 @@ impl<M: Memory> ShardCore<M> {
     /// Takes a (new) device registry: replay windows of devices it still lists are kept,
     /// and devices in `removed` that this shard tracks are forgotten, each with an event
     /// (→ forgotten). `None` lifts the registry: any id is taken again.
-    pub fn set_registry(&mut self, next: Option<Arc<Registry>>, removed: &[u64], now_ms: u64) {
+    pub fn set_registry(&mut self, next: Option<Arc<RegistryIn<M>>>, removed: &[u64], now_ms: u64) {
         self.flush();
         let mut windows = Vec::new();
         if let Some(r) = &next {
@@ -268,7 +268,7 @@ impl<M: Memory> ShardCore<M> {
         }
     }
 
-    pub fn registry(&self) -> Option<&Arc<Registry>> {
+    pub fn registry(&self) -> Option<&Arc<RegistryIn<M>>> {
         self.registry.as_ref()
     }
 
@@ -453,10 +453,7 @@ impl<M: Memory> ShardCore<M> {
         let device_id = hb.device_id();
         // The registry's slot (prefetched for the datagram), and for a keyed device its
         // key and replay window index; None without a registry.
-        let listed = self
-            .registry
-            .as_deref()
-            .map(|r| r.get(device_id).copied());
+        let listed = self.registry.as_deref().map(|r| r.get(device_id).copied());
         let entry = match listed {
             None => None,
             Some(Some(e)) => Some(e),

@@ -20,6 +20,10 @@ pub struct ZeroedRegion<T: ZeroValid + Copy> {
 // SAFETY: the region is uniquely owned memory, like a `Box<[T]>`; moving it to another
 // thread moves ownership of the mapping with it.
 unsafe impl<T: ZeroValid + Copy + Send> Send for ZeroedRegion<T> {}
+// SAFETY: a shared `&ZeroedRegion` only hands out `&[T]` (Deref); writing needs `&mut`
+// (DerefMut, discard, populate). So sharing one between threads is as safe as sharing a
+// `Vec<T>`: it needs `T: Sync`.
+unsafe impl<T: ZeroValid + Copy + Sync> Sync for ZeroedRegion<T> {}
 
 impl<T: ZeroValid + Copy> ZeroedRegion<T> {
     /// Maps `len` zeroed elements. `MAP_NORESERVE`: pages are committed on first touch.

@@ -56,7 +56,7 @@ pub struct Shared {
 /// A reloaded device registry and the ids it no longer lists.
 #[derive(Clone, Default)]
 pub struct RegistryUpdate {
-    pub registry: Option<Arc<crate::core::registry::Registry>>,
+    pub registry: Option<Arc<crate::memory::Registry>>,
     pub removed: Arc<Vec<u64>>,
 }
 
