@@ -381,7 +381,7 @@ pub fn tag(key: &Key, tagged: &[u8]) -> [u8; 16] {
 /// Compares tags without stopping at the first difference, so the time taken says
 /// nothing about how much of a forged tag was right.
 #[inline]
-fn tags_equal(a: &[u8], b: &[u8; 16]) -> bool {
+pub fn tags_equal(a: &[u8], b: &[u8; 16]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -16,6 +16,7 @@ pub mod owner;
 pub mod query;
 pub mod registry;
 pub mod shard;
+pub mod siphash;
 pub mod snapshot;
 pub mod stats;
 pub mod stream;

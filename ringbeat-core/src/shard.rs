@@ -4,12 +4,13 @@
 //! is what lets `tests/simulation.rs` drive it under simulated time from a seed.
 
 use super::codec::{
-    self, FrameError, FrameV2, Heartbeat, Refusal, FRAME_BYTES, FRAME_V2_BYTES, MAX_DATAGRAM_BYTES,
-    VERSION_2,
+    self, FrameError, FrameV2, Heartbeat, Key, Refusal, FRAME_BYTES, FRAME_V2_BYTES,
+    MAX_DATAGRAM_BYTES, TAGGED_BYTES, VERSION_2,
 };
 use super::liveness::{Thresholds, Wheel};
 use super::owner::owner;
 use super::registry::{Counter, RegistryIn, ReplayWindow};
+use super::siphash;
 use super::stats::ShardStats;
 use super::stream::{Fed, Feed, StreamDecoder};
 use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
@@ -314,24 +315,26 @@ impl<M: Memory> ShardCore<M> {
                 return 0;
             }
         };
-        self.prefetch_registry(frames);
+        let verified = self.prepare_datagram(frames);
         let mut ack_len = 0;
         let mut i = 0;
         while i < frames.len() {
             // A version-2 header (right magic, version 2) makes the frame 64 bytes.
-            let unit = if codec::unit_version(&frames[i]) == Some(VERSION_2) {
+            let (unit, checked) = if codec::unit_version(&frames[i]) == Some(VERSION_2) {
                 let Some(pair) = frames.get(i..i + 2) else {
                     self.stats.count_frame_error(FrameError::TruncatedV2);
                     break;
                 };
+                let checked = verified.map(|mask| mask >> i & 1 == 1);
                 i += 2;
-                Unit::V2(pair.as_flattened().try_into().expect("two 32-byte units"))
+                let v2 = Unit::V2(pair.as_flattened().try_into().expect("two 32-byte units"));
+                (v2, checked)
             } else {
                 i += 1;
-                Unit::V1(&frames[i - 1])
+                (Unit::V1(&frames[i - 1]), None)
             };
             // An ack is as long as its heartbeat, so the acks fit as the frames did.
-            let _ = self.ingest_unit(unit, now_ms, &mut forward, |ack: &[u8]| {
+            let _ = self.ingest_unit(unit, checked, now_ms, &mut forward, |ack: &[u8]| {
                 acks[ack_len..ack_len + ack.len()].copy_from_slice(ack);
                 ack_len += ack.len();
             });
@@ -340,15 +343,15 @@ impl<M: Memory> ShardCore<M> {
     }
 
     /// With a registry, a datagram's frames are looked up there one by one; each lookup
-    /// is a likely cache miss (16 bytes per slot, 64 MiB at 2M devices), so the slots of
-    /// every frame are prefetched first and the misses overlap. With version-2 frames,
-    /// their keys and replay windows are prefetched in a second pass (they are found
-    /// through the slots).
+    /// is a likely cache miss (32-byte entries, 128 MiB at 2M devices), so the entries
+    /// of every frame are prefetched first and the misses overlap. Version-2 frames then
+    /// get their replay windows prefetched and their tags checked here, four at a time
+    /// (`siphash::tags48`): the result is a mask of the units (by index) whose frame's
+    /// tag is right under its device's key; `None` when there is no registry or no
+    /// version-2 frame.
     #[inline]
-    fn prefetch_registry(&self, frames: &[[u8; FRAME_BYTES]]) {
-        let Some(r) = self.registry.as_deref() else {
-            return;
-        };
+    fn prepare_datagram(&self, frames: &[[u8; FRAME_BYTES]]) -> Option<u64> {
+        let r = self.registry.as_deref()?;
         let id = |f: &[u8; FRAME_BYTES]| u64::from_le_bytes(f[8..16].try_into().expect("8 bytes"));
         let mut v2 = false;
         let mut i = 0;
@@ -359,21 +362,53 @@ impl<M: Memory> ShardCore<M> {
             i += 1 + long as usize;
         }
         if !v2 {
-            return;
+            return None;
         }
+        // (unit index, key, the 48 tagged bytes, the frame's tag), four at a time.
+        let mut mask = 0u64;
+        let mut lanes: [(usize, Key, &[u8; TAGGED_BYTES], &[u8]); 4] =
+            [(0, [0; 16], &[0; TAGGED_BYTES], &[]); 4];
+        let mut filled = 0;
+        let mut check = |lanes: &[(usize, Key, &[u8; TAGGED_BYTES], &[u8]); 4], n: usize| {
+            let tags = siphash::tags48::<4>(
+                std::array::from_fn(|l| &lanes[l].1),
+                std::array::from_fn(|l| lanes[l].2),
+            );
+            for (lane, tag) in lanes.iter().zip(tags).take(n) {
+                mask |= (codec::tags_equal(lane.3, &tag) as u64) << lane.0;
+            }
+        };
         let mut i = 0;
         while i < frames.len() {
-            if codec::unit_version(&frames[i]) == Some(VERSION_2) {
-                if let Some(e) = r.get(id(&frames[i])).filter(|e| e.keyed()) {
+            if codec::unit_version(&frames[i]) != Some(VERSION_2) || i + 1 == frames.len() {
+                i += 1;
+                continue;
+            }
+            if let Some(e) = r.get(id(&frames[i])) {
+                if let Some(key) = e.key() {
                     if let Some(w) = self.windows.get(e.local as usize) {
                         M::prefetch(w);
                     }
+                    let pair = frames[i..i + 2].as_flattened();
+                    lanes[filled] = (
+                        i,
+                        *key,
+                        pair[..TAGGED_BYTES].try_into().expect("48 bytes"),
+                        &pair[TAGGED_BYTES..],
+                    );
+                    filled += 1;
+                    if filled == 4 {
+                        check(&lanes, 4);
+                        filled = 0;
+                    }
                 }
-                i += 2;
-            } else {
-                i += 1;
             }
+            i += 2;
         }
+        if filled > 0 {
+            check(&lanes, filled);
+        }
+        Some(mask)
     }
 
     /// Takes the next bytes of a TCP connection's stream (`decoder` is the connection's
@@ -401,13 +436,13 @@ impl<M: Memory> ShardCore<M> {
                 whole[..FRAME_BYTES].copy_from_slice(&first);
                 whole[FRAME_BYTES..].copy_from_slice(raw);
                 frames += 1;
-                self.ingest_unit(Unit::V2(&whole), now_ms, &mut forward, &mut ack)
+                self.ingest_unit(Unit::V2(&whole), None, now_ms, &mut forward, &mut ack)
             } else if codec::unit_version(raw) == Some(VERSION_2) {
                 held = Some(*raw);
                 Ok(())
             } else {
                 frames += 1;
-                self.ingest_unit(Unit::V1(raw), now_ms, &mut forward, &mut ack)
+                self.ingest_unit(Unit::V1(raw), None, now_ms, &mut forward, &mut ack)
             };
             match result {
                 Err(FrameError::BadMagic) => Feed::Stop,
@@ -434,6 +469,7 @@ impl<M: Memory> ShardCore<M> {
     fn ingest_unit(
         &mut self,
         unit: Unit<'_>,
+        checked: Option<bool>,
         now_ms: u64,
         forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
         mut ack: impl FnMut(&[u8]),
@@ -475,7 +511,11 @@ impl<M: Memory> ShardCore<M> {
                 return Ok(());
             }
             None => None,
-            Some(f) if key.as_ref().is_some_and(|k| f.verify(k)) => {
+            Some(f)
+                if key
+                    .as_ref()
+                    .is_some_and(|k| checked.unwrap_or_else(|| f.verify(k))) =>
+            {
                 self.stats.authenticated += 1;
                 Some((local, f.counter()))
             }
