@@ -662,6 +662,7 @@ fn summary_json(
                 "kernel_wakeups_per_s": switches as f64 / measured_s,
                 "heartbeats_per_kernel_wakeup": hb as f64 / switches.max(1) as f64,
                 "malformed_total": d("malformed_total"), "table_full": d("table_full"),
+                "frames_valid": d("frames_valid"), "forwarded": d("forwarded"),
             })
         }
         _ => serde_json::Value::Null,
