@@ -432,13 +432,19 @@ pub fn decode_v2(bytes: &[u8; FRAME_V2_BYTES]) -> Result<FrameV2<'_>, FrameError
 
 /// Encodes a version-2 frame (heartbeat or ack) with `boot` and its tag under `key`.
 pub fn encode_v2(fields: &FrameFields, boot: u32, key: &Key, out: &mut [u8; FRAME_V2_BYTES]) {
+    encode_v2_untagged(fields, boot, out);
+    let t = tag(key, &out[..TAGGED_BYTES]);
+    out[TAGGED_BYTES..].copy_from_slice(&t);
+}
+
+/// Encodes a version-2 frame's first 48 bytes and leaves its tag zero, for a sender
+/// that computes the tags of several frames at once (`siphash::tags48`).
+pub fn encode_v2_untagged(fields: &FrameFields, boot: u32, out: &mut [u8; FRAME_V2_BYTES]) {
     let head: &mut [u8; FRAME_BYTES] = (&mut out[..FRAME_BYTES]).try_into().expect("64 > 32");
     fields.encode(head);
     out[4..6].copy_from_slice(&VERSION_2.to_le_bytes());
     out[32..36].copy_from_slice(&boot.to_le_bytes());
-    out[36..TAGGED_BYTES].fill(0);
-    let t = tag(key, &out[..TAGGED_BYTES]);
-    out[TAGGED_BYTES..].copy_from_slice(&t);
+    out[36..].fill(0);
 }
 
 /// Writes the version-2 ack for `frame`: the version-1 ack's fields, `boot` echoed, and
