@@ -3,7 +3,8 @@
 # against the server without a registry (v1), with a registry of every device without
 # keys (v1-registry: one lookup per frame), and with keys, the load sending version-2
 # frames (v2: a lookup, a SipHash-2-4-128 tag check and a replay window per frame), at
-# one heartbeat per datagram and at 32, variants interleaved run by run. Server on CPU
+# one heartbeat per datagram and at 32 (at saturation, and at a steady 4M per second),
+# variants interleaved run by run. Server on CPU
 # 0, load on CPU 1; sends only to 127.0.0.1. The devices files (random keys) are
 # written to a temporary folder and removed afterwards.
 #
@@ -24,4 +25,9 @@ target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-bat
   "${variants[@]}"
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch32 \
   --devices 2000000 --rates 20000000 --batch 32 --runs "$RUNS" --duration 7 --warmup 2 \
+  "${variants[@]}"
+# A load the version-2 generator holds steady (the 20M above arrives in bursts): below
+# version 1's saturation, so compare the CPU each variant needs for the same heartbeats.
+target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch32-steady \
+  --devices 2000000 --rates 4000000 --batch 32 --runs "$RUNS" --duration 7 --warmup 2 \
   "${variants[@]}"
