@@ -8,7 +8,7 @@ use crate::schedule::Schedule;
 use hdrhistogram::Histogram;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use ringbeat::core::codec::{
-    self, decode_ack, FrameFields, Key, FLAG_ACK_REQUESTED, FRAME_BYTES, FRAME_V2_BYTES, VERSION_2,
+    self, decode_ack, FrameFields, Key, FLAG_ACK_REQUESTED, FRAME_BYTES, FRAME_V2_BYTES,
 };
 use ringbeat::core::registry::Registry;
 use std::net::SocketAddr;
@@ -227,22 +227,13 @@ fn tag_frames(buf: &mut [u8], frames: &[(usize, &Key)]) {
     }
 }
 
-/// Splits an ack datagram (or a run of stream bytes) into ack frames by their
-/// version: a version-2 header makes the frame 64 bytes. A trailing half is dropped.
+/// Splits an ack datagram into ack frames by their version (`codec::frames`): a
+/// version-2 header makes the frame 64 bytes. A trailing half is dropped.
 pub fn ack_frames(bytes: &[u8], mut each: impl FnMut(&[u8])) {
-    let mut at = 0;
-    while at + FRAME_BYTES <= bytes.len() {
-        let unit: &[u8; FRAME_BYTES] = bytes[at..at + FRAME_BYTES].try_into().expect("32 bytes");
-        let len = if codec::unit_version(unit) == Some(VERSION_2) {
-            FRAME_V2_BYTES
-        } else {
-            FRAME_BYTES
-        };
-        if at + len > bytes.len() {
-            return;
+    for (_, frame) in codec::frames(bytes.as_chunks::<FRAME_BYTES>().0) {
+        if let Ok(f) = frame {
+            each(f.bytes());
         }
-        each(&bytes[at..at + len]);
-        at += len;
     }
 }
 

@@ -14,7 +14,7 @@ use crate::schedule::Schedule;
 use crate::sender::{encode_frame, frame_bytes};
 use crate::sender::{DueQueue, Interval, Progress, SenderConfig, SenderResult, Totals};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use ringbeat::core::codec::{self, FrameFields, FLAG_ACK_REQUESTED, FRAME_V2_BYTES};
+use ringbeat::core::codec::{FrameFields, FLAG_ACK_REQUESTED, FRAME_V2_BYTES};
 use ringbeat::core::stream::{Feed, StreamDecoder};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -125,20 +125,10 @@ pub fn run(
                     }
                     Ok(len) => {
                         let now = start.elapsed().as_nanos() as u64;
-                        // Version-2 acks are two 32-byte units: the first waits for
-                        // the second in the decoder.
-                        let mut held = c.acks.take_held();
-                        c.acks.feed(&rx[..len], |f| {
-                            if let Some(first) = held.take() {
-                                got += t.ack_frame(rec, &[first, *f].concat(), now, auth) as u64;
-                            } else if codec::unit_version(f) == Some(codec::VERSION_2) {
-                                held = Some(*f);
-                            } else {
-                                got += t.ack_frame(rec, f, now, auth) as u64;
-                            }
+                        c.acks.feed_frames(&rx[..len], |f| {
+                            got += t.ack_frame(rec, f.bytes(), now, auth) as u64;
                             Feed::Continue
                         });
-                        c.acks.hold(held);
                         if len < rx.len() {
                             break;
                         }

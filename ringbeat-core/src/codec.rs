@@ -211,6 +211,52 @@ pub fn datagram_frames(datagram: &[u8]) -> Result<&[[u8; FRAME_BYTES]], Datagram
     Ok(frames)
 }
 
+/// One frame as it came off the wire: its version says how long it is.
+#[derive(Clone, Copy, Debug)]
+pub enum Wire<'a> {
+    V1(&'a [u8; FRAME_BYTES]),
+    V2(&'a [u8; FRAME_V2_BYTES]),
+}
+
+impl<'a> Wire<'a> {
+    pub fn bytes(&self) -> &'a [u8] {
+        match *self {
+            Wire::V1(b) => b,
+            Wire::V2(b) => b,
+        }
+    }
+}
+
+/// The frames in a run of 32-byte units (a datagram's, or an ack datagram's), each with
+/// the index of its first unit: a unit whose header says version 2 (right magic) takes
+/// the next unit as its second half; a version-2 header in the last unit is
+/// `TruncatedV2` and ends the run. Any other unit is a version-1 frame, valid or not.
+#[inline]
+pub fn frames(
+    units: &[[u8; FRAME_BYTES]],
+) -> impl Iterator<Item = (usize, Result<Wire<'_>, FrameError>)> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let at = i;
+        let unit = units.get(at)?;
+        if unit_version(unit) != Some(VERSION_2) {
+            i += 1;
+            return Some((at, Ok(Wire::V1(unit))));
+        }
+        match units.get(at..at + 2) {
+            Some(pair) => {
+                i += 2;
+                let whole = pair.as_flattened().try_into().expect("two 32-byte units");
+                Some((at, Ok(Wire::V2(whole))))
+            }
+            None => {
+                i = units.len();
+                Some((at, Err(FrameError::TruncatedV2)))
+            }
+        }
+    })
+}
+
 /// The fields of a frame to encode; used for heartbeats (harness, tests) and acks (server).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrameFields {
@@ -689,6 +735,29 @@ mod tests {
         assert_eq!(
             decode_ack_v2(&ack, &[9; 16]).unwrap_err(),
             AckV2Error::BadTag
+        );
+    }
+
+    #[test]
+    fn frames_pair_version_two_units_and_stop_at_a_cut_one() {
+        let mut v2 = [0u8; FRAME_V2_BYTES];
+        encode_v2(&FrameFields::heartbeat(1, 1, 10, 0), 0, &KEY, &mut v2);
+        let v1 = hb(2, 1);
+        let mut bad = v1;
+        bad[0] = b'X';
+        let units: Vec<u8> = [&v1[..], &v2, &bad, &v2[..32]].concat();
+        let (units, _) = units.as_chunks::<FRAME_BYTES>();
+        let got: Vec<(usize, Result<usize, FrameError>)> = frames(units)
+            .map(|(i, f)| (i, f.map(|w| w.bytes().len())))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, Ok(32)),
+                (1, Ok(64)),
+                (3, Ok(32)),
+                (4, Err(FrameError::TruncatedV2))
+            ]
         );
     }
 

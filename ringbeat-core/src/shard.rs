@@ -4,7 +4,7 @@
 //! is what lets `tests/simulation.rs` drive it under simulated time from a seed.
 
 use super::codec::{
-    self, FrameError, FrameV2, Heartbeat, Key, Refusal, FRAME_BYTES, FRAME_V2_BYTES,
+    self, FrameError, FrameV2, Heartbeat, Key, Refusal, Wire, FRAME_BYTES, FRAME_V2_BYTES,
     MAX_DATAGRAM_BYTES, TAGGED_BYTES, VERSION_2,
 };
 use super::liveness::{Thresholds, Wheel};
@@ -65,13 +65,6 @@ impl CoreConfig {
             require_auth: false,
         }
     }
-}
-
-/// One frame as it came off the wire: its version says how long it is.
-#[derive(Clone, Copy)]
-enum Unit<'a> {
-    V1(&'a [u8; FRAME_BYTES]),
-    V2(&'a [u8; FRAME_V2_BYTES]),
 }
 
 /// A version-2 frame handed to its owner travels as 32 bytes: its header with `boot`
@@ -286,6 +279,16 @@ impl<M: Memory> ShardCore<M> {
         &self.table
     }
 
+    /// The period the server expects of a device: its registry entry's interval when
+    /// it has one, else what its heartbeat says (`expected_interval_ds`).
+    #[inline]
+    fn interval_for(&self, entry: Option<&crate::registry::Entry>, interval_ds: u16) -> u16 {
+        match entry {
+            Some(e) if e.interval_ds != 0 => e.interval_ds,
+            _ => self.expected_interval_ds(interval_ds),
+        }
+    }
+
     /// The period the server expects from a heartbeat carrying `interval_ds`.
     #[inline]
     pub fn expected_interval_ds(&self, interval_ds: u16) -> u16 {
@@ -317,24 +320,20 @@ impl<M: Memory> ShardCore<M> {
         };
         let verified = self.prepare_datagram(frames);
         let mut ack_len = 0;
-        let mut i = 0;
-        while i < frames.len() {
-            // A version-2 header (right magic, version 2) makes the frame 64 bytes.
-            let (unit, checked) = if codec::unit_version(&frames[i]) == Some(VERSION_2) {
-                let Some(pair) = frames.get(i..i + 2) else {
-                    self.stats.count_frame_error(FrameError::TruncatedV2);
+        for (i, frame) in codec::frames(frames) {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    self.stats.count_frame_error(e);
                     break;
-                };
-                let checked = verified.map(|mask| mask >> i & 1 == 1);
-                i += 2;
-                let v2 = Unit::V2(pair.as_flattened().try_into().expect("two 32-byte units"));
-                (v2, checked)
-            } else {
-                i += 1;
-                (Unit::V1(&frames[i - 1]), None)
+                }
+            };
+            let checked = match frame {
+                Wire::V2(_) => verified.map(|mask| mask >> i & 1 == 1),
+                Wire::V1(_) => None,
             };
             // An ack is as long as its heartbeat, so the acks fit as the frames did.
-            let _ = self.ingest_unit(unit, checked, now_ms, &mut forward, |ack: &[u8]| {
+            let _ = self.ingest_unit(frame, checked, now_ms, &mut forward, |ack: &[u8]| {
                 acks[ack_len..ack_len + ack.len()].copy_from_slice(ack);
                 ack_len += ack.len();
             });
@@ -354,12 +353,9 @@ impl<M: Memory> ShardCore<M> {
         let r = self.registry.as_deref()?;
         let id = |f: &[u8; FRAME_BYTES]| u64::from_le_bytes(f[8..16].try_into().expect("8 bytes"));
         let mut v2 = false;
-        let mut i = 0;
-        while i < frames.len() {
+        for (i, frame) in codec::frames(frames) {
             M::prefetch(r.home(id(&frames[i])));
-            let long = codec::unit_version(&frames[i]) == Some(VERSION_2);
-            v2 |= long;
-            i += 1 + long as usize;
+            v2 |= matches!(frame, Ok(Wire::V2(_)));
         }
         if !v2 {
             return None;
@@ -378,32 +374,26 @@ impl<M: Memory> ShardCore<M> {
                 mask |= (codec::tags_equal(lane.3, &tag) as u64) << lane.0;
             }
         };
-        let mut i = 0;
-        while i < frames.len() {
-            if codec::unit_version(&frames[i]) != Some(VERSION_2) || i + 1 == frames.len() {
-                i += 1;
+        for (i, frame) in codec::frames(frames) {
+            let Ok(Wire::V2(pair)) = frame else { continue };
+            let Some(e) = r.get(id(&frames[i])) else {
                 continue;
+            };
+            let Some(key) = e.key() else { continue };
+            if let Some(w) = self.windows.get(e.local as usize) {
+                M::prefetch(w);
             }
-            if let Some(e) = r.get(id(&frames[i])) {
-                if let Some(key) = e.key() {
-                    if let Some(w) = self.windows.get(e.local as usize) {
-                        M::prefetch(w);
-                    }
-                    let pair = frames[i..i + 2].as_flattened();
-                    lanes[filled] = (
-                        i,
-                        *key,
-                        pair[..TAGGED_BYTES].try_into().expect("48 bytes"),
-                        &pair[TAGGED_BYTES..],
-                    );
-                    filled += 1;
-                    if filled == 4 {
-                        check(&lanes, 4);
-                        filled = 0;
-                    }
-                }
+            lanes[filled] = (
+                i,
+                *key,
+                pair[..TAGGED_BYTES].try_into().expect("48 bytes"),
+                &pair[TAGGED_BYTES..],
+            );
+            filled += 1;
+            if filled == 4 {
+                check(&lanes, 4);
+                filled = 0;
             }
-            i += 2;
         }
         if filled > 0 {
             check(&lanes, filled);
@@ -427,30 +417,13 @@ impl<M: Memory> ShardCore<M> {
         mut forward: impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
     ) -> Fed {
         self.stats.tcp_bytes += bytes.len() as u64;
-        // The first half of a version-2 frame waits here for its second.
-        let mut held = decoder.take_held();
-        let mut frames = 0u64;
-        let fed = decoder.feed(bytes, |raw| {
-            let result = if let Some(first) = held.take() {
-                let mut whole = [0u8; FRAME_V2_BYTES];
-                whole[..FRAME_BYTES].copy_from_slice(&first);
-                whole[FRAME_BYTES..].copy_from_slice(raw);
-                frames += 1;
-                self.ingest_unit(Unit::V2(&whole), None, now_ms, &mut forward, &mut ack)
-            } else if codec::unit_version(raw) == Some(VERSION_2) {
-                held = Some(*raw);
-                Ok(())
-            } else {
-                frames += 1;
-                self.ingest_unit(Unit::V1(raw), None, now_ms, &mut forward, &mut ack)
-            };
-            match result {
+        let fed = decoder.feed_frames(bytes, |frame| {
+            match self.ingest_unit(frame, None, now_ms, &mut forward, &mut ack) {
                 Err(FrameError::BadMagic) => Feed::Stop,
                 _ => Feed::Continue,
             }
         });
-        decoder.hold(held);
-        self.stats.tcp_frames += frames;
+        self.stats.tcp_frames += fed.frames as u64;
         self.stats.tcp_split_frames += fed.split as u64;
         fed
     }
@@ -468,15 +441,15 @@ impl<M: Memory> ShardCore<M> {
     #[inline(always)]
     fn ingest_unit(
         &mut self,
-        unit: Unit<'_>,
+        frame: Wire<'_>,
         checked: Option<bool>,
         now_ms: u64,
         forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
         mut ack: impl FnMut(&[u8]),
     ) -> Result<(), FrameError> {
-        let decoded = match unit {
-            Unit::V1(raw) => codec::decode_heartbeat(raw).map(|h| (h, None)),
-            Unit::V2(raw) => codec::decode_v2(raw).map(|f| (f.header(), Some(f))),
+        let decoded = match frame {
+            Wire::V1(raw) => codec::decode_heartbeat(raw).map(|h| (h, None)),
+            Wire::V2(raw) => codec::decode_v2(raw).map(|f| (f.header(), Some(f))),
         };
         let (hb, v2) = match decoded {
             Ok(d) => d,
@@ -498,10 +471,7 @@ impl<M: Memory> ShardCore<M> {
                 return Ok(());
             }
         };
-        let interval_ds = match entry {
-            Some(e) if e.interval_ds != 0 => e.interval_ds,
-            _ => self.expected_interval_ds(hb.interval_ds()),
-        };
+        let interval_ds = self.interval_for(entry.as_ref(), hb.interval_ds());
         let keyed = entry.is_some_and(|e| e.keyed());
         let key = entry.and_then(|e| e.key().copied());
         let local = entry.map_or(0, |e| e.local);
@@ -525,7 +495,16 @@ impl<M: Memory> ShardCore<M> {
             }
         };
         let target = owner(device_id, self.cfg.shards);
-        if target != self.cfg.shard {
+        let refused = if target == self.cfg.shard {
+            let admitted = Admitted {
+                device_id,
+                seq: hb.seq(),
+                status: hb.status(),
+                interval_ds,
+                counter,
+            };
+            self.take(admitted, now_ms, hb.ack_requested())
+        } else {
             let sent = match &v2 {
                 None => forward(target, hb.bytes()),
                 Some(f) => forward(target, &forwarded_v2(f)),
@@ -535,24 +514,8 @@ impl<M: Memory> ShardCore<M> {
             } else {
                 self.stats.forward_drops += 1;
             }
-            self.write_ack(
-                &hb,
-                v2.as_ref(),
-                key.as_ref(),
-                codec::ACK_ACCEPTED,
-                interval_ds,
-                &mut ack,
-            );
-            return Ok(());
-        }
-        let admitted = Admitted {
-            device_id,
-            seq: hb.seq(),
-            status: hb.status(),
-            interval_ds,
-            counter,
+            None
         };
-        let refused = self.take(admitted, now_ms, hb.ack_requested());
         match refused {
             None => self.write_ack(
                 &hb,
@@ -677,10 +640,7 @@ impl<M: Memory> ShardCore<M> {
             Some(Some(e)) => Some(e),
             None => None,
         };
-        let interval_ds = match entry {
-            Some(e) if e.interval_ds != 0 => e.interval_ds,
-            _ => self.expected_interval_ds(hb.interval_ds()),
-        };
+        let interval_ds = self.interval_for(entry.as_ref(), hb.interval_ds());
         let counter = v2.then(|| {
             let boot = u32::from_le_bytes(frame[24..28].try_into().expect("4 bytes"));
             (

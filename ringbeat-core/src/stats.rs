@@ -247,33 +247,27 @@ stats! {
 }
 
 impl ShardStats {
-    /// Counts a refused heartbeat under its reason.
-    pub fn count_refusal(&mut self, r: crate::codec::Refusal) {
+    /// The counter of one refusal reason (the one place that maps reasons to fields).
+    fn refusal_counter(&mut self, r: crate::codec::Refusal) -> &mut u64 {
         use crate::codec::Refusal;
-        *match r {
+        match r {
             Refusal::TableFull => &mut self.table_full,
             Refusal::UnknownDevice => &mut self.unknown_device,
             Refusal::AuthRequired => &mut self.auth_required,
             Refusal::AuthFailed => &mut self.auth_failed,
             Refusal::Replayed => &mut self.replayed,
-        } += 1;
+        }
+    }
+
+    /// Counts a refused heartbeat under its reason.
+    pub fn count_refusal(&mut self, r: crate::codec::Refusal) {
+        *self.refusal_counter(r) += 1;
     }
 
     /// Refused heartbeats by reason, in `Refusal::ALL` order.
     pub fn refusals(&self) -> [(crate::codec::Refusal, u64); 5] {
-        use crate::codec::Refusal;
-        Refusal::ALL.map(|r| {
-            (
-                r,
-                match r {
-                    Refusal::TableFull => self.table_full,
-                    Refusal::UnknownDevice => self.unknown_device,
-                    Refusal::AuthRequired => self.auth_required,
-                    Refusal::AuthFailed => self.auth_failed,
-                    Refusal::Replayed => self.replayed,
-                },
-            )
-        })
+        let mut copy = *self;
+        crate::codec::Refusal::ALL.map(|r| (r, *copy.refusal_counter(r)))
     }
 
     /// TCP connections closed for any reason.

@@ -27,7 +27,7 @@
 //! assert_eq!(decoder.carried(), 0);
 //! ```
 
-use crate::codec::FRAME_BYTES;
+use crate::codec::{unit_version, Wire, FRAME_BYTES, FRAME_V2_BYTES, VERSION_2};
 
 /// What the frame callback tells the decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,18 +73,37 @@ impl Default for StreamDecoder {
 }
 
 impl StreamDecoder {
-    /// Takes the held first half of a version-2 frame, if any (the caller assembles
-    /// 64-byte frames from the 32-byte units `feed` yields).
-    pub fn take_held(&mut self) -> Option<[u8; FRAME_BYTES]> {
-        std::mem::take(&mut self.holding).then_some(self.held)
-    }
-    /// Keeps the first half of a version-2 frame until the next `feed`.
-    pub fn hold(&mut self, first: Option<[u8; FRAME_BYTES]>) {
-        if let Some(h) = first {
+    /// Takes the next `bytes` of the stream and calls `frame` for every whole frame
+    /// they complete, version 1 (32 bytes) or 2 (64: a unit whose header says version 2
+    /// waits here for the next unit, whatever it holds), in stream order, until it
+    /// returns `Stop`. `Fed::frames` counts whole frames.
+    #[inline]
+    pub fn feed_frames(&mut self, bytes: &[u8], mut frame: impl FnMut(Wire<'_>) -> Feed) -> Fed {
+        let mut held = std::mem::take(&mut self.holding).then_some(self.held);
+        let mut frames = 0;
+        let mut fed = self.feed(bytes, |unit| {
+            if let Some(first) = held.take() {
+                let mut whole = [0u8; FRAME_V2_BYTES];
+                whole[..FRAME_BYTES].copy_from_slice(&first);
+                whole[FRAME_BYTES..].copy_from_slice(unit);
+                frames += 1;
+                frame(Wire::V2(&whole))
+            } else if unit_version(unit) == Some(VERSION_2) {
+                held = Some(*unit);
+                Feed::Continue
+            } else {
+                frames += 1;
+                frame(Wire::V1(unit))
+            }
+        });
+        if let Some(h) = held {
             self.held = h;
+            self.holding = true;
         }
-        self.holding = first.is_some();
+        fed.frames = frames;
+        fed
     }
+
     /// Bytes of an unfinished frame held (carry and a held version-2 half).
     pub fn pending_bytes(&self) -> usize {
         self.carried as usize + if self.holding { FRAME_BYTES } else { 0 }
