@@ -9,11 +9,12 @@
 #    counts (x86_64; and the aarch64 build under qemu at three levels);
 #  - p99 latency while 2M devices first appear (the table grows from empty) against
 #    p99 of the same rate once they are known, on the same server (RUNS runs; with
-#    BASELINE_BIN also for that binary, e.g. a build from before the growing table);
+#    BASELINE_BIN also for that binary, runs alternating, e.g. a build from before a
+#    change to the table; BASELINE_WHAT says in the README which build it is);
 #  - milliseconds from the server's start to its first ack.
 # Server on CPU 0, load on CPU 1; sends only to 127.0.0.1; everything stops by itself.
 #
-# usage: scripts/exp-footprint.sh [OUT_DIR]    env: RUNS=7 BASELINE_BIN=
+# usage: scripts/exp-footprint.sh [OUT_DIR]    env: RUNS=7 BASELINE_BIN= BASELINE_WHAT=
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_BASE=${1:-results}
@@ -40,10 +41,7 @@ $F per-device "$REL" "$BENCH" 10000,20000,50000,100000,200000,370000,500000,1000
 $F per-device "$ARM" "$BENCH" 10000,100000,1000000 qemu-aarch64-static \
   > "$OUT/per-device-aarch64-qemu.csv"
 echo "== ramp"
-$F ramp "$REL" "$BENCH" 2000000 2000000 "$RUNS" > "$OUT/ramp.csv"
-if [ -n "${BASELINE_BIN:-}" ]; then
-  $F ramp "$BASELINE_BIN" "$BENCH" 2000000 2000000 "$RUNS" > "$OUT/ramp-baseline.csv"
-fi
+$F ramp "$REL${BASELINE_BIN:+:$BASELINE_BIN}" "$BENCH" 2000000 2000000 "$RUNS" > "$OUT/ramp.csv"
 if [ -n "${BASELINE_BIN:-}" ]; then
   echo "== saturation against the baseline"
   for i in 1 2 3; do
@@ -57,16 +55,16 @@ fi
 echo "== first ack"
 $F first-ack "$REL" "$RUNS" > "$OUT/first-ack.csv"
 
-python3 - "$OUT" "$RUNS" "${BASELINE_BIN:-}" <<'PY'
+python3 - "$OUT" "$RUNS" "${BASELINE_BIN:-}" "${BASELINE_WHAT:-}" <<'PY'
 import csv, os, statistics, subprocess, sys
-out, runs, baseline = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, runs, baseline, baseline_what = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 rows = lambda f: list(csv.DictReader(open(os.path.join(out, f))))
 med = lambda xs: statistics.median(float(x) for x in xs)
 rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True, text=True).stdout.strip()
 kernel = os.uname().release
 L = []
 L.append("# Memory footprint and table growth\n")
-L.append("```sh\nscripts/exp-footprint.sh" + (f"   # BASELINE_BIN={baseline}" if baseline else "") + "\n```\n")
+L.append("```sh\nscripts/exp-footprint.sh" + (f"   # BASELINE_BIN: {baseline_what or os.path.basename(baseline)}" if baseline else "") + "\n```\n")
 L.append(f"git revision {rev}, kernel {kernel}, {os.cpu_count()} CPUs; server on CPU 0, load on CPU 1; default flags (`--max-devices` 4,194,304) unless said.\n")
 L.append("## Idle resident memory\n")
 L.append("| build | one shard (`--cores 0`) | two shards | each further shard |\n|---|---|---|---|")
@@ -84,18 +82,21 @@ for x in rows("per-device-x86_64.csv"):
     L.append(f"| {int(x['devices']):,} | {x['bytes_per_device']} | {arm.get(x['devices'], '')} |")
 L.append("\n## p99 while 2M devices first appear\n")
 L.append(f"2M hb/s in 32-heartbeat datagrams: the first second every device is new (the index grows from 1,024 buckets to 3.1M), then one second more of the same devices on the same server (not measured: the last growth finishes), then the steady second, measured. {runs} runs, each with a fresh server; latency from the intended send time.\n")
-def ramp_table(f, label):
-    r = rows(f)
+def ramp_table(f, build, label):
+    r = [x for x in rows(f) if x["build"] == build]
+    runs_ = [x for x in r if x["run"].isdigit()]
+    pooled = next(x for x in r if x["run"] == "pooled")
+    median_ratio = next(x for x in r if x["run"] == "median")["ratio"]
     L.append(f"| {label} | run | p99 ramp (µs) | p99 steady (µs) | ramp / steady |\n|---|---|---|---|---|")
-    for x in r:
+    for x in runs_:
         L.append(f"| | {x['run']} | {x['p99_ramp_us']} | {x['p99_steady_us']} | {x['ratio']} |")
-    a, b = med(x["p99_ramp_us"] for x in r), med(x["p99_steady_us"] for x in r)
-    L.append(f"| | **median** | **{a:.1f}** | **{b:.1f}** | **{a / b:.2f}** |\n")
-L.append("What the ramp costs: every device's first heartbeat writes a fresh record (a page fault per 128 devices) and the index grows 21 times, each growth preparing its next index a few pages per batch, then moving the devices a few per operation. Steady p99 on this shared 2-CPU VM varies several-fold from run to run (compare the steady column across runs), so the ratio is read from medians.\n")
-ramp_table("ramp.csv", "this build")
+    a, b = med(x["p99_ramp_us"] for x in runs_), med(x["p99_steady_us"] for x in runs_)
+    L.append(f"| | median of the runs | {a:.1f} | {b:.1f} | {a / b:.2f} (median of the ratios: {median_ratio}) |")
+    L.append(f"| | **all runs' samples together** | **{pooled['p99_ramp_us']}** | **{pooled['p99_steady_us']}** | **{pooled['ratio']}** |\n")
+ramp_table("ramp.csv", "0", "this build")
 if baseline:
-    L.append("The baseline is given as BASELINE_BIN: here the build before the growing index (an index sized for `--max-devices` at start, touched at random as devices appear: every new device a page fault).\n")
-    ramp_table("ramp-baseline.csv", "baseline")
+    L.append(f"The baseline is given as BASELINE_BIN ({baseline_what or 'another build'}); its runs alternated with this build's.\n")
+    ramp_table("ramp.csv", "1", "baseline")
 sat = os.path.join(out, "saturation")
 if os.path.isdir(sat):
     L.append("## Throughput at saturation against the baseline\n")

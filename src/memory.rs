@@ -30,6 +30,9 @@ impl Memory for Mapped {
     fn populate(words: &mut ZeroedRegion<u32>, range: std::ops::Range<usize>) {
         words.populate(range)
     }
+    fn populate_devices(devices: &mut ZeroedRegion<Device>, range: std::ops::Range<usize>) {
+        devices.populate(range)
+    }
     #[inline(always)]
     fn prefetch<T>(value: &T) {
         mem::prefetch(value)

@@ -95,7 +95,11 @@ pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl std::io::Write) -> std::io:
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     )?;
     let scale = 1000.0;
+    // TotalCount is cumulative (samples at or below the value), as HdrHistogram's own
+    // percentile output writes it, so distributions of several runs can be merged.
+    let mut total = 0u64;
     for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
         let q = v.quantile_iterated_to();
         let value = v.value_iterated_to() as f64 / scale;
         if q < 1.0 {
@@ -104,17 +108,11 @@ pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl std::io::Write) -> std::io:
                 "{:12.3} {:2.12} {:10} {:14.2}",
                 value,
                 q,
-                v.count_since_last_iteration(),
+                total,
                 1.0 / (1.0 - q)
             )?;
         } else {
-            writeln!(
-                out,
-                "{:12.3} {:2.12} {:10}",
-                value,
-                q,
-                v.count_since_last_iteration()
-            )?;
+            writeln!(out, "{:12.3} {:2.12} {:10}", value, q, total)?;
         }
     }
     writeln!(
@@ -289,5 +287,15 @@ mod tests {
             .next()
             .unwrap();
         assert!((p50 - 500.0).abs() < 1.0, "{p50}");
+        // TotalCount is cumulative: it never falls and ends at the total.
+        let counts: Vec<u64> = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3 && !l.starts_with('#')).then(|| f[2].parse().ok())?
+            })
+            .collect();
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+        assert_eq!(counts.last(), Some(&1000));
     }
 }

@@ -34,6 +34,9 @@ pub trait Memory: 'static {
     /// later take no page fault. Memory that is resident from the start needs nothing.
     fn populate(_words: &mut Self::Words, _range: std::ops::Range<usize>) {}
 
+    /// As `populate`, for device records.
+    fn populate_devices(_devices: &mut Self::Devices, _range: std::ops::Range<usize>) {}
+
     /// Asks the CPU to start loading the cache line holding `value`. Only a hint: doing
     /// nothing is correct, just slower on batched lookups and wheel walks.
     fn prefetch<T>(value: &T);

@@ -821,6 +821,12 @@ impl<M: Memory> ShardCore<M> {
         done
     }
 
+    /// Work for a moment with nothing else to do, bounded (tens of µs): makes the
+    /// device table's next records resident. Returns whether it did any.
+    pub fn idle_step(&mut self) -> bool {
+        self.table.prepare_ahead()
+    }
+
     /// Liveness work is left over from a budgeted `advance_slice`: the engine must
     /// not sleep.
     pub fn liveness_pending(&self) -> bool {

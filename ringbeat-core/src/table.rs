@@ -197,6 +197,8 @@ pub struct DeviceTable<M: Memory> {
     slot_mask: u32,
     devices: M::Devices,
     len: u32,
+    /// Records `..ready` are resident (made so by `prepare_ahead` or by use).
+    ready: u32,
 }
 
 #[inline]
@@ -243,6 +245,8 @@ const PAGE_BUCKETS: usize = 1024;
 /// the work a batch takes on (5 µs) while spreading it over ~B/4096 batches.
 const PREPARE_PAGES_BATCH: usize = 4;
 const PREPARE_PAGES_INSERT: usize = 1;
+/// Records made resident ahead per `prepare_ahead` call: four 4 KiB pages.
+const READY_STEP: usize = 512;
 /// Preparing stops being spread out (it is finished at once) if the current index
 /// gets this full meanwhile, in hundredths: only batches of hundreds of new devices
 /// each can get there.
@@ -285,7 +289,29 @@ impl<M: Memory> DeviceTable<M> {
             },
             devices: M::devices(capacity as usize, huge)?,
             len: 0,
+            ready: 0,
         })
+    }
+
+    /// Makes the next records resident ahead of the devices that will fill them, a
+    /// bounded step (`READY_STEP` records, 16 KiB) per call; returns whether it did
+    /// any. Meant for the moments a shard has nothing to do (before it sleeps): a new
+    /// device's first write into a fresh page otherwise takes the page fault (a few
+    /// µs in a virtual machine) in the middle of a datagram, 128 devices apart, for
+    /// the whole of a ramp. Keeps `len / 32` records ahead (3% more memory, at most
+    /// one step at small sizes).
+    pub fn prepare_ahead(&mut self) -> bool {
+        let want = (self.len as usize + (self.len as usize / 32).max(1))
+            .next_multiple_of(READY_STEP)
+            .min(self.devices.len());
+        let ready = (self.ready as usize).max(self.len as usize);
+        if ready >= want {
+            return false;
+        }
+        let end = (ready + READY_STEP).min(self.devices.len());
+        M::populate_devices(&mut self.devices, ready..end);
+        self.ready = end as u32;
+        true
     }
 
     pub fn len(&self) -> u32 {
@@ -595,6 +621,35 @@ impl<M: Memory> DeviceTable<M> {
 mod tests {
     use super::*;
     use crate::memory::Heap;
+
+    #[test]
+    fn prepare_ahead_keeps_a_32nd_ahead_in_bounded_steps() {
+        let mut t = DeviceTable::<Heap>::new(100_000).unwrap();
+        let steps = |t: &mut DeviceTable<Heap>| {
+            std::iter::from_fn(|| t.prepare_ahead().then_some(())).count()
+        };
+        // Empty: one step ahead, then nothing to do.
+        assert_eq!(steps(&mut t), 1);
+        assert_eq!(t.ready as usize, READY_STEP);
+        for id in 1..=64_000u64 {
+            t.lookup_or_insert(id);
+        }
+        // 64,000 devices: 2,000 ahead, rounded up to a step.
+        let want = (64_000usize + 2_000).next_multiple_of(READY_STEP);
+        assert_eq!(steps(&mut t), (want - 64_000).div_ceil(READY_STEP));
+        assert_eq!(
+            t.ready as usize,
+            64_000 + (want - 64_000).div_ceil(READY_STEP) * READY_STEP
+        );
+        assert!(!t.prepare_ahead());
+        // Near capacity it stops at the last record.
+        for id in 64_001..=99_990u64 {
+            t.lookup_or_insert(id);
+        }
+        steps(&mut t);
+        assert_eq!(t.ready, 100_000);
+        assert!(!t.prepare_ahead());
+    }
 
     #[test]
     fn insert_find_and_reject_when_full() {

@@ -393,6 +393,9 @@ impl ShardLoop<'_> {
             liveness_pending: self.core.liveness_pending(),
             stopping,
         };
+        if !wait.busy() && !stopping {
+            self.core.idle_step();
+        }
         engine.wait(&mut self.ingest(), wait);
         self.ctx.parkers[index]
             .parked
