@@ -166,7 +166,11 @@ fn a_full_table_says_so_in_the_ack() {
 fn authenticated_heartbeats_refuse_spoofs_and_replays() {
     let file = devices_file(
         "auth",
-        &format!("10 key={}\n11 key={}\n12\n", hex(&KEY_A), hex(&KEY_B)),
+        &format!(
+            "10 key={}\n11 key={} interval=5s\n12\n",
+            hex(&KEY_A),
+            hex(&KEY_B)
+        ),
     );
     let server = Server::start(
         "auth",
@@ -215,9 +219,11 @@ fn authenticated_heartbeats_refuse_spoofs_and_replays() {
         0
     );
 
-    // Version 1 from a device with a key: refused, it must authenticate.
+    // Version 1 from a device with a key: refused, it must authenticate. The ack
+    // carries the period the devices file gives it (5 s), not the frame's (1 s).
     let a = v1_acks(&exchange(&c, at, &heartbeat(11, 1, 10, true)))[0];
     assert_eq!(a.status, codec::ACK_AUTH_REQUIRED);
+    assert_eq!(a.interval_ds, 50);
     // Version 1 from a registered device without a key: taken.
     let a = v1_acks(&exchange(&c, at, &heartbeat(12, 1, 10, true)))[0];
     assert_eq!(a.status, codec::ACK_ACCEPTED);

@@ -467,7 +467,9 @@ impl<M: Memory> ShardCore<M> {
             None => None,
             Some(Some(e)) => Some(e),
             Some(None) => {
-                self.answer_refusal(&hb, v2.as_ref(), None, Refusal::UnknownDevice, &mut ack);
+                let interval_ds = self.expected_interval_ds(hb.interval_ds());
+                let r = Refusal::UnknownDevice;
+                self.answer_refusal(&hb, v2.as_ref(), None, r, interval_ds, &mut ack);
                 return Ok(());
             }
         };
@@ -477,7 +479,8 @@ impl<M: Memory> ShardCore<M> {
         let local = entry.map_or(0, |e| e.local);
         let counter = match &v2 {
             None if keyed || self.cfg.require_auth => {
-                self.answer_refusal(&hb, None, None, Refusal::AuthRequired, &mut ack);
+                let r = Refusal::AuthRequired;
+                self.answer_refusal(&hb, None, None, r, interval_ds, &mut ack);
                 return Ok(());
             }
             None => None,
@@ -490,7 +493,8 @@ impl<M: Memory> ShardCore<M> {
                 Some((local, f.counter()))
             }
             Some(f) => {
-                self.answer_refusal(&hb, Some(f), key.as_ref(), Refusal::AuthFailed, &mut ack);
+                let r = Refusal::AuthFailed;
+                self.answer_refusal(&hb, Some(f), key.as_ref(), r, interval_ds, &mut ack);
                 return Ok(());
             }
         };
@@ -525,12 +529,16 @@ impl<M: Memory> ShardCore<M> {
                 interval_ds,
                 &mut ack,
             ),
-            Some(r) => self.answer_refusal(&hb, v2.as_ref(), key.as_ref(), r, &mut ack),
+            Some(r) => {
+                self.answer_refusal(&hb, v2.as_ref(), key.as_ref(), r, interval_ds, &mut ack)
+            }
         }
         Ok(())
     }
 
-    /// Counts a refusal and answers it when the frame asked for an ack.
+    /// Counts a refusal and answers it when the frame asked for an ack, with the
+    /// period the server expects of the device (`interval_for`, as an accepted frame's
+    /// ack would carry).
     #[cold]
     fn answer_refusal(
         &mut self,
@@ -538,6 +546,7 @@ impl<M: Memory> ShardCore<M> {
         v2: Option<&FrameV2<'_>>,
         key: Option<&codec::Key>,
         r: Refusal,
+        interval_ds: u16,
         ack: &mut impl FnMut(&[u8]),
     ) {
         if r != Refusal::TableFull {
@@ -545,7 +554,6 @@ impl<M: Memory> ShardCore<M> {
             self.stats.count_refusal(r);
         }
         self.last_refused = Some((hb.device_id(), r));
-        let interval_ds = self.expected_interval_ds(hb.interval_ds());
         self.write_ack(hb, v2, key, r.status(), interval_ds, ack);
     }
 
