@@ -12,8 +12,8 @@ RUNS=${RUNS:-3}
 cargo build --release --locked --workspace -q
 allow="--allow=10.0.0.0/8 --allow=192.168.0.0/16 --allow=fd00::/8 --allow=127.0.0.0/8"
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name allowlist-batch1 \
-  --devices 200000 --rates 1500000,3000000 --batch 1 --runs "$RUNS" --duration 7 --warmup 2 \
+  --devices 200000 --rates 1500000,3000000 --batch 1 --runs "$RUNS" --duration 8 \
   --variant "none=" --variant "allow=$allow"
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name allowlist-batch32 \
-  --devices 2000000 --rates 20000000 --batch 32 --runs "$RUNS" --duration 7 --warmup 2 \
+  --devices 2000000 --rates 20000000 --batch 32 --runs "$RUNS" --duration 8 \
   --variant "none=" --variant "allow=$allow"

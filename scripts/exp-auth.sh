@@ -21,13 +21,13 @@ python3 scripts/devices-file.py 2000000 --no-keys --out "$tmp/ids.txt"
 variants=(--variant "v1=" --variant "v1-registry=--devices-file=$tmp/ids.txt"
   --variant "v2=--devices-file=$tmp/keys.txt --auth-keys=$tmp/keys.txt")
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch1 \
-  --devices 200000 --rates 1500000,3000000 --batch 1 --runs "$RUNS" --duration 7 --warmup 2 \
+  --devices 200000 --rates 1500000,3000000 --batch 1 --runs "$RUNS" --duration 8 \
   "${variants[@]}"
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch32 \
-  --devices 2000000 --rates 20000000 --batch 32 --runs "$RUNS" --duration 7 --warmup 2 \
+  --devices 2000000 --rates 20000000 --batch 32 --runs "$RUNS" --duration 8 \
   "${variants[@]}"
 # A load the version-2 generator holds steady (the 20M above arrives in bursts): below
 # version 1's saturation, so compare the CPU each variant needs for the same heartbeats.
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch32-steady \
-  --devices 2000000 --rates 4000000 --batch 32 --runs "$RUNS" --duration 7 --warmup 2 \
+  --devices 2000000 --rates 4000000 --batch 32 --runs "$RUNS" --duration 8 \
   "${variants[@]}"

@@ -18,7 +18,7 @@ RUNS=${RUNS:-3}
 cargo build --release --locked --workspace -q
 variants=()
 for e in uring epoll tokio-uring; do variants+=(--variant "$e=--engine $e"); done
-common=(--kind rate --results "$OUT" --devices "$DEVICES" --runs "$RUNS" --duration 7 --warmup 2)
+common=(--kind rate --results "$OUT" --devices "$DEVICES" --runs "$RUNS" --duration 8)
 target/release/ringbeat-bench sweep "${common[@]}" --name engines-batch1 --batch 1 \
   --rates "$RATES_1" "${variants[@]}"
 target/release/ringbeat-bench sweep "${common[@]}" --name engines-batch32 --batch 32 \

@@ -48,7 +48,7 @@ if [ -n "${BASELINE_BIN:-}" ]; then
     for b in "$BASELINE_BIN" "$REL"; do
       label=$([ "$b" = "$REL" ] && echo this || echo baseline)
       "$BENCH" sweep --kind rate --results "$OUT/saturation" --name "$label-$i" --devices 2000000 \
-        --rates 20000000 --batch 32 --runs 1 --duration 6 --warmup 3 --server-bin "$b" >/dev/null
+        --rates 20000000 --batch 32 --runs 1 --duration 6 --server-bin "$b" >/dev/null
     done
   done
 fi

@@ -22,5 +22,5 @@ cargo build --release --locked --workspace -q
 variants=(--variant "default=")
 for w in $WAITS; do variants+=(--variant "wait-$w=--wait-us $w"); done
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name kernel-floor \
-  --devices "$DEVICES" --rates "$RATES" --batch 1 --runs "$RUNS" --duration 7 --warmup 2 \
+  --devices "$DEVICES" --rates "$RATES" --batch 1 --runs "$RUNS" --duration 8 \
   --sink-baseline "${variants[@]}"

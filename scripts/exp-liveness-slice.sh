@@ -17,7 +17,7 @@ RUNS=${RUNS:-3}
 cargo build --release --locked --workspace -q
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name liveness-slice \
   --devices "$DEVICES" --rates "$RATE" --batch 32 --ack-every-datagrams 10 \
-  --runs "$RUNS" --duration 7 --warmup 2 \
+  --runs "$RUNS" --duration 8 \
   --variant "whole-tick=--liveness-slice 0" --variant "slice-256=" \
   --variant "whole-tick-no-deep-idle=--liveness-slice 0 --cpu-dma-latency-us 0" \
   --variant "slice-256-no-deep-idle=--cpu-dma-latency-us 0"

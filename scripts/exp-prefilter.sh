@@ -23,4 +23,4 @@ for e in uring epoll; do
 done
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name prefilter \
   --devices "$DEVICES" --rates "$RATE" --garbage-rate "$GARBAGE_RATE" --ack-every-datagrams 1 \
-  --runs "$RUNS" --duration 7 --warmup 2 "${variants[@]}"
+  --runs "$RUNS" --duration 8 "${variants[@]}"

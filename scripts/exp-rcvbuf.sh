@@ -28,7 +28,7 @@ variants_for() {
     for s in $SIZES; do variants+=(--variant "$e-$s=--engine $e --rcvbuf $s"); done
   done
 }
-common=(--kind rate --results "$OUT" --devices "$DEVICES" --runs "$RUNS" --duration 7 --warmup 2)
+common=(--kind rate --results "$OUT" --devices "$DEVICES" --runs "$RUNS" --duration 8)
 variants_for $ENGINES
 target/release/ringbeat-bench sweep "${common[@]}" --name rcvbuf-steady \
   --rates "$STEADY_RATE" "${variants[@]}"

@@ -22,7 +22,7 @@ cargo build --release --locked --workspace -q
 old=$(cat "$RPS")
 trap 'echo "$old" > "$RPS"' EXIT
 variants=(--variant "uring=--engine uring" --variant "epoll=--engine epoll")
-common=(--kind rate --results "$OUT" --devices "$DEVICES" --rates "$RATES" --runs "$RUNS" --duration 7 --warmup 2)
+common=(--kind rate --results "$OUT" --devices "$DEVICES" --rates "$RATES" --runs "$RUNS" --duration 8)
 echo 0 > "$RPS"
 target/release/ringbeat-bench sweep "${common[@]}" --name rps-off "${variants[@]}"
 echo 1 > "$RPS"   # CPU 0, the server's

@@ -19,6 +19,6 @@ snap_dir=$(mktemp -d /tmp/ringbeat-snapshot-XXXXXX)
 trap 'rm -rf "$snap_dir"' EXIT
 cargo build --release --locked --workspace -q
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name "snapshot-batch$BATCH" \
-  --devices "$DEVICES" --rates "$RATE" --batch "$BATCH" --runs "$RUNS" --duration 13 --warmup 3 \
+  --devices "$DEVICES" --rates "$RATE" --batch "$BATCH" --runs "$RUNS" --duration 13 \
   --variant "no-snapshot=" \
   --variant "snapshot-every-${EVERY}s=--snapshot $snap_dir/devices.snap --snapshot-interval $EVERY --no-restore"

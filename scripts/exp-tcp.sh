@@ -17,7 +17,7 @@ RATES=${RATES:-5000000,10000000,20000000}
 CONNECTIONS=${CONNECTIONS:-64}
 cargo build --release --locked --workspace -q
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name "tcp-batch32" \
-  --devices 2000000 --rates "$RATES" --batch 32 --runs "$RUNS" --duration 8 --warmup 3 \
+  --devices 2000000 --rates "$RATES" --batch 32 --runs "$RUNS" --duration 8 \
   --variant "udp=--proto=udp" \
   --variant "tcp=--proto=tcp --connections=$CONNECTIONS" \
   --variant "tcp-bundles=RINGBEAT_TCP_PLAIN_BUFFERS=1 --proto=tcp --connections=$CONNECTIONS" \

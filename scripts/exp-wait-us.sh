@@ -19,5 +19,5 @@ variants=(--variant "adaptive=")
 for w in $WAITS; do variants+=(--variant "wait-$w=--wait-us $w"); done
 for r in $RATES; do
   target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name "wait-us-$r" \
-    --devices "$DEVICES" --rates "$r" --runs "$RUNS" --duration 7 --warmup 2 "${variants[@]}"
+    --devices "$DEVICES" --rates "$r" --runs "$RUNS" --duration 8 "${variants[@]}"
 done

@@ -15,7 +15,7 @@ RATE=${RATE:-1000000}
 RUNS=${RUNS:-3}
 cargo build --release --locked --workspace -q
 variants=(--variant "default=" --variant "no-deep-idle=--cpu-dma-latency-us 0")
-common=(--kind rate --results "$OUT" --devices "$DEVICES" --rates "$RATE" --runs "$RUNS" --duration 7 --warmup 2)
+common=(--kind rate --results "$OUT" --devices "$DEVICES" --rates "$RATE" --runs "$RUNS" --duration 8)
 target/release/ringbeat-bench sweep "${common[@]}" --name wake-latency-batch1 --batch 1 \
   --ack-every-datagrams 100 "${variants[@]}"
 target/release/ringbeat-bench sweep "${common[@]}" --name wake-latency-batch32 --batch 32 \

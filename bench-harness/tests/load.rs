@@ -281,3 +281,35 @@ fn sweep_refuses_an_existing_results_folder() {
         "earlier results"
     );
 }
+
+/// A given warm-up is honoured or refused, never lengthened behind the user's back.
+#[test]
+fn sweep_refuses_a_warmup_shorter_than_one_device_interval() {
+    let dir = temp("sweep-warmup");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
+        .args([
+            "sweep",
+            "--kind",
+            "rate",
+            "--name",
+            "short",
+            "--devices",
+            "100000",
+            "--rates",
+            "10000",
+            "--warmup",
+            "2",
+            "--allow-dirty",
+        ])
+        .arg("--results")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--warmup 2 is too short") && stderr.contains("--warmup 11 or more"),
+        "{stderr}"
+    );
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
+}

@@ -15,7 +15,7 @@ pub struct Context<'a> {
 pub fn variant(c: &Context<'_>, title: &str, dir_shown: &str, points_csv: &str) -> String {
     let a = c.args;
     format!(
-        "# {title} {} scan\n\nCommand:\n\n```sh\n{}\n```\n\n{}\nEach point: an open-loop load measured for {} s after a warm-up of at least {} s and at least one device interval + 1 s \
+        "# {title} {} scan\n\nCommand:\n\n```sh\n{}\n```\n\n{}\nEach point: an open-loop load measured for {} s after a warm-up of {} \
          (every device has sent before the measured window; first appearances are in the warm-up and the .hlog), latency sampled on one datagram in {}; \
          server CPU from /proc/PID/task/TID/schedstat and wake-ups from the shard threads' voluntary context switches over the measured window. {} run(s) per point, each with a fresh server.\n\n\
          Files: `points.csv` (one row per point, each value the median over its runs), `runs.csv` (every run), `summary.md`, `latency.svg`, `efficiency.svg`, \
@@ -24,8 +24,14 @@ pub fn variant(c: &Context<'_>, title: &str, dir_shown: &str, points_csv: &str) 
         a.kind.name(),
         c.command,
         c.environment,
-        a.duration - a.warmup,
-        a.warmup,
+        a.duration - a.warmup.unwrap_or(super::plan::DEFAULT_WARMUP_S),
+        match a.warmup {
+            Some(w) => format!("{w} s"),
+            None => format!(
+                "one device interval + 1 s, at least {} s",
+                super::plan::DEFAULT_WARMUP_S
+            ),
+        },
         a.ack_every_datagrams,
         a.runs,
         record::markdown_table(points_csv, &[])
