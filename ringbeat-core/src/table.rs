@@ -31,8 +31,13 @@
 //! see a half-moved state. Moving finishes well before the next growth: it takes
 //! 0.7 × old size / 4 inserts, and the next growth comes 0.35 × old size devices later.
 //!
-//! Memory per device: 32 (record) + 5.7–8.6 (index) + 4–6 (liveness wheel entries,
-//! `liveness`: 4 bytes each, up to 1.5 per device) = 42–47 bytes at every fill level;
+//! Records are made resident ahead of the devices that will fill them, a bounded step
+//! at a time when the shard has nothing else to do (`prepare_ahead`), so a ramp's new
+//! devices rarely take a page fault mid-datagram.
+//!
+//! Memory per device: 32 (record, + 1 for the records made resident ahead) + 5.7–8.6
+//! (index) + 4–6 (liveness wheel entries, `liveness`: 4 bytes each, up to 1.5 per
+//! device) = 43–48 bytes at every fill level;
 //! while the next index is prepared and the old one emptied, up to 14 more for a
 //! moment.
 //!
