@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Snapshots never stall a shard: latency at 1M heartbeats/s from 2M devices with a
-# snapshot every 2 s (each a 2M-device, 80 MB file) against none, interleaved run by
+# snapshot every 2 s (each a 2M-device, 112 MB file) against none, interleaved run by
 # run (variants `no-snapshot` and `snapshot-every-2s`; --no-restore so every run starts
 # empty and the warm-ups match).
 #

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Records per slice: 1,024 × 40 bytes = 40 KiB per buffer, copied in roughly 5–10 µs
+/// Records per slice: 1,024 × 56 bytes = 56 KiB per buffer, copied in roughly 5–10 µs
 /// (sequential reads of the device records), short against a receive batch. 4,096
 /// (~30 µs) tripled p99 at 1M hb/s with a snapshot every 2 s
 /// (results/2026-12-01-snapshot-batch32).

@@ -103,6 +103,7 @@ fn records(rng: &mut Rng, n: usize) -> Vec<Record> {
             interval_ds: 1 + rng.below(65_000) as u16,
             status: rng.next() as u16,
             state: [Liveness::Online, Liveness::Late, Liveness::Offline][rng.below(3) as usize],
+            replay: None,
         })
         .collect()
 }

@@ -178,6 +178,7 @@ fn a_damaged_truncated_or_foreign_snapshot_is_refused_with_the_way_out() {
             interval_ds: 10,
             status: 0,
             state: ringbeat::core::table::Liveness::Online,
+            replay: None,
         }],
     );
     let mut flipped = good.clone();

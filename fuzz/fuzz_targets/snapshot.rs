@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(snap) = snapshot::decode(data) else {
         return;
     };
-    assert_eq!(snapshot::encode(snap.created_unix_ms, &snap.records), data);
+    assert_eq!(
+        snapshot::encode_as(snap.version, snap.created_unix_ms, &snap.records),
+        data
+    );
     let mut core = ShardCore::<Heap>::new(
         CoreConfig {
             shard: 0,

@@ -99,6 +99,9 @@ pub struct RegistryIn<M: Memory> {
     len: usize,
     /// Devices per owner shard (the length of that shard's replay windows).
     owned: Vec<u32>,
+    /// Per owner shard, by local index: `key_check` of the device's key (0 without
+    /// one), computed here once so snapshots need no hashing.
+    checks: Vec<Vec<u32>>,
     keyed: usize,
     /// The first device (by line) without a key: `--require-auth` refuses the file.
     first_without_key: Option<(u64, u32)>,
@@ -176,6 +179,7 @@ impl<M: Memory> RegistryIn<M> {
             shift: 64 - size.trailing_zeros(),
             len: 0,
             owned: vec![0; shards as usize],
+            checks: vec![Vec::new(); shards as usize],
             keyed: 0,
             first_without_key: None,
         };
@@ -197,6 +201,11 @@ impl<M: Memory> RegistryIn<M> {
             let shard = owner(entry.id, shards) as usize;
             entry.local = r.owned[shard];
             r.owned[shard] += 1;
+            r.checks[shard].push(if entry.keyed {
+                key_check(&entry.key)
+            } else {
+                0
+            });
             r.keyed += entry.keyed as usize;
             if !entry.keyed && r.first_without_key.is_none() {
                 r.first_without_key = Some((entry.id, line));
@@ -249,6 +258,10 @@ impl<M: Memory> RegistryIn<M> {
     /// Registered devices `shard` owns.
     pub fn owned_by(&self, shard: u32) -> u32 {
         self.owned.get(shard as usize).copied().unwrap_or(0)
+    }
+    /// `key_check` of the key of the device `shard` holds at `local` (0 without one).
+    pub fn key_check_of(&self, shard: u32, local: u32) -> u32 {
+        self.checks[shard as usize][local as usize]
     }
     /// Every registered id with its entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Entry)> {
@@ -330,6 +343,14 @@ fn parse_interval(text: &str) -> Result<u16, String> {
     }
 }
 
+/// A short check of a device key that does not give the key away: the first 4 bytes
+/// of the SipHash-2-4-128 tag of 48 zero bytes under it. A snapshot keeps it beside a
+/// replay window, so the window is restored only for the same key.
+pub fn key_check(key: &Key) -> u32 {
+    let tag = crate::siphash::tags48::<1>([key], [&[0u8; crate::codec::TAGGED_BYTES]])[0];
+    u32::from_le_bytes(tag[..4].try_into().expect("4 bytes"))
+}
+
 /// A device's replay window for version-2 counters `(boot << 32) | seq`: the highest
 /// counter taken and which of the 63 before it were taken too, so heartbeats reordered
 /// by up to 63 places are still taken once, and a copy never (as in IPsec's and
@@ -356,6 +377,18 @@ pub enum Counter {
 impl ReplayWindow {
     /// Counters this far behind the highest are still told apart.
     pub const WIDTH: u64 = 64;
+
+    /// The highest counter taken and the taken-bits (bit i: `highest - i`); None
+    /// while nothing was taken.
+    pub fn parts(&self) -> Option<(u64, u64)> {
+        (self.seen != 0).then_some((self.highest, self.seen))
+    }
+
+    /// A window from `parts` (a snapshot's). `seen` must not be 0.
+    pub fn from_parts(highest: u64, seen: u64) -> Self {
+        debug_assert!(seen != 0, "checked by the snapshot decoder");
+        ReplayWindow { highest, seen }
+    }
 
     /// Checks `counter` and, unless it is a replay, marks it taken.
     #[inline]

@@ -15,7 +15,7 @@ use super::stats::ShardStats;
 use super::stream::{Fed, Feed, StreamDecoder};
 use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
 use crate::memory::Memory;
-use crate::snapshot::Record;
+use crate::snapshot::{Record, SavedWindow};
 use std::sync::Arc;
 
 /// Wheel entries an engine visits per `advance_slice` between receive batches. A
@@ -869,6 +869,13 @@ impl<M: Memory> ShardCore<M> {
         mut out: impl FnMut(&Record),
     ) -> u32 {
         let end = self.table.len().min(from_slot.saturating_add(max));
+        if let Some(r) = self.registry.as_deref() {
+            // The registry entries (for the replay windows) are cache misses in random
+            // order: start them all before the slice reads them.
+            for slot in from_slot..end {
+                M::prefetch(r.home(self.table.device(slot).device_id));
+            }
+        }
         for slot in from_slot..end {
             let d = self.table.device(slot);
             let state = d.liveness();
@@ -885,9 +892,24 @@ impl<M: Memory> ShardCore<M> {
                 interval_ds: d.interval_ds,
                 status: d.status,
                 state,
+                replay: self.saved_window(d.device_id),
             });
         }
         end
+    }
+
+    /// A keyed device's replay window as the snapshot keeps it (None: no key, or
+    /// nothing taken yet).
+    fn saved_window(&self, device_id: u64) -> Option<SavedWindow> {
+        let r = self.registry.as_deref()?;
+        let e = r.get(device_id)?;
+        e.key()?;
+        let (highest, seen) = self.windows.get(e.local as usize)?.parts()?;
+        Some(SavedWindow {
+            key_check: r.key_check_of(self.cfg.shard, e.local),
+            highest,
+            seen,
+        })
     }
 
     /// Takes back devices from a snapshot at start (each to its owner: the caller
@@ -930,6 +952,19 @@ impl<M: Memory> ShardCore<M> {
             d.interval_ds = r.interval_ds;
             d.status = r.status;
             d.set_liveness(r.state);
+            // Its replay window, when saved under the key it still has: what was taken
+            // before the restart is not taken again.
+            let registry = self.registry.as_deref();
+            if let (Some(w), Some(reg)) = (r.replay, registry) {
+                let e = reg.get(r.device_id).filter(|e| e.keyed());
+                if let Some(e) =
+                    e.filter(|e| reg.key_check_of(self.cfg.shard, e.local) == w.key_check)
+                {
+                    if let Some(slot) = self.windows.get_mut(e.local as usize) {
+                        *slot = ReplayWindow::from_parts(w.highest, w.seen);
+                    }
+                }
+            }
             self.stats.devices += 1;
             count_state(&mut self.stats, Liveness::Unknown, r.state);
             self.wheel
