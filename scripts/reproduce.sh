@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Regenerates every figure the README quotes, one experiment after another, into
+# OUT_DIR (default results/): each step is one experiment script or sweep command, run
+# exactly as the README and the script's own header give it, so each result folder
+# records its command, revision, kernel and CPU. Needs root (CPU DMA latency, RPS and
+# kernel-tuning variants) and a clean git tree (sweeps refuse a dirty one).
+#
+# Run time: about 2 h 15 min on a 2-CPU machine (the minutes beside each step are
+# estimates from its points × variants × runs × (warm-up + 5 s + ~3 s of start and
+# teardown)); the run prints each step's actual time and writes them all to
+# OUT_DIR/reproduce-<date>.md.
+#
+# usage: scripts/reproduce.sh [--list] [--only NAME[,NAME...]] [OUT_DIR]
+#
+# Not regenerated here: the regression comparisons against earlier revisions
+# (`scripts/exp-regression.sh REV`: they compare two builds, not the final code's
+# figures). Server on CPU 0, load on CPU 1, sends only to 127.0.0.0/8; every step
+# stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# name | estimated minutes | command ($OUT is the output directory)
+STEPS=(
+  "rate-scan-batch1|4|target/release/ringbeat-bench sweep --kind rate --name rate-scan-batch1 --results \$OUT --batch 1 --devices 2000000 --rates 250000,500000,1000000,1500000,2000000,2500000"
+  "rate-scan-batch32|4|target/release/ringbeat-bench sweep --kind rate --name rate-scan-batch32 --results \$OUT --batch 32 --devices 2000000 --rates 2000000,5000000,10000000,15000000,20000000,25000000"
+  "device-scan|8|target/release/ringbeat-bench sweep --kind devices --name device-scan --results \$OUT --batch 1 --interval 10 --duration 22 --warmup 12 --device-counts 100000,250000,500000,1000000,2000000,4000000"
+  "foundation|5|scripts/bench-foundation.sh \$OUT/\$(date -u +%F)-foundation"
+  "kernel-floor|6|scripts/exp-kernel-floor.sh \$OUT"
+  "engines|13|scripts/exp-engines.sh \$OUT"
+  "batch-size|7|scripts/exp-batch-size.sh \$OUT/\$(date -u +%F)-batch-size"
+  "rcvbuf|10|scripts/exp-rcvbuf.sh \$OUT"
+  "wait-us|7|scripts/exp-wait-us.sh \$OUT"
+  "wake-latency|3|scripts/exp-wake-latency.sh \$OUT"
+  "liveness-slice|3|scripts/exp-liveness-slice.sh \$OUT"
+  "prefilter|3|scripts/exp-prefilter.sh \$OUT"
+  "rps|10|scripts/exp-rps.sh \$OUT"
+  "snapshot|2|scripts/exp-snapshot.sh \$OUT"
+  "overload|5|scripts/exp-liveness.sh overload \$OUT/\$(date -u +%F)-overload"
+  "detection|5|scripts/exp-liveness.sh detection \$OUT/\$(date -u +%F)-detection"
+  "outputs|2|scripts/exp-outputs.sh \$OUT"
+  "tcp|9|scripts/exp-tcp.sh \$OUT"
+  "tcp-connections|3|scripts/exp-tcp-connections.sh \$OUT"
+  "handoff|3|scripts/exp-handoff.sh \$OUT"
+  "scaling|2|scripts/exp-scaling.sh \$OUT"
+  "footprint|10|scripts/exp-footprint.sh \$OUT"
+  "allowlist|4|scripts/exp-allowlist.sh \$OUT"
+  "auth|7|scripts/exp-auth.sh \$OUT"
+)
+
+list=0
+only=""
+OUT=results
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --list) list=1 ;;
+    --only)
+      [ $# -ge 2 ] || { echo "reproduce: --only needs a name (see --list)" >&2; exit 2; }
+      only="$2"; shift ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "reproduce: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) OUT="$1" ;;
+  esac
+  shift
+done
+
+selected=()
+total=0
+for s in "${STEPS[@]}"; do
+  IFS='|' read -r name minutes _ <<< "$s"
+  if [ -z "$only" ] || [[ ",$only," == *",$name,"* ]]; then
+    selected+=("$s")
+    total=$((total + minutes))
+  fi
+done
+if [ -n "$only" ]; then
+  for want in ${only//,/ }; do
+    printf '%s\n' "${selected[@]}" | grep -q "^$want|" \
+      || { echo "reproduce: no step named $want (see --list)" >&2; exit 2; }
+  done
+fi
+
+if [ "$list" = 1 ]; then
+  for s in "${selected[@]}"; do
+    IFS='|' read -r name minutes cmd <<< "$s"
+    printf '%-16s ~%3s min  %s\n' "$name" "$minutes" "$cmd"
+  done
+  echo "total: ~$total min"
+  exit 0
+fi
+
+if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+  echo "reproduce: the git tree has uncommitted changes; commit them first, so every result says what code it measured" >&2
+  exit 1
+fi
+[ "$(id -u)" = 0 ] || echo "reproduce: not root: the steps with CPU DMA latency, RPS or kernel-tuning variants will fail" >&2
+cargo build --release --locked --workspace -q
+mkdir -p "$OUT"
+times="$OUT/reproduce-$(date -u +%F).md"
+[ -e "$times" ] && { echo "reproduce: $times exists; give another OUT_DIR" >&2; exit 1; }
+{
+  echo "# scripts/reproduce.sh at $(git describe --always --dirty --abbrev=12), $(uname -r), $(nproc) CPUs"
+  echo
+  echo "| step | estimated | took |"
+  echo "|---|---|---|"
+} > "$times"
+echo "reproduce: ${#selected[@]} steps, ~$total min estimated" >&2
+start_all=$(date +%s)
+for s in "${selected[@]}"; do
+  IFS='|' read -r name minutes cmd <<< "$s"
+  echo "== $name (~$minutes min): ${cmd//\$OUT/$OUT}" >&2
+  t0=$(date +%s)
+  OUT="$OUT" bash -c "set -euo pipefail; $cmd" \
+    || { echo "reproduce: step $name failed (command above); the steps before it are in $OUT" >&2; exit 1; }
+  took=$(( ($(date +%s) - t0 + 30) / 60 ))
+  echo "| $name | ~$minutes min | $took min |" >> "$times"
+  echo "== $name took $took min" >&2
+done
+echo "| **all** | ~$total min | $(( ($(date +%s) - start_all + 30) / 60 )) min |" >> "$times"
+echo "reproduce: done; step times in $times" >&2
