@@ -214,7 +214,11 @@ mod tests {
         assert_eq!(log.merged, 1);
         // The first span took in the second and the gap between them.
         assert_eq!(log.spans[0], (0, 105));
-        assert_eq!(log.total_ms, 30 + 5 * MAX_SPANS as u64, "recorded time only");
+        assert_eq!(
+            log.total_ms,
+            30 + 5 * MAX_SPANS as u64,
+            "recorded time only"
+        );
     }
 
     #[test]
