@@ -159,7 +159,10 @@ impl Variant {
         if self.sink {
             return "ringbeat-bench sink".into();
         }
-        let bin = self.bin.iter().map(|b| format!("@{}", b.display()));
+        let bin = self
+            .bin
+            .iter()
+            .map(|b| format!("@{}", server::shown_path(b).display()));
         let load = self
             .proto
             .iter()
@@ -534,5 +537,11 @@ mod tests {
         assert_eq!(v.flags, ["--wait-us", "0"]);
         assert_eq!(v.describe(), "@/tmp/old/ringbeat --wait-us 0");
         assert!(parse_variant("before=@ --wait-us 0").is_err());
+        // A binary inside the checkout is shown relative to it.
+        let inside = std::env::current_dir()
+            .unwrap()
+            .join("target/before-x/ringbeat");
+        let v = parse_variant(&format!("before=@{}", inside.display())).unwrap();
+        assert_eq!(v.describe(), "@target/before-x/ringbeat");
     }
 }

@@ -6,7 +6,7 @@
 use super::{SweepArgs, Variant};
 use anyhow::{bail, Context};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -24,6 +24,15 @@ fn shell(cmd: &str, args: &[&str]) -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// A path as results show it: relative to the working directory (the checkout) when
+/// it lies inside it, not this machine's absolute path.
+pub fn shown_path(path: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
 }
 
 pub fn environment(a: &SweepArgs, server_bin: &Path) -> String {
@@ -58,12 +67,7 @@ pub fn environment(a: &SweepArgs, server_bin: &Path) -> String {
         "- pinning: server shards on CPUs {}, load generator on CPUs {}\n",
         a.server_cores, a.generator.cpus
     );
-    // The binary relative to the working directory (the checkout), not this
-    // machine's absolute path.
-    let shown = std::env::current_dir()
-        .ok()
-        .and_then(|cwd| server_bin.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| server_bin.to_path_buf());
+    let shown = shown_path(server_bin);
     s += &format!(
         "- server: `{} serve --cores {} {}`\n",
         shown.display(),
