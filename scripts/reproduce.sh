@@ -5,7 +5,7 @@
 # records its command, revision, kernel and CPU. Needs root (CPU DMA latency, RPS and
 # kernel-tuning variants) and a clean git tree (sweeps refuse a dirty one).
 #
-# Run time: about 2 h 15 min on a 2-CPU machine (the minutes beside each step are
+# Run time: about 2 h 20 min on a 2-CPU machine (the minutes beside each step are
 # estimates from its points × variants × runs × (warm-up + 5 s + ~3 s of start and
 # teardown)); the run prints each step's actual time and writes them all to
 # OUT_DIR/reproduce-<date>.md.
@@ -27,6 +27,7 @@ STEPS=(
   "foundation|5|scripts/bench-foundation.sh \$OUT/\$(date -u +%F)-foundation"
   "kernel-floor|6|scripts/exp-kernel-floor.sh \$OUT"
   "engines|13|scripts/exp-engines.sh \$OUT"
+  "engines-overload-batch32|2|target/release/ringbeat-bench sweep --kind rate --name engines-overload-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
   "batch-size|7|scripts/exp-batch-size.sh \$OUT/\$(date -u +%F)-batch-size"
   "rcvbuf|10|scripts/exp-rcvbuf.sh \$OUT"
   "wait-us|7|scripts/exp-wait-us.sh \$OUT"
