@@ -15,7 +15,7 @@ import time
 
 MASK = (1 << 64) - 1
 STATUS = {0: "accepted", 1: "table_full", 2: "unknown_device", 3: "auth_required",
-          4: "auth_failed", 5: "replayed"}
+          4: "auth_failed", 5: "replayed", 6: "busy"}
 
 
 def _rotl(x, b):

@@ -349,6 +349,10 @@ pub const ACK_AUTH_FAILED: u16 = 4;
 /// Ack status: a version-2 heartbeat whose (boot, seq) was already seen or is older than
 /// the replay window.
 pub const ACK_REPLAYED: u16 = 5;
+/// Ack status: the heartbeat was valid but lost inside the server: the shard that owns
+/// its device had fallen too far behind to be handed it (the server is overloaded).
+/// Sending again later may succeed.
+pub const ACK_BUSY: u16 = 6;
 
 /// Why a valid frame was not taken. Each is counted, logged (rate-limited) and, when the
 /// frame asked for an ack, answered with its non-zero ack status.
@@ -360,15 +364,17 @@ pub enum Refusal {
     AuthRequired = 2,
     AuthFailed = 3,
     Replayed = 4,
+    Busy = 5,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::TableFull,
         Refusal::UnknownDevice,
         Refusal::AuthRequired,
         Refusal::AuthFailed,
         Refusal::Replayed,
+        Refusal::Busy,
     ];
 
     /// The ack status this refusal is answered with.
@@ -379,6 +385,7 @@ impl Refusal {
             Refusal::AuthRequired => ACK_AUTH_REQUIRED,
             Refusal::AuthFailed => ACK_AUTH_FAILED,
             Refusal::Replayed => ACK_REPLAYED,
+            Refusal::Busy => ACK_BUSY,
         }
     }
 
@@ -390,6 +397,7 @@ impl Refusal {
             Refusal::AuthRequired => "auth_required",
             Refusal::AuthFailed => "auth_failed",
             Refusal::Replayed => "replayed",
+            Refusal::Busy => "forward_drops",
         }
     }
 
@@ -404,6 +412,9 @@ impl Refusal {
             Refusal::AuthFailed => "check the device's key against --devices-file",
             Refusal::Replayed => {
                 "a copy of an earlier heartbeat, or a device that restarted without advancing its boot counter"
+            }
+            Refusal::Busy => {
+                "the shard that owns the device fell behind (the server is overloaded): spread the load over more cores (--cores) or lower it"
             }
         }
     }

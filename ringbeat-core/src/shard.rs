@@ -515,10 +515,13 @@ impl<M: Memory> ShardCore<M> {
             };
             if sent {
                 self.stats.forwarded += 1;
+                None
             } else {
-                self.stats.forward_drops += 1;
+                // The owner's ring is full: the heartbeat is lost here, counted in
+                // `forward_drops`, told to the sender (status 6) and to the owner (its
+                // ring counts the drop, which the owner reads as blindness).
+                Some(Refusal::Busy)
             }
-            None
         };
         match refused {
             None => self.write_ack(
@@ -1031,6 +1034,50 @@ mod tests {
         c.drain_events()
             .map(|e| (e.device_id, e.from, e.to, e.epoch, e.time_ms))
             .collect()
+    }
+
+    #[test]
+    fn a_heartbeat_its_owner_could_not_be_handed_is_answered_busy() {
+        // Shard 0 of 2: a gateway datagram with a device of each shard, asking for
+        // acks; the hand-off to shard 1 fails (its ring is full).
+        let mut c = ShardCore::<Heap>::new(
+            CoreConfig {
+                shards: 2,
+                ..core(0).cfg
+            },
+            0,
+        )
+        .unwrap();
+        let mine = (1..).find(|&id| owner(id, 2) == 0).unwrap();
+        let theirs = (1..).find(|&id| owner(id, 2) == 1).unwrap();
+        let mut datagram = Vec::new();
+        for id in [mine, theirs] {
+            let mut f = FrameFields::heartbeat(id, 1, 10, 0);
+            f.flags = codec::FLAG_ACK_REQUESTED;
+            datagram.extend_from_slice(&f.to_bytes());
+        }
+        let mut acks = [0u8; MAX_DATAGRAM_BYTES];
+        let n = c.ingest_datagram(&datagram, 0, &mut acks, |_, _| false);
+        let status = |acks: &[u8], i: usize| {
+            codec::decode_ack(
+                acks[i * FRAME_BYTES..(i + 1) * FRAME_BYTES]
+                    .try_into()
+                    .unwrap(),
+            )
+            .unwrap()
+            .status
+        };
+        assert_eq!(n, 2 * FRAME_BYTES);
+        assert_eq!(
+            (status(&acks, 0), status(&acks, 1)),
+            (codec::ACK_ACCEPTED, codec::ACK_BUSY)
+        );
+        assert_eq!((c.stats().forward_drops, c.stats().forwarded), (1, 0));
+        // Handed over: accepted.
+        let n = c.ingest_datagram(&datagram, 0, &mut acks, |_, _| true);
+        assert_eq!(n, 2 * FRAME_BYTES);
+        assert_eq!(status(&acks, 1), codec::ACK_ACCEPTED);
+        assert_eq!((c.stats().forward_drops, c.stats().forwarded), (1, 1));
     }
 
     #[test]

@@ -256,6 +256,7 @@ impl ShardStats {
             Refusal::AuthRequired => &mut self.auth_required,
             Refusal::AuthFailed => &mut self.auth_failed,
             Refusal::Replayed => &mut self.replayed,
+            Refusal::Busy => &mut self.forward_drops,
         }
     }
 
@@ -265,7 +266,7 @@ impl ShardStats {
     }
 
     /// Refused heartbeats by reason, in `Refusal::ALL` order.
-    pub fn refusals(&self) -> [(crate::codec::Refusal, u64); 5] {
+    pub fn refusals(&self) -> [(crate::codec::Refusal, u64); crate::codec::Refusal::ALL.len()] {
         let mut copy = *self;
         crate::codec::Refusal::ALL.map(|r| (r, *copy.refusal_counter(r)))
     }

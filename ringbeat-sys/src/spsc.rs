@@ -21,6 +21,9 @@ struct Shared {
     head: Padded,
     /// Next slot the producer writes; written by the producer only.
     tail: Padded,
+    /// Frames the producer could not push (the ring was full), wrapping; written by the
+    /// producer only, so the consumer can tell it missed frames.
+    dropped: Padded,
 }
 
 // SAFETY: slots are only written by the single producer in [tail, head + cap) and only
@@ -50,6 +53,7 @@ pub fn ring(capacity: u32) -> (Producer, Consumer) {
         mask: capacity - 1,
         head: Padded(AtomicU32::new(0)),
         tail: Padded(AtomicU32::new(0)),
+        dropped: Padded(AtomicU32::new(0)),
     });
     (
         Producer {
@@ -73,6 +77,11 @@ impl Producer {
         if self.tail.wrapping_sub(self.head_cache) == cap {
             self.head_cache = self.shared.head.0.load(Ordering::Acquire);
             if self.tail.wrapping_sub(self.head_cache) == cap {
+                let dropped = &self.shared.dropped.0;
+                dropped.store(
+                    dropped.load(Ordering::Relaxed).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
                 return false;
             }
         }
@@ -117,6 +126,12 @@ impl Consumer {
         n
     }
 
+    /// Frames the producer could not push because the ring was full, since it was
+    /// made (wrapping at 2^32: compare with `wrapping_sub`).
+    pub fn dropped(&self) -> u32 {
+        self.shared.dropped.0.load(Ordering::Relaxed)
+    }
+
     /// True when published frames are waiting.
     pub fn has_pending(&self) -> bool {
         self.shared.tail.0.load(Ordering::Acquire) != self.head
@@ -134,6 +149,7 @@ mod tests {
             assert!(p.push(&[i; 32]));
         }
         assert!(!p.push(&[9; 32]), "full ring refuses, never blocks");
+        assert_eq!(c.dropped(), 1, "and the consumer can tell");
         assert_eq!(c.drain(|_| {}), 0, "nothing visible before publish");
         p.publish();
         let mut seen = vec![];

@@ -230,6 +230,7 @@ pub(crate) fn run<E: Engine>(
                 core: &mut core,
                 ack: Box::new([0; MAX_DATAGRAM_BYTES]),
                 socket_drops_seen: 0,
+                handoff_drops_seen: 0,
                 blind: Blindness::default(),
                 registry_gen,
                 refusals: Refusals::default(),
@@ -256,7 +257,7 @@ fn take_registry(shared: &super::Shared) -> (u64, super::RegistryUpdate) {
 /// Refused heartbeats since the last warning (logged at most every `REFUSAL_LOG_EVERY`).
 #[derive(Default)]
 struct Refusals {
-    logged: [u64; 5],
+    logged: [u64; crate::core::codec::Refusal::ALL.len()],
     last_log: Option<Instant>,
 }
 
@@ -276,6 +277,8 @@ struct ShardLoop<'a> {
     ack: Box<[u8; MAX_DATAGRAM_BYTES]>,
     /// Last SK_MEMINFO_DROPS value read from the socket.
     socket_drops_seen: u32,
+    /// Sum of the inbound rings' drop counts when last read (wrapping).
+    handoff_drops_seen: u32,
     blind: Blindness,
     /// The registry generation this shard holds.
     registry_gen: u64,
@@ -471,6 +474,17 @@ impl ShardLoop<'_> {
                 self.note_blind(self.blind.last_drop_check_ms, now_ms, Cause::Drops);
             }
         }
+        // Frames for devices this shard owns that a peer could not hand over (its ring
+        // to us was full): heartbeats missed as surely as the socket's.
+        let handoff = self
+            .ctx
+            .inbound
+            .iter()
+            .fold(0u32, |sum, c| sum.wrapping_add(c.dropped()));
+        if handoff != self.handoff_drops_seen {
+            self.handoff_drops_seen = handoff;
+            self.note_blind(self.blind.last_drop_check_ms, now_ms, Cause::Drops);
+        }
         self.blind.last_drop_check_ms = now_ms;
     }
 
@@ -522,7 +536,7 @@ impl ShardLoop<'_> {
     /// Logs refused heartbeats (table full, unknown device, authentication) at most
     /// every `REFUSAL_LOG_EVERY`, with counts by reason and the last one's device.
     fn warn_refusals(&mut self) {
-        let now: [u64; 5] = self.core.stats().refusals().map(|(_, n)| n);
+        let now = self.core.stats().refusals().map(|(_, n)| n);
         if now == self.refusals.logged
             || self
                 .refusals
