@@ -383,6 +383,9 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
         let shards = sc.shards as usize;
         let mut forward_queues: Vec<Vec<[u8; FRAME_BYTES]>> = vec![Vec::new(); shards];
         let mut direct: Vec<Vec<[u8; FRAME_BYTES]>> = vec![Vec::new(); shards];
+        // How full each owner's hand-off ring is as the frames arrive: a frame that
+        // finds its owner's ring full is lost and answered 6 (busy).
+        let mut handed = vec![0usize; shards];
         // What each owner holds as its direct frames arrive: a frame it owns is acked
         // with status 1 when its device is new and the table is full (decided before
         // the ack); forwarded frames are applied after the direct ones.
@@ -400,6 +403,14 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
                                 injected.valid_delivered += 1;
                                 let id = hb.device_id();
                                 let mut status = codec::ACK_ACCEPTED;
+                                let o = owner(id, sc.shards) as usize;
+                                if o != to as usize {
+                                    if handed[o] >= sc.forward_capacity {
+                                        status = codec::ACK_BUSY;
+                                    } else {
+                                        handed[o] += 1;
+                                    }
+                                }
                                 if owner(id, sc.shards) == to
                                     && !known_now[to as usize].contains(&id)
                                 {
