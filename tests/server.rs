@@ -278,6 +278,57 @@ fn two_shards_each_device_on_exactly_one_shard_and_steering_agrees_with_owner() 
     assert!(status.success());
 }
 
+/// A frame its owner shard could not be handed (the hand-off ring full) is answered 6
+/// (busy), never accepted, is counted, and the owner counts itself blind for it (a
+/// heartbeat lost to the server's own overload must not read as silence).
+#[test]
+fn a_full_hand_off_ring_answers_busy_and_blinds_the_owner() {
+    let server = Server::start_with_env(
+        "handoff-full",
+        "127.0.0.1:0",
+        &["--cores", "0,1"],
+        &[("RINGBEAT_FORWARD_RING_FRAMES", "2")],
+    );
+    // The first frame steers the datagram to its owner; the other 31 belong to the
+    // other shard, whose ring takes 2 before this shard publishes it.
+    let steer = owner(1, 2);
+    let other = 1 - steer as usize;
+    let foreign: Vec<u64> = (2..).filter(|&d| owner(d, 2) != steer).take(31).collect();
+    let batch: Vec<u8> = std::iter::once(1)
+        .chain(foreign)
+        .flat_map(|d| heartbeat(d, 1, 100, true))
+        .collect();
+    let c = client();
+    c.send_to(&batch, server.addr).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = recv_retry(&c, &mut buf).expect("an ack datagram");
+    let statuses: Vec<u16> = buf[..n]
+        .chunks(FRAME_BYTES)
+        .map(|f| decode_ack(f.try_into().unwrap()).unwrap().status)
+        .collect();
+    assert_eq!(statuses.len(), 32);
+    assert_eq!(
+        statuses[..3],
+        [0, 0, 0],
+        "taken here, and the two handed over"
+    );
+    assert!(
+        statuses[3..]
+            .iter()
+            .all(|&s| s == ringbeat::core::codec::ACK_BUSY),
+        "{statuses:?}"
+    );
+    let s = server.wait_stats(5, |s| {
+        s["heartbeats"] == 3 && s["per_shard"][other]["blind_ms"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(
+        (s["forwarded"].as_u64(), s["forward_drops"].as_u64()),
+        (Some(2), Some(29))
+    );
+    let (status, _, _) = server.terminate();
+    assert!(status.success());
+}
+
 #[test]
 fn udp_rearm_after_enobufs_keeps_serving_and_counts_ring_dry() {
     // Regression: the receive that ran dry was re-armed only after the next wait, so

@@ -297,10 +297,21 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
         .map(|_| (0..shards).map(|_| None).collect())
         .collect();
     let mut consumers: Vec<Vec<Consumer>> = (0..shards).map(|_| Vec::new()).collect();
+    // RINGBEAT_FORWARD_RING_FRAMES=N (a power of two) sizes the hand-off rings instead,
+    // so tests can fill one on purpose.
+    let ring_frames = match std::env::var("RINGBEAT_FORWARD_RING_FRAMES") {
+        Ok(v) => match v.parse::<u32>() {
+            Ok(n) if n >= 2 && n.is_power_of_two() => n,
+            _ => anyhow::bail!(
+                "RINGBEAT_FORWARD_RING_FRAMES={v}: give a power of two from 2 up, or unset it"
+            ),
+        },
+        Err(_) => config.forward_ring_frames,
+    };
     for (from, row) in producers.iter_mut().enumerate() {
         for (to, slot) in row.iter_mut().enumerate() {
             if from != to {
-                let (p, c) = spsc::ring(config.forward_ring_frames);
+                let (p, c) = spsc::ring(ring_frames);
                 *slot = Some(p);
                 consumers[to].push(c);
             }

@@ -296,6 +296,11 @@ struct Blindness {
     last_iteration_ms: u64,
     /// When the socket's drop count was last read.
     last_drop_check_ms: u64,
+    /// Blindness seen within the millisecond it started in (drops read twice in one
+    /// ms, a dry ring in the iteration's own ms): an empty span records nothing, so it
+    /// is noted from this instant at the next iteration of a later millisecond, which
+    /// comes before the next liveness step (so the span starts at or after it).
+    pending_from_ms: Option<u64>,
     /// Blind time and causes since the last log line.
     unlogged_ms: u64,
     drops: u64,
@@ -330,6 +335,12 @@ impl ShardLoop<'_> {
                 return self.stop(engine);
             }
             let now_ms = self.now_ms();
+            if let Some(from) = self.blind.pending_from_ms.filter(|&from| now_ms > from) {
+                self.blind.pending_from_ms = None;
+                let before = self.core.stats().blind_ms;
+                self.core.note_blind(from, now_ms);
+                self.blind.unlogged_ms += self.core.stats().blind_ms - before;
+            }
             let stalled = now_ms > self.blind.last_iteration_ms + 2 * self.tick_ms();
             if stalled {
                 self.note_blind(self.blind.last_iteration_ms, now_ms, Cause::Stall);
@@ -491,6 +502,11 @@ impl ShardLoop<'_> {
     /// Tells the core the shard was blind over `[from_ms, to_ms)`, and logs it at a
     /// limited rate.
     fn note_blind(&mut self, from_ms: u64, to_ms: u64, cause: Cause) {
+        if to_ms <= from_ms {
+            let b = &mut self.blind;
+            b.pending_from_ms = Some(b.pending_from_ms.map_or(from_ms, |p| p.min(from_ms)));
+            return;
+        }
         let before = self.core.stats().blind_ms;
         self.core.note_blind(from_ms, to_ms);
         let b = &mut self.blind;
