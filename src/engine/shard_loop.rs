@@ -297,10 +297,11 @@ struct Blindness {
     /// When the socket's drop count was last read.
     last_drop_check_ms: u64,
     /// Blindness seen within the millisecond it started in (drops read twice in one
-    /// ms, a dry ring in the iteration's own ms): an empty span records nothing, so it
-    /// is noted from this instant at the next iteration of a later millisecond, which
-    /// comes before the next liveness step (so the span starts at or after it).
-    pending_from_ms: Option<u64>,
+    /// ms, a dry ring in the iteration's own ms), with its cause: an empty span records
+    /// nothing, so it is noted from this instant at the next iteration of a later
+    /// millisecond, which comes before the next liveness step (so the span starts at or
+    /// after it).
+    pending: Option<(u64, Cause)>,
     /// Blind time and causes since the last log line.
     unlogged_ms: u64,
     drops: u64,
@@ -335,11 +336,9 @@ impl ShardLoop<'_> {
                 return self.stop(engine);
             }
             let now_ms = self.now_ms();
-            if let Some(from) = self.blind.pending_from_ms.filter(|&from| now_ms > from) {
-                self.blind.pending_from_ms = None;
-                let before = self.core.stats().blind_ms;
-                self.core.note_blind(from, now_ms);
-                self.blind.unlogged_ms += self.core.stats().blind_ms - before;
+            if let Some((from, cause)) = self.blind.pending.filter(|&(from, _)| now_ms > from) {
+                self.blind.pending = None;
+                self.note_blind(from, now_ms, cause);
             }
             let stalled = now_ms > self.blind.last_iteration_ms + 2 * self.tick_ms();
             if stalled {
@@ -476,14 +475,13 @@ impl ShardLoop<'_> {
     /// Reads the socket's drop count; new drops mean heartbeats may have been lost
     /// since the last check.
     fn check_drops(&mut self, now_ms: u64) {
+        let mut missed = false;
         if let Ok(drops) = crate::sys::socket::socket_drops(self.ctx.socket.as_raw_fd()) {
             // Cumulative per socket, wraps at 2^32: add the difference.
             let delta = drops.wrapping_sub(self.socket_drops_seen);
             self.socket_drops_seen = drops;
             self.core.stats_mut().kernel_drops += delta as u64;
-            if delta > 0 {
-                self.note_blind(self.blind.last_drop_check_ms, now_ms, Cause::Drops);
-            }
+            missed |= delta > 0;
         }
         // Frames for devices this shard owns that a peer could not hand over (its ring
         // to us was full): heartbeats missed as surely as the socket's.
@@ -492,8 +490,9 @@ impl ShardLoop<'_> {
             .inbound
             .iter()
             .fold(0u32, |sum, c| sum.wrapping_add(c.dropped()));
-        if handoff != self.handoff_drops_seen {
-            self.handoff_drops_seen = handoff;
+        missed |= handoff != self.handoff_drops_seen;
+        self.handoff_drops_seen = handoff;
+        if missed {
             self.note_blind(self.blind.last_drop_check_ms, now_ms, Cause::Drops);
         }
         self.blind.last_drop_check_ms = now_ms;
@@ -504,7 +503,10 @@ impl ShardLoop<'_> {
     fn note_blind(&mut self, from_ms: u64, to_ms: u64, cause: Cause) {
         if to_ms <= from_ms {
             let b = &mut self.blind;
-            b.pending_from_ms = Some(b.pending_from_ms.map_or(from_ms, |p| p.min(from_ms)));
+            // The earliest such instant, with its cause.
+            if b.pending.is_none_or(|(from, _)| from_ms < from) {
+                b.pending = Some((from_ms, cause));
+            }
             return;
         }
         let before = self.core.stats().blind_ms;
