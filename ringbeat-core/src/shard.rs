@@ -901,15 +901,21 @@ impl<M: Memory> ShardCore<M> {
         end
     }
 
+    /// A device with a key: its replay window's index here and its key's check
+    /// (`registry::key_check`), for the snapshot.
+    fn keyed_window(&self, device_id: u64) -> Option<(usize, u32)> {
+        let r = self.registry.as_deref()?;
+        let e = r.get(device_id).filter(|e| e.keyed())?;
+        Some((e.local as usize, r.key_check_of(self.cfg.shard, e.local)))
+    }
+
     /// A keyed device's replay window as the snapshot keeps it (None: no key, or
     /// nothing taken yet).
     fn saved_window(&self, device_id: u64) -> Option<SavedWindow> {
-        let r = self.registry.as_deref()?;
-        let e = r.get(device_id)?;
-        e.key()?;
-        let (highest, seen) = self.windows.get(e.local as usize)?.parts()?;
+        let (local, key_check) = self.keyed_window(device_id)?;
+        let (highest, seen) = self.windows.get(local)?.parts()?;
         Some(SavedWindow {
-            key_check: r.key_check_of(self.cfg.shard, e.local),
+            key_check,
             highest,
             seen,
         })
@@ -957,15 +963,14 @@ impl<M: Memory> ShardCore<M> {
             d.set_liveness(r.state);
             // Its replay window, when saved under the key it still has: what was taken
             // before the restart is not taken again.
-            let registry = self.registry.as_deref();
-            if let (Some(w), Some(reg)) = (r.replay, registry) {
-                let e = reg.get(r.device_id).filter(|e| e.keyed());
-                if let Some(e) =
-                    e.filter(|e| reg.key_check_of(self.cfg.shard, e.local) == w.key_check)
-                {
-                    if let Some(slot) = self.windows.get_mut(e.local as usize) {
-                        *slot = ReplayWindow::from_parts(w.highest, w.seen);
+            if let Some(w) = r.replay {
+                match self.keyed_window(r.device_id) {
+                    Some((local, check)) if check == w.key_check => {
+                        if let Some(slot) = self.windows.get_mut(local) {
+                            *slot = ReplayWindow::from_parts(w.highest, w.seen);
+                        }
                     }
+                    _ => {}
                 }
             }
             self.stats.devices += 1;
