@@ -25,6 +25,16 @@ fn devices_file(name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// A one-shard server with a devices file of `text` (named `name`, as its temp dir).
+fn serve_listed(name: &str, text: &str) -> (Server, std::path::PathBuf) {
+    let file = devices_file(name, text);
+    let server = Server::start(
+        name,
+        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
+    );
+    (server, file)
+}
+
 /// A version-2 heartbeat asking for an ack, tagged with `key`.
 fn v2(device_id: u64, boot: u32, seq: u32, key: &Key) -> [u8; FRAME_V2_BYTES] {
     let mut f = FrameFields::heartbeat(device_id, seq, 10, 0x5EED_0000 + seq as u64);
@@ -164,17 +174,13 @@ fn a_full_table_says_so_in_the_ack() {
 /// with a higher boot counter starts a new session.
 #[test]
 fn authenticated_heartbeats_refuse_spoofs_and_replays() {
-    let file = devices_file(
+    let (server, _) = serve_listed(
         "auth",
         &format!(
             "10 key={}\n11 key={} interval=5s\n12\n",
             hex(&KEY_A),
             hex(&KEY_B)
         ),
-    );
-    let server = Server::start(
-        "auth",
-        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
     );
     let c = client();
     let at = server.addr;
@@ -331,11 +337,7 @@ fn a_malformed_devices_file_is_refused_with_its_line() {
 /// one in use stays.
 #[test]
 fn sighup_reloads_the_registry_and_forgets_removed_devices() {
-    let file = devices_file("registry-reload", "1\n2\n");
-    let server = Server::start(
-        "registry-reload",
-        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
-    );
+    let (server, file) = serve_listed("registry-reload", "1\n2\n");
     let c = client();
     for id in [1, 2, 3] {
         exchange(&c, server.addr, &heartbeat(id, 1, 10, true));
@@ -378,11 +380,7 @@ fn sighup_reloads_the_registry_and_forgets_removed_devices() {
 /// order and in each frame's version; a spoofed one is refused without closing.
 #[test]
 fn tcp_carries_version_two_frames_split_anywhere() {
-    let file = devices_file("auth-tcp", &format!("10 key={}\n12\n", hex(&KEY_A)));
-    let server = Server::start(
-        "auth-tcp",
-        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
-    );
+    let (server, _) = serve_listed("auth-tcp", &format!("10 key={}\n12\n", hex(&KEY_A)));
     let mut s = TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.set_nodelay(true).unwrap();
@@ -428,11 +426,7 @@ fn python_client(server: &Server, extra: &[&str]) -> String {
 /// taken and the ack's tag checks out; a replay is refused.
 #[test]
 fn an_independent_client_speaks_version_two() {
-    let file = devices_file("auth-python", &format!("42 key={}\n", hex(&KEY_A)));
-    let server = Server::start(
-        "auth-python",
-        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
-    );
+    let (server, _) = serve_listed("auth-python", &format!("42 key={}\n", hex(&KEY_A)));
     let out = python_client(&server, &["--boot", "1", "--seq", "1"]);
     assert!(out.contains("status 0 (accepted)"), "{out}");
     let out = python_client(&server, &["--boot", "1", "--seq", "1"]);
@@ -443,11 +437,7 @@ fn an_independent_client_speaks_version_two() {
 /// The same client over TCP.
 #[test]
 fn tcp_an_independent_client_speaks_version_two() {
-    let file = devices_file("auth-python-tcp", &format!("42 key={}\n", hex(&KEY_A)));
-    let server = Server::start(
-        "auth-python-tcp",
-        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
-    );
+    let (server, _) = serve_listed("auth-python-tcp", &format!("42 key={}\n", hex(&KEY_A)));
     let out = python_client(&server, &["--boot", "1", "--seq", "2", "--tcp"]);
     assert!(out.contains("status 0 (accepted)"), "{out}");
     let out = python_client(&server, &["--boot", "1", "--seq", "2", "--tcp"]);
