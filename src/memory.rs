@@ -3,7 +3,7 @@
 //! space, not memory, and the CPU's prefetch hint for batched lookups and wheel walks.
 
 use crate::core::memory::Memory;
-use crate::core::registry::Entry;
+use crate::core::registry::{Entry, ReplayWindow};
 use crate::core::table::Device;
 use crate::sys::mem::{self, ZeroedRegion};
 
@@ -14,6 +14,7 @@ impl Memory for Mapped {
     type Words = ZeroedRegion<u32>;
     type Devices = ZeroedRegion<Device>;
     type Entries = ZeroedRegion<Entry>;
+    type Windows = ZeroedRegion<ReplayWindow>;
 
     fn words(len: usize, huge_pages: bool) -> std::io::Result<ZeroedRegion<u32>> {
         ZeroedRegion::with_pages(len, huge_pages)
@@ -22,6 +23,9 @@ impl Memory for Mapped {
         ZeroedRegion::with_pages(len, huge_pages)
     }
     fn entries(len: usize, huge_pages: bool) -> std::io::Result<ZeroedRegion<Entry>> {
+        ZeroedRegion::with_pages(len, huge_pages)
+    }
+    fn windows(len: usize, huge_pages: bool) -> std::io::Result<ZeroedRegion<ReplayWindow>> {
         ZeroedRegion::with_pages(len, huge_pages)
     }
     fn discard(words: &mut ZeroedRegion<u32>, range: std::ops::Range<usize>) {

@@ -6,7 +6,7 @@
 //! `prefetch` is the CPU's hint); tests, the simulation and the bench harness's
 //! liveness study use [`Heap`] (plain vectors, no hint).
 
-use crate::registry::Entry;
+use crate::registry::{Entry, ReplayWindow};
 use crate::table::Device;
 use std::ops::DerefMut;
 
@@ -18,11 +18,14 @@ pub trait Memory: 'static {
     type Devices: DerefMut<Target = [Device]> + Send;
     /// `len` registry entries, all zero (empty), shared read-only by every shard.
     type Entries: DerefMut<Target = [Entry]> + Send + Sync;
+    /// `len` replay windows, all zero (nothing taken), one shard's own.
+    type Windows: DerefMut<Target = [ReplayWindow]> + Send;
 
     /// `huge_pages` asks for transparent huge pages where the memory supports them.
     fn words(len: usize, huge_pages: bool) -> std::io::Result<Self::Words>;
     fn devices(len: usize, huge_pages: bool) -> std::io::Result<Self::Devices>;
     fn entries(len: usize, huge_pages: bool) -> std::io::Result<Self::Entries>;
+    fn windows(len: usize, huge_pages: bool) -> std::io::Result<Self::Windows>;
 
     /// Sets `words[range]` back to zero, giving whole pages back to the machine
     /// where the memory can (the table's retired index regions).
@@ -49,6 +52,7 @@ impl Memory for Heap {
     type Words = Vec<u32>;
     type Devices = Vec<Device>;
     type Entries = Vec<Entry>;
+    type Windows = Vec<ReplayWindow>;
 
     fn words(len: usize, _huge_pages: bool) -> std::io::Result<Vec<u32>> {
         Ok(vec![0; len])
@@ -58,6 +62,9 @@ impl Memory for Heap {
     }
     fn entries(len: usize, _huge_pages: bool) -> std::io::Result<Vec<Entry>> {
         Ok(vec![Entry::default(); len])
+    }
+    fn windows(len: usize, _huge_pages: bool) -> std::io::Result<Vec<ReplayWindow>> {
+        Ok(vec![ReplayWindow::default(); len])
     }
     #[inline(always)]
     fn prefetch<T>(_value: &T) {}

@@ -355,7 +355,8 @@ pub fn key_check(key: &Key) -> u32 {
 /// counter taken and which of the 63 before it were taken too, so heartbeats reordered
 /// by up to 63 places are still taken once, and a copy never (as in IPsec's and
 /// WireGuard's anti-replay windows).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Zeroable)]
+#[repr(C)]
 pub struct ReplayWindow {
     highest: u64,
     /// Bit i: counter `highest - i` was taken. 0 = nothing taken yet.

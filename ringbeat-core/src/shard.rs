@@ -188,8 +188,9 @@ pub struct ShardCore<M: Memory> {
     growth_tick: u64,
     /// The device registry (`--devices-file`), shared by every shard; `None`: any id.
     registry: Option<Arc<RegistryIn<M>>>,
-    /// Replay windows of the registered devices this shard owns, by `Entry::local`.
-    windows: Vec<ReplayWindow>,
+    /// Replay windows of the registered devices this shard owns, by `Entry::local`
+    /// (16 bytes each, read at random: on huge pages, as the registry's index is).
+    windows: M::Windows,
     /// Whether the last applied heartbeat found the table full.
     last_full: bool,
     /// The last refused heartbeat's device and reason, for the rate-limited warning.
@@ -213,7 +214,7 @@ impl<M: Memory> ShardCore<M> {
             },
             cfg,
             registry: None,
-            windows: Vec::new(),
+            windows: M::windows(0, false)?,
             last_full: false,
             last_refused: None,
         })
@@ -221,12 +222,20 @@ impl<M: Memory> ShardCore<M> {
 
     /// Takes a (new) device registry: replay windows of devices it still lists are kept,
     /// and devices in `removed` that this shard tracks are forgotten, each with an event
-    /// (→ forgotten). `None` lifts the registry: any id is taken again.
-    pub fn set_registry(&mut self, next: Option<Arc<RegistryIn<M>>>, removed: &[u64], now_ms: u64) {
+    /// (→ forgotten). `None` lifts the registry: any id is taken again. Fails, changing
+    /// nothing, when the memory for the new windows cannot be mapped.
+    pub fn set_registry(
+        &mut self,
+        next: Option<Arc<RegistryIn<M>>>,
+        removed: &[u64],
+        now_ms: u64,
+    ) -> std::io::Result<()> {
+        let owned = next
+            .as_ref()
+            .map_or(0, |r| r.owned_by(self.cfg.shard) as usize);
+        let mut windows = M::windows(owned, true)?;
         self.flush();
-        let mut windows = Vec::new();
         if let Some(r) = &next {
-            windows = vec![ReplayWindow::default(); r.owned_by(self.cfg.shard) as usize];
             if let Some(old) = &self.registry {
                 for (id, e) in r.iter() {
                     if owner(id, self.cfg.shards) != self.cfg.shard {
@@ -260,6 +269,7 @@ impl<M: Memory> ShardCore<M> {
             self.emitter
                 .emit(&mut self.stats, &d, before, Liveness::Forgotten, now_ms);
         }
+        Ok(())
     }
 
     pub fn registry(&self) -> Option<&Arc<RegistryIn<M>>> {
@@ -361,12 +371,13 @@ impl<M: Memory> ShardCore<M> {
             return None;
         }
         // (unit index, key, the 48 tagged bytes, the frame's tag), four at a time.
+        const LANES: usize = 4;
         let mut mask = 0u64;
-        let mut lanes: [(usize, Key, &[u8; TAGGED_BYTES], &[u8]); 4] =
-            [(0, [0; 16], &[0; TAGGED_BYTES], &[]); 4];
+        let mut lanes: [(usize, Key, &[u8; TAGGED_BYTES], &[u8]); LANES] =
+            [(0, [0; 16], &[0; TAGGED_BYTES], &[]); LANES];
         let mut filled = 0;
-        let mut check = |lanes: &[(usize, Key, &[u8; TAGGED_BYTES], &[u8]); 4], n: usize| {
-            let tags = siphash::tags48::<4>(
+        let mut check = |lanes: &[(usize, Key, &[u8; TAGGED_BYTES], &[u8]); LANES], n: usize| {
+            let tags = siphash::tags48::<LANES>(
                 std::array::from_fn(|l| &lanes[l].1),
                 std::array::from_fn(|l| lanes[l].2),
             );
@@ -390,8 +401,8 @@ impl<M: Memory> ShardCore<M> {
                 &pair[TAGGED_BYTES..],
             );
             filled += 1;
-            if filled == 4 {
-                check(&lanes, 4);
+            if filled == LANES {
+                check(&lanes, LANES);
                 filled = 0;
             }
         }

@@ -194,14 +194,18 @@ pub(crate) fn run<E: Engine>(
     new: impl FnOnce(&mut ShardContext) -> anyhow::Result<E>,
 ) {
     let ready = ctx.ready.take().expect("ready channel");
+    let (registry_gen, update) = take_registry(&ctx.shared);
     let built = super::pin_to(ctx.cpu)
         .and_then(|()| new(&mut ctx))
-        .and_then(|engine| Ok((engine, new_core(&ctx)?)));
+        .and_then(|engine| Ok((engine, new_core(&ctx)?)))
+        .and_then(|(engine, mut core)| {
+            let now_ms = ctx.base.elapsed().as_millis() as u64;
+            core.set_registry(update.registry, &update.removed, now_ms)
+                .context("cannot map the devices file's replay windows")?;
+            Ok((engine, core))
+        });
     match built {
         Ok((mut engine, mut core)) => {
-            let now_ms = ctx.base.elapsed().as_millis() as u64;
-            let (registry_gen, update) = take_registry(&ctx.shared);
-            core.set_registry(update.registry, &update.removed, now_ms);
             let restore = std::mem::take(&mut ctx.restore);
             if !restore.is_empty() {
                 let now_ms = ctx.base.elapsed().as_millis() as u64;
@@ -540,8 +544,15 @@ impl ShardLoop<'_> {
             let (generation, update) = take_registry(&self.ctx.shared);
             self.registry_gen = generation;
             let now_ms = self.now_ms();
-            self.core
-                .set_registry(update.registry, &update.removed, now_ms);
+            if let Err(e) = self
+                .core
+                .set_registry(update.registry, &update.removed, now_ms)
+            {
+                tracing::error!(
+                    shard = self.ctx.index,
+                    "the reloaded devices file is not taken: its replay windows cannot be mapped ({e}); this shard keeps the previous one"
+                );
+            }
         }
         self.warn_refusals();
         self.ctx.shared.alive_ms[self.ctx.index as usize].store(self.now_ms(), Ordering::Relaxed);
