@@ -74,7 +74,7 @@ fn any_datagram_is_applied_forwarded_or_counted_never_a_panic() {
                 rng.bytes(n)
             }
         };
-        let n = c.ingest_datagram(&dgram, i, &mut acks, |_, _| true);
+        let n = c.ingest_datagram(&dgram, i, &mut acks, |_, _, _| true);
         datagrams += 1;
         assert!(n.is_multiple_of(32) && n <= dgram.len().min(MAX_DATAGRAM_BYTES));
         c.step(i, 1 + rng.below(64) as usize);
@@ -237,7 +237,7 @@ fn a_stream_cut_anywhere_is_the_same_as_its_frames_one_by_one() {
         let mut acks = [0u8; MAX_DATAGRAM_BYTES];
         let upto = bad_magic_at.map_or(n, |k| k + 1);
         for frame in bytes.chunks(32).take(upto) {
-            let len = reference.ingest_datagram(frame, 1, &mut acks, |_, _| true);
+            let len = reference.ingest_datagram(frame, 1, &mut acks, |_, _, _| true);
             expected_acks.extend_from_slice(&acks[..len]);
         }
         reference.flush();
@@ -254,7 +254,7 @@ fn a_stream_cut_anywhere_is_the_same_as_its_frames_one_by_one() {
                 &bytes[at..at + len],
                 1,
                 |a| got_acks.extend_from_slice(a),
-                |_, _| true,
+                |_, _, _| true,
             );
             stopped = fed.stopped;
             at += len;

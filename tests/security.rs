@@ -8,6 +8,7 @@ use ringbeat::core::codec::{
     self, decode_ack, decode_ack_v2, Ack, AckV2Error, FrameFields, Key, FLAG_ACK_REQUESTED,
     FRAME_BYTES, FRAME_V2_BYTES,
 };
+use ringbeat::core::owner::owner;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -264,6 +265,96 @@ fn authenticated_heartbeats_refuse_spoofs_and_replays() {
     assert_eq!(v["auth_required"], 1);
     assert_eq!(v["unknown_device"], 1);
     assert_eq!(v["devices"], 3);
+}
+
+/// With two shards, a gateway's datagram holds frames of devices the other shard owns:
+/// their acks carry the owner's answer, not the receiving shard's guess. A full table
+/// on the owner answers 1 for its new devices (status 0 for those it still took).
+#[test]
+fn a_handed_heartbeat_is_answered_with_its_owners_full_table() {
+    let server = Server::start(
+        "handed-table-full",
+        &["--cores", "0,1", "--max-devices", "20"],
+    );
+    // The first frame steers the datagram to its owner; the other 30 belong to the
+    // other shard, which holds about 10 devices.
+    let steer = owner(1, 2);
+    let other = 1 - steer as usize;
+    let foreign: Vec<u64> = (2..).filter(|&d| owner(d, 2) != steer).take(30).collect();
+    let batch: Vec<u8> = std::iter::once(1)
+        .chain(foreign)
+        .flat_map(|d| heartbeat(d, 1, 100, true))
+        .collect();
+    let c = client();
+    let statuses: Vec<u16> = v1_acks(&exchange(&c, server.addr, &batch))
+        .iter()
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(statuses.len(), 31);
+    assert_eq!(
+        statuses[0],
+        codec::ACK_ACCEPTED,
+        "taken by the receiving shard"
+    );
+    let taken = statuses[1..].iter().take_while(|&&s| s == 0).count();
+    assert!(taken > 0 && taken < 30, "{statuses:?}");
+    assert!(
+        statuses[1 + taken..]
+            .iter()
+            .all(|&s| s == codec::ACK_TABLE_FULL),
+        "{statuses:?}"
+    );
+    let v = server.wait_stats(5, |v| v["heartbeats"] == 1 + taken as u64);
+    assert_eq!(v["per_shard"][other]["devices"], taken as u64);
+    assert_eq!(v["table_full"], 30 - taken as u64);
+    assert_eq!(
+        (v["forwarded"].as_u64(), v["forward_drops"].as_u64()),
+        (Some(30), Some(0))
+    );
+    let (status, _, _) = server.terminate();
+    assert!(status.success());
+}
+
+/// With two shards, a replayed version-2 frame handed to its owner is answered 5 in a
+/// version-2 ack tagged anew under the device's key.
+#[test]
+fn a_handed_replay_is_answered_replayed() {
+    let steer = owner(1, 2);
+    let keyed = (2..).find(|&d| owner(d, 2) != steer).unwrap();
+    let file = devices_file(
+        "handed-replay",
+        &format!(
+            "1
+{keyed} key={}
+",
+            hex(&KEY_A)
+        ),
+    );
+    let server = Server::start(
+        "handed-replay",
+        &["--cores", "0,1", "--devices-file", file.to_str().unwrap()],
+    );
+    let c = client();
+    let batch = |seq: u32| {
+        [
+            heartbeat(1, seq, 10, true).as_slice(),
+            &v2(keyed, 1, seq, &KEY_A),
+        ]
+        .concat()
+    };
+    let statuses = |ack: &[u8]| (v1_acks(&ack[..32])[0].status, v2_status(&ack[32..], &KEY_A));
+    assert_eq!(statuses(&exchange(&c, server.addr, &batch(1))), (0, 0));
+    assert_eq!(
+        statuses(&exchange(&c, server.addr, &batch(1))),
+        (0, codec::ACK_REPLAYED),
+        "the owner's window refused the copy"
+    );
+    assert_eq!(statuses(&exchange(&c, server.addr, &batch(2))), (0, 0));
+    let v = server.wait_stats(5, |v| v["heartbeats"] == 5);
+    assert_eq!(v["replayed"], 1);
+    assert_eq!(v["forwarded"], 3);
+    let (status, _, _) = server.terminate();
+    assert!(status.success());
 }
 
 /// `--require-auth` refuses version 1 from every device, and the devices file must give

@@ -28,6 +28,7 @@ use common::rng::Rng;
 use ringbeat::core::codec::{
     self, FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES, MAX_DATAGRAM_BYTES,
 };
+use ringbeat::core::held::{self, HeldAcks};
 use ringbeat::core::liveness::Thresholds;
 use ringbeat::core::memory::Heap;
 use ringbeat::core::owner::owner;
@@ -252,6 +253,11 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     // One TCP connection into each shard (its decoder), and how many datagrams' worth
     // of frames went over them.
     let mut streams = vec![ringbeat::core::stream::StreamDecoder::default(); sc.shards as usize];
+    // Each receiving shard's ack datagrams held for owners' verdicts (as the engines
+    // hold them), by the index of their expectation in `held_expected`.
+    let mut held_acks: Vec<HeldAcks<usize>> = (0..sc.shards).map(|_| HeldAcks::default()).collect();
+    let mut held_datagrams = 0u64;
+    let mut held_refused = 0u64;
     let mut streamed = 0u64;
     let mut applied: HashMap<u64, Vec<Applied>> = HashMap::new();
     let mut shard_events: Vec<Vec<Event>> = vec![Vec::new(); sc.shards as usize];
@@ -381,7 +387,12 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
         //    what each owner will apply: its direct frames, then its forwarded ones.
         let due: Vec<_> = network.range(..(now + 1, 0)).map(|(k, _)| *k).collect();
         let shards = sc.shards as usize;
-        let mut forward_queues: Vec<Vec<[u8; FRAME_BYTES]>> = vec![Vec::new(); shards];
+        // (receiving shard, frame as handed) per owner.
+        let mut forward_queues: Vec<Vec<(u32, [u8; FRAME_BYTES])>> = vec![Vec::new(); shards];
+        // Held ack datagrams as the model expects them, with where each handed frame's
+        // ack sits (byte offset, owner, index in the owner's queue): its status is the
+        // owner's, known once the owner applies its queue.
+        let mut held_expected: Vec<(Vec<u8>, Vec<HandedAck>)> = Vec::new();
         let mut direct: Vec<Vec<[u8; FRAME_BYTES]>> = vec![Vec::new(); shards];
         // How full each owner's hand-off ring is as the frames arrive: a frame that
         // finds its owner's ring full is lost and answered 6 (busy).
@@ -393,6 +404,7 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
         for k in due {
             let (dgram, to) = network.remove(&k).unwrap();
             let mut expected_acks: Vec<u8> = Vec::new();
+            let mut handed_acks: Vec<HandedAck> = Vec::new();
             match codec::datagram_frames(&dgram) {
                 Err(e) => *injected.datagram_errors.entry(e.name()).or_default() += 1,
                 Ok(fs) => {
@@ -423,6 +435,9 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
                                     }
                                 }
                                 if hb.ack_requested() {
+                                    if o != to as usize && status == codec::ACK_ACCEPTED {
+                                        handed_acks.push((expected_acks.len(), o, handed[o] - 1));
+                                    }
                                     let mut a = [0u8; 32];
                                     let iv = match hb.interval_ds() {
                                         0 => DEFAULT_INTERVAL_DS,
@@ -441,12 +456,13 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
             }
             let cap = sc.forward_capacity;
             let queues = &mut forward_queues;
-            let mut forward = |target: u32, frame: &[u8; FRAME_BYTES]| {
+            // TCP acks are not held: handed frames go without a ticket.
+            let mut forward = |target: u32, frame: &[u8; FRAME_BYTES], _: Option<usize>| {
                 let q = &mut queues[target as usize];
                 if q.len() >= cap {
                     return false;
                 }
-                q.push(*frame);
+                q.push((to, *frame));
                 true
             };
             // A third of the well-formed datagrams with no bad magic come over TCP
@@ -475,26 +491,65 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
                 streamed += 1;
             } else {
                 let mut acks = [0u8; MAX_DATAGRAM_BYTES];
+                let held = &mut held_acks[to as usize];
+                let hold = held.next_hold();
+                let mut tickets = 0;
+                let forward = |target: u32, frame: &[u8; FRAME_BYTES], ack_at: Option<usize>| {
+                    let q = &mut queues[target as usize];
+                    if q.len() >= cap {
+                        return false;
+                    }
+                    let ticket = ack_at.map(|at| held.issue(hold, at).expect("a ticket"));
+                    tickets += ticket.is_some() as u32;
+                    q.push((to, held::stamp(frame, ticket)));
+                    true
+                };
                 let n = cores[to as usize].ingest_datagram(&dgram, now, &mut acks, forward);
-                assert_eq!(&acks[..n], &expected_acks[..], "acks byte-exact, in order");
+                assert_eq!(
+                    tickets as usize,
+                    handed_acks.len(),
+                    "a ticket per handed ack"
+                );
+                if tickets > 0 {
+                    held.hold(held_expected.len(), &acks[..n], tickets);
+                    assert_eq!(acks[..n].len(), expected_acks.len());
+                    held_expected.push((expected_acks, handed_acks));
+                    held_datagrams += 1;
+                } else {
+                    assert_eq!(&acks[..n], &expected_acks[..], "acks byte-exact, in order");
+                }
             }
         }
         // 3. Hand-offs, then liveness.
         for (s, q) in forward_queues.iter().enumerate() {
-            for frame in q {
-                cores[s].ingest_forwarded(frame, now);
+            for (origin, frame) in q {
+                if let Some(v) = cores[s].ingest_forwarded(frame, now) {
+                    let receiver = &cores[*origin as usize];
+                    assert!(held_acks[*origin as usize]
+                        .resolve(v, |ack, status| receiver.restatus_ack(ack, status)));
+                }
             }
         }
+        // The owners' verdicts as the model sees them, by owner and queue index.
+        let mut verdicts: Vec<Vec<u16>> = vec![Vec::new(); shards];
         for s in 0..shards {
-            for raw in direct[s].iter().chain(forward_queues[s].iter()) {
+            let handed = forward_queues[s].iter().map(|(_, f)| f);
+            for (i, raw) in direct[s].iter().chain(handed).enumerate() {
+                let forwarded = i >= direct[s].len();
                 let hb = codec::decode_heartbeat(raw).unwrap();
                 let id = hb.device_id();
                 if !known[s].contains(&id) {
                     if known[s].len() as u32 == sc.max_devices_per_shard {
                         table_full_expected += 1;
+                        if forwarded {
+                            verdicts[s].push(codec::ACK_TABLE_FULL);
+                        }
                         continue;
                     }
                     known[s].insert(id);
+                }
+                if forwarded {
+                    verdicts[s].push(codec::ACK_ACCEPTED);
                 }
                 let iv = match hb.interval_ds() {
                     0 => DEFAULT_INTERVAL_DS,
@@ -508,6 +563,30 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
                 });
             }
         }
+        // Every held ack datagram is complete now, with the owners' statuses in place.
+        for (expected, handed) in held_expected.iter_mut() {
+            for &(at, o, i) in handed.iter() {
+                held_refused += (verdicts[o][i] != codec::ACK_ACCEPTED) as u64;
+                expected[at + 20..at + 22].copy_from_slice(&verdicts[o][i].to_le_bytes());
+            }
+        }
+        let mut released = 0;
+        for held in held_acks.iter_mut() {
+            held.send_ready(|&e, acks| {
+                assert_eq!(
+                    acks,
+                    &held_expected[e].0[..],
+                    "held acks byte-exact, in order"
+                );
+                released += 1;
+            });
+            assert_eq!((held.waiting(), held.tickets_out()), ((0, 0), 0));
+        }
+        assert_eq!(
+            released,
+            held_expected.len(),
+            "every held ack datagram sent"
+        );
         // 4. Each shard's liveness step, as the engines run it, unless it is stalled;
         //    now and then a shard stalls for a while (a slow loop), so its walk falls
         //    behind the heartbeats it applies.
@@ -621,6 +700,11 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     // a seed may defer every offline past the end: checked over all seeds instead).
     assert!(total.forwarded > 0 && total.duplicates > 0 && total.lost_heartbeats > 0);
     assert!(streamed > 0 && total.tcp_split_frames > 0);
+    assert!(held_datagrams > 0, "acks held for owners' verdicts");
+    assert!(
+        table_full_expected == 0 || held_refused > 0,
+        "a full owner table answered in held acks"
+    );
     assert!(events.iter().any(|e| e.to == Liveness::Late));
     if !sc.blindness {
         assert!(events.iter().any(|e| e.to == Liveness::Offline));
@@ -630,6 +714,10 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     }
     total
 }
+
+/// Where a handed frame's ack sits in its held ack datagram: (byte offset, owner shard,
+/// index in the owner's hand-off queue).
+type HandedAck = (usize, usize, usize);
 
 /// Runs `sc`, naming the seed if it fails.
 fn run_seed(sc: &Scenario) -> ringbeat::core::stats::ShardStats {

@@ -91,7 +91,9 @@ fn run_mode(a: &HandoffArgs, cpus: &[usize], handed_off: bool) -> anyhow::Result
                 let finished = done.load(Ordering::Acquire);
                 if consumer.has_pending() {
                     let t = Instant::now();
-                    let n = consumer.drain(|f| c.ingest_forwarded(f, 1));
+                    let n = consumer.drain(|f| {
+                        c.ingest_forwarded(f, 1);
+                    });
                     c.flush();
                     busy += t.elapsed();
                     applied += n as u64;
@@ -116,7 +118,7 @@ fn run_mode(a: &HandoffArgs, cpus: &[usize], handed_off: bool) -> anyhow::Result
                 chunk,
                 1,
                 |_| {},
-                |_, frame| {
+                |_, frame, _| {
                     // A full ring waits for the owner (time not counted): the
                     // measurement is the hand-off's work, not a drop.
                     while !producer.push(frame) {

@@ -61,7 +61,7 @@ pub fn run(
             }
             seq[i as usize] = seq[i as usize].wrapping_add(1);
             let f = FrameFields::heartbeat(i + 1, seq[i as usize], 0, now).to_bytes();
-            core.ingest_datagram(&f, now, &mut ack, |_, _| true);
+            core.ingest_datagram(&f, now, &mut ack, |_, _, _| true);
         }
         core.flush();
         ingest += t.elapsed();

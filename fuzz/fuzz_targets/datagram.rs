@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let mut acks = [0u8; MAX_DATAGRAM_BYTES];
     // The input split into datagrams of up to 2,100 bytes, a millisecond apart.
     for (i, dgram) in data.chunks(2_100).enumerate() {
-        let n = core.ingest_datagram(dgram, i as u64, &mut acks, |_, _| true);
+        let n = core.ingest_datagram(dgram, i as u64, &mut acks, |_, _, _| true);
         assert!(n <= MAX_DATAGRAM_BYTES && n.is_multiple_of(32));
         core.step(i as u64 * 500, 16);
     }

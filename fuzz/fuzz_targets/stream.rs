@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
             &stream[at..end],
             read,
             |_| acks += 1,
-            |_, _| true,
+            |_, _, _| true,
         );
         assert!(decoder.carried() < FRAME_BYTES);
         stopped = fed.stopped;

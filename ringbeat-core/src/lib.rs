@@ -10,6 +10,7 @@ pub mod allow;
 pub mod blind;
 pub mod bpf;
 pub mod codec;
+pub mod held;
 pub mod liveness;
 pub mod memory;
 pub mod owner;

@@ -7,6 +7,7 @@ use super::codec::{
     self, FrameError, FrameV2, Heartbeat, Key, Refusal, Wire, FRAME_BYTES, FRAME_V2_BYTES,
     MAX_DATAGRAM_BYTES, TAGGED_BYTES, VERSION_2,
 };
+use super::held::{self, Verdict};
 use super::liveness::{Thresholds, Wheel};
 use super::owner::owner;
 use super::registry::{Counter, RegistryIn, ReplayWindow};
@@ -71,7 +72,7 @@ impl CoreConfig {
 /// in place of `sent_ns` (the owner needs the counter, not the sender's clock, and the
 /// receiving shard has checked the tag). Rings carry 32-byte frames only.
 fn forwarded_v2(frame: &FrameV2<'_>) -> [u8; FRAME_BYTES] {
-    let mut out = *frame.header().bytes();
+    let mut out = held::stamp(frame.header().bytes(), None);
     out[24..28].copy_from_slice(&frame.boot().to_le_bytes());
     out[28..32].fill(0);
     out
@@ -311,14 +312,17 @@ impl<M: Memory> ShardCore<M> {
 
     /// Takes one received datagram: validates it, writes the ack datagram for its
     /// ACK_REQUESTED frames into `acks` (returns its length, 0 = nothing to send),
-    /// queues owned frames for the table and hands the others to `forward(owner, frame)`,
-    /// which returns false when the owner's ring is full (counted as a drop).
+    /// queues owned frames for the table and hands the others to
+    /// `forward(owner, frame, ack_at)`, which returns false when the owner's ring is full
+    /// (counted as a drop). `ack_at` is where the frame's ack sits among the acks (bytes)
+    /// when it asked for one: that ack says accepted, and the caller may hold the acks
+    /// for the owner's verdict (`held`).
     pub fn ingest_datagram(
         &mut self,
         datagram: &[u8],
         now_ms: u64,
         acks: &mut [u8; MAX_DATAGRAM_BYTES],
-        mut forward: impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
+        mut forward: impl FnMut(u32, &[u8; FRAME_BYTES], Option<usize>) -> bool,
     ) -> usize {
         self.stats.datagrams += 1;
         let frames = match codec::datagram_frames(datagram) {
@@ -343,7 +347,8 @@ impl<M: Memory> ShardCore<M> {
                 Wire::V1(_) => None,
             };
             // An ack is as long as its heartbeat, so the acks fit as the frames did.
-            let _ = self.ingest_unit(frame, checked, now_ms, &mut forward, |ack: &[u8]| {
+            let at = ack_len;
+            let _ = self.ingest_unit(frame, checked, now_ms, at, &mut forward, |ack: &[u8]| {
                 acks[ack_len..ack_len + ack.len()].copy_from_slice(ack);
                 ack_len += ack.len();
             });
@@ -425,11 +430,17 @@ impl<M: Memory> ShardCore<M> {
         bytes: &[u8],
         now_ms: u64,
         mut ack: impl FnMut(&[u8]),
-        mut forward: impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
+        mut forward: impl FnMut(u32, &[u8; FRAME_BYTES], Option<usize>) -> bool,
     ) -> Fed {
         self.stats.tcp_bytes += bytes.len() as u64;
+        // Bytes of acks written by this call, for `forward`'s `ack_at`.
+        let acked = std::cell::Cell::new(0);
+        let mut ack = |a: &[u8]| {
+            acked.set(acked.get() + a.len());
+            ack(a)
+        };
         let fed = decoder.feed_frames(bytes, |frame| {
-            match self.ingest_unit(frame, None, now_ms, &mut forward, &mut ack) {
+            match self.ingest_unit(frame, None, now_ms, acked.get(), &mut forward, &mut ack) {
                 Err(FrameError::BadMagic) => Feed::Stop,
                 _ => Feed::Continue,
             }
@@ -455,7 +466,8 @@ impl<M: Memory> ShardCore<M> {
         frame: Wire<'_>,
         checked: Option<bool>,
         now_ms: u64,
-        forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES]) -> bool,
+        ack_at: usize,
+        forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES], Option<usize>) -> bool,
         mut ack: impl FnMut(&[u8]),
     ) -> Result<(), FrameError> {
         let decoded = match frame {
@@ -520,10 +532,11 @@ impl<M: Memory> ShardCore<M> {
             };
             self.take(admitted, now_ms, hb.ack_requested())
         } else {
-            let sent = match &v2 {
-                None => forward(target, hb.bytes()),
-                Some(f) => forward(target, &forwarded_v2(f)),
+            let handed = match &v2 {
+                None => held::stamp(hb.bytes(), None),
+                Some(f) => forwarded_v2(f),
             };
+            let sent = forward(target, &handed, hb.ack_requested().then_some(ack_at));
             if sent {
                 self.stats.forwarded += 1;
                 None
@@ -632,8 +645,12 @@ impl<M: Memory> ShardCore<M> {
 
     /// Takes a frame another shard received for a device this shard owns.
     /// The receiving shard checked the frame (registry, key); the registry's interval
-    /// and the replay counter are the owner's to apply.
-    pub fn ingest_forwarded(&mut self, frame: &[u8; FRAME_BYTES], now_ms: u64) {
+    /// and the replay counter are the owner's to apply. A frame with a ticket (its
+    /// sender waits for an ack the receiving shard holds) is decided at once, as a
+    /// frame received here would be, and its verdict returned, to send back.
+    pub fn ingest_forwarded(&mut self, frame: &[u8; FRAME_BYTES], now_ms: u64) -> Option<Verdict> {
+        let ticket = held::ticket_of(frame);
+        let verdict = |status: u16| ticket.map(|ticket| Verdict { ticket, status });
         let v2 = codec::unit_version(frame) == Some(VERSION_2);
         let mut header = *frame;
         if v2 {
@@ -644,7 +661,7 @@ impl<M: Memory> ShardCore<M> {
             // Only validated frames are forwarded; count rather than trust blindly.
             Err(e) => {
                 self.stats.count_frame_error(e);
-                return;
+                return verdict(codec::ACK_BUSY);
             }
         };
         debug_assert_eq!(owner(hb.device_id(), self.cfg.shards), self.cfg.shard);
@@ -657,7 +674,7 @@ impl<M: Memory> ShardCore<M> {
             Some(None) => {
                 // Forgotten by a reload since the receiving shard looked.
                 self.stats.count_refusal(Refusal::UnknownDevice);
-                return;
+                return verdict(Refusal::UnknownDevice.status());
             }
             Some(Some(e)) => Some(e),
             None => None,
@@ -677,9 +694,43 @@ impl<M: Memory> ShardCore<M> {
             interval_ds,
             counter,
         };
-        if let Some(r) = self.take(admitted, now_ms, false) {
-            self.stats.count_refusal(r);
-            self.last_refused = Some((hb.device_id(), r));
+        match self.take(admitted, now_ms, ticket.is_some()) {
+            None => verdict(codec::ACK_ACCEPTED),
+            Some(r) => {
+                if r != Refusal::TableFull {
+                    // A full table is counted where the lookup failed.
+                    self.stats.count_refusal(r);
+                }
+                self.last_refused = Some((hb.device_id(), r));
+                verdict(r.status())
+            }
+        }
+    }
+
+    /// Writes an owner's refusal into the ack (32 or 64 bytes) held for its handed
+    /// frame: the status, and for a version-2 ack its tag anew under the device's key
+    /// (the tag covers the status).
+    pub fn restatus_ack(&self, ack: &mut [u8], status: u16) {
+        if ack.len() < FRAME_BYTES {
+            return;
+        }
+        ack[20..22].copy_from_slice(&status.to_le_bytes());
+        if ack.len() < FRAME_V2_BYTES {
+            return;
+        }
+        let id = u64::from_le_bytes(ack[8..16].try_into().expect("8 bytes"));
+        let key = self
+            .registry
+            .as_deref()
+            .and_then(|r| r.get(id))
+            .and_then(|e| e.key().copied());
+        match key {
+            Some(k) => {
+                let tagged: &[u8; TAGGED_BYTES] = ack[..TAGGED_BYTES].try_into().expect("48");
+                let tag = siphash::tags48::<1>([&k], [tagged])[0];
+                ack[TAGGED_BYTES..FRAME_V2_BYTES].copy_from_slice(&tag);
+            }
+            None => ack[TAGGED_BYTES..FRAME_V2_BYTES].fill(0),
         }
     }
 
@@ -1042,7 +1093,7 @@ mod tests {
     fn beat(c: &mut ShardCore<Heap>, id: u64, seq: u32, now_ms: u64) {
         let f = FrameFields::heartbeat(id, seq, 10, 0).to_bytes();
         let mut acks = [0u8; MAX_DATAGRAM_BYTES];
-        c.ingest_datagram(&f, now_ms, &mut acks, |_, _| false);
+        c.ingest_datagram(&f, now_ms, &mut acks, |_, _, _| false);
         c.flush();
     }
 
@@ -1073,7 +1124,7 @@ mod tests {
             datagram.extend_from_slice(&f.to_bytes());
         }
         let mut acks = [0u8; MAX_DATAGRAM_BYTES];
-        let n = c.ingest_datagram(&datagram, 0, &mut acks, |_, _| false);
+        let n = c.ingest_datagram(&datagram, 0, &mut acks, |_, _, _| false);
         let status = |acks: &[u8], i: usize| {
             codec::decode_ack(
                 acks[i * FRAME_BYTES..(i + 1) * FRAME_BYTES]
@@ -1090,7 +1141,7 @@ mod tests {
         );
         assert_eq!((c.stats().forward_drops, c.stats().forwarded), (1, 0));
         // Handed over: accepted.
-        let n = c.ingest_datagram(&datagram, 0, &mut acks, |_, _| true);
+        let n = c.ingest_datagram(&datagram, 0, &mut acks, |_, _, _| true);
         assert_eq!(n, 2 * FRAME_BYTES);
         assert_eq!(status(&acks, 1), codec::ACK_ACCEPTED);
         assert_eq!((c.stats().forward_drops, c.stats().forwarded), (1, 1));

@@ -365,6 +365,26 @@ pub fn bind_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// A `sockaddr_storage` holding the raw socket address `name` (as
+/// `sockaddr_storage_bytes` gives it; cut to the storage's size), and its length.
+pub fn sockaddr_storage_from_bytes(name: &[u8]) -> (libc::sockaddr_storage, u32) {
+    // SAFETY: sockaddr_storage is plain C data: all zero bytes are a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = name
+        .len()
+        .min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: copies `len` bytes, at most the storage's size, into the storage (plain C
+    // data, every byte pattern valid) from a distinct slice of at least `len` bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            name.as_ptr(),
+            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            len,
+        )
+    };
+    (storage, len as u32)
+}
+
 /// The first `len` bytes of a socket address the kernel wrote (a receive's source):
 /// what `ringbeat_core::allow` reads.
 pub fn sockaddr_storage_bytes(addr: &libc::sockaddr_storage, len: u32) -> &[u8] {

@@ -70,18 +70,33 @@ pub fn ring(capacity: u32) -> (Producer, Consumer) {
 }
 
 impl Producer {
-    /// Writes a frame; not visible to the consumer until `publish`. False when full.
+    /// Writes a frame; not visible to the consumer until `publish`. False when full:
+    /// the frame is lost, counted where the consumer reads it (`Consumer::dropped`).
     #[inline]
     pub fn push(&mut self, frame: &Frame) -> bool {
+        self.try_push(frame) || {
+            self.count_drop();
+            false
+        }
+    }
+
+    /// Counts a frame lost on its way into this ring (as a refused `push` does).
+    pub fn count_drop(&mut self) {
+        let dropped = &self.shared.dropped.0;
+        dropped.store(
+            dropped.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// As `push`, but a full ring loses and counts nothing: the caller keeps the
+    /// message and tries again later.
+    #[inline]
+    pub fn try_push(&mut self, frame: &Frame) -> bool {
         let cap = self.shared.mask + 1;
         if self.tail.wrapping_sub(self.head_cache) == cap {
             self.head_cache = self.shared.head.0.load(Ordering::Acquire);
             if self.tail.wrapping_sub(self.head_cache) == cap {
-                let dropped = &self.shared.dropped.0;
-                dropped.store(
-                    dropped.load(Ordering::Relaxed).wrapping_add(1),
-                    Ordering::Relaxed,
-                );
                 return false;
             }
         }

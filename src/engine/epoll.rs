@@ -9,6 +9,7 @@ use super::shard_loop::{AckStats, Engine, Ingest, Wait};
 use super::tcp::{After, Close, Conn, ConnId, Connections, ACK_QUEUE_RESUME};
 use super::{ShardContext, ShardInfo};
 use crate::core::codec::{FRAME_BYTES, MAX_DATAGRAM_BYTES};
+use crate::core::stats::ShardStats;
 use crate::sys::mmsg::{RecvBatch, SendBatch};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::os::fd::AsFd;
@@ -122,15 +123,19 @@ impl EpollEngine {
     }
 
     fn flush_acks(&mut self, io: &mut Ingest<'_>) {
-        if self.send.queued() == 0 {
-            return;
-        }
-        let f = self.send.flush(self.socket);
-        let s = io.stats();
-        s.enters += 1;
-        s.count_acks_sent(f.sent, f.sent_bytes);
-        s.count_acks_dropped(f.dropped, f.dropped_bytes);
+        flush_sends(&mut self.send, self.socket, io.stats());
     }
+}
+
+/// Sends the queued ack datagrams (one sendmmsg) and counts them.
+fn flush_sends(send: &mut SendBatch, socket: RawFd, s: &mut ShardStats) {
+    if send.queued() == 0 {
+        return;
+    }
+    let f = send.flush(socket);
+    s.enters += 1;
+    s.count_acks_sent(f.sent, f.sent_bytes);
+    s.count_acks_dropped(f.dropped, f.dropped_bytes);
 }
 
 /// The epoll token of connection `id`.
@@ -327,6 +332,19 @@ impl Engine for EpollEngine {
         }
         self.flush_acks(io);
         self.receive_tcp(io, now_ms);
+    }
+
+    fn send_ready(&mut self, io: &mut Ingest<'_>) {
+        let stats = io.core.stats_mut();
+        let (send, socket) = (&mut self.send, self.socket);
+        io.held.send_ready(|to, acks| {
+            let (addr, len) = crate::sys::socket::sockaddr_storage_from_bytes(to.raw());
+            if send.is_full() {
+                flush_sends(send, socket, stats);
+            }
+            send.push(acks, &addr, len);
+        });
+        flush_sends(send, socket, stats);
     }
 
     fn close_streams(&mut self, io: &mut Ingest<'_>, _deadline: std::time::Instant) {

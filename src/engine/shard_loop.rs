@@ -16,6 +16,7 @@
 
 use super::{ShardContext, ShardInfo};
 use crate::core::codec::{DatagramError, FRAME_BYTES, MAX_DATAGRAM_BYTES};
+use crate::core::held::{HeldAcks, Verdict};
 use crate::core::stats::ShardStats;
 use crate::memory::Core as ShardCore;
 use crate::sys::spsc::Producer;
@@ -53,6 +54,46 @@ pub(crate) struct Ingest<'a> {
     outbound: &'a mut [Option<Producer>],
     ack: &'a mut [u8; MAX_DATAGRAM_BYTES],
     allow: &'a crate::core::allow::Allowlist,
+    /// Ack datagrams waiting for owners' verdicts, and those ready to send.
+    pub held: &'a mut HeldAcks<Dest>,
+}
+
+/// Where a held ack datagram goes: its datagram's source.
+pub(crate) enum Dest {
+    /// A raw `sockaddr_in` / `sockaddr_in6` (≤ 28 bytes).
+    Raw {
+        name: [u8; std::mem::size_of::<libc::sockaddr_in6>()],
+        len: u8,
+    },
+    #[cfg(feature = "tokio-uring")]
+    Addr(std::net::SocketAddr),
+}
+
+impl Dest {
+    fn of(source: &Source<'_>) -> Dest {
+        match source {
+            Source::Raw(raw) => {
+                let mut name = [0u8; std::mem::size_of::<libc::sockaddr_in6>()];
+                let len = raw.len().min(name.len());
+                name[..len].copy_from_slice(&raw[..len]);
+                Dest::Raw {
+                    name,
+                    len: len as u8,
+                }
+            }
+            #[cfg(feature = "tokio-uring")]
+            Source::Addr(a) => Dest::Addr(*a),
+        }
+    }
+
+    /// The raw socket address (empty for a tokio-uring one).
+    pub fn raw(&self) -> &[u8] {
+        match self {
+            Dest::Raw { name, len } => &name[..*len as usize],
+            #[cfg(feature = "tokio-uring")]
+            Dest::Addr(_) => &[],
+        }
+    }
 }
 
 /// Where a datagram came from, as the engine's receive gave it.
@@ -67,10 +108,12 @@ pub(crate) enum Source<'a> {
 impl Ingest<'_> {
     /// One received datagram: validated and applied (or forwarded, or counted). Returns
     /// the ack datagram to send back to its source; empty when nothing asked for one,
-    /// or when the source is not allowed (`--allow`: counted, never answered).
+    /// when the source is not allowed (`--allow`: counted, never answered), or when
+    /// the acks wait for the verdicts of the shards its frames were handed to (held:
+    /// sent through `Engine::send_ready` once answered).
     pub fn datagram(&mut self, payload: &[u8], source: Source<'_>, now_ms: u64) -> &[u8] {
         if !self.allow.is_empty() {
-            let allowed = match source {
+            let allowed = match &source {
                 Source::Raw(name) => self.allow.allows_sockaddr(name),
                 #[cfg(feature = "tokio-uring")]
                 Source::Addr(a) => self.allow.allows(a.ip()),
@@ -83,13 +126,36 @@ impl Ingest<'_> {
             }
         }
         let outbound = &mut *self.outbound;
+        let held = &mut *self.held;
+        let hold = held.next_hold();
+        let mut tickets = 0;
         let len = self
             .core
-            .ingest_datagram(payload, now_ms, self.ack, |target, frame| {
-                outbound[target as usize]
-                    .as_mut()
-                    .is_some_and(|p| p.push(frame))
+            .ingest_datagram(payload, now_ms, self.ack, |target, frame, ack_at| {
+                let Some(p) = outbound[target as usize].as_mut() else {
+                    return false;
+                };
+                let Some(at) = ack_at else {
+                    return p.push(frame);
+                };
+                let Some(ticket) = held.issue(hold, at) else {
+                    // Out of tickets: lost as if the owner's ring were full (answered
+                    // busy, the owner told through the ring's drop count).
+                    p.count_drop();
+                    return false;
+                };
+                let pushed = p.push(&crate::core::held::stamp(frame, Some(ticket)));
+                if pushed {
+                    tickets += 1;
+                } else {
+                    held.cancel(ticket);
+                }
+                pushed
             });
+        if tickets > 0 {
+            held.hold(Dest::of(&source), &self.ack[..len], tickets);
+            return &[];
+        }
         &self.ack[..len]
     }
 
@@ -103,8 +169,10 @@ impl Ingest<'_> {
         ack: impl FnMut(&[u8]),
     ) -> crate::core::stream::Fed {
         let outbound = &mut *self.outbound;
+        // TCP acks are not held: a handed frame's ack says accepted once it passed
+        // the checks made here (PROTOCOL.md), so frames go without a ticket.
         self.core
-            .ingest_stream(decoder, bytes, now_ms, ack, |target, frame| {
+            .ingest_stream(decoder, bytes, now_ms, ack, |target, frame, _| {
                 outbound[target as usize]
                     .as_mut()
                     .is_some_and(|p| p.push(frame))
@@ -184,6 +252,9 @@ pub(crate) trait Engine {
     /// far as their sockets take them by `deadline`, then closes every connection
     /// and the listener.
     fn close_streams(&mut self, _io: &mut Ingest<'_>, _deadline: Instant) {}
+    /// Sends the held ack datagrams whose every verdict came back
+    /// (`io.held.send_ready`), or counts them as dropped when nothing can carry them.
+    fn send_ready(&mut self, io: &mut Ingest<'_>);
     fn info(&self) -> ShardInfo;
 }
 
@@ -229,6 +300,7 @@ pub(crate) fn run<E: Engine>(
             drop(restore);
             let _ = ready.send(Ok(engine.info()));
             drop(ready);
+            let peers = ctx.outbound.len();
             ShardLoop {
                 ctx: &mut ctx,
                 core: &mut core,
@@ -238,6 +310,8 @@ pub(crate) fn run<E: Engine>(
                 blind: Blindness::default(),
                 registry_gen,
                 refusals: Refusals::default(),
+                held: HeldAcks::default(),
+                verdicts: vec![Vec::new(); peers],
             }
             .run(&mut engine);
         }
@@ -287,6 +361,10 @@ struct ShardLoop<'a> {
     /// The registry generation this shard holds.
     registry_gen: u64,
     refusals: Refusals,
+    held: HeldAcks<Dest>,
+    /// Verdicts for each peer (by shard index) its ring back could not take yet: kept
+    /// and sent first next time, never dropped (the peer holds an ack for each).
+    verdicts: Vec<Vec<[u8; FRAME_BYTES]>>,
 }
 
 /// What the loop watches to know when the shard may have missed heartbeats (see
@@ -328,6 +406,7 @@ impl ShardLoop<'_> {
             outbound: &mut self.ctx.outbound,
             ack: &mut self.ack,
             allow: &self.ctx.config.network.allow,
+            held: &mut self.held,
         }
     }
 
@@ -366,6 +445,7 @@ impl ShardLoop<'_> {
                 self.check_drops(now_ms);
             }
             self.after_receive(now_ms, false);
+            self.send_ready(engine);
             if let Some(saver) = self.ctx.saver.as_mut() {
                 let requested = self.ctx.shared.snapshot_gen.load(Ordering::Relaxed);
                 saver.step(self.core, requested, now_ms);
@@ -424,8 +504,28 @@ impl ShardLoop<'_> {
     /// unfinished), ships events and publishes hand-offs.
     fn after_receive(&mut self, now_ms: u64, whole_walk: bool) {
         let core = &mut *self.core;
-        for c in self.ctx.inbound.iter_mut() {
-            c.drain(|f| core.ingest_forwarded(f, now_ms));
+        let held = &mut self.held;
+        let index = self.ctx.index as usize;
+        for (i, c) in self.ctx.inbound.iter_mut().enumerate() {
+            // Inbound rings are the peers' in shard order, without this shard's own.
+            let peer = if i < index { i } else { i + 1 };
+            let verdicts = &mut self.verdicts[peer];
+            c.drain(|f| match Verdict::decode(f) {
+                Some(v) => {
+                    held.resolve(v, |ack, status| core.restatus_ack(ack, status));
+                }
+                None => {
+                    if let Some(v) = core.ingest_forwarded(f, now_ms) {
+                        verdicts.push(v.encode());
+                    }
+                }
+            });
+        }
+        for (peer, verdicts) in self.verdicts.iter_mut().enumerate() {
+            if let Some(p) = self.ctx.outbound[peer].as_mut() {
+                let sent = verdicts.iter().take_while(|v| p.try_push(v)).count();
+                verdicts.drain(..sent);
+            }
         }
         if let Some((requests, replies)) = self.ctx.queries.as_mut() {
             // A device query (HTTP): answered from the table between two batches. A
@@ -447,6 +547,13 @@ impl ShardLoop<'_> {
         }
         self.ship_events(now_ms);
         publish_outbound(&mut self.ctx.outbound, &self.ctx.parkers);
+    }
+
+    /// Sends the held ack datagrams that are complete (`Engine::send_ready`).
+    fn send_ready<E: Engine>(&mut self, engine: &mut E) {
+        if self.held.has_ready() {
+            engine.send_ready(&mut self.ingest());
+        }
     }
 
     /// Hands the core's new events to the writer's queue, stamped with the real-time
@@ -631,16 +738,25 @@ impl ShardLoop<'_> {
         // 2. Frames peers hand over while they drain their own sockets.
         self.ctx.shared.drained.fetch_add(1, Ordering::Release);
         let shards = self.ctx.shared.stats.len();
-        while self.ctx.shared.drained.load(Ordering::Acquire) < shards && Instant::now() < deadline
+        // Acks held for peers' verdicts wait for them as long (the peers answer as they
+        // drain their rings).
+        while (self.ctx.shared.drained.load(Ordering::Acquire) < shards
+            || self.held.tickets_out() > 0)
+            && Instant::now() < deadline
         {
             let now_ms = self.now_ms();
             self.after_receive(now_ms, false);
+            self.send_ready(engine);
             std::thread::sleep(Duration::from_micros(100));
         }
         // 3. The whole liveness walk, events, the final snapshot, final counters. (Acks
-        //    went out in the drain rounds: a round that brought nothing sent nothing.)
+        //    went out in the drain rounds: a round that brought nothing sent nothing;
+        //    acks still waiting for a verdict are counted as dropped.)
         let now_ms = self.now_ms();
         self.after_receive(now_ms, true);
+        self.send_ready(engine);
+        let (waiting, bytes) = self.held.waiting();
+        self.core.stats_mut().count_acks_dropped(waiting, bytes);
         if let Some(saver) = self.ctx.saver.as_mut() {
             saver.save_all(self.core, now_ms, deadline + STOP_SAVE);
         }

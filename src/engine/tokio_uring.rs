@@ -21,7 +21,7 @@
 //! runtime (when the thread parks), out of the engine's sight, so `enters` stays 0;
 //! the experiment scripts count every engine's system calls with `perf stat` instead.
 
-use super::shard_loop::{AckStats, Engine, Ingest, Wait};
+use super::shard_loop::{AckStats, Dest, Engine, Ingest, Wait};
 use super::{ShardContext, ShardInfo};
 use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::sys::notify::EventFd;
@@ -214,6 +214,22 @@ impl Engine for TokioEngine {
                 Poll::Pending
             }
         }));
+    }
+
+    fn send_ready(&mut self, io: &mut Ingest<'_>) {
+        let stats = io.core.stats_mut();
+        io.held.send_ready(|to, acks| {
+            let (Dest::Addr(peer), Some(mut out)) = (to, self.ack_pool.pop()) else {
+                stats.count_acks_dropped(1, acks.len());
+                return;
+            };
+            out.clear();
+            out.extend_from_slice(acks);
+            let (socket, peer) = (self.socket.clone(), *peer);
+            // Submitted when the runtime first polls it (the next `wait`).
+            self.sends
+                .push(Box::pin(async move { socket.send_to(out, peer).await }));
+        });
     }
 
     fn info(&self) -> ShardInfo {

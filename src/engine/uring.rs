@@ -721,6 +721,37 @@ impl Engine for UringEngine {
         self.sweep(io, now_ms);
     }
 
+    fn send_ready(&mut self, io: &mut Ingest<'_>) {
+        let stats = io.core.stats_mut();
+        let mut queued = false;
+        io.held.send_ready(|to, acks| {
+            let Some(slot) = self.free_slots.pop() else {
+                stats.count_acks_dropped(1, acks.len());
+                return;
+            };
+            let p = self.ring.push_send(
+                self.socket,
+                slot,
+                acks,
+                to.raw(),
+                Token::Send(slot).encode(),
+            );
+            if pushed(stats, p) {
+                queued = true;
+            } else {
+                self.free_slots.push(slot);
+                stats.count_acks_dropped(1, acks.len());
+            }
+        });
+        // Out now: this may run where no wait follows (the stop sequence).
+        if queued {
+            stats.enters += 1;
+            if let Err(e) = self.ring.submit() {
+                self.log_error("submitting held acks failed", e.raw_os_error().unwrap_or(0));
+            }
+        }
+    }
+
     fn close_streams(&mut self, io: &mut Ingest<'_>, deadline: Instant) {
         let Some(tcp) = self.tcp.as_mut() else {
             return;
