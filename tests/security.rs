@@ -357,6 +357,97 @@ fn a_handed_replay_is_answered_replayed() {
     assert!(status.success());
 }
 
+/// Over TCP with two shards, the frames of devices the accepting shard does not own
+/// are answered with their owner's decision, in order: each owner takes new devices
+/// until its table is full and refuses the rest (1), and a replayed version-2 frame is
+/// answered 5 whichever shard owns its device.
+#[test]
+fn tcp_handed_heartbeats_are_answered_with_their_owners_verdicts() {
+    let read_acks = |s: &mut TcpStream, bytes: usize| {
+        let mut buf = vec![0u8; bytes];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    };
+    let server = Server::start(
+        "tcp-handed-table-full",
+        &["--cores", "0,1", "--max-devices", "20"],
+    );
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // 40 new devices, 20 of each shard, interleaved; about 10 fit in each table.
+    let ids: Vec<u64> = (1..=40).collect();
+    let stream: Vec<u8> = ids
+        .iter()
+        .flat_map(|&d| heartbeat(d, 1, 100, true))
+        .collect();
+    s.write_all(&stream).unwrap();
+    let acks = v1_acks(&read_acks(&mut s, 40 * FRAME_BYTES));
+    assert_eq!(
+        acks.iter().map(|a| a.device_id).collect::<Vec<_>>(),
+        ids,
+        "in order"
+    );
+    for shard in 0..2 {
+        let statuses: Vec<u16> = acks
+            .iter()
+            .filter(|a| owner(a.device_id, 2) == shard)
+            .map(|a| a.status)
+            .collect();
+        let taken = statuses.iter().take_while(|&&st| st == 0).count();
+        assert!(
+            taken > 0
+                && taken < statuses.len()
+                && statuses[taken..]
+                    .iter()
+                    .all(|&st| st == codec::ACK_TABLE_FULL),
+            "shard {shard}: {statuses:?}"
+        );
+    }
+    let refused = acks.iter().filter(|a| a.status != 0).count() as u64;
+    let v = server.wait_stats(5, |v| v["heartbeats"] == 40 - refused);
+    assert_eq!(v["table_full"], refused);
+    assert!(v["forwarded"].as_u64().unwrap() > 0);
+    drop(s);
+    let (status, _, _) = server.terminate();
+    assert!(status.success());
+
+    let (a, b) = (
+        (1..).find(|&d| owner(d, 2) == 0).unwrap(),
+        (1..).find(|&d| owner(d, 2) == 1).unwrap(),
+    );
+    let file = devices_file(
+        "tcp-handed-replay",
+        &format!("{a} key={}\n{b} key={}\n", hex(&KEY_A), hex(&KEY_B)),
+    );
+    let server = Server::start(
+        "tcp-handed-replay",
+        &["--cores", "0,1", "--devices-file", file.to_str().unwrap()],
+    );
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let round = |s: &mut TcpStream, seq: u32| {
+        s.write_all(&[v2(a, 1, seq, &KEY_A), v2(b, 1, seq, &KEY_B)].concat())
+            .unwrap();
+        let acks = read_acks(s, 2 * FRAME_V2_BYTES);
+        (
+            v2_status(&acks[..FRAME_V2_BYTES], &KEY_A),
+            v2_status(&acks[FRAME_V2_BYTES..], &KEY_B),
+        )
+    };
+    assert_eq!(round(&mut s, 1), (0, 0));
+    assert_eq!(
+        round(&mut s, 1),
+        (codec::ACK_REPLAYED, codec::ACK_REPLAYED),
+        "each owner's window refused its copy"
+    );
+    assert_eq!(round(&mut s, 2), (0, 0));
+    let v = server.wait_stats(5, |v| v["heartbeats"] == 4);
+    assert_eq!(v["replayed"], 2);
+    drop(s);
+    let (status, _, _) = server.terminate();
+    assert!(status.success());
+}
+
 /// `--require-auth` refuses version 1 from every device, and the devices file must give
 /// every device a key.
 #[test]

@@ -28,7 +28,7 @@ use common::rng::Rng;
 use ringbeat::core::codec::{
     self, FrameFields, FLAG_ACK_REQUESTED, FRAME_BYTES, MAX_DATAGRAM_BYTES,
 };
-use ringbeat::core::held::{self, HeldAcks};
+use ringbeat::core::held::{self, Chain, HeldAcks, StreamHolds, STREAM_TICKET};
 use ringbeat::core::liveness::Thresholds;
 use ringbeat::core::memory::Heap;
 use ringbeat::core::owner::owner;
@@ -257,6 +257,13 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     // hold them), by the index of their expectation in `held_expected`.
     let mut held_acks: Vec<HeldAcks<usize>> = (0..sc.shards).map(|_| HeldAcks::default()).collect();
     let mut held_datagrams = 0u64;
+    // TCP: each receiving shard's stream tickets, its stream's chain and how many ack
+    // bytes the stream has made so far (the position of the next ack).
+    let mut stream_holds: Vec<StreamHolds> =
+        (0..sc.shards).map(|_| StreamHolds::default()).collect();
+    let mut chains = vec![Chain::default(); sc.shards as usize];
+    let mut stream_pos = vec![0u64; sc.shards as usize];
+    let mut held_streamed = 0u64;
     let mut held_refused = 0u64;
     let mut streamed = 0u64;
     let mut applied: HashMap<u64, Vec<Applied>> = HashMap::new();
@@ -393,6 +400,9 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
         // ack sits (byte offset, owner, index in the owner's queue): its status is the
         // owner's, known once the owner applies its queue.
         let mut held_expected: Vec<(Vec<u8>, Vec<HandedAck>)> = Vec::new();
+        // TCP acks that wait for verdicts: (stream's shard, position of the first ack,
+        // acks as made, as the model expects them, where the handed frames' acks sit).
+        let mut held_streams: Vec<HeldStream> = Vec::new();
         let mut direct: Vec<Vec<[u8; FRAME_BYTES]>> = vec![Vec::new(); shards];
         // How full each owner's hand-off ring is as the frames arrive: a frame that
         // finds its owner's ring full is lost and answered 6 (busy).
@@ -456,13 +466,21 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
             }
             let cap = sc.forward_capacity;
             let queues = &mut forward_queues;
-            // TCP acks are not held: handed frames go without a ticket.
-            let mut forward = |target: u32, frame: &[u8; FRAME_BYTES], _: Option<usize>| {
+            // TCP: a handed frame that asks for an ack gets a stream ticket at its ack's
+            // position in the stream (`queued_at`: where this call's acks start).
+            let sh = &mut stream_holds[to as usize];
+            let chain = &mut chains[to as usize];
+            let queued_at = std::cell::Cell::new(0u64);
+            let mut forward = |target: u32, frame: &[u8; FRAME_BYTES], ack_at: Option<usize>| {
                 let q = &mut queues[target as usize];
                 if q.len() >= cap {
                     return false;
                 }
-                q.push((to, *frame));
+                let ticket = ack_at.map(|at| {
+                    sh.issue(chain, to as u64, (queued_at.get() + at as u64) as u32)
+                        .expect("a ticket")
+                });
+                q.push((to, held::stamp(frame, ticket)));
                 true
             };
             // A third of the well-formed datagrams with no bad magic come over TCP
@@ -474,8 +492,10 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
                 let decoder = &mut streams[to as usize];
                 let mut got = Vec::new();
                 let mut at = 0;
+                let base = stream_pos[to as usize];
                 while at < dgram.len() {
                     let len = (1 + rng.below(48) as usize).min(dgram.len() - at);
+                    queued_at.set(base + got.len() as u64);
                     let fed = cores[to as usize].ingest_stream(
                         decoder,
                         &dgram[at..at + len],
@@ -487,7 +507,13 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
                     at += len;
                 }
                 assert_eq!(decoder.carried(), 0);
-                assert_eq!(got, expected_acks, "TCP acks byte-exact, in order");
+                stream_pos[to as usize] += got.len() as u64;
+                if handed_acks.is_empty() {
+                    assert_eq!(got, expected_acks, "TCP acks byte-exact, in order");
+                } else {
+                    held_streams.push((to, base, got, expected_acks, handed_acks));
+                    held_streamed += 1;
+                }
                 streamed += 1;
             } else {
                 let mut acks = [0u8; MAX_DATAGRAM_BYTES];
@@ -525,8 +551,12 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
             for (origin, frame) in q {
                 if let Some(v) = cores[s].ingest_forwarded(frame, now) {
                     let receiver = &cores[*origin as usize];
-                    assert!(held_acks[*origin as usize]
-                        .resolve(v, |ack, status| receiver.restatus_ack(ack, status)));
+                    if v.ticket & STREAM_TICKET != 0 {
+                        assert!(stream_holds[*origin as usize].resolve(v));
+                    } else {
+                        assert!(held_acks[*origin as usize]
+                            .resolve(v, |ack, status| receiver.restatus_ack(ack, status)));
+                    }
                 }
             }
         }
@@ -587,6 +617,37 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
             held_expected.len(),
             "every held ack datagram sent"
         );
+        // TCP: the verdicts written into the acks where they wait, every ticket settled.
+        for (s, sh) in stream_holds.iter_mut().enumerate() {
+            let mut answers = Vec::new();
+            sh.swap_answered(&mut answers);
+            for a in answers {
+                assert_eq!(a.conn, s as u64);
+                let at = a.at as u64; // the sim's streams stay below 4 GiB of acks
+                let (_, base, got, _, _) = held_streams
+                    .iter_mut()
+                    .find(|h| h.0 as u64 == a.conn && h.1 <= at && at < h.1 + h.2.len() as u64)
+                    .expect("an answer for a waiting ack");
+                if a.status != codec::ACK_ACCEPTED {
+                    let ack = held::ack_slice(got, (at - *base) as usize).unwrap();
+                    cores[s].restatus_ack(ack, a.status);
+                }
+                sh.mark_answered(a.ticket);
+            }
+            assert_eq!(
+                sh.settle(&mut chains[s]),
+                None,
+                "every stream ticket answered"
+            );
+            assert_eq!(sh.tickets_out(), 0);
+        }
+        for (_, _, got, expected, handed) in held_streams.iter_mut() {
+            for &(at, o, i) in handed.iter() {
+                held_refused += (verdicts[o][i] != codec::ACK_ACCEPTED) as u64;
+                expected[at + 20..at + 22].copy_from_slice(&verdicts[o][i].to_le_bytes());
+            }
+            assert_eq!(got, expected, "held TCP acks byte-exact, in order");
+        }
         // 4. Each shard's liveness step, as the engines run it, unless it is stalled;
         //    now and then a shard stalls for a while (a slow loop), so its walk falls
         //    behind the heartbeats it applies.
@@ -700,7 +761,10 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     // a seed may defer every offline past the end: checked over all seeds instead).
     assert!(total.forwarded > 0 && total.duplicates > 0 && total.lost_heartbeats > 0);
     assert!(streamed > 0 && total.tcp_split_frames > 0);
-    assert!(held_datagrams > 0, "acks held for owners' verdicts");
+    assert!(
+        held_datagrams > 0 && held_streamed > 0,
+        "acks held for owners' verdicts, UDP and TCP"
+    );
     assert!(
         table_full_expected == 0 || held_refused > 0,
         "a full owner table answered in held acks"
@@ -718,6 +782,11 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
 /// Where a handed frame's ack sits in its held ack datagram: (byte offset, owner shard,
 /// index in the owner's hand-off queue).
 type HandedAck = (usize, usize, usize);
+
+/// TCP acks that wait for verdicts: (the stream's shard, the position of its first ack
+/// in the stream, the acks as made, as the model expects them, where the handed
+/// frames' acks sit).
+type HeldStream = (u32, u64, Vec<u8>, Vec<u8>, Vec<HandedAck>);
 
 /// Runs `sc`, naming the seed if it fails.
 fn run_seed(sc: &Scenario) -> ringbeat::core::stats::ShardStats {

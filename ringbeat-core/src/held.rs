@@ -79,6 +79,15 @@ pub fn ticket_of(frame: &[u8; FRAME_BYTES]) -> Option<u32> {
 /// (`MAX_HOLDS` × 2 KiB, resident only as far as it is used).
 pub const MAX_HOLDS: usize = 512;
 
+/// The ack (32 or 64 bytes, by its version field) at byte `at` of `acks`.
+pub fn ack_slice(acks: &mut [u8], at: usize) -> Option<&mut [u8]> {
+    let len = match acks.get(at + 4..at + 6)? {
+        [2, 0] => crate::codec::FRAME_V2_BYTES,
+        _ => FRAME_BYTES,
+    };
+    acks.get_mut(at..at + len)
+}
+
 /// One held ack datagram: where it goes, its length and the tickets still out (its
 /// bytes are its slot of `HeldAcks::bytes`).
 struct Hold<D> {
@@ -156,13 +165,7 @@ impl<D> HeldAcks<D> {
         };
         if v.status != crate::codec::ACK_ACCEPTED {
             let acks = &mut self.bytes[hold as usize * MAX_DATAGRAM_BYTES..][..h.len as usize];
-            let at = at as usize;
-            // The ack's size from its version field: 32 bytes (1) or 64 (2).
-            let len = match acks.get(at + 4..at + 6) {
-                Some([2, 0]) => crate::codec::FRAME_V2_BYTES,
-                _ => FRAME_BYTES,
-            };
-            if let Some(ack) = acks.get_mut(at..at + len) {
+            if let Some(ack) = ack_slice(acks, at as usize) {
                 restatus(ack, v.status);
             }
         }
@@ -202,6 +205,194 @@ impl<D> HeldAcks<D> {
     }
 
     /// Tickets out.
+    pub fn tickets_out(&self) -> usize {
+        self.tickets.len()
+    }
+}
+
+/// Tickets of TCP frames carry this bit (UDP tickets never reach it).
+pub const STREAM_TICKET: u32 = 1 << 31;
+
+/// No ticket (an empty chain's ends, a chain's last ticket's `next`).
+const NONE: u16 = u16::MAX;
+const _: () = assert!(MAX_TICKETS < NONE as usize);
+/// A ticket whose connection closed: its verdict, when it comes, is let go.
+const ORPHAN: u64 = u64::MAX;
+
+/// The tickets of one TCP connection that are not yet settled, oldest first (a list
+/// through [`StreamHolds`]' entries: 4 bytes in the connection).
+#[derive(Clone, Copy, Debug)]
+pub struct Chain {
+    head: u16,
+    tail: u16,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            head: NONE,
+            tail: NONE,
+        }
+    }
+}
+
+/// An owner's verdict on a TCP ack, for the engine to write into the ack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub ticket: u32,
+    /// The connection (the engine's packed id).
+    pub conn: u64,
+    /// The ack's position in the connection's ack stream (bytes, modulo 2^32: a
+    /// connection's queue is far shorter).
+    pub at: u32,
+    pub status: u16,
+}
+
+struct StreamTicket {
+    /// The connection (the engine's packed id), or `ORPHAN`.
+    conn: u64,
+    /// The ack's position in the connection's ack stream (bytes since it opened,
+    /// modulo 2^32).
+    at: u32,
+    next: u16,
+    answered: bool,
+}
+
+/// Tickets of TCP frames handed to their owners. Acks leave a connection in order, so
+/// a connection's acks are written up to its oldest unanswered ticket's ack and wait
+/// behind it (the engine keeps them in the connection's ack queue); answers that come
+/// out of order are written into their acks at once and settle when those before
+/// them do. At most [`MAX_TICKETS`] out per shard; sized at creation.
+pub struct StreamHolds {
+    tickets: slab::Slab<StreamTicket>,
+    /// Verdicts for the engine to apply.
+    answered: Vec<Answer>,
+}
+
+impl Default for StreamHolds {
+    fn default() -> Self {
+        StreamHolds {
+            tickets: slab::Slab::with_capacity(MAX_TICKETS),
+            answered: Vec::with_capacity(MAX_TICKETS),
+        }
+    }
+}
+
+impl StreamHolds {
+    /// Whether a ticket can be issued now.
+    pub fn has_room(&self) -> bool {
+        self.tickets.len() < MAX_TICKETS
+    }
+
+    /// A ticket (with [`STREAM_TICKET`] set) for the ack at position `at` of connection
+    /// `conn`'s ack stream, appended to its chain; None when [`MAX_TICKETS`] are out.
+    pub fn issue(&mut self, chain: &mut Chain, conn: u64, at: u32) -> Option<u32> {
+        if !self.has_room() {
+            return None;
+        }
+        let key = self.tickets.insert(StreamTicket {
+            conn,
+            at,
+            next: NONE,
+            answered: false,
+        }) as u16;
+        match chain.tail {
+            NONE => chain.head = key,
+            tail => self.tickets[tail as usize].next = key,
+        }
+        chain.tail = key;
+        Some(key as u32 | STREAM_TICKET)
+    }
+
+    /// Takes an owner's verdict: queued for the engine (`swap_answered`), which writes
+    /// it into its ack and then marks the ticket answered (`mark_answered`), unless its
+    /// connection closed meanwhile. False for a verdict of no ticket out.
+    pub fn resolve(&mut self, v: Verdict) -> bool {
+        let key = (v.ticket & !STREAM_TICKET) as usize;
+        let Some(t) = self.tickets.get_mut(key) else {
+            return false;
+        };
+        if t.answered {
+            return false;
+        }
+        if t.conn == ORPHAN {
+            self.tickets.remove(key);
+            return true;
+        }
+        self.answered.push(Answer {
+            ticket: key as u32,
+            conn: t.conn,
+            at: t.at,
+            status: v.status,
+        });
+        true
+    }
+
+    /// The verdict of `ticket` is written into its ack: acks up to the next unanswered
+    /// ticket's may go (`settle`). A ticket whose connection closed is let go.
+    pub fn mark_answered(&mut self, ticket: u32) {
+        let key = ticket as usize;
+        match self.tickets.get_mut(key) {
+            Some(t) if t.conn == ORPHAN => {
+                self.tickets.remove(key);
+            }
+            Some(t) => t.answered = true,
+            None => {}
+        }
+    }
+
+    /// Whether answers wait for the engine.
+    pub fn has_answers(&self) -> bool {
+        !self.answered.is_empty()
+    }
+
+    /// Moves the verdicts to apply into `out` (empty: the two swap, each keeping its
+    /// capacity, so the engine can apply them while it holds `self` again).
+    pub fn swap_answered(&mut self, out: &mut Vec<Answer>) {
+        debug_assert!(out.is_empty());
+        std::mem::swap(&mut self.answered, out);
+    }
+
+    /// Lets the answered tickets at the front of `chain` go; returns the position of
+    /// the oldest unanswered ticket's ack (acks from there on wait), None when none is.
+    pub fn settle(&mut self, chain: &mut Chain) -> Option<u32> {
+        while chain.head != NONE {
+            let t = &self.tickets[chain.head as usize];
+            if !t.answered {
+                return Some(t.at);
+            }
+            let next = t.next;
+            self.tickets.remove(chain.head as usize);
+            chain.head = next;
+        }
+        chain.tail = NONE;
+        None
+    }
+
+    /// The position of the oldest unanswered ticket's ack in `chain` (as `settle`
+    /// last left it).
+    pub fn waiting_from(&self, chain: &Chain) -> Option<u32> {
+        (chain.head != NONE).then(|| self.tickets[chain.head as usize].at)
+    }
+
+    /// The connection closed: its tickets are let go (answered ones now, the others
+    /// when their verdicts come, so a late verdict never meets a reused ticket).
+    pub fn abandon(&mut self, chain: &mut Chain) {
+        let mut key = chain.head;
+        while key != NONE {
+            let t = &mut self.tickets[key as usize];
+            let next = t.next;
+            if t.answered {
+                self.tickets.remove(key as usize);
+            } else {
+                t.conn = ORPHAN;
+            }
+            key = next;
+        }
+        *chain = Chain::default();
+    }
+
+    /// Tickets out (answered or not, until settled).
     pub fn tickets_out(&self) -> usize {
         self.tickets.len()
     }
@@ -305,5 +496,68 @@ mod tests {
             held.issue(hold, 0).is_some(),
             "a cancelled ticket frees its place"
         );
+    }
+
+    #[test]
+    fn a_connections_acks_wait_behind_its_oldest_unanswered_ticket() {
+        let mut st = StreamHolds::default();
+        let mut chain = Chain::default();
+        let t1 = st.issue(&mut chain, 7, 32).unwrap();
+        let t2 = st.issue(&mut chain, 7, 64).unwrap();
+        assert!(t1 & STREAM_TICKET != 0);
+        assert_eq!(st.settle(&mut chain), Some(32));
+        // The second is answered first: written, but still waits behind the first.
+        let verdict = |ticket, status| Verdict { ticket, status };
+        assert!(st.resolve(verdict(t2, 5)));
+        let mut got = Vec::new();
+        st.swap_answered(&mut got);
+        let want = Answer {
+            ticket: t2 & !STREAM_TICKET,
+            conn: 7,
+            at: 64,
+            status: 5,
+        };
+        assert_eq!(got, [want]);
+        st.mark_answered(want.ticket);
+        assert_eq!(st.settle(&mut chain), Some(32));
+        assert!(st.resolve(verdict(t1, 0)));
+        assert_eq!(st.settle(&mut chain), Some(32), "queued, not yet written");
+        st.mark_answered(t1 & !STREAM_TICKET);
+        assert!(!st.resolve(verdict(t1, 0)), "answered once");
+        assert_eq!(st.settle(&mut chain), None, "everything may go");
+        assert_eq!(st.tickets_out(), 0);
+    }
+
+    #[test]
+    fn a_closed_connections_late_verdicts_are_let_go() {
+        let mut st = StreamHolds::default();
+        let mut chain = Chain::default();
+        let verdict = |ticket, status| Verdict { ticket, status };
+        let t1 = st.issue(&mut chain, 7, 0).unwrap();
+        let t2 = st.issue(&mut chain, 7, 32).unwrap();
+        let t3 = st.issue(&mut chain, 7, 64).unwrap();
+        assert!(st.resolve(verdict(t2, 0)));
+        let mut queued = Vec::new();
+        st.swap_answered(&mut queued);
+        st.mark_answered(queued[0].ticket);
+        assert!(st.resolve(verdict(t3, 0)));
+        st.abandon(&mut chain);
+        assert_eq!(
+            st.tickets_out(),
+            2,
+            "those not written wait for their verdicts"
+        );
+        let mut other = Chain::default();
+        let t4 = st.issue(&mut other, 8, 0).unwrap();
+        assert!(
+            t4 != t1 && t4 != t3,
+            "never reused while a verdict may come"
+        );
+        assert!(st.resolve(verdict(t1, 0)), "t1's verdict let go at once");
+        let mut got = Vec::new();
+        st.swap_answered(&mut got);
+        assert_eq!(got.len(), 1, "t3's, given before the close: {got:?}");
+        st.mark_answered(got[0].ticket);
+        assert_eq!(st.tickets_out(), 1, "connection 8's");
     }
 }

@@ -80,6 +80,16 @@ impl Producer {
         }
     }
 
+    /// Whether a `push` would take a frame now (it stays so until this producer
+    /// pushes: the consumer only frees slots).
+    pub fn has_room(&mut self) -> bool {
+        let cap = self.shared.mask + 1;
+        if self.tail.wrapping_sub(self.head_cache) == cap {
+            self.head_cache = self.shared.head.0.load(Ordering::Acquire);
+        }
+        self.tail.wrapping_sub(self.head_cache) != cap
+    }
+
     /// Counts a frame lost on its way into this ring (as a refused `push` does).
     pub fn count_drop(&mut self) {
         let dropped = &self.shared.dropped.0;

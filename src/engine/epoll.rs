@@ -48,6 +48,8 @@ pub(super) struct EpollEngine {
     info: ShardInfo,
     /// The last receive round ended on its budget, not on an empty socket.
     more: bool,
+    /// Owners' verdicts on TCP acks being applied (swapped with the shard's queue).
+    answers: Vec<crate::core::held::Answer>,
     listener: Option<std::os::fd::OwnedFd>,
     conns: Option<Connections>,
     /// Readiness from the last wait, handled in the next receive.
@@ -81,6 +83,7 @@ impl EpollEngine {
             send: SendBatch::new(BATCH, MAX_DATAGRAM_BYTES),
             info: ShardInfo::without_arena(ctx),
             more: false,
+            answers: Vec::new(),
             conns: ctx
                 .config
                 .network
@@ -155,14 +158,17 @@ fn interest(c: &Conn) -> EpollFlags {
     f
 }
 
-/// Writes what the socket takes of `c`'s queued acks; `writing` says whether some
-/// are left for when the socket has room. Err on a failed write.
-fn write_acks(c: &mut Conn, stats: &mut crate::core::stats::ShardStats) -> Result<(), ()> {
+/// Writes what the socket takes of `c`'s queued acks that may go (`Conn::sendable`);
+/// `writing` says whether some are left for when the socket has room. Err on a
+/// failed write.
+fn write_acks(c: &mut Conn, io: &mut Ingest<'_>) -> Result<(), ()> {
+    let limit = c.sendable(io.streams);
+    let stats = io.stats();
     let mut written = 0;
     let mut result = Ok(());
-    while written < c.acks.len() {
+    while written < limit {
         stats.enters += 1;
-        match crate::sys::tcp::write(c.fd.as_fd(), &c.acks[written..]) {
+        match crate::sys::tcp::write(c.fd.as_fd(), &c.acks[written..limit]) {
             Ok(n) => {
                 written += n;
                 stats.tcp_ack_writes += 1;
@@ -177,9 +183,9 @@ fn write_acks(c: &mut Conn, stats: &mut crate::core::stats::ShardStats) -> Resul
     // The queue holds whole acks but for the first, which a short write may have cut:
     // acks wholly written are those whose last byte went.
     let before = c.acks.len().div_ceil(FRAME_BYTES);
-    c.acks.drain(..written);
+    c.written(written);
     stats.acks_sent += (before - c.acks.len().div_ceil(FRAME_BYTES)) as u64;
-    c.writing = !c.acks.is_empty();
+    c.writing = written < limit;
     result
 }
 
@@ -208,7 +214,7 @@ impl EpollEngine {
                                 .add(&c.fd, EpollEvent::new(EpollFlags::EPOLLIN, conn_token(id)))
                                 .is_err()
                             {
-                                conns.close(id.key as usize, Close::Error, io.stats());
+                                conns.close(id.key as usize, Close::Error, io);
                             }
                         }
                         Ok(None) => break,
@@ -228,43 +234,49 @@ impl EpollEngine {
             };
             let flags = e.events();
             if let Some(why) = on_ready(conns, id, flags, io, &mut self.read_buf, now_ms) {
-                conns.close(id.key as usize, why, io.stats());
+                conns.close(id.key as usize, why, io);
                 continue;
             }
-            let Some(c) = conns.get_mut(id) else { continue };
-            let before = interest(c);
-            if write_acks(c, io.stats()).is_err() {
-                conns.close(id.key as usize, Close::Error, io.stats());
-                continue;
-            }
-            if c.paused && c.acks.len() < ACK_QUEUE_RESUME {
-                c.paused = false;
-            }
-            let c = if c.acks.is_empty() {
-                conns.release_if_empty(id);
-                conns.get_mut(id).expect("open")
-            } else {
-                c
-            };
-            if c.closing() && c.flushed() {
-                let why = conns
-                    .closing_reason(id.key as usize)
-                    .unwrap_or(Close::OutOfStep);
-                conns.close(id.key as usize, why, io.stats());
-                continue;
-            }
-            let after = interest(c);
-            if after != before {
-                let mut ev = EpollEvent::new(after, conn_token(id));
-                let _ = self.epoll.modify(&c.fd, &mut ev);
-            }
+            write_and_watch(&self.epoll, conns, id, io);
         }
         self.ready = ready;
         self.ready.clear();
         conns.sweep(now_ms, &mut self.closes);
         for (key, why) in self.closes.drain(..) {
-            conns.close(key, why, io.stats());
+            conns.close(key, why, io);
         }
+    }
+}
+
+/// Writes connection `id`'s acks as far as they may go, resumes it when they drained,
+/// closes it when it was closing and is flushed, and updates what epoll watches on it.
+fn write_and_watch(epoll: &Epoll, conns: &mut Connections, id: ConnId, io: &mut Ingest<'_>) {
+    let Some(c) = conns.get_mut(id) else { return };
+    let before = interest(c);
+    if write_acks(c, io).is_err() {
+        conns.close(id.key as usize, Close::Error, io);
+        return;
+    }
+    if c.paused && c.acks.len() < ACK_QUEUE_RESUME {
+        c.paused = false;
+    }
+    let c = if c.acks.is_empty() {
+        conns.release_if_empty(id);
+        conns.get_mut(id).expect("open")
+    } else {
+        c
+    };
+    if c.closing() && c.flushed() {
+        let why = conns
+            .closing_reason(id.key as usize)
+            .unwrap_or(Close::OutOfStep);
+        conns.close(id.key as usize, why, io);
+        return;
+    }
+    let after = interest(c);
+    if after != before {
+        let mut ev = EpollEvent::new(after, conn_token(id));
+        let _ = epoll.modify(&c.fd, &mut ev);
     }
 }
 
@@ -345,6 +357,17 @@ impl Engine for EpollEngine {
             send.push(acks, &addr, len);
         });
         flush_sends(send, socket, stats);
+        if let Some(conns) = self.conns.as_mut() {
+            let mut answers = std::mem::take(&mut self.answers);
+            io.streams.swap_answered(&mut answers);
+            for &a in &answers {
+                if let Some(id) = conns.answer(a, io) {
+                    write_and_watch(&self.epoll, conns, id, io);
+                }
+            }
+            answers.clear();
+            self.answers = answers;
+        }
     }
 
     fn close_streams(&mut self, io: &mut Ingest<'_>, _deadline: std::time::Instant) {
@@ -355,9 +378,9 @@ impl Engine for EpollEngine {
         for key in conns.keys() {
             if let Some(c) = conns.slot_mut(key) {
                 // A failed write leaves the acks queued: counted as dropped at close.
-                let _ = write_acks(c, io.stats());
+                let _ = write_acks(c, io);
             }
-            conns.close(key, Close::Stop, io.stats());
+            conns.close(key, Close::Stop, io);
         }
         self.listener = None;
     }

@@ -16,7 +16,7 @@
 
 use super::{ShardContext, ShardInfo};
 use crate::core::codec::{DatagramError, FRAME_BYTES, MAX_DATAGRAM_BYTES};
-use crate::core::held::{HeldAcks, Verdict};
+use crate::core::held::{Chain, HeldAcks, StreamHolds, Verdict, STREAM_TICKET};
 use crate::core::stats::ShardStats;
 use crate::memory::Core as ShardCore;
 use crate::sys::spsc::Producer;
@@ -56,6 +56,8 @@ pub(crate) struct Ingest<'a> {
     allow: &'a crate::core::allow::Allowlist,
     /// Ack datagrams waiting for owners' verdicts, and those ready to send.
     pub held: &'a mut HeldAcks<Dest>,
+    /// TCP acks' tickets and the verdicts that came back for them.
+    pub streams: &'a mut StreamHolds,
 }
 
 /// Where a held ack datagram goes: its datagram's source.
@@ -160,22 +162,37 @@ impl Ingest<'_> {
     }
 
     /// The next bytes of a TCP connection (see `ShardCore::ingest_stream`); acks go to
-    /// `ack` in order.
+    /// `ack` in order. `conn` is the connection (its packed id, its tickets' chain, and
+    /// the position in its ack stream where this call's first ack goes): a handed frame
+    /// that asks for an ack gets a ticket there, and the connection's acks from that one
+    /// on wait for the owner's verdict (`tcp::Connections::answer`).
     pub fn stream(
         &mut self,
+        conn: (u64, &mut Chain, u32),
         decoder: &mut crate::core::stream::StreamDecoder,
         bytes: &[u8],
         now_ms: u64,
         ack: impl FnMut(&[u8]),
     ) -> crate::core::stream::Fed {
+        let (id, chain, queued_at) = conn;
         let outbound = &mut *self.outbound;
-        // TCP acks are not held: a handed frame's ack says accepted once it passed
-        // the checks made here (PROTOCOL.md), so frames go without a ticket.
+        let streams = &mut *self.streams;
         self.core
-            .ingest_stream(decoder, bytes, now_ms, ack, |target, frame, _| {
-                outbound[target as usize]
-                    .as_mut()
-                    .is_some_and(|p| p.push(frame))
+            .ingest_stream(decoder, bytes, now_ms, ack, |target, frame, ack_at| {
+                let Some(p) = outbound[target as usize].as_mut() else {
+                    return false;
+                };
+                let Some(at) = ack_at else {
+                    return p.push(frame);
+                };
+                if !p.has_room() || !streams.has_room() {
+                    // Lost as if the owner's ring were full: answered busy, the owner
+                    // told through the ring's drop count.
+                    p.count_drop();
+                    return false;
+                }
+                let ticket = streams.issue(chain, id, queued_at.wrapping_add(at as u32));
+                p.push(&crate::core::held::stamp(frame, ticket))
             })
     }
 
@@ -253,7 +270,9 @@ pub(crate) trait Engine {
     /// and the listener.
     fn close_streams(&mut self, _io: &mut Ingest<'_>, _deadline: Instant) {}
     /// Sends the held ack datagrams whose every verdict came back
-    /// (`io.held.send_ready`), or counts them as dropped when nothing can carry them.
+    /// (`io.held.send_ready`), or counts them as dropped when nothing can carry them;
+    /// writes the owners' verdicts into TCP connections' acks (`io.streams`) and
+    /// writes what they let go.
     fn send_ready(&mut self, io: &mut Ingest<'_>);
     fn info(&self) -> ShardInfo;
 }
@@ -311,6 +330,7 @@ pub(crate) fn run<E: Engine>(
                 registry_gen,
                 refusals: Refusals::default(),
                 held: HeldAcks::default(),
+                streams: StreamHolds::default(),
                 verdicts: vec![Vec::new(); peers],
             }
             .run(&mut engine);
@@ -362,6 +382,7 @@ struct ShardLoop<'a> {
     registry_gen: u64,
     refusals: Refusals,
     held: HeldAcks<Dest>,
+    streams: StreamHolds,
     /// Verdicts for each peer (by shard index) its ring back could not take yet: kept
     /// and sent first next time, never dropped (the peer holds an ack for each).
     verdicts: Vec<Vec<[u8; FRAME_BYTES]>>,
@@ -407,6 +428,7 @@ impl ShardLoop<'_> {
             ack: &mut self.ack,
             allow: &self.ctx.config.network.allow,
             held: &mut self.held,
+            streams: &mut self.streams,
         }
     }
 
@@ -505,12 +527,16 @@ impl ShardLoop<'_> {
     fn after_receive(&mut self, now_ms: u64, whole_walk: bool) {
         let core = &mut *self.core;
         let held = &mut self.held;
+        let streams = &mut self.streams;
         let index = self.ctx.index as usize;
         for (i, c) in self.ctx.inbound.iter_mut().enumerate() {
             // Inbound rings are the peers' in shard order, without this shard's own.
             let peer = if i < index { i } else { i + 1 };
             let verdicts = &mut self.verdicts[peer];
             c.drain(|f| match Verdict::decode(f) {
+                Some(v) if v.ticket & STREAM_TICKET != 0 => {
+                    streams.resolve(v);
+                }
                 Some(v) => {
                     held.resolve(v, |ack, status| core.restatus_ack(ack, status));
                 }
@@ -549,9 +575,10 @@ impl ShardLoop<'_> {
         publish_outbound(&mut self.ctx.outbound, &self.ctx.parkers);
     }
 
-    /// Sends the held ack datagrams that are complete (`Engine::send_ready`).
+    /// Sends the held ack datagrams that are complete and writes the TCP acks owners'
+    /// verdicts let go (`Engine::send_ready`).
     fn send_ready<E: Engine>(&mut self, engine: &mut E) {
-        if self.held.has_ready() {
+        if self.held.has_ready() || self.streams.has_answers() {
             engine.send_ready(&mut self.ingest());
         }
     }

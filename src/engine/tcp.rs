@@ -6,7 +6,8 @@
 //! and writes on readiness.
 //!
 //! Acks leave in the order their frames arrived: a connection has at most one write
-//! in flight, and acks made meanwhile wait in its queue. A peer that does not read its
+//! in flight, and acks made meanwhile wait in its queue; so do acks behind one that
+//! waits for another shard's verdict (`core::held::StreamHolds`). A peer that does not read its
 //! acks fills its kernel send buffer and then this queue: at `ACK_QUEUE_PAUSE` bytes
 //! the shard stops reading from it (TCP backpressure: its heartbeats wait in its own
 //! socket, nothing is lost) and resumes below `ACK_QUEUE_RESUME`. Were it to send no
@@ -19,6 +20,7 @@
 use super::shard_loop::Ingest;
 use crate::config::TcpConfig;
 use crate::core::codec::FRAME_BYTES;
+use crate::core::held::{Answer, Chain, StreamHolds};
 use crate::core::stats::ShardStats;
 use crate::core::stream::StreamDecoder;
 use std::os::fd::{AsFd, OwnedFd};
@@ -92,7 +94,7 @@ impl ConnId {
     }
 }
 
-/// 112 bytes (120 in its slab entry): user-space memory per connection.
+/// 120 bytes (its slab entry too): user-space memory per connection.
 pub(crate) struct Conn {
     pub fd: OwnedFd,
     generation: u32,
@@ -113,6 +115,12 @@ pub(crate) struct Conn {
     pub armed: bool,
     /// Closes once its acks are written (after a bad magic, at `last_ds`).
     closing: Option<Close>,
+    /// Bytes of acks handed to writes since it opened (modulo 2^32): the position of
+    /// `acks[0]` in its ack stream.
+    base: u32,
+    /// Its acks' tickets not yet settled (frames handed to their owners): acks from the
+    /// oldest unanswered one on wait in `acks` (`core::held::StreamHolds`).
+    chain: Chain,
 }
 
 impl Conn {
@@ -128,6 +136,19 @@ impl Conn {
     /// Nothing more to write: a closing connection may go.
     pub fn flushed(&self) -> bool {
         !self.writing && self.acks.is_empty()
+    }
+    /// Queued ack bytes that may be written now: those before the oldest ack still
+    /// waiting for its owner's verdict.
+    pub fn sendable(&self, streams: &StreamHolds) -> usize {
+        match streams.waiting_from(&self.chain) {
+            Some(at) => at.wrapping_sub(self.base) as usize,
+            None => self.acks.len(),
+        }
+    }
+    /// `n` ack bytes from the front of the queue were written.
+    pub fn written(&mut self, n: usize) {
+        self.acks.drain(..n);
+        self.base = self.base.wrapping_add(n as u32);
     }
 }
 
@@ -213,6 +234,8 @@ impl Connections {
             paused: false,
             armed: false,
             closing: None,
+            base: 0,
+            chain: Chain::default(),
         });
         stats.tcp_accepted += 1;
         stats.tcp_open = self.slab.len() as u64;
@@ -263,9 +286,14 @@ impl Connections {
             }
         }
         let acks = &mut c.acks;
-        let fed = io.stream(&mut c.decoder, bytes, now_ms, |ack| {
-            acks.extend_from_slice(ack)
-        });
+        let queued_at = c.base.wrapping_add(acks.len() as u32);
+        let fed = io.stream(
+            (id.pack(), &mut c.chain, queued_at),
+            &mut c.decoder,
+            bytes,
+            now_ms,
+            |ack| acks.extend_from_slice(ack),
+        );
         if fed.frames > 0 {
             c.last_ds = deciseconds(now_ms);
         }
@@ -293,14 +321,47 @@ impl Connections {
         }
     }
 
-    /// Takes the connection's queued acks to write (the connection is left with no
-    /// buffer); None when nothing is queued or a write is in flight.
-    pub fn take_acks(&mut self, id: ConnId) -> Option<Vec<u8>> {
+    /// Takes the connection's queued acks to write, as far as they may go (all of
+    /// them, the usual case, leaves the connection with no buffer; acks waiting behind
+    /// an owner's verdict stay); None when nothing may go or a write is in flight.
+    pub fn take_acks(&mut self, id: ConnId, streams: &StreamHolds) -> Option<Vec<u8>> {
         let c = self
-            .get_mut(id)
-            .filter(|c| !c.writing && !c.acks.is_empty())?;
+            .slab
+            .get_mut(id.key as usize)
+            .filter(|c| c.generation == id.generation && !c.writing)?;
+        let n = c.sendable(streams);
+        if n == 0 {
+            return None;
+        }
         c.writing = true;
-        Some(std::mem::take(&mut c.acks))
+        if n == c.acks.len() {
+            c.base = c.base.wrapping_add(n as u32);
+            return Some(std::mem::take(&mut c.acks));
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.extend_from_slice(&c.acks[..n]);
+        c.written(n);
+        Some(buf)
+    }
+
+    /// Writes an owner's verdict into the ack it answers (a refusal's status, a
+    /// version-2 ack tagged anew) and settles the connection's tickets. Returns the
+    /// connection when it is still open.
+    pub fn answer(&mut self, a: Answer, io: &mut Ingest<'_>) -> Option<ConnId> {
+        let id = ConnId::unpack(a.conn);
+        let Some(c) = self.get_mut(id) else {
+            io.streams.mark_answered(a.ticket);
+            return None;
+        };
+        if a.status != crate::core::codec::ACK_ACCEPTED {
+            let from = a.at.wrapping_sub(c.base) as usize;
+            if let Some(ack) = crate::core::held::ack_slice(&mut c.acks, from) {
+                io.core.restatus_ack(ack, a.status);
+            }
+        }
+        io.streams.mark_answered(a.ticket);
+        io.streams.settle(&mut c.chain);
+        Some(id)
     }
 
     /// Gives the connection's ack buffer back to the pool once everything in it is
@@ -322,11 +383,13 @@ impl Connections {
     }
 
     /// Closes connection `key`: shut down (so an operation still queued on it ends),
-    /// counted by reason, its unwritten acks counted as dropped.
-    pub fn close(&mut self, key: usize, why: Close, stats: &mut ShardStats) {
-        let Some(c) = self.slab.try_remove(key) else {
+    /// counted by reason, its unwritten acks counted as dropped, its tickets let go.
+    pub fn close(&mut self, key: usize, why: Close, io: &mut Ingest<'_>) {
+        let Some(mut c) = self.slab.try_remove(key) else {
             return;
         };
+        io.streams.abandon(&mut c.chain);
+        let stats = io.stats();
         crate::sys::tcp::shutdown(c.fd.as_fd());
         let unwritten = (c.acks.len() / FRAME_BYTES) as u64;
         stats.tcp_ack_queue_drops += unwritten;
@@ -390,8 +453,8 @@ mod tests {
 
     #[test]
     fn a_connection_slot_is_120_bytes() {
-        // 72 bytes of state, and room for the first half of a version-2 frame.
-        assert_eq!(std::mem::size_of::<Conn>(), 112);
+        // 80 bytes of state, and room for the first half of a version-2 frame.
+        assert_eq!(std::mem::size_of::<Conn>(), 120);
         assert!(std::mem::size_of::<slab::Slab<Conn>>() < 64);
         // slab::Entry<Conn> is private: a vacant/occupied enum over Conn.
         assert!(std::mem::size_of::<Option<Conn>>() <= 120);

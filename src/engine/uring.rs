@@ -238,6 +238,8 @@ pub(super) struct UringEngine {
     free_slots: Vec<u32>,
     /// Completions copied out of the CQ (capacity `REAP_BATCH`, never grows).
     cqes: Vec<(u64, i32, u32)>,
+    /// Owners' verdicts on TCP acks being applied (swapped with the shard's queue).
+    answers: Vec<crate::core::held::Answer>,
     socket: RawFd,
     wake_fd: RawFd,
     info: ShardInfo,
@@ -291,6 +293,7 @@ impl UringEngine {
             free_slots: (0..ring.send_slots()).rev().collect(),
             ring,
             cqes: Vec::with_capacity(REAP_BATCH),
+            answers: Vec::new(),
             socket: ctx.socket.as_raw_fd(),
             wake_fd: ctx.parkers[ctx.index as usize].efd.raw(),
             info,
@@ -405,7 +408,7 @@ impl UringEngine {
         }
         match outcome {
             Some(After::Close(why)) => {
-                tcp.conns.close(id.key as usize, why, io.stats());
+                tcp.conns.close(id.key as usize, why, io);
                 return;
             }
             Some(After::Pause) => {
@@ -485,7 +488,7 @@ impl UringEngine {
         let Some(tcp) = self.tcp.as_mut() else {
             return;
         };
-        if let Some(buf) = tcp.conns.take_acks(id) {
+        if let Some(buf) = tcp.conns.take_acks(id, io.streams) {
             let fd = tcp
                 .conns
                 .get_mut(id)
@@ -496,7 +499,7 @@ impl UringEngine {
             if !pushed(io.stats(), p) {
                 io.stats().acks_dropped += (len / FRAME_BYTES) as u64;
                 io.stats().tcp_ack_queue_drops += (len / FRAME_BYTES) as u64;
-                tcp.conns.close(id.key as usize, Close::Error, io.stats());
+                tcp.conns.close(id.key as usize, Close::Error, io);
             }
             return;
         }
@@ -506,7 +509,7 @@ impl UringEngine {
                     .conns
                     .closing_reason(id.key as usize)
                     .unwrap_or(Close::OutOfStep);
-                tcp.conns.close(id.key as usize, why, io.stats());
+                tcp.conns.close(id.key as usize, why, io);
             }
         }
     }
@@ -539,7 +542,7 @@ impl UringEngine {
             return;
         };
         if error.is_some() {
-            tcp.conns.close(id.key as usize, Close::Error, io.stats());
+            tcp.conns.close(id.key as usize, Close::Error, io);
             return;
         }
         let c = tcp.conns.get_mut(id).expect("alive");
@@ -560,7 +563,7 @@ impl UringEngine {
         };
         tcp.conns.sweep(now_ms, &mut tcp.closes);
         for (key, why) in tcp.closes.drain(..) {
-            tcp.conns.close(key, why, io.stats());
+            tcp.conns.close(key, why, io);
         }
     }
 
@@ -743,9 +746,20 @@ impl Engine for UringEngine {
                 stats.count_acks_dropped(1, acks.len());
             }
         });
+        let mut answers = std::mem::take(&mut self.answers);
+        io.streams.swap_answered(&mut answers);
+        for &a in &answers {
+            let Some(tcp) = self.tcp.as_mut() else { break };
+            if let Some(id) = tcp.conns.answer(a, io) {
+                self.write_acks(io, id);
+                queued = true;
+            }
+        }
+        answers.clear();
+        self.answers = answers;
         // Out now: this may run where no wait follows (the stop sequence).
         if queued {
-            stats.enters += 1;
+            io.stats().enters += 1;
             if let Err(e) = self.ring.submit() {
                 self.log_error("submitting held acks failed", e.raw_os_error().unwrap_or(0));
             }
@@ -789,7 +803,7 @@ impl Engine for UringEngine {
         }
         if let Some(tcp) = self.tcp.as_mut() {
             for key in tcp.conns.keys() {
-                tcp.conns.close(key, Close::Stop, io.stats());
+                tcp.conns.close(key, Close::Stop, io);
             }
         }
     }
