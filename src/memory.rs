@@ -41,6 +41,12 @@ impl Memory for Mapped {
     fn prefetch<T>(value: &T) {
         mem::prefetch(value)
     }
+    /// AVX2 where the CPU has it (`sys::simd`), else the core's portable code.
+    #[inline]
+    fn tags48x8(keys: [&[u8; 16]; 8], messages: [&[u8; 48]; 8]) -> [[u8; 16]; 8] {
+        crate::sys::simd::tags48x8(keys, messages)
+            .unwrap_or_else(|| crate::core::siphash::tags48::<8>(keys, messages))
+    }
 }
 
 /// The shard core as the engines run it.

@@ -1,10 +1,11 @@
 //! What the core needs from the machine: large zero-initialised arrays sized at
-//! start-up, and a cache-line prefetch hint. The core cannot provide either without
-//! unsafe code or OS calls, so whoever runs it hands them in as a [`Memory`] type: the
-//! server hands in lazily committed anonymous mappings (`ringbeat-sys`'s
-//! `ZeroedRegion`, where capacity nobody used costs address space, not memory, and
-//! `prefetch` is the CPU's hint); tests, the simulation and the bench harness's
-//! liveness study use [`Heap`] (plain vectors, no hint).
+//! start-up, a cache-line prefetch hint, and (optionally) its vector unit for the
+//! version-2 tags. The core cannot provide these without unsafe code or OS calls, so
+//! whoever runs it hands them in as a [`Memory`] type: the server hands in lazily
+//! committed anonymous mappings (`ringbeat-sys`'s `ZeroedRegion`, where capacity nobody
+//! used costs address space, not memory, `prefetch` is the CPU's hint, and tags use
+//! AVX2 where the CPU has it); tests, the simulation and the bench harness's liveness
+//! study use [`Heap`] (plain vectors, no hint, portable tags).
 
 use crate::registry::{Entry, ReplayWindow};
 use crate::table::Device;
@@ -43,6 +44,14 @@ pub trait Memory: 'static {
     /// Asks the CPU to start loading the cache line holding `value`. Only a hint: doing
     /// nothing is correct, just slower on batched lookups and wheel walks.
     fn prefetch<T>(value: &T);
+
+    /// The version-2 tags of eight frames: SipHash-2-4-128 of each 48-byte message
+    /// under its key, exactly as `siphash::tags48` computes them. Memory that knows the
+    /// CPU may use its vector unit instead.
+    #[inline]
+    fn tags48x8(keys: [&crate::codec::Key; 8], messages: [&[u8; 48]; 8]) -> [[u8; 16]; 8] {
+        crate::siphash::tags48::<8>(keys, messages)
+    }
 }
 
 /// Ordinary heap vectors, touched (zeroed) at allocation; no prefetch.

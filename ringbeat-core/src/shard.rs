@@ -359,7 +359,7 @@ impl<M: Memory> ShardCore<M> {
     /// With a registry, a datagram's frames are looked up there one by one; each lookup
     /// is a likely cache miss (32-byte entries, 128 MiB at 2M devices), so the entries
     /// of every frame are prefetched first and the misses overlap. Version-2 frames then
-    /// get their replay windows prefetched and their tags checked here, four at a time
+    /// get their replay windows prefetched and their tags checked here, eight at a time
     /// (`siphash::tags48`): the result is a mask of the units (by index) whose frame's
     /// tag is right under its device's key; `None` when there is no registry or no
     /// version-2 frame.
@@ -375,14 +375,15 @@ impl<M: Memory> ShardCore<M> {
         if !v2 {
             return None;
         }
-        // (unit index, key, the 48 tagged bytes, the frame's tag), four at a time.
-        const LANES: usize = 4;
+        // (unit index, key, the 48 tagged bytes, the frame's tag), eight at a time.
+        // Eight lanes: what `Memory::tags48x8` takes (two AVX2 registers of u64s).
+        const LANES: usize = 8;
         let mut mask = 0u64;
         let mut lanes: [(usize, Key, &[u8; TAGGED_BYTES], &[u8]); LANES] =
             [(0, [0; 16], &[0; TAGGED_BYTES], &[]); LANES];
         let mut filled = 0;
         let mut check = |lanes: &[(usize, Key, &[u8; TAGGED_BYTES], &[u8]); LANES], n: usize| {
-            let tags = siphash::tags48::<LANES>(
+            let tags = M::tags48x8(
                 std::array::from_fn(|l| &lanes[l].1),
                 std::array::from_fn(|l| lanes[l].2),
             );

@@ -9,6 +9,7 @@ pub mod mem;
 pub mod mmsg;
 pub mod notify;
 pub mod pmqos;
+pub mod simd;
 pub mod socket;
 pub mod spsc;
 pub mod tcp;
