@@ -4,7 +4,9 @@
 # keys (v1-registry: one lookup per frame), and with keys, the load sending version-2
 # frames (v2: a lookup, a SipHash-2-4-128 tag check and a replay window per frame), at
 # one heartbeat per datagram and at 32 (at saturation, and at a steady 4M per second),
-# variants interleaved run by run. Server on CPU
+# variants interleaved run by run; and the steady load again with 100K devices (their
+# registry, windows and table fit in the caches: what the tags and the checks cost by
+# themselves). Server on CPU
 # 0, load on CPU 1; sends only to 127.0.0.1. The devices files (random keys) are
 # written to a temporary folder and removed afterwards.
 #
@@ -18,6 +20,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 scripts/devices-file.py 2000000 --out "$tmp/keys.txt"
 python3 scripts/devices-file.py 2000000 --no-keys --out "$tmp/ids.txt"
+python3 scripts/devices-file.py 100000 --out "$tmp/keys100k.txt"
+python3 scripts/devices-file.py 100000 --no-keys --out "$tmp/ids100k.txt"
 variants=(--variant "v1=" --variant "v1-registry=--devices-file=$tmp/ids.txt"
   --variant "v2=--devices-file=$tmp/keys.txt --auth-keys=$tmp/keys.txt")
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch1 \
@@ -31,3 +35,7 @@ target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-bat
 target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch32-steady \
   --devices 2000000 --rates 4000000 --batch 32 --runs "$RUNS" --duration 8 \
   "${variants[@]}"
+target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-batch32-steady-100k \
+  --devices 100000 --rates 4000000 --batch 32 --runs "$RUNS" --duration 8 \
+  --variant "v1=" --variant "v1-registry=--devices-file=$tmp/ids100k.txt" \
+  --variant "v2=--devices-file=$tmp/keys100k.txt --auth-keys=$tmp/keys100k.txt"
