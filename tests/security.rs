@@ -311,6 +311,10 @@ fn a_handed_heartbeat_is_answered_with_its_owners_full_table() {
         (v["forwarded"].as_u64(), v["forward_drops"].as_u64()),
         (Some(30), Some(0))
     );
+    assert_eq!(
+        v["held_acks"], 30,
+        "each handed frame's ack waited for its owner"
+    );
     let (status, _, _) = server.terminate();
     assert!(status.success());
 }
@@ -407,6 +411,10 @@ fn tcp_handed_heartbeats_are_answered_with_their_owners_verdicts() {
     let v = server.wait_stats(5, |v| v["heartbeats"] == 40 - refused);
     assert_eq!(v["table_full"], refused);
     assert!(v["forwarded"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v["held_acks"], v["forwarded"],
+        "every handed frame asked for an ack"
+    );
     drop(s);
     let (status, _, _) = server.terminate();
     assert!(status.success());

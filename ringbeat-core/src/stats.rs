@@ -170,6 +170,9 @@ stats! {
     Counter forward_drops ("frames"),
     /// Frames received from other shards.
     Counter forwarded_in ("frames"),
+    /// Acks that waited for the verdict of the shard their frame was handed to (UDP
+    /// and TCP); each left with that owner's status.
+    Counter held_acks ("acks"),
     /// Liveness transitions detected.
     Counter events ("events"),
     /// Liveness transitions not delivered to the event sink (its queue was full).

@@ -156,6 +156,7 @@ impl Ingest<'_> {
             });
         if tickets > 0 {
             held.hold(Dest::of(&source), &self.ack[..len], tickets);
+            self.core.stats_mut().held_acks += tickets as u64;
             return &[];
         }
         &self.ack[..len]
@@ -177,7 +178,9 @@ impl Ingest<'_> {
         let (id, chain, queued_at) = conn;
         let outbound = &mut *self.outbound;
         let streams = &mut *self.streams;
-        self.core
+        let mut tickets = 0;
+        let fed = self
+            .core
             .ingest_stream(decoder, bytes, now_ms, ack, |target, frame, ack_at| {
                 let Some(p) = outbound[target as usize].as_mut() else {
                     return false;
@@ -192,8 +195,11 @@ impl Ingest<'_> {
                     return false;
                 }
                 let ticket = streams.issue(chain, id, queued_at.wrapping_add(at as u32));
+                tickets += 1;
                 p.push(&crate::core::held::stamp(frame, ticket))
-            })
+            });
+        self.core.stats_mut().held_acks += tickets;
+        fed
     }
 
     /// A datagram longer than any valid one (truncated by the receive).
