@@ -429,6 +429,51 @@ fn stop_right_after_a_20000_burst_applies_or_counts_every_datagram() {
     }
 }
 
+/// The same with gateways: 8-frame datagrams mixing both shards' devices, every frame
+/// asking for an ack, so at stop acks wait for the other shard's verdicts. Every frame
+/// is applied or counted, and every frame read is acked or counted as an ack dropped.
+#[test]
+fn stop_right_after_a_gateway_burst_accounts_for_every_frame_and_ack() {
+    use std::os::fd::AsRawFd;
+    const DATAGRAMS: u64 = 4_000;
+    let server = Server::start("stop-gateways", &["--cores", "0,1"]);
+    let c = client();
+    let (to, to_len) = ringbeat::sys::socket::sockaddr_from(server.addr);
+    let mut batch =
+        ringbeat::sys::mmsg::SendBatch::new(64, ringbeat::core::codec::MAX_DATAGRAM_BYTES);
+    let mut sent = 0u64;
+    for g in 0..DATAGRAMS {
+        let dgram: Vec<u8> = (0..8)
+            .flat_map(|k| heartbeat(1 + g * 8 + k, 1, 100, true))
+            .collect();
+        batch.push(&dgram, &to, to_len);
+        if batch.is_full() || g + 1 == DATAGRAMS {
+            sent += batch.flush(c.as_raw_fd()).sent as u64;
+        }
+    }
+    let (status, s, _) = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let n = |k: &str| s[k].as_u64().unwrap();
+    assert_eq!(
+        n("heartbeats") + n("forward_drops") + 8 * (n("kernel_drops") + n("unread_at_stop")),
+        8 * sent,
+        "every frame applied or counted: {s:#}"
+    );
+    assert_eq!(
+        n("acks_sent") + n("acks_dropped"),
+        n("frames_valid"),
+        "every frame read acked or its ack counted as dropped: {s:#}"
+    );
+    assert!(n("held_acks") > 0, "acks waited for the other shard: {s:#}");
+    eprintln!(
+        "sent {sent} datagrams; frames applied {}, held acks {}, acks sent {}, dropped {}",
+        n("heartbeats"),
+        n("held_acks"),
+        n("acks_sent"),
+        n("acks_dropped")
+    );
+}
+
 /// No false transitions from the server's own blindness: 100 devices heartbeat every
 /// 200 ms while a flood of other device ids overflows the socket buffer for 1.5 s
 /// (kernel drops, so some of their heartbeats are lost). None of them may go late or

@@ -11,8 +11,10 @@
 //! receiving without sleeping until the socket is empty and a round brings nothing,
 //! for at most `STOP_DRAIN`; what is still queued then is read, discarded and counted
 //! in `unread_at_stop`. Then it waits (bounded) for every peer to finish the same
-//! drain, so that frames they hand over are applied too, runs the whole liveness walk,
-//! ships events and publishes the final counters.
+//! drain, so that frames they hand over are applied too (and for the verdicts its held
+//! acks wait for), runs the whole liveness walk, sends the acks completed meanwhile,
+//! lets the ack sends in flight complete (`Engine::finish_sends`), ships events and
+//! publishes the final counters.
 
 use super::{ShardContext, ShardInfo};
 use crate::core::codec::{DatagramError, FRAME_BYTES, MAX_DATAGRAM_BYTES};
@@ -280,6 +282,11 @@ pub(crate) trait Engine {
     /// writes the owners' verdicts into TCP connections' acks (`io.streams`) and
     /// writes what they let go.
     fn send_ready(&mut self, io: &mut Ingest<'_>);
+    /// At stop, last: waits until `deadline` for the ack sends still in flight to
+    /// complete, counting each as sent or dropped (those not done by then as dropped),
+    /// so every ack made is accounted for. Engines whose sends complete at once need
+    /// nothing.
+    fn finish_sends(&mut self, _io: &mut Ingest<'_>, _deadline: Instant) {}
     fn info(&self) -> ShardInfo;
 }
 
@@ -790,6 +797,7 @@ impl ShardLoop<'_> {
         self.send_ready(engine);
         let (waiting, bytes) = self.held.waiting();
         self.core.stats_mut().count_acks_dropped(waiting, bytes);
+        engine.finish_sends(&mut self.ingest(), deadline);
         if let Some(saver) = self.ctx.saver.as_mut() {
             saver.save_all(self.core, now_ms, deadline + STOP_SAVE);
         }

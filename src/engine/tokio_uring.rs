@@ -26,6 +26,7 @@ use super::{ShardContext, ShardInfo};
 use crate::core::codec::MAX_DATAGRAM_BYTES;
 use crate::sys::notify::EventFd;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -60,6 +61,8 @@ pub(super) struct TokioEngine {
     recvs: FuturesUnordered<Op<Received>>,
     sends: FuturesUnordered<Op<Sent>>,
     ack_pool: Vec<Vec<u8>>,
+    /// Bytes of the ack sends in flight (for the count of those a stop leaves).
+    in_flight: usize,
     /// The shard's wake-up eventfd (a second descriptor of it), watched by tokio's
     /// reactor.
     wake: AsyncFd<EventFd>,
@@ -93,6 +96,7 @@ impl TokioEngine {
         let mut engine = TokioEngine {
             recvs: FuturesUnordered::new(),
             sends: FuturesUnordered::new(),
+            in_flight: 0,
             ack_pool: (0..ACK_BUFFERS)
                 .map(|_| Vec::with_capacity(MAX_DATAGRAM_BYTES))
                 .collect(),
@@ -130,6 +134,7 @@ impl Engine for TokioEngine {
             recvs,
             sends,
             ack_pool,
+            in_flight,
             wake,
             sleep,
             socket,
@@ -154,7 +159,7 @@ impl Engine for TokioEngine {
             }
             let now_ms = base.elapsed().as_millis() as u64;
             while let Poll::Ready(Some((res, buf))) = sends.poll_next_unpin(cx) {
-                finish_send(io, ack_pool, res, buf);
+                finish_send(io, ack_pool, in_flight, res, buf);
             }
             while let Poll::Ready(Some((res, mut buf))) = recvs.poll_next_unpin(cx) {
                 progressed = true;
@@ -171,6 +176,7 @@ impl Engine for TokioEngine {
                             if let Some(mut out) = ack_pool.pop() {
                                 out.clear();
                                 out.extend_from_slice(ack);
+                                *in_flight += out.len();
                                 let socket = socket.clone();
                                 sends
                                     .push(Box::pin(async move { socket.send_to(out, peer).await }));
@@ -194,7 +200,7 @@ impl Engine for TokioEngine {
             }
             // Sends queued above are submitted when first polled: poll them now.
             while let Poll::Ready(Some((res, buf))) = sends.poll_next_unpin(cx) {
-                finish_send(io, ack_pool, res, buf);
+                finish_send(io, ack_pool, in_flight, res, buf);
             }
             if let Poll::Ready(Ok(mut guard)) = wake.poll_read_ready(cx) {
                 wake.get_ref().drain();
@@ -225,11 +231,44 @@ impl Engine for TokioEngine {
             };
             out.clear();
             out.extend_from_slice(acks);
+            self.in_flight += out.len();
             let (socket, peer) = (self.socket.clone(), *peer);
             // Submitted when the runtime first polls it (the next `wait`).
             self.sends
                 .push(Box::pin(async move { socket.send_to(out, peer).await }));
         });
+    }
+
+    fn finish_sends(&mut self, io: &mut Ingest<'_>, deadline: Instant) {
+        let TokioEngine {
+            recvs,
+            sends,
+            ack_pool,
+            in_flight,
+            rt,
+            ..
+        } = self;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        rt.block_on(async {
+            // Receives that completed after the drain: read, not applied. (Yielding
+            // lets the runtime reap its completion queue first.)
+            for _ in 0..2 {
+                tokio::task::yield_now().await;
+                while let Some(Some((res, _))) = recvs.next().now_or_never() {
+                    if res.is_ok_and(|(n, _)| n > 0) {
+                        io.stats().unread_at_stop += 1;
+                    }
+                }
+            }
+            let all = async {
+                while let Some((res, buf)) = sends.next().await {
+                    finish_send(io, ack_pool, in_flight, res, buf);
+                }
+            };
+            // Sends still in flight at the deadline are counted as dropped below.
+            let _ = tokio::time::timeout(wait, all).await;
+        });
+        io.stats().count_acks_dropped(sends.len(), *in_flight);
     }
 
     fn info(&self) -> ShardInfo {
@@ -241,9 +280,11 @@ impl Engine for TokioEngine {
 fn finish_send(
     io: &mut Ingest<'_>,
     pool: &mut Vec<Vec<u8>>,
+    in_flight: &mut usize,
     res: std::io::Result<usize>,
     buf: Vec<u8>,
 ) {
+    *in_flight -= buf.len();
     let s = io.stats();
     s.cqes += 1;
     match res {

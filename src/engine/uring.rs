@@ -766,6 +766,56 @@ impl Engine for UringEngine {
         }
     }
 
+    fn finish_sends(&mut self, io: &mut Ingest<'_>, deadline: Instant) {
+        let slots = self.ring.send_slots() as usize;
+        let mut cqes = std::mem::take(&mut self.cqes);
+        while self.free_slots.len() < slots && Instant::now() < deadline {
+            if let Err(e) = self.ring.reap_without_sleeping(1) {
+                self.log_error(
+                    "reaping ack sends at stop failed",
+                    e.raw_os_error().unwrap_or(0),
+                );
+                break;
+            }
+            cqes.clear();
+            if self.ring.reap(&mut cqes, REAP_BATCH) == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+                continue;
+            }
+            for &(ud, res, flags) in cqes.iter() {
+                match Token::decode(ud) {
+                    Some(Token::Send(slot)) => {
+                        let bytes = self.ring.send_len(slot);
+                        if res < 0 {
+                            io.stats().count_acks_dropped(1, bytes);
+                        } else {
+                            io.stats().count_acks_sent(1, bytes);
+                        }
+                        self.free_slots.push(slot);
+                    }
+                    // A datagram that came after the drain: read, not applied.
+                    Some(Token::Recv) if res > 0 => {
+                        io.stats().unread_at_stop += 1;
+                        if let Some(bid) = cqueue::buffer_select(flags) {
+                            self.ring.recycle(bid);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.ring.commit();
+        }
+        self.cqes = cqes;
+        // Sends the kernel has not completed by the deadline: counted as dropped.
+        let busy: Vec<u32> = (0..slots as u32)
+            .filter(|s| !self.free_slots.contains(s))
+            .collect();
+        for slot in busy {
+            io.stats().count_acks_dropped(1, self.ring.send_len(slot));
+            self.free_slots.push(slot);
+        }
+    }
+
     fn close_streams(&mut self, io: &mut Ingest<'_>, deadline: Instant) {
         let Some(tcp) = self.tcp.as_mut() else {
             return;
