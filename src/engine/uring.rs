@@ -807,10 +807,11 @@ impl Engine for UringEngine {
         }
         self.cqes = cqes;
         // Sends the kernel has not completed by the deadline: counted as dropped.
-        let busy: Vec<u32> = (0..slots as u32)
-            .filter(|s| !self.free_slots.contains(s))
-            .collect();
-        for slot in busy {
+        let mut free = vec![false; slots];
+        for &slot in &self.free_slots {
+            free[slot as usize] = true;
+        }
+        for slot in (0..slots as u32).filter(|&s| !free[s as usize]) {
             io.stats().count_acks_dropped(1, self.ring.send_len(slot));
             self.free_slots.push(slot);
         }
