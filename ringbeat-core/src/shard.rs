@@ -11,7 +11,6 @@ use super::held::{self, Verdict};
 use super::liveness::{Thresholds, Wheel};
 use super::owner::owner;
 use super::registry::{Counter, RegistryIn, ReplayWindow};
-use super::siphash;
 use super::stats::ShardStats;
 use super::stream::{Fed, Feed, StreamDecoder};
 use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
@@ -360,7 +359,7 @@ impl<M: Memory> ShardCore<M> {
     /// is a likely cache miss (32-byte entries, 128 MiB at 2M devices), so the entries
     /// of every frame are prefetched first and the misses overlap. Version-2 frames then
     /// get their replay windows prefetched and their tags checked here, eight at a time
-    /// (`siphash::tags48`): the result is a mask of the units (by index) whose frame's
+    /// (`Memory::tags48x8`): the result is a mask of the units (by index) whose frame's
     /// tag is right under its device's key; `None` when there is no registry or no
     /// version-2 frame.
     #[inline]
@@ -727,8 +726,7 @@ impl<M: Memory> ShardCore<M> {
             .and_then(|e| e.key().copied());
         match key {
             Some(k) => {
-                let tagged: &[u8; TAGGED_BYTES] = ack[..TAGGED_BYTES].try_into().expect("48");
-                let tag = siphash::tags48::<1>([&k], [tagged])[0];
+                let tag = codec::tag(&k, &ack[..TAGGED_BYTES]);
                 ack[TAGGED_BYTES..FRAME_V2_BYTES].copy_from_slice(&tag);
             }
             None => ack[TAGGED_BYTES..FRAME_V2_BYTES].fill(0),
