@@ -172,18 +172,9 @@ impl Engine for TokioEngine {
                             crate::engine::shard_loop::Source::Addr(peer),
                             now_ms,
                         );
-                        if !ack.is_empty() {
-                            if let Some(mut out) = ack_pool.pop() {
-                                out.clear();
-                                out.extend_from_slice(ack);
-                                *in_flight += out.len();
-                                let socket = socket.clone();
-                                sends
-                                    .push(Box::pin(async move { socket.send_to(out, peer).await }));
-                            } else {
-                                let len = ack.len();
-                                io.stats().count_acks_dropped(1, len);
-                            }
+                        let len = ack.len();
+                        if len > 0 && !queue_ack(sends, ack_pool, in_flight, socket, peer, ack) {
+                            io.stats().count_acks_dropped(1, len);
                         }
                     }
                     Err(e) => {
@@ -225,17 +216,20 @@ impl Engine for TokioEngine {
     fn send_ready(&mut self, io: &mut Ingest<'_>) {
         let stats = io.core.stats_mut();
         io.held.send_ready(|to, acks| {
-            let (Dest::Addr(peer), Some(mut out)) = (to, self.ack_pool.pop()) else {
-                stats.count_acks_dropped(1, acks.len());
-                return;
+            let queued = match to {
+                Dest::Addr(peer) => queue_ack(
+                    &mut self.sends,
+                    &mut self.ack_pool,
+                    &mut self.in_flight,
+                    &self.socket,
+                    *peer,
+                    acks,
+                ),
+                Dest::Raw { .. } => false,
             };
-            out.clear();
-            out.extend_from_slice(acks);
-            self.in_flight += out.len();
-            let (socket, peer) = (self.socket.clone(), *peer);
-            // Submitted when the runtime first polls it (the next `wait`).
-            self.sends
-                .push(Box::pin(async move { socket.send_to(out, peer).await }));
+            if !queued {
+                stats.count_acks_dropped(1, acks.len());
+            }
         });
     }
 
@@ -274,6 +268,28 @@ impl Engine for TokioEngine {
     fn info(&self) -> ShardInfo {
         self.info.clone()
     }
+}
+
+/// Queues the send of one ack datagram to `peer` in a buffer from the pool (submitted
+/// when the runtime next polls it); false when the pool is empty (the caller counts the
+/// ack as dropped).
+fn queue_ack(
+    sends: &mut FuturesUnordered<Op<Sent>>,
+    pool: &mut Vec<Vec<u8>>,
+    in_flight: &mut usize,
+    socket: &Rc<tokio_uring::net::UdpSocket>,
+    peer: SocketAddr,
+    ack: &[u8],
+) -> bool {
+    let Some(mut out) = pool.pop() else {
+        return false;
+    };
+    out.clear();
+    out.extend_from_slice(ack);
+    *in_flight += out.len();
+    let socket = socket.clone();
+    sends.push(Box::pin(async move { socket.send_to(out, peer).await }));
+    true
 }
 
 /// Counts a finished ack send and returns its buffer to the pool.

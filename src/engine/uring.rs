@@ -609,16 +609,7 @@ impl UringEngine {
                 self.on_datagram(io, bid, res as usize, now_ms);
                 self.ring.recycle(bid);
             }
-            Some(Token::Send(slot)) => {
-                let bytes = self.ring.send_len(slot);
-                if res < 0 {
-                    io.stats().count_acks_dropped(1, bytes);
-                    self.log_error("ack send failed", -res);
-                } else {
-                    io.stats().count_acks_sent(1, bytes);
-                }
-                self.free_slots.push(slot);
-            }
+            Some(Token::Send(slot)) => self.on_ack_sent(io, slot, res),
             Some(Token::Wake) => {
                 self.rearm_wake = true;
             }
@@ -668,26 +659,41 @@ impl UringEngine {
         if ack_len == 0 {
             return;
         }
-        let Some(slot) = self.free_slots.pop() else {
-            io.stats().count_acks_dropped(1, ack_len);
-            return;
-        };
         // The source address out of the receive buffer (≤ 28 bytes: sockaddr_in6)
         // before the ring is borrowed to queue the send.
         let mut to = [0u8; std::mem::size_of::<libc::sockaddr_in6>()];
         let to_len = d.name.len().min(to.len());
         to[..to_len].copy_from_slice(&d.name[..to_len]);
-        let p = self.ring.push_send(
-            self.socket,
-            slot,
-            ack,
-            &to[..to_len],
-            Token::Send(slot).encode(),
-        );
-        if !pushed(io.stats(), p) {
-            self.free_slots.push(slot);
+        let queued = self.queue_ack(ack, &to[..to_len]);
+        if !queued.is_some_and(|p| pushed(io.stats(), p)) {
             io.stats().count_acks_dropped(1, ack_len);
         }
+    }
+
+    /// Queues one ack datagram to the raw address `to` from a free send slot. None
+    /// when no slot is free; a push the ring did not take gives its slot back. Either
+    /// way the caller counts the ack as dropped.
+    fn queue_ack(&mut self, ack: &[u8], to: &[u8]) -> Option<Pushed> {
+        let slot = self.free_slots.pop()?;
+        let p = self
+            .ring
+            .push_send(self.socket, slot, ack, to, Token::Send(slot).encode());
+        if !p.pushed {
+            self.free_slots.push(slot);
+        }
+        Some(p)
+    }
+
+    /// An ack send's completion: counted as sent or dropped, its slot free again.
+    fn on_ack_sent(&mut self, io: &mut Ingest<'_>, slot: u32, res: i32) {
+        let bytes = self.ring.send_len(slot);
+        if res < 0 {
+            io.stats().count_acks_dropped(1, bytes);
+            self.log_error("ack send failed", -res);
+        } else {
+            io.stats().count_acks_sent(1, bytes);
+        }
+        self.free_slots.push(slot);
     }
 }
 
@@ -728,21 +734,12 @@ impl Engine for UringEngine {
         let stats = io.core.stats_mut();
         let mut queued = false;
         io.held.send_ready(|to, acks| {
-            let Some(slot) = self.free_slots.pop() else {
-                stats.count_acks_dropped(1, acks.len());
-                return;
-            };
-            let p = self.ring.push_send(
-                self.socket,
-                slot,
-                acks,
-                to.raw(),
-                Token::Send(slot).encode(),
-            );
-            if pushed(stats, p) {
+            if self
+                .queue_ack(acks, to.raw())
+                .is_some_and(|p| pushed(stats, p))
+            {
                 queued = true;
             } else {
-                self.free_slots.push(slot);
                 stats.count_acks_dropped(1, acks.len());
             }
         });
@@ -784,15 +781,7 @@ impl Engine for UringEngine {
             }
             for &(ud, res, flags) in cqes.iter() {
                 match Token::decode(ud) {
-                    Some(Token::Send(slot)) => {
-                        let bytes = self.ring.send_len(slot);
-                        if res < 0 {
-                            io.stats().count_acks_dropped(1, bytes);
-                        } else {
-                            io.stats().count_acks_sent(1, bytes);
-                        }
-                        self.free_slots.push(slot);
-                    }
+                    Some(Token::Send(slot)) => self.on_ack_sent(io, slot, res),
                     // A datagram that came after the drain: read, not applied.
                     Some(Token::Recv) if res > 0 => {
                         io.stats().unread_at_stop += 1;
