@@ -10,7 +10,9 @@
 //! After every (re)connection (a restarted broker may have lost its retained messages)
 //! the current state of every device is published again, at most
 //! `RESYNC_PER_SECOND` per second. Transitions for `{prefix}/events` wait in a bounded
-//! queue; beyond it they are counted in `events_dropped`.
+//! queue; beyond it they are counted in `events_dropped`. What the client had sent
+//! but the broker never acknowledged when a connection is lost is taken back into the
+//! outbox (`taken_back`) and sent again from the next connection.
 //!
 //! The client is `rumqttc` (pure Rust, maintained); its event loop runs on a thread of
 //! its own (`rb-mqtt-io`), the publishing on `rb-mqtt`.
@@ -59,6 +61,10 @@ pub struct MqttStats {
     pub connected: AtomicBool,
     /// States still waiting in the outbox when the stop's flush ended.
     pub unsent_at_stop: AtomicU64,
+    /// Publishes handed to the client but not acknowledged by the broker when the
+    /// connection was lost: taken back (states marked unsent again, transitions to the
+    /// front of their queue) and sent again after the next connect.
+    pub taken_back: AtomicU64,
 }
 
 impl MqttStats {
@@ -72,6 +78,7 @@ impl MqttStats {
             "superseded": g(&self.superseded),
             "events_dropped": g(&self.events_dropped),
             "unsent_at_stop": g(&self.unsent_at_stop),
+            "taken_back": g(&self.taken_back),
         })
     }
 }
@@ -88,6 +95,9 @@ pub struct Outbox {
     states: HashMap<u64, Latest>,
     dirty: VecDeque<u64>,
     events: VecDeque<Made>,
+    /// Transitions the client had taken but the broker never acknowledged (a lost
+    /// connection): sent before `events`, in their order.
+    events_again: VecDeque<Vec<u8>>,
     /// A resync (every state again) is under way: rate-limited until `dirty` empties.
     resyncing: bool,
 }
@@ -156,6 +166,21 @@ impl Outbox {
             l.dirty = true;
             self.dirty.push_front(id);
         }
+    }
+
+    /// A state the client took but the broker never acknowledged: unsent again (a
+    /// newer state of the device, if one came meanwhile, is already waiting).
+    fn unsent(&mut self, id: u64) {
+        if let Some(l) = self.states.get_mut(&id) {
+            if !l.dirty {
+                l.dirty = true;
+                self.dirty.push_back(id);
+            }
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        !(self.dirty.is_empty() && self.events.is_empty() && self.events_again.is_empty())
     }
 }
 
@@ -258,11 +283,15 @@ fn run(cfg: MqttConfig, feed: Feed, stop: &AtomicBool) {
     let resync = Arc::new(AtomicBool::new(false));
     let io_stop = Arc::new(AtomicBool::new(false));
     let io = {
-        let (stats, resync, io_stop) = (stats.clone(), resync.clone(), io_stop.clone());
-        let endpoint = format!("{}:{}", cfg.host, cfg.port);
+        let (resync, io_stop) = (resync.clone(), io_stop.clone());
+        let link = Link {
+            endpoint: format!("{}:{}", cfg.host, cfg.port),
+            states_prefix: format!("{}/devices/", cfg.prefix),
+            feed: feed.clone(),
+        };
         std::thread::Builder::new()
             .name("rb-mqtt-io".into())
-            .spawn(move || drive(connection, &endpoint, &stats, &resync, &io_stop))
+            .spawn(move || drive(connection, &link, &resync, &io_stop))
     };
     let state_topic = |id: u64| format!("{}/devices/{id}/state", cfg.prefix);
     let events_topic = format!("{}/events", cfg.prefix);
@@ -276,8 +305,7 @@ fn run(cfg: MqttConfig, feed: Feed, stop: &AtomicBool) {
         let connected = stats.connected.load(Ordering::Relaxed);
         if let Some(d) = stop_deadline {
             let o = feed.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            let empty = o.dirty.is_empty() && o.events.is_empty();
-            if empty || Instant::now() >= d || !connected {
+            if !o.waiting() || Instant::now() >= d || !connected {
                 stats.unsent_at_stop.store(
                     o.states.values().filter(|l| l.dirty).count() as u64,
                     Ordering::Relaxed,
@@ -343,6 +371,21 @@ fn run(cfg: MqttConfig, feed: Feed, stop: &AtomicBool) {
         let mut events_handed = 0u64;
         if !full {
             let mut o = feed.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some(payload) = o.events_again.front() {
+                if client
+                    .try_publish(
+                        events_topic.clone(),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                    )
+                    .is_err()
+                {
+                    break;
+                }
+                o.events_again.pop_front();
+                events_handed += 1;
+            }
             while let Some(m) = o.events.front().copied() {
                 let payload = crate::events::event_json(&m);
                 if client
@@ -373,23 +416,29 @@ fn run(cfg: MqttConfig, feed: Feed, stop: &AtomicBool) {
     }
 }
 
+/// What the client's event loop needs besides the connection.
+struct Link {
+    endpoint: String,
+    /// `{prefix}/devices/`: a publish whose topic starts so is a device's state.
+    states_prefix: String,
+    feed: Feed,
+}
+
 /// Runs the client's event loop until the stop: records connects (asking for a
 /// resync) and losses (retrying every second).
-fn drive(
-    mut connection: rumqttc::Connection,
-    endpoint: &str,
-    stats: &MqttStats,
-    resync: &AtomicBool,
-    stop: &AtomicBool,
-) {
+fn drive(mut connection: rumqttc::Connection, link: &Link, resync: &AtomicBool, stop: &AtomicBool) {
+    let stats = &link.feed.stats;
     let mut last_error_log: Option<Instant> = None;
-    for notification in connection.iter() {
+    while let Ok(notification) = connection.recv() {
         match notification {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 stats.connects.fetch_add(1, Ordering::Relaxed);
                 resync.store(true, Ordering::Relaxed);
                 stats.connected.store(true, Ordering::Relaxed);
-                tracing::info!("MQTT: connected to {endpoint}; publishing every device's state");
+                tracing::info!(
+                    "MQTT: connected to {}; publishing every device's state",
+                    link.endpoint
+                );
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if stop.load(Ordering::Relaxed) => {
                 break;
@@ -397,19 +446,51 @@ fn drive(
             Ok(_) => {}
             Err(e) => {
                 let was = stats.connected.swap(false, Ordering::Relaxed);
+                take_back(&mut connection.eventloop.pending, link);
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 if was || last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                     last_error_log = Some(Instant::now());
                     tracing::warn!(
-                        "MQTT: {endpoint}: {} (retrying every second; states wait in the outbox, coalesced)",
+                        "MQTT: {}: {} (retrying every second; states wait in the outbox, coalesced)",
+                        link.endpoint,
                         describe(&e)
                     );
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// After a lost connection the client holds what the broker never acknowledged, and
+/// would drop it at the next connect (a clean session): the states become unsent
+/// again in the outbox and the transitions go to the front of their queue, so the
+/// broker gets them from the next connection and nothing is lost uncounted.
+fn take_back(pending: &mut VecDeque<rumqttc::Request>, link: &Link) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut o = link.feed.outbox.lock().unwrap_or_else(|p| p.into_inner());
+    let mut events = Vec::new();
+    for request in pending.drain(..) {
+        let rumqttc::Request::Publish(p) = request else {
+            continue;
+        };
+        link.feed.stats.taken_back.fetch_add(1, Ordering::Relaxed);
+        let device = p
+            .topic
+            .strip_prefix(&link.states_prefix)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|id| id.parse::<u64>().ok());
+        match device {
+            Some(id) => o.unsent(id),
+            None => events.push(p.payload.to_vec()),
+        }
+    }
+    for payload in events.into_iter().rev() {
+        o.events_again.push_front(payload);
     }
 }
 
@@ -487,6 +568,51 @@ mod tests {
         assert_eq!(ids, [1, 2]);
         o.put_back(2);
         assert_eq!(o.take().map(|m| m.event.device_id), Some(2));
+    }
+
+    #[test]
+    fn what_the_broker_never_acknowledged_is_taken_back() {
+        let feed = Feed {
+            outbox: Arc::new(Mutex::new(Outbox::default())),
+            events: true,
+            stats: Arc::new(MqttStats::default()),
+        };
+        feed.offer_all(&[made(1, Liveness::Online), made(2, Liveness::Online)]);
+        {
+            let mut o = feed.outbox.lock().unwrap();
+            assert!(o.take().is_some() && o.take().is_some());
+            o.events.clear();
+        }
+        let link = Link {
+            endpoint: "broker:1883".into(),
+            states_prefix: "rb/devices/".into(),
+            feed: feed.clone(),
+        };
+        let publish = |topic: &str, payload: &str| {
+            rumqttc::Request::Publish(rumqttc::Publish::new(
+                topic,
+                QoS::AtLeastOnce,
+                payload.as_bytes().to_vec(),
+            ))
+        };
+        let mut pending = VecDeque::from([
+            publish("rb/devices/2/state", "{}"),
+            publish("rb/events", "first"),
+            rumqttc::Request::PingReq(rumqttc::PingReq),
+            publish("rb/events", "second"),
+        ]);
+        take_back(&mut pending, &link);
+        assert!(pending.is_empty());
+        assert_eq!(feed.stats.taken_back.load(Ordering::Relaxed), 3);
+        let mut o = feed.outbox.lock().unwrap();
+        o.events_again.push_back(b"newer".to_vec());
+        assert_eq!(
+            Vec::from(o.events_again.clone()),
+            [b"first".to_vec(), b"second".to_vec(), b"newer".to_vec()]
+        );
+        // Device 2's state is unsent again; device 1's (acknowledged) is not.
+        assert_eq!(o.take().map(|m| m.event.device_id), Some(2));
+        assert!(o.take().is_none());
     }
 
     #[test]

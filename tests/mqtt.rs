@@ -47,6 +47,16 @@ impl Broker {
         }
     }
 
+    /// SIGSTOP: connections stay open, nothing is read or acknowledged.
+    fn pause(&self) {
+        let ok = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "could not pause mosquitto");
+    }
+
     fn kill(mut self) -> u16 {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -121,9 +131,10 @@ fn every_device_state_is_retained_and_survives_a_broker_restart() {
     );
     let c = common::client();
     let n = 300u64;
-    // 2 s intervals: late after 3 s, offline after 6 s.
+    // 4 s intervals: late after 6 s, offline after 12 s.
+    let sent = Instant::now();
     for id in 1..=n {
-        c.send_to(&heartbeat(id, 5, 20, false), server.addr)
+        c.send_to(&heartbeat(id, 5, 40, false), server.addr)
             .unwrap();
     }
     let states = collect(broker.port, "ringbeat/devices/+/state", 10, |m| {
@@ -136,19 +147,46 @@ fn every_device_state_is_retained_and_survives_a_broker_restart() {
         assert_eq!(v["server"], "edge-7");
         assert!(v["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
     }
-    // The broker goes away before the devices go late and offline, and comes back
-    // empty (no persistence): the server reconnects and publishes every device's
-    // current state, offline, the late ones it could not send replaced (counted).
+    // The broker stops answering while more devices appear: their states and
+    // transitions go out but are never acknowledged. Then it dies: the server takes
+    // them back rather than letting the client drop them at the next (clean) connect.
+    let extra = 50u64;
+    broker.pause();
+    for id in n + 1..=n + extra {
+        c.send_to(&heartbeat(id, 5, 40, false), server.addr)
+            .unwrap();
+    }
+    let v = server.wait_stats(5, |v| {
+        v["mqtt"]["published_states"].as_u64() >= Some(n + extra)
+            && v["mqtt"]["published_events"].as_u64() >= Some(n + extra)
+    });
+    assert!(
+        sent.elapsed() < Duration::from_secs(6),
+        "no device may go late before here: {}",
+        v["mqtt"]
+    );
     let port = broker.kill();
-    std::thread::sleep(Duration::from_secs(7));
+    let v = server.wait_stats(5, |v| v["mqtt"]["connected"] == false);
+    assert_eq!(
+        v["mqtt"]["taken_back"].as_u64(),
+        Some(2 * extra),
+        "every unacknowledged state and transition: {}",
+        v["mqtt"]
+    );
+    // The broker comes back empty (no persistence) after every device went late and
+    // offline: the server reconnects and publishes every device's current state,
+    // offline; the late ones it could not send were replaced (counted).
+    std::thread::sleep((sent + Duration::from_secs(14)).saturating_duration_since(Instant::now()));
     let _broker = Broker::start(port);
     let states = collect(port, "ringbeat/devices/+/state", 15, |m| {
-        m.len() == n as usize && m.values().all(|v| v["state"] == "offline")
+        m.len() == (n + extra) as usize && m.values().all(|v| v["state"] == "offline")
     });
     assert!(states.values().all(|v| v["epoch"] == 1));
     let v = server.wait_stats(5, |v| v["mqtt"]["connects"].as_u64() >= Some(2));
+    // Each of the first n devices went late unsent; each extra one went late and
+    // offline while its taken-back online state was still unsent.
     assert!(
-        v["mqtt"]["superseded"].as_u64().unwrap() >= n,
+        v["mqtt"]["superseded"].as_u64().unwrap() >= n + 2 * extra,
         "{}",
         v["mqtt"]
     );
