@@ -515,6 +515,22 @@ pub fn encode_ack_v2(
     key: Option<&Key>,
     out: &mut [u8; FRAME_V2_BYTES],
 ) {
+    encode_ack_v2_untagged(frame, status, expected_interval_ds, out);
+    if let Some(k) = key {
+        let t = tag(k, &out[..TAGGED_BYTES]);
+        out[TAGGED_BYTES..].copy_from_slice(&t);
+    }
+}
+
+/// `encode_ack_v2` with the tag left zero, for a server that tags several acks at once
+/// (`siphash::tags48`).
+#[inline]
+pub fn encode_ack_v2_untagged(
+    frame: &FrameV2<'_>,
+    status: u16,
+    expected_interval_ds: u16,
+    out: &mut [u8; FRAME_V2_BYTES],
+) {
     let h = frame.header();
     let fields = FrameFields {
         kind: KIND_ACK,
@@ -525,13 +541,7 @@ pub fn encode_ack_v2(
         interval_ds: expected_interval_ds,
         sent_ns: h.sent_ns(),
     };
-    match key {
-        Some(k) => encode_v2(&fields, frame.boot(), k, out),
-        None => {
-            encode_v2(&fields, frame.boot(), &[0; 16], out);
-            out[TAGGED_BYTES..].fill(0);
-        }
-    }
+    encode_v2_untagged(&fields, frame.boot(), out);
 }
 
 /// Why a version-2 ack was not believed (client side).
