@@ -199,6 +199,10 @@ pub struct ShardCore<M: Memory> {
     ack_tags: AckTags,
 }
 
+/// 32-byte units of a TCP read staged for one round of registry prefetches and tag
+/// checks (`prepare_datagram` takes up to 64: its result is a mask by unit).
+const STAGE_UNITS: usize = 64;
+
 /// Version-2 acks written with their tags left zero, to be tagged together once the
 /// datagram's frames are all taken: eight at a time (`Memory::tags48x8`) instead of one
 /// SipHash after another, which was the largest part of a version-2 heartbeat's cost.
@@ -490,15 +494,89 @@ impl<M: Memory> ShardCore<M> {
             acked.set(acked.get() + a.len());
             ack(a)
         };
-        let fed = decoder.feed_frames(bytes, |frame| {
-            match self.ingest_unit(frame, None, now_ms, acked.get(), &mut forward, &mut ack) {
-                Err(FrameError::BadMagic) => Feed::Stop,
-                _ => Feed::Continue,
+        let fed = if self.registry.is_none() {
+            decoder.feed_frames(bytes, |frame| {
+                match self.ingest_unit(frame, None, now_ms, acked.get(), &mut forward, &mut ack) {
+                    Err(FrameError::BadMagic) => Feed::Stop,
+                    _ => Feed::Continue,
+                }
+            })
+        } else {
+            // With a registry, frames are staged as a datagram's are taken: their
+            // registry lines prefetched together and their tags checked eight at a
+            // time, instead of one cache miss and one SipHash after another.
+            let mut stage = [[0u8; FRAME_BYTES]; STAGE_UNITS];
+            let mut staged = 0;
+            let mut stopped = false;
+            let fed = decoder.feed_frames(bytes, |frame| {
+                let units = frame.bytes().len() / FRAME_BYTES;
+                if staged + units > STAGE_UNITS {
+                    stopped = self.ingest_staged(
+                        &stage[..staged],
+                        now_ms,
+                        &acked,
+                        &mut forward,
+                        &mut ack,
+                    );
+                    staged = 0;
+                    if stopped {
+                        return Feed::Stop;
+                    }
+                }
+                for (k, unit) in frame.bytes().chunks_exact(FRAME_BYTES).enumerate() {
+                    stage[staged + k].copy_from_slice(unit);
+                }
+                staged += units;
+                if frame.bytes()[..4] != codec::MAGIC {
+                    // Out of step: what came before it is taken, nothing after it.
+                    stopped = self.ingest_staged(
+                        &stage[..staged],
+                        now_ms,
+                        &acked,
+                        &mut forward,
+                        &mut ack,
+                    );
+                    staged = 0;
+                    return Feed::Stop;
+                }
+                Feed::Continue
+            });
+            if !stopped && staged > 0 {
+                self.ingest_staged(&stage[..staged], now_ms, &acked, &mut forward, &mut ack);
             }
-        });
+            fed
+        };
         self.stats.tcp_frames += fed.frames as u64;
         self.stats.tcp_split_frames += fed.split as u64;
         fed
+    }
+
+    /// Takes frames a stream staged (whole frames, in stream order), as
+    /// `ingest_datagram` takes a datagram's; true when one had a bad magic (the
+    /// frames after it are not taken).
+    fn ingest_staged(
+        &mut self,
+        units: &[[u8; FRAME_BYTES]],
+        now_ms: u64,
+        acked: &std::cell::Cell<usize>,
+        forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES], Option<usize>) -> bool,
+        ack: &mut impl FnMut(&[u8]),
+    ) -> bool {
+        let verified = self.prepare_datagram(units);
+        for (i, frame) in codec::frames(units) {
+            // Staged frames are whole: a version-2 header always has its second half.
+            let Ok(frame) = frame else { continue };
+            let checked = match frame {
+                Wire::V2(_) => verified.map(|mask| mask >> i & 1 == 1),
+                Wire::V1(_) => None,
+            };
+            if let Err(FrameError::BadMagic) =
+                self.ingest_unit(frame, checked, now_ms, acked.get(), forward, &mut *ack)
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// One frame from the network, datagram or stream: validated (a malformed frame is
@@ -1267,6 +1345,100 @@ mod tests {
         want.push(Refusal::AuthFailed.status());
         assert_eq!(statuses, want);
         assert_eq!(c.stats().authenticated, 20);
+    }
+
+    #[test]
+    fn a_stream_with_a_registry_is_taken_in_stages_as_frame_by_frame() {
+        // 60 keyed devices. A stream of 70 version-2 frames (140 units: stages of 64
+        // units cut it, version-2 pairs never split), one spoofed, one of an unlisted
+        // device, a version-1 frame of a keyed device, then a bad magic and frames after
+        // it, fed in reads of 100 bytes (frames split across reads).
+        let key =
+            |id: u64| -> Key { std::array::from_fn(|i| (id as u8).wrapping_mul(17) ^ i as u8) };
+        let text: String = (1..=60u64)
+            .map(|id| {
+                let k: String = key(id).iter().map(|b| format!("{b:02x}")).collect();
+                format!("{id} key={k}\n")
+            })
+            .collect();
+        let mut c = core(0);
+        let r = crate::registry::Registry::parse(&text, 1).unwrap();
+        c.set_registry(Some(Arc::new(r)), &[], 0).unwrap();
+        let v2 = |id: u64, seq: u32, k: &Key| {
+            let mut f = FrameFields::heartbeat(id, seq, 10, 0);
+            f.flags = codec::FLAG_ACK_REQUESTED;
+            let mut out = [0u8; FRAME_V2_BYTES];
+            codec::encode_v2(&f, 1, k, &mut out);
+            out.to_vec()
+        };
+        let mut stream = Vec::new();
+        let mut want = Vec::new();
+        for n in 0..70u64 {
+            let id = n % 60 + 1;
+            let seq = 1 + (n / 60) as u32;
+            let (frame, status) = match n {
+                33 => (v2(id, seq, &key(id + 1)), Refusal::AuthFailed.status()),
+                40 => (v2(999, 1, &key(7)), Refusal::UnknownDevice.status()),
+                _ => (v2(id, seq, &key(id)), codec::ACK_ACCEPTED),
+            };
+            stream.extend_from_slice(&frame);
+            want.push(status);
+        }
+        let mut v1 = FrameFields::heartbeat(5, 9, 10, 0);
+        v1.flags = codec::FLAG_ACK_REQUESTED;
+        stream.extend_from_slice(&v1.to_bytes());
+        want.push(Refusal::AuthRequired.status());
+        let mut bad = FrameFields::heartbeat(6, 9, 10, 0).to_bytes();
+        bad[0] = b'X';
+        stream.extend_from_slice(&bad);
+        stream.extend_from_slice(&v2(7, 3, &key(7)));
+        let mut decoder = StreamDecoder::default();
+        let mut acks = Vec::new();
+        let mut stopped = false;
+        for read in stream.chunks(100) {
+            if stopped {
+                break;
+            }
+            let fed = c.ingest_stream(
+                &mut decoder,
+                read,
+                0,
+                |a| acks.extend_from_slice(a),
+                |_, _, _| false,
+            );
+            stopped = fed.stopped;
+        }
+        assert!(stopped, "the bad magic stops the stream");
+        let mut got = Vec::new();
+        let mut at = 0;
+        while at < acks.len() {
+            let n = if codec::unit_version(acks[at..at + FRAME_BYTES].try_into().unwrap())
+                == Some(codec::VERSION_2)
+            {
+                FRAME_V2_BYTES
+            } else {
+                FRAME_BYTES
+            };
+            let ack = &acks[at..at + n];
+            let status = u16::from_le_bytes(ack[20..22].try_into().unwrap());
+            if n == FRAME_V2_BYTES {
+                let id = u64::from_le_bytes(ack[8..16].try_into().unwrap());
+                if id <= 60 {
+                    codec::decode_ack_v2(ack.try_into().unwrap(), &key(id))
+                        .expect("tagged under the device's key");
+                }
+            }
+            got.push(status);
+            at += n;
+        }
+        assert_eq!(got, want);
+        let s = c.stats();
+        assert_eq!((s.authenticated, s.frames_valid), (68, 71));
+        assert_eq!(
+            s.malformed_total(),
+            1,
+            "the bad magic, and nothing after it"
+        );
     }
 
     #[test]
