@@ -6,7 +6,7 @@
 # one heartbeat per datagram and at 32 (at saturation, and at a steady 4M per second),
 # variants interleaved run by run; and the steady load again with 100K devices (their
 # registry, windows and table fit in the caches: what the tags and the checks cost by
-# themselves). Server on CPU
+# themselves); and a steady load over TCP. Server on CPU
 # 0, load on CPU 1; sends only to 127.0.0.1. The devices files (random keys) are
 # written to a temporary folder and removed afterwards.
 #
@@ -39,3 +39,9 @@ target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-bat
   --devices 100000 --rates 4000000 --batch 32 --runs "$RUNS" --duration 8 \
   --variant "v1=" --variant "v1-registry=--devices-file=$tmp/ids100k.txt" \
   --variant "v2=--devices-file=$tmp/keys100k.txt --auth-keys=$tmp/keys100k.txt"
+# The steady load again over TCP (64 connections; each write a gateway's 32 frames).
+target/release/ringbeat-bench sweep --kind rate --results "$OUT" --name auth-tcp-batch32-steady \
+  --devices 2000000 --rates 2000000 --batch 32 --runs "$RUNS" --duration 8 \
+  --variant "v1=--proto=tcp --connections=64" \
+  --variant "v1-registry=--proto=tcp --connections=64 --devices-file=$tmp/ids.txt" \
+  --variant "v2=--proto=tcp --connections=64 --devices-file=$tmp/keys.txt --auth-keys=$tmp/keys.txt"
