@@ -58,6 +58,8 @@ pub struct Sources {
     /// Shard time zero (shard times in replies count from it).
     pub base: Instant,
     pub events: Option<Arc<crate::events::EventStats>>,
+    /// The MQTT publisher's counters (with `--mqtt`).
+    pub mqtt: Option<Arc<crate::mqtt::MqttStats>>,
 }
 
 impl HttpServer {
@@ -149,6 +151,7 @@ fn stats(shared: &Shared) -> Vec<ShardStats> {
 pub fn metrics_text(
     per_shard: &[ShardStats],
     events: Option<&crate::events::EventStats>,
+    mqtt: Option<&crate::mqtt::MqttStats>,
 ) -> String {
     let mut registry = Registry::with_prefix("ringbeat");
     let shard_label = |i: usize| vec![("shard".to_string(), i.to_string())];
@@ -203,6 +206,47 @@ pub fn metrics_text(
             c.inc_by(v.load(Ordering::Relaxed));
             registry.register(name, help, c);
         }
+    }
+    if let Some(m) = mqtt {
+        for (name, help, v) in [
+            (
+                "mqtt_published_states",
+                "Device states handed to the MQTT client (QoS 1, retained)",
+                &m.published_states,
+            ),
+            (
+                "mqtt_published_events",
+                "Transitions handed to the MQTT client for the events topic",
+                &m.published_events,
+            ),
+            (
+                "mqtt_superseded",
+                "Unsent device states replaced by a newer state of the same device",
+                &m.superseded,
+            ),
+            (
+                "mqtt_events_dropped",
+                "Transitions dropped because the events topic's queue was full",
+                &m.events_dropped,
+            ),
+            (
+                "mqtt_taken_back",
+                "Publishes the broker had not acknowledged when a connection was lost, taken back to be sent again",
+                &m.taken_back,
+            ),
+            ("mqtt_connects", "Connections made to the MQTT broker", &m.connects),
+        ] {
+            let c = Counter::<u64>::default();
+            c.inc_by(v.load(Ordering::Relaxed));
+            registry.register(name, help, c);
+        }
+        let connected = Gauge::<i64>::default();
+        connected.set(m.connected.load(Ordering::Relaxed) as i64);
+        registry.register(
+            "mqtt_connected",
+            "1 while connected to the MQTT broker",
+            connected,
+        );
     }
     for (name, help, scale, bounds, get) in [
         (
@@ -270,7 +314,11 @@ impl prometheus_client::encoding::EncodeMetric for FixedHistogram {
 }
 
 fn metrics(src: &Sources) -> String {
-    metrics_text(&stats(&src.shared), src.events.as_deref())
+    metrics_text(
+        &stats(&src.shared),
+        src.events.as_deref(),
+        src.mqtt.as_deref(),
+    )
 }
 
 fn healthz(src: &Sources) -> (u16, &'static str, String) {
@@ -409,7 +457,11 @@ mod dashboard {
     /// /metrics serves.
     #[test]
     fn the_grafana_dashboard_queries_only_served_metrics() {
-        let served = super::metrics_text(&[crate::core::stats::ShardStats::default()], None);
+        let served = super::metrics_text(
+            &[crate::core::stats::ShardStats::default()],
+            None,
+            Some(&crate::mqtt::MqttStats::default()),
+        );
         let names: std::collections::BTreeSet<&str> = served
             .lines()
             .filter(|l| !l.starts_with('#'))

@@ -38,7 +38,22 @@ fn start(name: &str, shards: &str) -> (Server, u16) {
 
 #[test]
 fn metrics_are_valid_for_prometheus_and_count_per_shard() {
-    let (server, port) = start("http-metrics", "0,1");
+    // With MQTT presence on (its broker away: the publisher's counters are served all
+    // the same).
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let broker = format!("mqtt://127.0.0.1:{}", free_port());
+    let server = Server::start(
+        "http-metrics",
+        &[
+            "--cores",
+            "0,1",
+            "--http-listen",
+            &listen,
+            "--mqtt",
+            &broker,
+        ],
+    );
     let c = common::client();
     for id in 1..=100u64 {
         c.send_to(&heartbeat(id, 1, 10, false), server.addr)
@@ -87,6 +102,11 @@ fn metrics_are_valid_for_prometheus_and_count_per_shard() {
     assert!(body.contains("ringbeat_devices{shard=\"1\"}"));
     assert!(body.contains("reason=\"bad_datagram_length\"} 1"), "{body}");
     assert!(body.contains("# HELP ringbeat_tcp_open TCP connections open on this shard"));
+    assert!(body.contains("ringbeat_mqtt_connected 0"), "{body}");
+    assert!(
+        body.contains("# TYPE ringbeat_mqtt_taken_back counter"),
+        "{body}"
+    );
     // Histograms, per shard, with a +Inf bucket equal to their count.
     for name in ["ringbeat_loop_busy_seconds", "ringbeat_receive_batch"] {
         assert!(body.contains(&format!("# TYPE {name} histogram")), "{body}");

@@ -71,6 +71,21 @@ impl Drop for Broker {
     }
 }
 
+/// GET over plain HTTP/1.0: the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -117,6 +132,7 @@ fn collect(
 fn every_device_state_is_retained_and_survives_a_broker_restart() {
     let broker = Broker::start(free_port());
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let http = format!("127.0.0.1:{}", free_port());
     let server = Server::start(
         "mqtt",
         &[
@@ -127,6 +143,8 @@ fn every_device_state_is_retained_and_survives_a_broker_restart() {
             "--mqtt-events",
             "--server-id",
             "edge-7",
+            "--http-listen",
+            &http,
         ],
     );
     let c = common::client();
@@ -172,6 +190,13 @@ fn every_device_state_is_retained_and_survives_a_broker_restart() {
         Some(2 * extra),
         "every unacknowledged state and transition: {}",
         v["mqtt"]
+    );
+    // The same counters for Prometheus.
+    let metrics = http_get(&http, "/metrics");
+    assert!(
+        metrics.contains(&format!("ringbeat_mqtt_taken_back_total {}", 2 * extra))
+            && metrics.contains("ringbeat_mqtt_connected 0"),
+        "{metrics}"
     );
     // The broker comes back empty (no persistence) after every device went late and
     // offline: the server reconnects and publishes every device's current state,

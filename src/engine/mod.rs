@@ -431,6 +431,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
                 queries,
                 base,
                 events: events.as_ref().map(|e| e.stats.clone()),
+                mqtt: mqtt.as_ref().map(|m| m.stats.clone()),
             },
         )),
         _ => None,
