@@ -82,21 +82,12 @@ for x in rows("per-device-x86_64.csv"):
     L.append(f"| {int(x['devices']):,} | {x['bytes_per_device']} | {arm.get(x['devices'], '')} |")
 L.append("\n## p99 while 2M devices first appear\n")
 L.append(f"2M hb/s in 32-heartbeat datagrams: the first second every device is new (the index grows from 1,024 buckets to 3.1M), then one second more of the same devices on the same server (not measured: the last growth finishes), then the steady second, measured. {runs} runs, each with a fresh server; latency from the intended send time.\n")
-def ramp_table(f, build, label):
-    r = [x for x in rows(f) if x["build"] == build]
-    runs_ = [x for x in r if x["run"].isdigit()]
-    pooled = next(x for x in r if x["run"] == "pooled")
-    median_ratio = next(x for x in r if x["run"] == "median")["ratio"]
-    L.append(f"| {label} | run | p99 ramp (µs) | p99 steady (µs) | ramp / steady |\n|---|---|---|---|---|")
-    for x in runs_:
-        L.append(f"| | {x['run']} | {x['p99_ramp_us']} | {x['p99_steady_us']} | {x['ratio']} |")
-    a, b = med(x["p99_ramp_us"] for x in runs_), med(x["p99_steady_us"] for x in runs_)
-    L.append(f"| | median of the runs | {a:.1f} | {b:.1f} | {a / b:.2f} (median of the ratios: {median_ratio}) |")
-    L.append(f"| | **all runs' samples together** | **{pooled['p99_ramp_us']}** | **{pooled['p99_steady_us']}** | **{pooled['ratio']}** |\n")
-ramp_table("ramp.csv", "0", "this build")
+sys.path.insert(0, "scripts")
+from footprint import ramp_markdown
+L += ramp_markdown(rows("ramp.csv"), "0", "this build")
 if baseline:
     L.append(f"The baseline is given as BASELINE_BIN ({baseline_what or 'another build'}); its runs alternated with this build's.\n")
-    ramp_table("ramp.csv", "1", "baseline")
+    L += ramp_markdown(rows("ramp.csv"), "1", "baseline")
 sat = os.path.join(out, "saturation")
 if os.path.isdir(sat):
     L.append("## Throughput at saturation against the baseline\n")
