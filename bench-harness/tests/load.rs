@@ -313,3 +313,50 @@ fn sweep_refuses_a_warmup_shorter_than_one_device_interval() {
     );
     assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
 }
+
+/// A run that fails after others succeeded leaves no half-written results folder (it
+/// would be read as results and block a rerun under the same name), and says which
+/// run failed and where the failing server's log is.
+#[test]
+fn a_sweep_that_fails_midway_leaves_no_folder() {
+    let dir = temp("sweep-midway");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
+        .args([
+            "sweep",
+            "--kind",
+            "rate",
+            "--name",
+            "midway",
+            "--devices",
+            "100",
+            "--rates",
+            "1000",
+            "--duration",
+            "2",
+            "--warmup",
+            "1.2",
+            "--port",
+            "17995",
+            "--runs",
+            "1",
+            "--sink-baseline",
+            "--variant",
+            "broken=@/nonexistent/ringbeat",
+            "--allow-dirty",
+        ])
+        .arg("--results")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("run 1/1 (broken) failed") && stderr.contains("was removed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("-- run 1/1: sink"),
+        "the sink ran first: {stderr}"
+    );
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
+}

@@ -377,18 +377,29 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
                 let raw = vdirs[vi].join("raw");
                 let row = match measure(&a, &server_bin, v, p, &raw, &tag) {
                     Ok(row) => row,
-                    // Nothing measured yet: no half-written folder is left behind.
-                    Err(e) if i == 0 && run == 1 && vi == 0 => {
+                    // A results folder is whole or absent: a half-written one would be
+                    // read as results, and would block a rerun under the same name.
+                    Err(e) => {
                         let kept = std::env::temp_dir().join("ringbeat-sweep-failed-server.log");
-                        let _ = std::fs::copy(raw.join(format!("{tag}.server.log")), &kept);
+                        let log = match std::fs::copy(raw.join(format!("{tag}.server.log")), &kept)
+                        {
+                            Ok(_) => format!("the server's log is kept as {}", kept.display()),
+                            Err(_) => "the server left no log".to_string(),
+                        };
                         let _ = std::fs::remove_dir_all(&dir);
                         return Err(e.context(format!(
-                            "the first run failed, so {} was removed (the server's log is kept as {})",
+                            "point {}/{}, run {run}/{}{} failed, so {} was removed ({log})",
+                            i + 1,
+                            points.len(),
+                            a.runs,
+                            if compare {
+                                format!(" ({})", v.label)
+                            } else {
+                                String::new()
+                            },
                             dir.display(),
-                            kept.display()
                         )));
                     }
-                    Err(e) => return Err(e),
                 };
                 all_runs[vi].push(Row {
                     run: Some(run),
