@@ -18,15 +18,8 @@ def rss_kib(pid):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-def free_tcp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def free_port(kind=socket.SOCK_DGRAM):
+    s = socket.socket(socket.AF_INET, kind)
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
@@ -37,7 +30,7 @@ class Server:
         self.dir = tempfile.mkdtemp(prefix="rb-footprint-")
         self.port = free_port()
         self.stats = os.path.join(self.dir, "stats.json")
-        self.http = free_tcp_port() if http else None
+        self.http = free_port(socket.SOCK_STREAM) if http else None
         extra = ["--http-listen", f"127.0.0.1:{self.http}"] if http else []
         cmd = ["taskset", "-c", cpu, *runner, bin, "serve", "--listen", f"127.0.0.1:{self.port}",
                "--stats-json", self.stats, "--stats-interval", "0.2", "--quiet", "--run-for", "600",

@@ -189,8 +189,10 @@ pub fn metrics_text(
         "Rejected frames and datagrams, by reason (PROTOCOL.md)",
         malformed,
     );
+    // Counters kept by the events and MQTT threads (atomics), when those run.
+    let mut counters: Vec<(&str, &str, &std::sync::atomic::AtomicU64)> = Vec::new();
     if let Some(e) = events {
-        for (name, help, v) in [
+        counters.extend([
             (
                 "events_written",
                 "Events written to the events sink",
@@ -201,14 +203,10 @@ pub fn metrics_text(
                 "Events discarded because the events sink failed (until reopened)",
                 &e.lost,
             ),
-        ] {
-            let c = Counter::<u64>::default();
-            c.inc_by(v.load(Ordering::Relaxed));
-            registry.register(name, help, c);
-        }
+        ]);
     }
     if let Some(m) = mqtt {
-        for (name, help, v) in [
+        counters.extend([
             (
                 "mqtt_published_states",
                 "Device states handed to the MQTT client (QoS 1, retained)",
@@ -235,11 +233,14 @@ pub fn metrics_text(
                 &m.taken_back,
             ),
             ("mqtt_connects", "Connections made to the MQTT broker", &m.connects),
-        ] {
-            let c = Counter::<u64>::default();
-            c.inc_by(v.load(Ordering::Relaxed));
-            registry.register(name, help, c);
-        }
+        ]);
+    }
+    for (name, help, v) in counters {
+        let c = Counter::<u64>::default();
+        c.inc_by(v.load(Ordering::Relaxed));
+        registry.register(name, help, c);
+    }
+    if let Some(m) = mqtt {
         let connected = Gauge::<i64>::default();
         connected.set(m.connected.load(Ordering::Relaxed) as i64);
         registry.register(

@@ -242,10 +242,13 @@ impl<M: Memory> RegistryIn<M> {
         &self.slots[self.home_at(id)]
     }
 
-    /// The line after `id`'s home line, where a probe that goes on continues.
+    /// Prefetches what a lookup of `id` reads: its home line and the line after it,
+    /// where a probe that goes on continues.
     #[inline]
-    pub fn home_next(&self, id: u64) -> &Entry {
-        &self.slots[(self.home_at(id) + 2) & (self.slots.len() - 1)]
+    pub fn prefetch(&self, id: u64) {
+        let at = self.home_at(id);
+        M::prefetch(&self.slots[at]);
+        M::prefetch(&self.slots[(at + 2) & (self.slots.len() - 1)]);
     }
 
     /// Probes start at the first slot of a cache line (two entries to a line), so the

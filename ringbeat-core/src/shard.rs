@@ -422,8 +422,7 @@ impl<M: Memory> ShardCore<M> {
         let id = |f: &[u8; FRAME_BYTES]| u64::from_le_bytes(f[8..16].try_into().expect("8 bytes"));
         let mut v2 = false;
         for (i, frame) in codec::frames(frames) {
-            M::prefetch(r.home(id(&frames[i])));
-            M::prefetch(r.home_next(id(&frames[i])));
+            r.prefetch(id(&frames[i]));
             v2 |= matches!(frame, Ok(Wire::V2(_)));
         }
         if !v2 {
@@ -505,23 +504,15 @@ impl<M: Memory> ShardCore<M> {
             // With a registry, frames are staged as a datagram's are taken: their
             // registry lines prefetched together and their tags checked eight at a
             // time, instead of one cache miss and one SipHash after another.
+            // A staged frame always has the right magic (a bad one is taken at once,
+            // and ends the stream), so only the last stage can stop it.
             let mut stage = [[0u8; FRAME_BYTES]; STAGE_UNITS];
             let mut staged = 0;
-            let mut stopped = false;
             let fed = decoder.feed_frames(bytes, |frame| {
                 let units = frame.bytes().len() / FRAME_BYTES;
                 if staged + units > STAGE_UNITS {
-                    stopped = self.ingest_staged(
-                        &stage[..staged],
-                        now_ms,
-                        &acked,
-                        &mut forward,
-                        &mut ack,
-                    );
+                    self.ingest_staged(&stage[..staged], now_ms, &acked, &mut forward, &mut ack);
                     staged = 0;
-                    if stopped {
-                        return Feed::Stop;
-                    }
                 }
                 for (k, unit) in frame.bytes().chunks_exact(FRAME_BYTES).enumerate() {
                     stage[staged + k].copy_from_slice(unit);
@@ -529,19 +520,13 @@ impl<M: Memory> ShardCore<M> {
                 staged += units;
                 if frame.bytes()[..4] != codec::MAGIC {
                     // Out of step: what came before it is taken, nothing after it.
-                    stopped = self.ingest_staged(
-                        &stage[..staged],
-                        now_ms,
-                        &acked,
-                        &mut forward,
-                        &mut ack,
-                    );
+                    self.ingest_staged(&stage[..staged], now_ms, &acked, &mut forward, &mut ack);
                     staged = 0;
                     return Feed::Stop;
                 }
                 Feed::Continue
             });
-            if !stopped && staged > 0 {
+            if staged > 0 {
                 self.ingest_staged(&stage[..staged], now_ms, &acked, &mut forward, &mut ack);
             }
             fed
@@ -552,8 +537,8 @@ impl<M: Memory> ShardCore<M> {
     }
 
     /// Takes frames a stream staged (whole frames, in stream order), as
-    /// `ingest_datagram` takes a datagram's; true when one had a bad magic (the
-    /// frames after it are not taken).
+    /// `ingest_datagram` takes a datagram's. A frame with a bad magic is only ever the
+    /// last of them (`ingest_stream` stops staging at it).
     fn ingest_staged(
         &mut self,
         units: &[[u8; FRAME_BYTES]],
@@ -561,7 +546,7 @@ impl<M: Memory> ShardCore<M> {
         acked: &std::cell::Cell<usize>,
         forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES], Option<usize>) -> bool,
         ack: &mut impl FnMut(&[u8]),
-    ) -> bool {
+    ) {
         let verified = self.prepare_datagram(units);
         for (i, frame) in codec::frames(units) {
             // Staged frames are whole: a version-2 header always has its second half.
@@ -570,13 +555,10 @@ impl<M: Memory> ShardCore<M> {
                 Wire::V2(_) => verified.map(|mask| mask >> i & 1 == 1),
                 Wire::V1(_) => None,
             };
-            if let Err(FrameError::BadMagic) =
-                self.ingest_unit(frame, checked, now_ms, acked.get(), forward, &mut *ack)
-            {
-                return true;
-            }
+            // A malformed frame is counted there; the stream's stop is decided by
+            // `ingest_stream`.
+            let _ = self.ingest_unit(frame, checked, now_ms, acked.get(), forward, &mut *ack);
         }
-        false
     }
 
     /// One frame from the network, datagram or stream: validated (a malformed frame is
