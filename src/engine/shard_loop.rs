@@ -344,7 +344,12 @@ pub(crate) fn run<E: Engine>(
                 refusals: Refusals::default(),
                 held: HeldAcks::default(),
                 streams: StreamHolds::default(),
-                verdicts: vec![Vec::new(); peers],
+                // A peer has at most MAX_TICKETS datagram and MAX_TICKETS stream
+                // tickets out with this shard, so its backlog never outgrows this
+                // (address space only until a full ring makes it used).
+                verdicts: (0..peers)
+                    .map(|_| Vec::with_capacity(2 * crate::core::held::MAX_TICKETS))
+                    .collect(),
             }
             .run(&mut engine);
         }
@@ -555,7 +560,13 @@ impl ShardLoop<'_> {
                 }
                 None => {
                     if let Some(v) = core.ingest_forwarded(f, now_ms) {
-                        verdicts.push(v.encode());
+                        // Straight onto the ring back, unless earlier ones still wait
+                        // (order kept) or it is full.
+                        let v = v.encode();
+                        let back = self.ctx.outbound[peer].as_mut();
+                        if !(verdicts.is_empty() && back.is_some_and(|p| p.try_push(&v))) {
+                            verdicts.push(v);
+                        }
                     }
                 }
             });
