@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod corecost;
 mod garbage;
 mod handoff;
 mod latency;
@@ -49,6 +50,9 @@ enum Command {
     /// What handing a frame to its owner shard costs against applying it where it
     /// arrived (two shard cores, a real hand-off ring, a TCP stream).
     Handoff(handoff::HandoffArgs),
+    /// What one heartbeat costs the shard core alone (no kernel, no load generator):
+    /// version 1, version 1 with a registry, version 2, alternated pass by pass.
+    CoreCost(corecost::CoreCostArgs),
     /// Run a rate scan or a device-count scan against a server it starts itself, and
     /// write a dated results folder with raw data, summary and plots.
     Sweep(Box<sweep::SweepArgs>),
@@ -233,6 +237,7 @@ fn main() {
         Command::Plot(a) => sweep::plot(&a.dir),
         Command::Liveness(a) => liveness_cmd(a),
         Command::Handoff(a) => handoff::run(a),
+        Command::CoreCost(a) => corecost::run(a),
         Command::Sink(a) => {
             let cpus = ringbeat::config::parse_cpu_list(&a.cpus)
                 .context("--cpus")

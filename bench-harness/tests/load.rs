@@ -360,3 +360,36 @@ fn a_sweep_that_fails_midway_leaves_no_folder() {
     );
     assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
 }
+
+#[test]
+fn core_cost_takes_every_heartbeat_of_every_variant_and_reports_each() {
+    let dir = temp("core-cost");
+    let json = dir.join("cost.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
+        .args(["core-cost", "--devices", "20000", "--passes", "2", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    // Every heartbeat of every pass (the untimed first one too) was taken, none refused.
+    for v in ["v1 ", "v1-registry", "v2 "] {
+        let row = stdout.lines().find(|l| l.starts_with(v)).expect(v);
+        assert!(row.contains(" 60000 ") && row.ends_with(" 0"), "{row}");
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = doc["variants"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let passes = r["ns_per_heartbeat_passes"].as_array().unwrap();
+        assert_eq!(passes.len(), 2);
+        assert!(passes.iter().all(|p| p.as_f64().unwrap() > 0.0), "{r}");
+    }
+    // An unknown variant is refused by name.
+    let bad = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
+        .args(["core-cost", "--devices", "100", "--variants", "v3"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown variant `v3`"));
+}
