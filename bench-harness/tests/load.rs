@@ -371,7 +371,11 @@ fn core_cost_takes_every_heartbeat_of_every_variant_and_reports_each() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Every heartbeat of every pass (the untimed first one too) was taken, none refused.
     for v in ["v1 ", "v1-registry", "v2 "] {
         let row = stdout.lines().find(|l| l.starts_with(v)).expect(v);
