@@ -398,9 +398,14 @@ pub fn load_registry(
     max_devices: u64,
     per_shard: u32,
 ) -> Result<Registry, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the devices file {}: {e}", path.display()))?;
-    let r = Registry::parse(&text, shards).map_err(|e| format!("{} {e}", path.display()))?;
+    let r = {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the devices file {}: {e}", path.display()))?;
+        Registry::parse(&text, shards).map_err(|e| format!("{} {e}", path.display()))
+    };
+    // The file's text and the parse's scratch are freed: their pages go back now.
+    crate::sys::mem::release_freed_heap();
+    let r = r?;
     if require_auth {
         if let Some((id, line)) = r.first_without_key() {
             return Err(format!(

@@ -131,6 +131,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     tracing::debug!(?config, "configuration (file keys and flags, validated)");
     let mut server = engine::start(&config)?;
+    // The server holds the registry now (and drops it on a reload); kept here too, the
+    // first one would stay resident for the process's life.
+    config.network.registry = None;
     for info in &server.infos {
         tracing::debug!(
             shard = info.index,

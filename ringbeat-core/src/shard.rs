@@ -267,8 +267,11 @@ impl<M: Memory> ShardCore<M> {
                         continue;
                     }
                     if let Some(o) = old.get(id) {
-                        if o.key() == e.key() {
-                            windows[e.local as usize] = self.windows[o.local as usize];
+                        let w = self.windows[o.local as usize];
+                        // (An empty window is left alone: the new windows are all
+                        // empty, and writing one would make its page resident.)
+                        if o.key() == e.key() && w != ReplayWindow::default() {
+                            windows[e.local as usize] = w;
                         }
                     }
                 }

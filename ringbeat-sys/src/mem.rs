@@ -191,6 +191,16 @@ pub fn prefetch<T>(value: &T) {
     let _ = value;
 }
 
+/// Gives the pages of freed heap memory back to the kernel now. The server's allocator
+/// (mimalloc) returns freed pages lazily, as part of later allocator calls; a devices
+/// file's text and its parse's scratch (hundreds of MiB at millions of devices) would
+/// otherwise stay resident after a load for as long as the loading thread, which then
+/// waits for signals, allocates nothing.
+pub fn release_freed_heap() {
+    // SAFETY: `mi_collect` has no preconditions: it frees what no allocation uses.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

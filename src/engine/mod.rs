@@ -292,6 +292,16 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             removed: Arc::default(),
         }),
     });
+    // The registry lives in `shared` (and in each shard's core) from here: the copies
+    // of the configuration the shards and the server keep leave it out, so the one a
+    // reload replaces is freed once every shard has taken the new one.
+    let config = &Config {
+        network: crate::config::NetworkConfig {
+            registry: None,
+            ..config.network.clone()
+        },
+        ..config.clone()
+    };
     // rings[from][to]
     let mut producers: Vec<Vec<Option<Producer>>> = (0..shards)
         .map(|_| (0..shards).map(|_| None).collect())

@@ -126,7 +126,11 @@ impl Server {
             .arg(dir.join("stats.json"))
             .arg("--events")
             .arg(dir.join("events.jsonl"))
-            .args(["--max-devices", "100000"])
+            .args(if extra.contains(&"--max-devices") {
+                &[][..]
+            } else {
+                &["--max-devices", "100000"][..]
+            })
             .args(extra)
             .args(engine_args(extra))
             .stderr(Stdio::piped())
