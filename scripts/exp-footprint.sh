@@ -19,8 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_BASE=${1:-results}
 RUNS=${RUNS:-7}
-OUT="$OUT_BASE/$(date -u +%F)-footprint"
-[ -e "$OUT" ] && { echo "exp-footprint: $OUT exists; move it away first" >&2; exit 1; }
+. scripts/results-dir.sh
+OUT=$(new_results_dir exp-footprint "$OUT_BASE" footprint)
 cargo build --release --locked --workspace -q
 bash scripts/build-static.sh > /tmp/rb-static-sizes.txt
 mkdir -p "$OUT"

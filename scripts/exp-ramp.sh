@@ -12,12 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_BASE=${1:-results}
 RUNS=${RUNS:-21}
-OUT="$OUT_BASE/$(date -u +%F)-ramp"
-[ -e "$OUT" ] && { echo "exp-ramp: $OUT exists; move it away first" >&2; exit 1; }
-if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-  echo "exp-ramp: the tree has uncommitted changes; commit them first (results name the revision)" >&2
-  exit 1
-fi
+. scripts/results-dir.sh
+OUT=$(new_results_dir exp-ramp "$OUT_BASE" ramp)
+require_clean_tree exp-ramp
 cargo build --release --locked --workspace -q
 mkdir -p "$OUT"
 python3 scripts/footprint.py ramp target/release/ringbeat target/release/ringbeat-bench \

@@ -29,16 +29,10 @@ if [ "$MAX" -lt 1 ]; then
   echo "exp-scaling: needs at least 2 CPUs (one shard, one load generator)" >&2
   exit 1
 fi
-if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-  echo "exp-scaling: the tree has uncommitted changes; commit them so the results name the code they measured" >&2
-  exit 1
-fi
+. scripts/results-dir.sh
+require_clean_tree exp-scaling
+dir=$(new_results_dir exp-scaling "$OUT" scaling)
 cargo build --release --locked --workspace -q
-dir="$OUT/$(date -u +%Y-%m-%d)-scaling"
-if [ -e "$dir" ]; then
-  echo "exp-scaling: $dir exists; move it away first (results are never overwritten)" >&2
-  exit 1
-fi
 mkdir -p "$dir/raw"
 {
   echo "revision: $(git rev-parse HEAD)"
