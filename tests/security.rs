@@ -28,11 +28,15 @@ fn devices_file(name: &str, text: &str) -> std::path::PathBuf {
 
 /// A one-shard server with a devices file of `text` (named `name`, as its temp dir).
 fn serve_listed(name: &str, text: &str) -> (Server, std::path::PathBuf) {
+    serve_listed_with(name, text, &[])
+}
+
+/// As `serve_listed`, with more flags.
+fn serve_listed_with(name: &str, text: &str, extra: &[&str]) -> (Server, std::path::PathBuf) {
     let file = devices_file(name, text);
-    let server = Server::start(
-        name,
-        &["--cores", "0", "--devices-file", file.to_str().unwrap()],
-    );
+    let mut args = vec!["--cores", "0", "--devices-file", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let server = Server::start(name, &args);
     (server, file)
 }
 
@@ -460,16 +464,10 @@ fn tcp_handed_heartbeats_are_answered_with_their_owners_verdicts() {
 /// every device a key.
 #[test]
 fn require_auth_refuses_version_one() {
-    let file = devices_file("require-auth", &format!("10 key={}\n", hex(&KEY_A)));
-    let server = Server::start(
+    let (server, _file) = serve_listed_with(
         "require-auth",
-        &[
-            "--cores",
-            "0",
-            "--devices-file",
-            file.to_str().unwrap(),
-            "--require-auth",
-        ],
+        &format!("10 key={}\n", hex(&KEY_A)),
+        &["--require-auth"],
     );
     let c = client();
     let a = v1_acks(&exchange(&c, server.addr, &heartbeat(10, 1, 10, true)))[0];
@@ -585,18 +583,7 @@ fn a_devices_file_costs_its_registry_once_across_loads_and_reloads() {
     let text: String = (1..=500_000u64)
         .map(|i| format!("{i} key={}\n", hex(&KEY_A)))
         .collect();
-    let file = devices_file("registry-memory", &text);
-    let server = Server::start(
-        "registry-memory",
-        &[
-            "--cores",
-            "0",
-            "--devices-file",
-            file.to_str().unwrap(),
-            "--max-devices",
-            "600000",
-        ],
-    );
+    let (server, _file) = serve_listed_with("registry-memory", &text, &["--max-devices", "600000"]);
     let registry_mib = 32.0;
     // Besides the registry: the server's own few MiB, its stats and buffers, the
     // registry's per-device key checks (2 MiB). The text and the scratch were ~46 MiB.
