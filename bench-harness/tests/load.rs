@@ -249,6 +249,26 @@ fn a_load_that_gets_no_ack_fails_and_says_why() {
     );
 }
 
+/// Runs a `sweep` into `dir` (with `--allow-dirty`) that must fail; its stderr.
+fn failing_sweep(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
+        .arg("sweep")
+        .args(args)
+        .arg("--results")
+        .arg(dir)
+        .arg("--allow-dirty")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
+
+/// Nothing was written into `dir`.
+fn assert_no_results(dir: &std::path::Path) {
+    assert!(!dir.exists() || std::fs::read_dir(dir).unwrap().next().is_none());
+}
+
 /// `sweep` never overwrites a results folder.
 #[test]
 fn sweep_refuses_an_existing_results_folder() {
@@ -264,17 +284,10 @@ fn sweep_refuses_an_existing_results_folder() {
     let existing = dir.join(format!("{}-taken", today.trim()));
     std::fs::create_dir_all(&existing).unwrap();
     std::fs::write(existing.join("keep.txt"), "earlier results").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
-        .args([
-            "sweep", "--kind", "rate", "--name", "taken", "--rates", "1000",
-        ])
-        .arg("--results")
-        .arg(&dir)
-        .args(["--allow-dirty"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = failing_sweep(
+        &dir,
+        &["--kind", "rate", "--name", "taken", "--rates", "1000"],
+    );
     assert!(stderr.contains("results are never overwritten"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(existing.join("keep.txt")).unwrap(),
@@ -286,9 +299,9 @@ fn sweep_refuses_an_existing_results_folder() {
 #[test]
 fn sweep_refuses_a_warmup_shorter_than_one_device_interval() {
     let dir = temp("sweep-warmup");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
-        .args([
-            "sweep",
+    let stderr = failing_sweep(
+        &dir,
+        &[
             "--kind",
             "rate",
             "--name",
@@ -299,19 +312,13 @@ fn sweep_refuses_a_warmup_shorter_than_one_device_interval() {
             "10000",
             "--warmup",
             "2",
-            "--allow-dirty",
-        ])
-        .arg("--results")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+        ],
+    );
     assert!(
         stderr.contains("--warmup 2 is too short") && stderr.contains("--warmup 11 or more"),
         "{stderr}"
     );
-    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
+    assert_no_results(&dir);
 }
 
 /// A run that fails after others succeeded leaves no half-written results folder (it
@@ -320,9 +327,9 @@ fn sweep_refuses_a_warmup_shorter_than_one_device_interval() {
 #[test]
 fn a_sweep_that_fails_midway_leaves_no_folder() {
     let dir = temp("sweep-midway");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-bench"))
-        .args([
-            "sweep",
+    let stderr = failing_sweep(
+        &dir,
+        &[
             "--kind",
             "rate",
             "--name",
@@ -342,14 +349,8 @@ fn a_sweep_that_fails_midway_leaves_no_folder() {
             "--sink-baseline",
             "--variant",
             "broken=@/nonexistent/ringbeat",
-            "--allow-dirty",
-        ])
-        .arg("--results")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+        ],
+    );
     assert!(
         stderr.contains("run 1/1 (broken) failed") && stderr.contains("was removed"),
         "{stderr}"
@@ -358,7 +359,7 @@ fn a_sweep_that_fails_midway_leaves_no_folder() {
         stderr.contains("-- run 1/1: sink"),
         "the sink ran first: {stderr}"
     );
-    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
+    assert_no_results(&dir);
 }
 
 #[test]
