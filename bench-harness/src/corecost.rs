@@ -20,6 +20,7 @@
 //! receive included, is measured by `load` and `sweep`; this is the core's share.
 
 use crate::net;
+use crate::schedule::Rng;
 use ringbeat::core::codec::{
     self, FrameFields, FLAG_ACK_REQUESTED, FRAME_V2_BYTES, MAX_DATAGRAM_BYTES,
 };
@@ -87,15 +88,6 @@ fn key_of(id: u64) -> codec::Key {
     key
 }
 
-/// splitmix64 step, for the device order.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 struct Setup {
     variant: Variant,
     core: ShardCore,
@@ -127,14 +119,19 @@ fn build_pass(a: &CoreCostArgs, v: Variant, ids: &[u64], order: &[u32], seq: u32
     out
 }
 
-/// Takes one pass's datagrams; returns ns per heartbeat. (Not inlined: a profile
-/// tells its time from the building of the datagrams.)
+/// Takes one pass's datagrams (`heartbeats` frames in all); returns ns per heartbeat.
+/// (Not inlined: a profile tells its time from the building of the datagrams.)
 #[inline(never)]
-fn take_pass(core: &mut ShardCore, datagrams: &[u8], datagram_bytes: usize, start: Instant) -> f64 {
+fn take_pass(
+    core: &mut ShardCore,
+    datagrams: &[u8],
+    datagram_bytes: usize,
+    heartbeats: usize,
+    start: Instant,
+) -> f64 {
     let mut acks = [0u8; MAX_DATAGRAM_BYTES];
     let mut copy = [0u8; MAX_DATAGRAM_BYTES];
     let t = Instant::now();
-    let mut taken = 0usize;
     for (n, d) in datagrams.chunks(datagram_bytes).enumerate() {
         copy[..d.len()].copy_from_slice(d);
         let now_ms = start.elapsed().as_millis() as u64;
@@ -142,13 +139,12 @@ fn take_pass(core: &mut ShardCore, datagrams: &[u8], datagram_bytes: usize, star
             unreachable!("one shard owns every device")
         });
         std::hint::black_box(&acks[..len]);
-        taken += 1;
         if n % 16 == 15 {
             core.step(now_ms, ringbeat::core::shard::LIVENESS_SLICE);
         }
     }
     core.flush();
-    t.elapsed().as_nanos() as f64 / (taken as f64)
+    t.elapsed().as_nanos() as f64 / heartbeats as f64
 }
 
 pub fn run(a: CoreCostArgs) -> anyhow::Result<()> {
@@ -167,8 +163,8 @@ pub fn run(a: CoreCostArgs) -> anyhow::Result<()> {
         .map(|v| Variant::parse(v.trim()))
         .collect::<anyhow::Result<_>>()?;
     net::pin_to_cpu(a.cpu)?;
-    let mut state = 42u64;
-    let ids: Vec<u64> = (0..a.devices).map(|_| next(&mut state) | 1).collect();
+    let mut rng = Rng(42);
+    let ids: Vec<u64> = (0..a.devices).map(|_| rng.next_u64() | 1).collect();
     let start = Instant::now();
     let mut setups = Vec::new();
     for &variant in &variants {
@@ -199,19 +195,17 @@ pub fn run(a: CoreCostArgs) -> anyhow::Result<()> {
             passes: Vec::new(),
         });
     }
-    // A fixed random order (Fisher-Yates), the same every pass and for every variant,
-    // as the load generator's gateways keep their phase (and periodic devices do).
+    // A fixed random order, the same every pass and for every variant, as the load
+    // generator's gateways keep their phase (and periodic devices do).
     let mut order: Vec<u32> = (0..a.devices as u32).collect();
-    for i in (1..order.len()).rev() {
-        order.swap(i, (next(&mut state) % (i as u64 + 1)) as usize);
-    }
+    rng.shuffle(&mut order);
     for pass in 0..=a.passes {
         for s in &mut setups {
             let datagrams = build_pass(&a, s.variant, &ids, &order, pass as u32 + 1);
             let unit = datagrams.len() / order.len();
-            let ns_per_datagram = take_pass(&mut s.core, &datagrams, unit * a.batch, start);
+            let ns_per_hb = take_pass(&mut s.core, &datagrams, unit * a.batch, order.len(), start);
             if pass > 0 {
-                s.passes.push(ns_per_datagram / a.batch as f64);
+                s.passes.push(ns_per_hb);
             }
         }
     }

@@ -82,6 +82,14 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+
+    /// Puts `items` in a random order (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
 }
 
 impl Schedule {
@@ -101,11 +109,7 @@ impl Schedule {
             .filter(|i| i % threads as u64 == thread as u64)
             .map(|i| first_id + i)
             .collect();
-        let mut rng = Rng(seed ^ (thread as u64).wrapping_mul(0xA24B_AED4_963E_E407));
-        for i in (1..order.len()).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            order.swap(i, j);
-        }
+        Rng(seed ^ (thread as u64).wrapping_mul(0xA24B_AED4_963E_E407)).shuffle(&mut order);
         let dgram_rate = rate_hb_per_s / batch as f64 / threads as f64;
         let spacing_ns = 1e9 / dgram_rate;
         Schedule {
