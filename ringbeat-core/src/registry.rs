@@ -242,7 +242,8 @@ impl<M: Memory> RegistryIn<M> {
     }
 
     /// Lines that some device's probe starts at and goes past, of all lines.
-    pub fn spill_share(&self) -> f64 {
+    #[cfg(test)]
+    fn spill_share(&self) -> f64 {
         let set: u32 = self.spills.iter().map(|w| w.count_ones()).sum();
         set as f64 / (self.slots.len() / 2) as f64
     }
