@@ -77,6 +77,16 @@ fn forwarded_v2(frame: &FrameV2<'_>) -> [u8; FRAME_BYTES] {
     out
 }
 
+/// For the version-2 frame at unit `i`, whether its tag was right, from
+/// `prepare_datagram`'s mask (None: version 1, or no mask: it is checked alone).
+#[inline(always)]
+fn tag_checked(verified: Option<u64>, i: usize, frame: &Wire<'_>) -> Option<bool> {
+    match frame {
+        Wire::V2(_) => verified.map(|mask| mask >> i & 1 == 1),
+        Wire::V1(_) => None,
+    }
+}
+
 /// A frame the receiving shard let through, as its owner takes it.
 #[derive(Clone, Copy)]
 struct Admitted {
@@ -372,10 +382,7 @@ impl<M: Memory> ShardCore<M> {
                     break;
                 }
             };
-            let checked = match frame {
-                Wire::V2(_) => verified.map(|mask| mask >> i & 1 == 1),
-                Wire::V1(_) => None,
-            };
+            let checked = tag_checked(verified, i, &frame);
             // An ack is as long as its heartbeat, so the acks fit as the frames did.
             let at = ack_len;
             let _ = self.ingest_unit(frame, checked, now_ms, at, &mut forward, |ack: &[u8]| {
@@ -554,10 +561,7 @@ impl<M: Memory> ShardCore<M> {
         for (i, frame) in codec::frames(units) {
             // Staged frames are whole: a version-2 header always has its second half.
             let Ok(frame) = frame else { continue };
-            let checked = match frame {
-                Wire::V2(_) => verified.map(|mask| mask >> i & 1 == 1),
-                Wire::V1(_) => None,
-            };
+            let checked = tag_checked(verified, i, &frame);
             // A malformed frame is counted there; the stream's stop is decided by
             // `ingest_stream`.
             let _ = self.ingest_unit(frame, checked, now_ms, acked.get(), forward, &mut *ack);
