@@ -420,13 +420,23 @@ pub fn key_check(key: &Key) -> u32 {
 /// counter taken and which of the 63 before it were taken too, so heartbeats reordered
 /// by up to 63 places are still taken once, and a copy never (as in IPsec's and
 /// WireGuard's anti-replay windows).
+///
+/// Beside the window it keeps where the device's record is in its owner's table (a
+/// hint, checked against the record's id before use): a version-2 heartbeat reads its
+/// window anyway, and with the hint it goes straight to its record instead of first
+/// reading the table's index, one cache miss fewer per heartbeat. 32 bytes, aligned, so
+/// a window never straddles two cache lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Zeroable)]
-#[repr(C)]
+#[repr(C, align(32))]
 pub struct ReplayWindow {
     highest: u64,
     /// Bit i: counter `highest - i` was taken. 0 = nothing taken yet.
     seen: u64,
+    /// The device's record slot in its owner's table + 1; 0 = not known yet.
+    record: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<ReplayWindow>() == 32);
 
 /// What a counter was to its window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -453,17 +463,32 @@ impl ReplayWindow {
     /// A window from `parts` (a snapshot's). `seen` must not be 0.
     pub fn from_parts(highest: u64, seen: u64) -> Self {
         debug_assert!(seen != 0, "checked by the snapshot decoder");
-        ReplayWindow { highest, seen }
+        ReplayWindow {
+            highest,
+            seen,
+            record: 0,
+        }
+    }
+
+    /// Where the device's record was last found in its owner's table, if it was: a
+    /// hint only (the caller checks the record's id).
+    #[inline]
+    pub fn record_hint(&self) -> Option<u32> {
+        self.record.checked_sub(1)
+    }
+
+    /// Notes where the device's record is (its slot in the owner's table).
+    #[inline]
+    pub fn set_record(&mut self, slot: u32) {
+        self.record = slot.wrapping_add(1);
     }
 
     /// Checks `counter` and, unless it is a replay, marks it taken.
     #[inline]
     pub fn take(&mut self, counter: u64) -> Counter {
         if self.seen == 0 {
-            *self = ReplayWindow {
-                highest: counter,
-                seen: 1,
-            };
+            self.highest = counter;
+            self.seen = 1;
             return Counter::Ahead { new_boot: true };
         }
         if counter > self.highest {

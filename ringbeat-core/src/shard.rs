@@ -13,7 +13,7 @@ use super::owner::owner;
 use super::registry::{Counter, RegistryIn, ReplayWindow};
 use super::stats::ShardStats;
 use super::stream::{Fed, Feed, StreamDecoder};
-use super::table::{Device, DeviceTable, Liveness, Lookup, MAX_BATCH};
+use super::table::{Device, DeviceTable, Liveness, Lookup, Slot, MAX_BATCH};
 use crate::memory::Memory;
 use crate::snapshot::{Record, SavedWindow};
 use std::sync::Arc;
@@ -182,6 +182,11 @@ struct Pending {
     interval_ds: u16,
     /// The device restarted (a version-2 boot counter advanced): a new session.
     new_session: bool,
+    /// A keyed device's replay window (its registry `local`), where the record's slot
+    /// is noted once known; u32::MAX for others.
+    window: u32,
+    /// Where the window says the device's record is (a hint, checked by the table).
+    record: Option<Slot>,
 }
 
 /// Generic over where its large arrays live (`Memory`): mapped memory in the server,
@@ -199,7 +204,8 @@ pub struct ShardCore<M: Memory> {
     /// The device registry (`--devices-file`), shared by every shard; `None`: any id.
     registry: Option<Arc<RegistryIn<M>>>,
     /// Replay windows of the registered devices this shard owns, by `Entry::local`
-    /// (16 bytes each, read at random: on huge pages, as the registry's index is).
+    /// (32 bytes each with where the record is, read at random: on huge pages, as the
+    /// registry's index is).
     windows: M::Windows,
     /// Whether the last applied heartbeat found the table full.
     last_full: bool,
@@ -748,6 +754,7 @@ impl<M: Memory> ShardCore<M> {
     #[inline(always)]
     fn take(&mut self, a: Admitted, now_ms: u64, decide: bool) -> Option<Refusal> {
         let mut new_session = false;
+        let (mut window, mut record) = (u32::MAX, None);
         if let Some((local, counter)) = a.counter {
             let Some(w) = self.windows.get_mut(local as usize) else {
                 // No registry entry (a reload raced a hand-off): nothing to check against.
@@ -758,10 +765,15 @@ impl<M: Memory> ShardCore<M> {
                 Counter::Ahead { new_boot } => new_session = new_boot,
                 Counter::Reordered => {}
             }
+            (window, record) = (local, w.record_hint());
+            // The record is read at the flush: start loading it now.
+            if let Some(slot) = record.filter(|&s| s < self.table.len()) {
+                M::prefetch(self.table.device(slot));
+            }
         }
         let at_risk =
             self.table.len() as usize + self.pending.len() + 1 >= self.table.capacity() as usize;
-        self.push_pending(a, new_session, now_ms);
+        self.push_pending(a, new_session, window, record, now_ms);
         if decide && at_risk {
             self.flush();
             if self.last_full {
@@ -861,7 +873,14 @@ impl<M: Memory> ShardCore<M> {
         }
     }
 
-    fn push_pending(&mut self, a: Admitted, new_session: bool, now_ms: u64) {
+    fn push_pending(
+        &mut self,
+        a: Admitted,
+        new_session: bool,
+        window: u32,
+        record: Option<Slot>,
+        now_ms: u64,
+    ) {
         if self.pending.len() == MAX_BATCH {
             self.flush();
         }
@@ -872,6 +891,8 @@ impl<M: Memory> ShardCore<M> {
             status: a.status,
             interval_ds: a.interval_ds,
             new_session,
+            window,
+            record,
         });
     }
 
@@ -882,11 +903,14 @@ impl<M: Memory> ShardCore<M> {
         }
         let n = self.pending.len();
         let mut ids = [0u64; MAX_BATCH];
+        let mut records = [None; MAX_BATCH];
         for (i, p) in self.pending.iter().enumerate() {
             ids[i] = p.device_id;
+            records[i] = p.record;
         }
         let mut found = [Lookup::Full; MAX_BATCH];
-        self.table.lookup_or_insert_batch(&ids[..n], &mut found);
+        self.table
+            .lookup_or_insert_batch(&ids[..n], &records[..n], &mut found);
         let now_ms = self.pending_now_ms;
         for (i, lookup) in found.iter().enumerate().take(n) {
             let p = self.pending[i];
@@ -911,6 +935,11 @@ impl<M: Memory> ShardCore<M> {
         };
         self.last_full = false;
         self.stats.heartbeats += 1;
+        if p.record != Some(slot) {
+            if let Some(w) = self.windows.get_mut(p.window as usize) {
+                w.set_record(slot);
+            }
+        }
         let th = self.cfg.thresholds;
         // Transitions already due that the walk has not reached come first.
         let (stats, emitter) = (&mut self.stats, &mut self.emitter);
@@ -1272,6 +1301,50 @@ mod tests {
         assert_eq!(n, 2 * FRAME_BYTES);
         assert_eq!(status(&acks, 1), codec::ACK_ACCEPTED);
         assert_eq!((c.stats().forward_drops, c.stats().forwarded), (1, 1));
+    }
+
+    #[test]
+    fn a_keyed_devices_window_leads_to_its_record_and_a_stale_lead_is_not_followed() {
+        // Two keyed devices; each window learns its record's slot from its first
+        // heartbeat and the next ones are found through it. A window whose slot was
+        // made wrong (another device's record) still finds its own record.
+        let key = |id: u64| -> Key { [id as u8; 16] };
+        let text: String = (1..=2u64)
+            .map(|id| {
+                let k: String = key(id).iter().map(|b| format!("{b:02x}")).collect();
+                format!("{id} key={k}\n")
+            })
+            .collect();
+        let mut c = core(0);
+        let r = crate::registry::Registry::parse(&text, 1).unwrap();
+        c.set_registry(Some(Arc::new(r)), &[], 0).unwrap();
+        let beat2 = |c: &mut ShardCore<Heap>, id: u64, seq: u32, now_ms: u64| {
+            let mut f = [0u8; FRAME_V2_BYTES];
+            codec::encode_v2(&FrameFields::heartbeat(id, seq, 10, 0), 1, &key(id), &mut f);
+            let mut acks = [0u8; MAX_DATAGRAM_BYTES];
+            c.ingest_datagram(&f, now_ms, &mut acks, |_, _, _| false);
+            c.flush();
+        };
+        let window = |c: &ShardCore<Heap>, id: u64| {
+            let local = c.registry().unwrap().get(id).unwrap().local;
+            c.windows[local as usize]
+        };
+        beat2(&mut c, 2, 1, 0);
+        beat2(&mut c, 1, 1, 0);
+        for id in 1..=2 {
+            assert_eq!(window(&c, id).record_hint(), c.table().find(id));
+        }
+        beat2(&mut c, 1, 2, 100);
+        assert_eq!(c.device(1).unwrap().last_seq, 2);
+        // Device 1's window made to point at device 2's record.
+        let local = c.registry().unwrap().get(1).unwrap().local as usize;
+        let other = c.table().find(2).unwrap();
+        c.windows[local].set_record(other);
+        beat2(&mut c, 1, 3, 200);
+        assert_eq!(c.device(1).unwrap().last_seq, 3);
+        assert_eq!(c.device(2).unwrap().last_seq, 1);
+        assert_eq!(window(&c, 1).record_hint(), c.table().find(1));
+        assert_eq!((c.table().len(), c.stats().heartbeats), (2, 4));
     }
 
     #[test]

@@ -564,12 +564,28 @@ impl<M: Memory> DeviceTable<M> {
     /// have had time to arrive) every hit's record, then probes: the batch's cache
     /// misses overlap instead of queueing behind one another. Then does a batch's
     /// step of any growth under way.
-    pub fn lookup_or_insert_batch(&mut self, device_ids: &[u64], out: &mut [Lookup]) {
+    ///
+    /// `hints` (empty, or one per id): where the caller last saw the id's record
+    /// (`Some(slot)`). A hint whose record holds the id is taken without reading the
+    /// index; a wrong or stale one only costs the ordinary lookup after it.
+    pub fn lookup_or_insert_batch(
+        &mut self,
+        device_ids: &[u64],
+        hints: &[Option<Slot>],
+        out: &mut [Lookup],
+    ) {
         debug_assert!(device_ids.len() <= MAX_BATCH && out.len() >= device_ids.len());
-        let mut homes = [0usize; MAX_BATCH];
+        debug_assert!(hints.is_empty() || hints.len() == device_ids.len());
+        let len = self.len;
+        let hinted = |i: usize| hints.get(i).copied().flatten().filter(|&s| s < len);
+        let mut homes = [usize::MAX; MAX_BATCH];
         let level = self.current;
         let index = &self.index[level.region];
         for (i, &id) in device_ids.iter().enumerate() {
+            if let Some(slot) = hinted(i) {
+                M::prefetch(&self.devices[slot as usize]);
+                continue;
+            }
             let hash = mix(id);
             homes[i] = level.home(hash);
             M::prefetch(&index[homes[i]]);
@@ -579,6 +595,9 @@ impl<M: Memory> DeviceTable<M> {
             }
         }
         for &home in &homes[..device_ids.len()] {
+            if home == usize::MAX {
+                continue;
+            }
             let entry = index[home];
             if entry != 0 {
                 M::prefetch(&self.devices[((entry & self.slot_mask) - 1) as usize]);
@@ -586,7 +605,10 @@ impl<M: Memory> DeviceTable<M> {
         }
         let mut inserted = 0;
         for (i, &id) in device_ids.iter().enumerate() {
-            out[i] = self.lookup_or_insert_unstepped(id);
+            out[i] = match hinted(i) {
+                Some(slot) if self.devices[slot as usize].device_id == id => Lookup::Found(slot),
+                _ => self.lookup_or_insert_unstepped(id),
+            };
             inserted += matches!(out[i], Lookup::Inserted(_)) as u32;
         }
         // The inserts' steps and one unit per lookup, together in prefetched rounds.
@@ -778,10 +800,39 @@ mod tests {
             .collect();
         let mut out = [Lookup::Full; MAX_BATCH];
         for chunk in ids.chunks(MAX_BATCH) {
-            a.lookup_or_insert_batch(chunk, &mut out);
+            a.lookup_or_insert_batch(chunk, &[], &mut out);
             for (i, &id) in chunk.iter().enumerate() {
                 assert_eq!(out[i], b.lookup_or_insert(id));
             }
         }
+    }
+
+    #[test]
+    fn hinted_lookups_take_right_hints_and_ignore_wrong_ones() {
+        // Through growths: right hints, another device's slot, slots past the end, and
+        // none, mixed in every batch; the answers are those of plain lookups.
+        let mut a = DeviceTable::<Heap>::new(20_000).unwrap();
+        let mut b = DeviceTable::<Heap>::new(20_000).unwrap();
+        let ids: Vec<u64> = (0..40_000u64)
+            .map(|i| (i * 7919 % 19_000 + 1) * 0x9E37_79B9)
+            .collect();
+        let mut out = [Lookup::Full; MAX_BATCH];
+        let mut hints = [None; MAX_BATCH];
+        for (c, chunk) in ids.chunks(MAX_BATCH).enumerate() {
+            for (i, &id) in chunk.iter().enumerate() {
+                hints[i] = match (c + i) % 4 {
+                    0 => b.find(id),
+                    1 => Some((i * 31) as u32 % b.len().max(1)),
+                    2 => Some(b.len() + i as u32),
+                    _ => None,
+                };
+            }
+            a.lookup_or_insert_batch(chunk, &hints[..chunk.len()], &mut out);
+            for (i, &id) in chunk.iter().enumerate() {
+                assert_eq!(out[i], b.lookup_or_insert(id), "id {id}");
+            }
+        }
+        assert!(a.growths() > 0);
+        assert_eq!(a.len(), b.len());
     }
 }
