@@ -18,8 +18,8 @@ fuzz_target!(|data: &[u8]| {
             let mut per_shard = vec![Vec::new(); shards as usize];
             for (id, e) in r.iter() {
                 assert!(id != 0);
-                assert_eq!(r.get(id), Some(e));
-                per_shard[owner(id, shards) as usize].push(e.local);
+                assert!(r.get(id).is_some_and(|found| std::ptr::eq(found, e)));
+                per_shard[owner(id, shards) as usize].push(e.local());
             }
             for (s, mut locals) in per_shard.into_iter().enumerate() {
                 locals.sort_unstable();

@@ -19,7 +19,7 @@
 //! ```
 //! use ringbeat_core::registry::Registry;
 //! let r = Registry::parse("4242 interval=30s\n77 key=000102030405060708090a0b0c0d0e0f\n", 1).unwrap();
-//! assert_eq!(r.get(4242).unwrap().interval_ds, 300);
+//! assert_eq!(r.get(4242).unwrap().interval_ds(), 300);
 //! assert!(r.get(77).unwrap().key().is_some());
 //! assert!(r.get(5).is_none());
 //! let e = Registry::parse("4242\n4242\n", 1).unwrap_err();
@@ -29,33 +29,122 @@
 use crate::codec::Key;
 use crate::memory::{Heap, Memory};
 use crate::owner::owner;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One registered device, as the registry's slot holds it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Zeroable)]
+///
+/// Besides what the devices file says, an entry keeps where the device's record is in
+/// its owner shard's table (a hint, checked against the record's id before use): a
+/// heartbeat reads its entry anyway, and with the hint it goes straight to its record
+/// instead of first reading the table's index, one cache miss fewer. Only the owner
+/// writes it, once per device (when it first applies a heartbeat of it), so the shards
+/// that read the entry to check a frame they hand on do not fight over its line. The
+/// hint shares one atomic word with the fields the file gave, to keep the entry at 32
+/// bytes (two to a cache line).
+#[derive(bytemuck::Zeroable)]
 #[repr(C, align(32))]
 pub struct Entry {
     id: u64,
     /// The key its version-2 tags are made with (all zero when it has none).
     key: Key,
-    /// Its position among the registered devices its owner shard holds (that shard's
-    /// index into its replay windows).
-    pub local: u32,
-    /// The period the server expects of it, in deciseconds; 0 = what its heartbeats say.
-    pub interval_ds: u16,
-    keyed: bool,
+    /// `local` (bits 0..24): its position among the registered devices its owner shard
+    /// holds (that shard's index into its replay windows); `interval_ds` (24..40): the
+    /// period the server expects of it, in deciseconds, 0 = what its heartbeats say;
+    /// `keyed` (40); the record hint (41..64): its slot in the owner's table + 1, 0 =
+    /// not known (or a slot too large for 23 bits).
+    packed: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 32);
 
+/// Registered devices one shard may own: `local` has 24 bits.
+pub const MAX_PER_SHARD: u32 = 1 << 24;
+const INTERVAL_SHIFT: u32 = 24;
+const KEYED_BIT: u64 = 1 << 40;
+const RECORD_SHIFT: u32 = 41;
+
 impl Entry {
+    fn new(id: u64, key: Option<Key>, interval_ds: u16) -> Entry {
+        Entry {
+            id,
+            key: key.unwrap_or_default(),
+            packed: AtomicU64::new(
+                (interval_ds as u64) << INTERVAL_SHIFT | if key.is_some() { KEYED_BIT } else { 0 },
+            ),
+        }
+    }
+
+    #[inline]
+    fn packed(&self) -> u64 {
+        self.packed.load(Ordering::Relaxed)
+    }
+
     /// The key its version-2 tags are made with; `None`: it may send version 1 (unless
     /// the server requires authentication).
     #[inline]
     pub fn key(&self) -> Option<&Key> {
-        self.keyed.then_some(&self.key)
+        self.keyed().then_some(&self.key)
     }
+    #[inline]
     pub fn keyed(&self) -> bool {
-        self.keyed
+        self.packed() & KEYED_BIT != 0
+    }
+    /// Its position among the registered devices its owner shard holds.
+    #[inline]
+    pub fn local(&self) -> u32 {
+        (self.packed() & (MAX_PER_SHARD as u64 - 1)) as u32
+    }
+    /// The period the server expects of it, in deciseconds; 0 = what its heartbeats say.
+    #[inline]
+    pub fn interval_ds(&self) -> u16 {
+        (self.packed() >> INTERVAL_SHIFT) as u16
+    }
+    /// Where its owner last found its record (a slot of the owner's table), if noted.
+    #[inline]
+    pub fn record_hint(&self) -> Option<u32> {
+        ((self.packed() >> RECORD_SHIFT) as u32).checked_sub(1)
+    }
+    /// Notes where its record is. For its owner shard only (the one writer of the
+    /// hint); a slot that does not fit the hint's 23 bits leaves none.
+    #[inline]
+    pub fn note_record(&self, slot: u32) {
+        let hint = slot.checked_add(1).filter(|&h| h < 1 << 23).unwrap_or(0);
+        let kept = self.packed() & ((1 << RECORD_SHIFT) - 1);
+        self.packed
+            .store(kept | (hint as u64) << RECORD_SHIFT, Ordering::Relaxed);
+    }
+    fn set_local(&mut self, local: u32) {
+        debug_assert!(local < MAX_PER_SHARD);
+        let p = self.packed.get_mut();
+        *p = (*p & !(MAX_PER_SHARD as u64 - 1)) | local as u64;
+    }
+}
+
+impl Default for Entry {
+    fn default() -> Entry {
+        Entry::new(0, None, 0)
+    }
+}
+
+impl Clone for Entry {
+    fn clone(&self) -> Entry {
+        Entry {
+            id: self.id,
+            key: self.key,
+            packed: AtomicU64::new(self.packed()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("id", &self.id)
+            .field("keyed", &self.keyed())
+            .field("local", &self.local())
+            .field("interval_ds", &self.interval_ds())
+            .field("record_hint", &self.record_hint())
+            .finish()
     }
 }
 
@@ -144,10 +233,8 @@ impl<M: Memory> RegistryIn<M> {
             }
             let mut words = content.split_whitespace();
             let id_text = words.next().expect("not empty");
-            let mut entry = Entry {
-                id: parse_id(id_text).map_err(err)?,
-                ..Entry::default()
-            };
+            let id = parse_id(id_text).map_err(err)?;
+            let (mut key, mut interval_ds) = (None, 0);
             let mut interval_given = false;
             for word in words {
                 let (name, value) = word.split_once('=').ok_or_else(|| {
@@ -156,12 +243,9 @@ impl<M: Memory> RegistryIn<M> {
                     ))
                 })?;
                 match name {
-                    "key" if !entry.keyed => {
-                        entry.key = parse_key(value).map_err(err)?;
-                        entry.keyed = true;
-                    }
+                    "key" if key.is_none() => key = Some(parse_key(value).map_err(err)?),
                     "interval" if !interval_given => {
-                        entry.interval_ds = parse_interval(value).map_err(err)?;
+                        interval_ds = parse_interval(value).map_err(err)?;
                         interval_given = true;
                     }
                     "key" | "interval" => return Err(err(format!("`{name}` given twice"))),
@@ -175,7 +259,7 @@ impl<M: Memory> RegistryIn<M> {
             if listed.len() >= (u32::MAX / 4) as usize {
                 return Err(err("more than 2^30 devices".into()));
             }
-            listed.push((entry, line as u32));
+            listed.push((Entry::new(id, key, interval_ds), line as u32));
         }
         let size = (listed.len() * 4 / 3 + 1).next_power_of_two().max(16);
         let slots = M::entries(size, true).map_err(|e| RegistryError {
@@ -208,15 +292,19 @@ impl<M: Memory> RegistryIn<M> {
                 Err(empty) => empty,
             };
             let shard = owner(entry.id, shards) as usize;
-            entry.local = r.owned[shard];
+            if r.owned[shard] == MAX_PER_SHARD {
+                return Err(RegistryError {
+                    line: line as usize,
+                    message: format!(
+                        "more than {MAX_PER_SHARD} devices for shard {shard}: serve with more shards (--cores) or list fewer devices"
+                    ),
+                });
+            }
+            entry.set_local(r.owned[shard]);
             r.owned[shard] += 1;
-            r.checks[shard].push(if entry.keyed {
-                key_check(&entry.key)
-            } else {
-                0
-            });
-            r.keyed += entry.keyed as usize;
-            if !entry.keyed && r.first_without_key.is_none() {
+            r.checks[shard].push(entry.key().map_or(0, key_check));
+            r.keyed += entry.keyed() as usize;
+            if !entry.keyed() && r.first_without_key.is_none() {
                 r.first_without_key = Some((entry.id, line));
             }
             r.slots[at] = entry;
@@ -420,23 +508,13 @@ pub fn key_check(key: &Key) -> u32 {
 /// counter taken and which of the 63 before it were taken too, so heartbeats reordered
 /// by up to 63 places are still taken once, and a copy never (as in IPsec's and
 /// WireGuard's anti-replay windows).
-///
-/// Beside the window it keeps where the device's record is in its owner's table (a
-/// hint, checked against the record's id before use): a version-2 heartbeat reads its
-/// window anyway, and with the hint it goes straight to its record instead of first
-/// reading the table's index, one cache miss fewer per heartbeat. 32 bytes, aligned, so
-/// a window never straddles two cache lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Zeroable)]
-#[repr(C, align(32))]
+#[repr(C)]
 pub struct ReplayWindow {
     highest: u64,
     /// Bit i: counter `highest - i` was taken. 0 = nothing taken yet.
     seen: u64,
-    /// The device's record slot in its owner's table + 1; 0 = not known yet.
-    record: u32,
 }
-
-const _: () = assert!(std::mem::size_of::<ReplayWindow>() == 32);
 
 /// What a counter was to its window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,32 +541,17 @@ impl ReplayWindow {
     /// A window from `parts` (a snapshot's). `seen` must not be 0.
     pub fn from_parts(highest: u64, seen: u64) -> Self {
         debug_assert!(seen != 0, "checked by the snapshot decoder");
-        ReplayWindow {
-            highest,
-            seen,
-            record: 0,
-        }
-    }
-
-    /// Where the device's record was last found in its owner's table, if it was: a
-    /// hint only (the caller checks the record's id).
-    #[inline]
-    pub fn record_hint(&self) -> Option<u32> {
-        self.record.checked_sub(1)
-    }
-
-    /// Notes where the device's record is (its slot in the owner's table).
-    #[inline]
-    pub fn set_record(&mut self, slot: u32) {
-        self.record = slot.wrapping_add(1);
+        ReplayWindow { highest, seen }
     }
 
     /// Checks `counter` and, unless it is a replay, marks it taken.
     #[inline]
     pub fn take(&mut self, counter: u64) -> Counter {
         if self.seen == 0 {
-            self.highest = counter;
-            self.seen = 1;
+            *self = ReplayWindow {
+                highest: counter,
+                seen: 1,
+            };
             return Counter::Ahead { new_boot: true };
         }
         if counter > self.highest {
@@ -523,13 +586,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.len(), 3);
-        assert_eq!(r.get(16).unwrap().interval_ds, 15);
+        assert_eq!(r.get(16).unwrap().interval_ds(), 15);
         let e = r.get(7).unwrap();
-        assert_eq!(e.interval_ds, 1200);
+        assert_eq!(e.interval_ds(), 1200);
         assert_eq!(e.key().unwrap()[15], 0xFF);
         assert_eq!(r.keyed(), 1);
         assert_eq!(r.owned_by(0) + r.owned_by(1), 3);
         assert_eq!(r.first_without_key(), Some((1, 3)));
+    }
+
+    #[test]
+    fn an_entrys_record_hint_leaves_what_the_file_said_alone() {
+        let r = Registry::parse(
+            "5 key=00112233445566778899AABBCCDDEEFF interval=6553.5s\n6\n",
+            1,
+        )
+        .unwrap();
+        let (e, f) = (r.get(5).unwrap(), r.get(6).unwrap());
+        assert_eq!((e.record_hint(), f.record_hint()), (None, None));
+        for slot in [0, 1, 4_000_000, (1 << 23) - 2] {
+            e.note_record(slot);
+            assert_eq!(e.record_hint(), Some(slot));
+            assert_eq!((e.keyed(), e.local(), e.interval_ds()), (true, 0, u16::MAX));
+            assert_eq!(e.key().unwrap()[15], 0xFF);
+        }
+        // A slot past the hint's 23 bits leaves none rather than a wrong one.
+        e.note_record((1 << 23) - 1);
+        assert_eq!(e.record_hint(), None);
+        f.note_record(3);
+        assert_eq!(
+            (f.record_hint(), f.keyed(), f.local(), f.interval_ds()),
+            (Some(3), false, 1, 0)
+        );
     }
 
     #[test]
@@ -568,7 +656,7 @@ mod tests {
             let mut locals: Vec<u32> = r
                 .iter()
                 .filter(|(id, _)| owner(*id, 3) == shard)
-                .map(|(_, e)| e.local)
+                .map(|(_, e)| e.local())
                 .collect();
             locals.sort_unstable();
             assert_eq!(locals, (0..r.owned_by(shard)).collect::<Vec<_>>());

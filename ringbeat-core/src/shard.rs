@@ -96,6 +96,8 @@ struct Admitted {
     interval_ds: u16,
     /// Version 2: the registry's local index and the (boot, seq) counter.
     counter: Option<(u32, u64)>,
+    /// Where the registry's entry says the device's record is.
+    record: Option<Slot>,
 }
 
 /// One liveness transition, as emitted.
@@ -182,10 +184,8 @@ struct Pending {
     interval_ds: u16,
     /// The device restarted (a version-2 boot counter advanced): a new session.
     new_session: bool,
-    /// A keyed device's replay window (its registry `local`), where the record's slot
-    /// is noted once known; u32::MAX for others.
-    window: u32,
-    /// Where the window says the device's record is (a hint, checked by the table).
+    /// Where the registry's entry says the device's record is (a hint, checked by the
+    /// table); None without a registry or before the entry knows.
     record: Option<Slot>,
 }
 
@@ -204,8 +204,7 @@ pub struct ShardCore<M: Memory> {
     /// The device registry (`--devices-file`), shared by every shard; `None`: any id.
     registry: Option<Arc<RegistryIn<M>>>,
     /// Replay windows of the registered devices this shard owns, by `Entry::local`
-    /// (32 bytes each with where the record is, read at random: on huge pages, as the
-    /// registry's index is).
+    /// (16 bytes each, read at random: on huge pages, as the registry's index is).
     windows: M::Windows,
     /// Whether the last applied heartbeat found the table full.
     last_full: bool,
@@ -283,11 +282,11 @@ impl<M: Memory> ShardCore<M> {
                         continue;
                     }
                     if let Some(o) = old.get(id) {
-                        let w = self.windows[o.local as usize];
+                        let w = self.windows[o.local() as usize];
                         // (An empty window is left alone: the new windows are all
                         // empty, and writing one would make its page resident.)
                         if o.key() == e.key() && w != ReplayWindow::default() {
-                            windows[e.local as usize] = w;
+                            windows[e.local() as usize] = w;
                         }
                     }
                 }
@@ -338,7 +337,7 @@ impl<M: Memory> ShardCore<M> {
     #[inline]
     fn interval_for(&self, entry: Option<&crate::registry::Entry>, interval_ds: u16) -> u16 {
         match entry {
-            Some(e) if e.interval_ds != 0 => e.interval_ds,
+            Some(e) if e.interval_ds() != 0 => e.interval_ds(),
             _ => self.expected_interval_ds(interval_ds),
         }
     }
@@ -466,8 +465,12 @@ impl<M: Memory> ShardCore<M> {
                 continue;
             };
             let Some(key) = e.key() else { continue };
-            if let Some(w) = self.windows.get(e.local as usize) {
+            // Its window and (where the entry knows it) its record, side by side.
+            if let Some(w) = self.windows.get(e.local() as usize) {
                 M::prefetch(w);
+            }
+            if let Some(slot) = e.record_hint().filter(|&s| s < self.table.len()) {
+                M::prefetch(self.table.device(slot));
             }
             lanes[filled] = (
                 i,
@@ -609,7 +612,7 @@ impl<M: Memory> ShardCore<M> {
         let device_id = hb.device_id();
         // The registry's slot (prefetched for the datagram), and for a keyed device its
         // key and replay window index; None without a registry.
-        let listed = self.registry.as_deref().map(|r| r.get(device_id).copied());
+        let listed = self.registry.as_deref().map(|r| r.get(device_id).cloned());
         let entry = match listed {
             None => None,
             Some(Some(e)) => Some(e),
@@ -621,9 +624,10 @@ impl<M: Memory> ShardCore<M> {
             }
         };
         let interval_ds = self.interval_for(entry.as_ref(), hb.interval_ds());
-        let keyed = entry.is_some_and(|e| e.keyed());
-        let key = entry.and_then(|e| e.key().copied());
-        let local = entry.map_or(0, |e| e.local);
+        let keyed = entry.as_ref().is_some_and(|e| e.keyed());
+        let key = entry.as_ref().and_then(|e| e.key().copied());
+        let local = entry.as_ref().map_or(0, |e| e.local());
+        let record = entry.as_ref().and_then(|e| e.record_hint());
         let counter = match &v2 {
             None if keyed || self.cfg.require_auth => {
                 let r = Refusal::AuthRequired;
@@ -653,6 +657,7 @@ impl<M: Memory> ShardCore<M> {
                 status: hb.status(),
                 interval_ds,
                 counter,
+                record,
             };
             self.take(admitted, now_ms, hb.ack_requested())
         } else {
@@ -754,7 +759,6 @@ impl<M: Memory> ShardCore<M> {
     #[inline(always)]
     fn take(&mut self, a: Admitted, now_ms: u64, decide: bool) -> Option<Refusal> {
         let mut new_session = false;
-        let (mut window, mut record) = (u32::MAX, None);
         if let Some((local, counter)) = a.counter {
             let Some(w) = self.windows.get_mut(local as usize) else {
                 // No registry entry (a reload raced a hand-off): nothing to check against.
@@ -765,15 +769,14 @@ impl<M: Memory> ShardCore<M> {
                 Counter::Ahead { new_boot } => new_session = new_boot,
                 Counter::Reordered => {}
             }
-            (window, record) = (local, w.record_hint());
-            // The record is read at the flush: start loading it now.
-            if let Some(slot) = record.filter(|&s| s < self.table.len()) {
-                M::prefetch(self.table.device(slot));
-            }
+        }
+        // The record is read at the flush: start loading it now.
+        if let Some(slot) = a.record.filter(|&s| s < self.table.len()) {
+            M::prefetch(self.table.device(slot));
         }
         let at_risk =
             self.table.len() as usize + self.pending.len() + 1 >= self.table.capacity() as usize;
-        self.push_pending(a, new_session, window, record, now_ms);
+        self.push_pending(a, new_session, now_ms);
         if decide && at_risk {
             self.flush();
             if self.last_full {
@@ -809,7 +812,7 @@ impl<M: Memory> ShardCore<M> {
         let entry = self
             .registry
             .as_ref()
-            .map(|r| r.get(hb.device_id()).copied());
+            .map(|r| r.get(hb.device_id()).cloned());
         let entry = match entry {
             Some(None) => {
                 // Forgotten by a reload since the receiving shard looked.
@@ -823,7 +826,7 @@ impl<M: Memory> ShardCore<M> {
         let counter = v2.then(|| {
             let boot = u32::from_le_bytes(frame[24..28].try_into().expect("4 bytes"));
             (
-                entry.map_or(u32::MAX, |e| e.local),
+                entry.as_ref().map_or(u32::MAX, |e| e.local()),
                 (boot as u64) << 32 | hb.seq() as u64,
             )
         });
@@ -833,6 +836,7 @@ impl<M: Memory> ShardCore<M> {
             status: hb.status(),
             interval_ds,
             counter,
+            record: entry.as_ref().and_then(|e| e.record_hint()),
         };
         match self.take(admitted, now_ms, ticket.is_some()) {
             None => verdict(codec::ACK_ACCEPTED),
@@ -873,14 +877,7 @@ impl<M: Memory> ShardCore<M> {
         }
     }
 
-    fn push_pending(
-        &mut self,
-        a: Admitted,
-        new_session: bool,
-        window: u32,
-        record: Option<Slot>,
-        now_ms: u64,
-    ) {
+    fn push_pending(&mut self, a: Admitted, new_session: bool, now_ms: u64) {
         if self.pending.len() == MAX_BATCH {
             self.flush();
         }
@@ -891,8 +888,7 @@ impl<M: Memory> ShardCore<M> {
             status: a.status,
             interval_ds: a.interval_ds,
             new_session,
-            window,
-            record,
+            record: a.record,
         });
     }
 
@@ -936,8 +932,10 @@ impl<M: Memory> ShardCore<M> {
         self.last_full = false;
         self.stats.heartbeats += 1;
         if p.record != Some(slot) {
-            if let Some(w) = self.windows.get_mut(p.window as usize) {
-                w.set_record(slot);
+            // Noted for the device's next heartbeats (this shard owns it: the entry's
+            // one writer).
+            if let Some(e) = self.registry.as_deref().and_then(|r| r.get(p.device_id)) {
+                e.note_record(slot);
             }
         }
         let th = self.cfg.thresholds;
@@ -1124,7 +1122,10 @@ impl<M: Memory> ShardCore<M> {
     fn keyed_window(&self, device_id: u64) -> Option<(usize, u32)> {
         let r = self.registry.as_deref()?;
         let e = r.get(device_id).filter(|e| e.keyed())?;
-        Some((e.local as usize, r.key_check_of(self.cfg.shard, e.local)))
+        Some((
+            e.local() as usize,
+            r.key_check_of(self.cfg.shard, e.local()),
+        ))
     }
 
     /// A keyed device's replay window as the snapshot keeps it (None: no key, or
@@ -1304,47 +1305,46 @@ mod tests {
     }
 
     #[test]
-    fn a_keyed_devices_window_leads_to_its_record_and_a_stale_lead_is_not_followed() {
-        // Two keyed devices; each window learns its record's slot from its first
-        // heartbeat and the next ones are found through it. A window whose slot was
-        // made wrong (another device's record) still finds its own record.
-        let key = |id: u64| -> Key { [id as u8; 16] };
-        let text: String = (1..=2u64)
-            .map(|id| {
-                let k: String = key(id).iter().map(|b| format!("{b:02x}")).collect();
-                format!("{id} key={k}\n")
-            })
-            .collect();
+    fn a_listed_devices_entry_leads_to_its_record_and_a_wrong_lead_is_not_followed() {
+        // Device 1 keyed (version 2), device 2 listed without a key (version 1). Each
+        // entry learns its record's slot from the first heartbeat applied, and later
+        // heartbeats are found through it. An entry made to point at the other
+        // device's record still finds its own.
+        let key: Key = [7; 16];
+        let k: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let mut c = core(0);
-        let r = crate::registry::Registry::parse(&text, 1).unwrap();
+        let r = crate::registry::Registry::parse(&format!("1 key={k}\n2\n"), 1).unwrap();
         c.set_registry(Some(Arc::new(r)), &[], 0).unwrap();
-        let beat2 = |c: &mut ShardCore<Heap>, id: u64, seq: u32, now_ms: u64| {
+        let beat2 = |c: &mut ShardCore<Heap>, seq: u32, now_ms: u64| {
             let mut f = [0u8; FRAME_V2_BYTES];
-            codec::encode_v2(&FrameFields::heartbeat(id, seq, 10, 0), 1, &key(id), &mut f);
+            codec::encode_v2(&FrameFields::heartbeat(1, seq, 10, 0), 1, &key, &mut f);
             let mut acks = [0u8; MAX_DATAGRAM_BYTES];
             c.ingest_datagram(&f, now_ms, &mut acks, |_, _, _| false);
             c.flush();
         };
-        let window = |c: &ShardCore<Heap>, id: u64| {
-            let local = c.registry().unwrap().get(id).unwrap().local;
-            c.windows[local as usize]
-        };
-        beat2(&mut c, 2, 1, 0);
-        beat2(&mut c, 1, 1, 0);
+        let hint =
+            |c: &ShardCore<Heap>, id: u64| c.registry().unwrap().get(id).unwrap().record_hint();
+        beat(&mut c, 2, 1, 0);
+        beat2(&mut c, 1, 0);
         for id in 1..=2 {
-            assert_eq!(window(&c, id).record_hint(), c.table().find(id));
+            assert_eq!(hint(&c, id), c.table().find(id));
         }
-        beat2(&mut c, 1, 2, 100);
+        beat2(&mut c, 2, 100);
+        beat(&mut c, 2, 2, 100);
         assert_eq!(c.device(1).unwrap().last_seq, 2);
-        // Device 1's window made to point at device 2's record.
-        let local = c.registry().unwrap().get(1).unwrap().local as usize;
-        let other = c.table().find(2).unwrap();
-        c.windows[local].set_record(other);
-        beat2(&mut c, 1, 3, 200);
+        assert_eq!(c.device(2).unwrap().last_seq, 2);
+        // Each entry made to point at the other's record.
+        let (r1, r2) = (c.table().find(1).unwrap(), c.table().find(2).unwrap());
+        c.registry().unwrap().get(1).unwrap().note_record(r2);
+        c.registry().unwrap().get(2).unwrap().note_record(r1);
+        beat2(&mut c, 3, 200);
+        beat(&mut c, 2, 3, 200);
         assert_eq!(c.device(1).unwrap().last_seq, 3);
-        assert_eq!(c.device(2).unwrap().last_seq, 1);
-        assert_eq!(window(&c, 1).record_hint(), c.table().find(1));
-        assert_eq!((c.table().len(), c.stats().heartbeats), (2, 4));
+        assert_eq!(c.device(2).unwrap().last_seq, 3);
+        for id in 1..=2 {
+            assert_eq!(hint(&c, id), c.table().find(id));
+        }
+        assert_eq!((c.table().len(), c.stats().heartbeats), (2, 6));
     }
 
     #[test]

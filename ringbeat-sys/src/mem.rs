@@ -10,7 +10,9 @@ use std::ptr::NonNull;
 pub use bytemuck::Zeroable as ZeroValid;
 
 /// An owned, fixed-length, zero-initialised array in its own anonymous mapping.
-pub struct ZeroedRegion<T: ZeroValid + Copy> {
+/// Its elements are never dropped (the mapping is unmapped as a whole), so `T` must
+/// have no drop glue (checked when a region is made).
+pub struct ZeroedRegion<T: ZeroValid> {
     ptr: NonNull<T>,
     len: usize,
     map_bytes: usize,
@@ -19,13 +21,13 @@ pub struct ZeroedRegion<T: ZeroValid + Copy> {
 
 // SAFETY: the region is uniquely owned memory, like a `Box<[T]>`; moving it to another
 // thread moves ownership of the mapping with it.
-unsafe impl<T: ZeroValid + Copy + Send> Send for ZeroedRegion<T> {}
+unsafe impl<T: ZeroValid + Send> Send for ZeroedRegion<T> {}
 // SAFETY: a shared `&ZeroedRegion` only hands out `&[T]` (Deref); writing needs `&mut`
 // (DerefMut, discard, populate). So sharing one between threads is as safe as sharing a
 // `Vec<T>`: it needs `T: Sync`.
-unsafe impl<T: ZeroValid + Copy + Sync> Sync for ZeroedRegion<T> {}
+unsafe impl<T: ZeroValid + Sync> Sync for ZeroedRegion<T> {}
 
-impl<T: ZeroValid + Copy> ZeroedRegion<T> {
+impl<T: ZeroValid + Clone> ZeroedRegion<T> {
     /// Maps `len` zeroed elements. `MAP_NORESERVE`: pages are committed on first touch.
     pub fn new(len: usize) -> std::io::Result<Self> {
         Self::with_pages(len, false)
@@ -36,6 +38,12 @@ impl<T: ZeroValid + Copy> ZeroedRegion<T> {
     /// walk before the cache miss it precedes) into hits. The cost is granularity: the
     /// first touch of a 2 MiB range commits all of it.
     pub fn with_pages(len: usize, huge: bool) -> std::io::Result<Self> {
+        const {
+            assert!(
+                !std::mem::needs_drop::<T>(),
+                "a ZeroedRegion never drops its elements"
+            )
+        };
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .ok_or_else(|| std::io::Error::other("region size overflows"))?;
@@ -145,24 +153,25 @@ impl<T: ZeroValid + Copy> ZeroedRegion<T> {
     }
 }
 
-impl<T: ZeroValid + Copy> std::ops::Deref for ZeroedRegion<T> {
+impl<T: ZeroValid> std::ops::Deref for ZeroedRegion<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         // SAFETY: `ptr` points to `map_bytes >= len * size_of::<T>()` bytes, mapped
         // readable and writable, zero-initialised by the kernel, and zero is a valid `T`
-        // (`ZeroValid`). The mapping lives until `drop`, and `&self` prevents mutation.
+        // (`ZeroValid`). The mapping lives until `drop`; `&self` allows only what a
+        // shared slice does (no mutation but through atomics' interior mutability).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl<T: ZeroValid + Copy> std::ops::DerefMut for ZeroedRegion<T> {
+impl<T: ZeroValid> std::ops::DerefMut for ZeroedRegion<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as in `deref`; `&mut self` gives exclusive access to the mapping.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl<T: ZeroValid + Copy> Drop for ZeroedRegion<T> {
+impl<T: ZeroValid> Drop for ZeroedRegion<T> {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`map_bytes` are exactly what mmap returned, unmapped once here;
         // no borrow of the slice can outlive `self`.
