@@ -386,17 +386,30 @@ impl<M: Memory> RegistryIn<M> {
     /// spills (then by linear probing up to an empty slot, as it was placed).
     #[inline]
     pub fn get(&self, id: u64) -> Option<&Entry> {
+        self.find(id).map(|at| self.at(at))
+    }
+
+    /// Where `id`'s entry is (`at` gives it), if it is listed: for a caller that looks
+    /// an id up once and comes back to its entry later.
+    #[inline]
+    pub fn find(&self, id: u64) -> Option<u32> {
         let at = self.home_at(id);
-        for s in &self.slots[at..at + 2] {
+        for (k, s) in self.slots[at..at + 2].iter().enumerate() {
             if s.id == id {
-                return Some(s);
+                return Some((at + k) as u32);
             }
         }
         if !self.spills(at) {
             return None;
         }
         let next = (at + 2) & (self.slots.len() - 1);
-        self.probe_from(id, next).ok().map(|at| &self.slots[at])
+        self.probe_from(id, next).ok().map(|at| at as u32)
+    }
+
+    /// The entry `find` found.
+    #[inline]
+    pub fn at(&self, at: u32) -> &Entry {
+        &self.slots[at as usize]
     }
     pub fn len(&self) -> usize {
         self.len

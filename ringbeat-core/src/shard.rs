@@ -77,13 +77,30 @@ fn forwarded_v2(frame: &FrameV2<'_>) -> [u8; FRAME_BYTES] {
     out
 }
 
-/// For the version-2 frame at unit `i`, whether its tag was right, from
-/// `prepare_datagram`'s mask (None: version 1, or no mask: it is checked alone).
-#[inline(always)]
-fn tag_checked(verified: Option<u64>, i: usize, frame: &Wire<'_>) -> Option<bool> {
-    match frame {
-        Wire::V2(_) => verified.map(|mask| mask >> i & 1 == 1),
-        Wire::V1(_) => None,
+/// What `prepare_datagram` learnt of a datagram's (or a stream stage's) version-2
+/// frames, by the unit index their frame starts at.
+struct Prepared {
+    /// Bit i: the frame's tag is right under its device's key.
+    verified: u64,
+    /// Bit i: the frame's device was looked up in the registry, `found[i]` says where.
+    looked_up: u64,
+    /// The registry slot of the frame's entry (`RegistryIn::at`), u32::MAX: not listed.
+    found: [u32; 64],
+}
+
+impl Prepared {
+    /// For the frame at unit `i`: whether its tag was right (None: version 1, or not
+    /// prepared: it is checked alone), and its registry lookup if one was made (Some:
+    /// the entry's slot, or None when not listed).
+    #[inline(always)]
+    fn of(p: Option<&Prepared>, i: usize, frame: &Wire<'_>) -> (Option<bool>, Option<Option<u32>>) {
+        match (p, frame) {
+            (Some(p), Wire::V2(_)) => (
+                Some(p.verified >> i & 1 == 1),
+                (p.looked_up >> i & 1 == 1).then(|| Some(p.found[i]).filter(|&at| at != u32::MAX)),
+            ),
+            _ => (None, None),
+        }
     }
 }
 
@@ -374,7 +391,7 @@ impl<M: Memory> ShardCore<M> {
                 return 0;
             }
         };
-        let verified = self.prepare_datagram(frames);
+        let prepared = self.prepare_datagram(frames);
         self.ack_tags.on = true;
         self.ack_tags.written = 0;
         self.ack_tags.len = 0;
@@ -387,13 +404,14 @@ impl<M: Memory> ShardCore<M> {
                     break;
                 }
             };
-            let checked = tag_checked(verified, i, &frame);
+            let (checked, listed) = Prepared::of(prepared.as_ref(), i, &frame);
             // An ack is as long as its heartbeat, so the acks fit as the frames did.
             let at = ack_len;
-            let _ = self.ingest_unit(frame, checked, now_ms, at, &mut forward, |ack: &[u8]| {
+            let take = |ack: &[u8]| {
                 acks[ack_len..ack_len + ack.len()].copy_from_slice(ack);
                 ack_len += ack.len();
-            });
+            };
+            let _ = self.ingest_unit(frame, checked, listed, now_ms, at, &mut forward, take);
         }
         self.ack_tags.on = false;
         debug_assert_eq!(self.ack_tags.written, ack_len);
@@ -428,11 +446,11 @@ impl<M: Memory> ShardCore<M> {
     /// is a likely cache miss (32-byte entries, 128 MiB at 2M devices), so the entries
     /// of every frame are prefetched first and the misses overlap. Version-2 frames then
     /// get their replay windows prefetched and their tags checked here, eight at a time
-    /// (`Memory::tags48x8`): the result is a mask of the units (by index) whose frame's
-    /// tag is right under its device's key; `None` when there is no registry or no
-    /// version-2 frame.
+    /// (`Memory::tags48x8`): the result says, by unit index, whose frame's tag is right
+    /// under its device's key, and where each one's registry entry is (so a frame is
+    /// looked up once); `None` when there is no registry or no version-2 frame.
     #[inline]
-    fn prepare_datagram(&self, frames: &[[u8; FRAME_BYTES]]) -> Option<u64> {
+    fn prepare_datagram(&self, frames: &[[u8; FRAME_BYTES]]) -> Option<Prepared> {
         let r = self.registry.as_deref()?;
         let id = |f: &[u8; FRAME_BYTES]| u64::from_le_bytes(f[8..16].try_into().expect("8 bytes"));
         let mut v2 = false;
@@ -447,6 +465,7 @@ impl<M: Memory> ShardCore<M> {
         // Eight lanes: what `Memory::tags48x8` takes (two AVX2 registers of u64s).
         const LANES: usize = 8;
         let mut mask = 0u64;
+        let (mut looked_up, mut found) = (0u64, [u32::MAX; 64]);
         let mut lanes: [(usize, Key, &[u8; TAGGED_BYTES], &[u8]); LANES] =
             [(0, [0; 16], &[0; TAGGED_BYTES], &[]); LANES];
         let mut filled = 0;
@@ -461,9 +480,11 @@ impl<M: Memory> ShardCore<M> {
         };
         for (i, frame) in codec::frames(frames) {
             let Ok(Wire::V2(pair)) = frame else { continue };
-            let Some(e) = r.get(id(&frames[i])) else {
-                continue;
-            };
+            let at = r.find(id(&frames[i]));
+            looked_up |= 1 << i;
+            let Some(at) = at else { continue };
+            found[i] = at;
+            let e = r.at(at);
             let Some(key) = e.key() else { continue };
             // Its window and (where the entry knows it) its record, side by side.
             if let Some(w) = self.windows.get(e.local() as usize) {
@@ -487,7 +508,11 @@ impl<M: Memory> ShardCore<M> {
         if filled > 0 {
             check(&lanes, filled);
         }
-        Some(mask)
+        Some(Prepared {
+            verified: mask,
+            looked_up,
+            found,
+        })
     }
 
     /// Takes the next bytes of a TCP connection's stream (`decoder` is the connection's
@@ -514,7 +539,15 @@ impl<M: Memory> ShardCore<M> {
         };
         let fed = if self.registry.is_none() {
             decoder.feed_frames(bytes, |frame| {
-                match self.ingest_unit(frame, None, now_ms, acked.get(), &mut forward, &mut ack) {
+                match self.ingest_unit(
+                    frame,
+                    None,
+                    None,
+                    now_ms,
+                    acked.get(),
+                    &mut forward,
+                    &mut ack,
+                ) {
                     Err(FrameError::BadMagic) => Feed::Stop,
                     _ => Feed::Continue,
                 }
@@ -566,14 +599,15 @@ impl<M: Memory> ShardCore<M> {
         forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES], Option<usize>) -> bool,
         ack: &mut impl FnMut(&[u8]),
     ) {
-        let verified = self.prepare_datagram(units);
+        let prepared = self.prepare_datagram(units);
         for (i, frame) in codec::frames(units) {
             // Staged frames are whole: a version-2 header always has its second half.
             let Ok(frame) = frame else { continue };
-            let checked = tag_checked(verified, i, &frame);
+            let (checked, listed) = Prepared::of(prepared.as_ref(), i, &frame);
             // A malformed frame is counted there; the stream's stop is decided by
             // `ingest_stream`.
-            let _ = self.ingest_unit(frame, checked, now_ms, acked.get(), forward, &mut *ack);
+            let at = acked.get();
+            let _ = self.ingest_unit(frame, checked, listed, now_ms, at, forward, &mut *ack);
         }
     }
 
@@ -592,6 +626,7 @@ impl<M: Memory> ShardCore<M> {
         &mut self,
         frame: Wire<'_>,
         checked: Option<bool>,
+        listed: Option<Option<u32>>,
         now_ms: u64,
         ack_at: usize,
         forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES], Option<usize>) -> bool,
@@ -610,9 +645,13 @@ impl<M: Memory> ShardCore<M> {
         };
         self.stats.frames_valid += 1;
         let device_id = hb.device_id();
-        // The registry's slot (prefetched for the datagram), and for a keyed device its
-        // key and replay window index; None without a registry.
-        let listed = self.registry.as_deref().map(|r| r.get(device_id).cloned());
+        // The registry's slot (prefetched for the datagram; looked up already when
+        // `listed` says where), and for a keyed device its key and replay window index;
+        // None without a registry.
+        let listed = self.registry.as_deref().map(|r| match listed {
+            Some(found) => found.map(|at| r.at(at).clone()),
+            None => r.get(device_id).cloned(),
+        });
         let entry = match listed {
             None => None,
             Some(Some(e)) => Some(e),
