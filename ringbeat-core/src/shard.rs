@@ -88,18 +88,27 @@ struct Prepared {
     found: [u32; 64],
 }
 
+/// What preparing its datagram learnt of one frame (`Known::default()`: nothing, it is
+/// checked alone).
+#[derive(Clone, Copy, Default)]
+struct Known {
+    /// Whether its tag was right (None: version 1, or not prepared).
+    tag_ok: Option<bool>,
+    /// Its registry lookup, if one was made: the entry's slot, or None when not listed.
+    listed: Option<Option<u32>>,
+}
+
 impl Prepared {
-    /// For the frame at unit `i`: whether its tag was right (None: version 1, or not
-    /// prepared: it is checked alone), and its registry lookup if one was made (Some:
-    /// the entry's slot, or None when not listed).
+    /// What `p` knows of the frame at unit `i`.
     #[inline(always)]
-    fn of(p: Option<&Prepared>, i: usize, frame: &Wire<'_>) -> (Option<bool>, Option<Option<u32>>) {
+    fn of(p: Option<&Prepared>, i: usize, frame: &Wire<'_>) -> Known {
         match (p, frame) {
-            (Some(p), Wire::V2(_)) => (
-                Some(p.verified >> i & 1 == 1),
-                (p.looked_up >> i & 1 == 1).then(|| Some(p.found[i]).filter(|&at| at != u32::MAX)),
-            ),
-            _ => (None, None),
+            (Some(p), Wire::V2(_)) => Known {
+                tag_ok: Some(p.verified >> i & 1 == 1),
+                listed: (p.looked_up >> i & 1 == 1)
+                    .then(|| Some(p.found[i]).filter(|&at| at != u32::MAX)),
+            },
+            _ => Known::default(),
         }
     }
 }
@@ -404,14 +413,14 @@ impl<M: Memory> ShardCore<M> {
                     break;
                 }
             };
-            let (checked, listed) = Prepared::of(prepared.as_ref(), i, &frame);
+            let known = Prepared::of(prepared.as_ref(), i, &frame);
             // An ack is as long as its heartbeat, so the acks fit as the frames did.
             let at = ack_len;
             let take = |ack: &[u8]| {
                 acks[ack_len..ack_len + ack.len()].copy_from_slice(ack);
                 ack_len += ack.len();
             };
-            let _ = self.ingest_unit(frame, checked, listed, now_ms, at, &mut forward, take);
+            let _ = self.ingest_unit(frame, known, now_ms, at, &mut forward, take);
         }
         self.ack_tags.on = false;
         debug_assert_eq!(self.ack_tags.written, ack_len);
@@ -539,15 +548,8 @@ impl<M: Memory> ShardCore<M> {
         };
         let fed = if self.registry.is_none() {
             decoder.feed_frames(bytes, |frame| {
-                match self.ingest_unit(
-                    frame,
-                    None,
-                    None,
-                    now_ms,
-                    acked.get(),
-                    &mut forward,
-                    &mut ack,
-                ) {
+                let known = Known::default();
+                match self.ingest_unit(frame, known, now_ms, acked.get(), &mut forward, &mut ack) {
                     Err(FrameError::BadMagic) => Feed::Stop,
                     _ => Feed::Continue,
                 }
@@ -603,11 +605,11 @@ impl<M: Memory> ShardCore<M> {
         for (i, frame) in codec::frames(units) {
             // Staged frames are whole: a version-2 header always has its second half.
             let Ok(frame) = frame else { continue };
-            let (checked, listed) = Prepared::of(prepared.as_ref(), i, &frame);
+            let known = Prepared::of(prepared.as_ref(), i, &frame);
             // A malformed frame is counted there; the stream's stop is decided by
             // `ingest_stream`.
             let at = acked.get();
-            let _ = self.ingest_unit(frame, checked, listed, now_ms, at, forward, &mut *ack);
+            let _ = self.ingest_unit(frame, known, now_ms, at, forward, &mut *ack);
         }
     }
 
@@ -625,8 +627,7 @@ impl<M: Memory> ShardCore<M> {
     fn ingest_unit(
         &mut self,
         frame: Wire<'_>,
-        checked: Option<bool>,
-        listed: Option<Option<u32>>,
+        known: Known,
         now_ms: u64,
         ack_at: usize,
         forward: &mut impl FnMut(u32, &[u8; FRAME_BYTES], Option<usize>) -> bool,
@@ -646,9 +647,9 @@ impl<M: Memory> ShardCore<M> {
         self.stats.frames_valid += 1;
         let device_id = hb.device_id();
         // The registry's slot (prefetched for the datagram; looked up already when
-        // `listed` says where), and for a keyed device its key and replay window index;
+        // `known` says where), and for a keyed device its key and replay window index;
         // None without a registry.
-        let listed = self.registry.as_deref().map(|r| match listed {
+        let listed = self.registry.as_deref().map(|r| match known.listed {
             Some(found) => found.map(|at| r.at(at).clone()),
             None => r.get(device_id).cloned(),
         });
@@ -677,7 +678,7 @@ impl<M: Memory> ShardCore<M> {
             Some(f)
                 if key
                     .as_ref()
-                    .is_some_and(|k| checked.unwrap_or_else(|| f.verify(k))) =>
+                    .is_some_and(|k| known.tag_ok.unwrap_or_else(|| f.verify(k))) =>
             {
                 self.stats.authenticated += 1;
                 Some((local, f.counter()))
