@@ -62,6 +62,8 @@ pub const MAX_PER_SHARD: u32 = 1 << 24;
 const INTERVAL_SHIFT: u32 = 24;
 const KEYED_BIT: u64 = 1 << 40;
 const RECORD_SHIFT: u32 = 41;
+/// The record hint (slot + 1) must stay below this: the bits above `RECORD_SHIFT`.
+const RECORD_LIMIT: u32 = 1 << (64 - RECORD_SHIFT);
 
 impl Entry {
     fn new(id: u64, key: Option<Key>, interval_ds: u16) -> Entry {
@@ -108,7 +110,10 @@ impl Entry {
     /// hint); a slot that does not fit the hint's 23 bits leaves none.
     #[inline]
     pub fn note_record(&self, slot: u32) {
-        let hint = slot.checked_add(1).filter(|&h| h < 1 << 23).unwrap_or(0);
+        let hint = slot
+            .checked_add(1)
+            .filter(|&h| h < RECORD_LIMIT)
+            .unwrap_or(0);
         let kept = self.packed() & ((1 << RECORD_SHIFT) - 1);
         self.packed
             .store(kept | (hint as u64) << RECORD_SHIFT, Ordering::Relaxed);
