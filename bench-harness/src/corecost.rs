@@ -50,6 +50,10 @@ pub struct CoreCostArgs {
     /// Variants to run, comma-separated: v1, v1-registry, v2.
     #[arg(long, default_value = "v1,v1-registry,v2")]
     variants: String,
+    /// Datagrams ahead whose lookups are started before a datagram is taken, as the
+    /// engines do one ahead (`ShardCore::prefetch_datagram`); 0 turns it off.
+    #[arg(long, default_value_t = 1)]
+    ahead: usize,
     /// Write the results as JSON to this file too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -124,6 +128,7 @@ fn build_pass(a: &CoreCostArgs, v: Variant, ids: &[u64], order: &[u32], seq: u32
 #[inline(never)]
 fn take_pass(
     core: &mut ShardCore,
+    ahead: usize,
     datagrams: &[u8],
     datagram_bytes: usize,
     heartbeats: usize,
@@ -132,7 +137,15 @@ fn take_pass(
     let mut acks = [0u8; MAX_DATAGRAM_BYTES];
     let mut copy = [0u8; MAX_DATAGRAM_BYTES];
     let t = Instant::now();
+    let datagram_at = |n: usize| {
+        datagrams
+            .get(n * datagram_bytes..)
+            .filter(|d| !d.is_empty())
+    };
     for (n, d) in datagrams.chunks(datagram_bytes).enumerate() {
+        if let Some(next) = datagram_at(n + ahead).filter(|_| ahead > 0) {
+            core.prefetch_datagram(&next[..datagram_bytes.min(next.len())]);
+        }
         copy[..d.len()].copy_from_slice(d);
         let now_ms = start.elapsed().as_millis() as u64;
         let len = core.ingest_datagram(&copy[..d.len()], now_ms, &mut acks, |_, _, _| {
@@ -203,7 +216,14 @@ pub fn run(a: CoreCostArgs) -> anyhow::Result<()> {
         for s in &mut setups {
             let datagrams = build_pass(&a, s.variant, &ids, &order, pass as u32 + 1);
             let unit = datagrams.len() / order.len();
-            let ns_per_hb = take_pass(&mut s.core, &datagrams, unit * a.batch, order.len(), start);
+            let ns_per_hb = take_pass(
+                &mut s.core,
+                a.ahead,
+                &datagrams,
+                unit * a.batch,
+                order.len(),
+                start,
+            );
             if pass > 0 {
                 s.passes.push(ns_per_hb);
             }
@@ -248,7 +268,7 @@ pub fn run(a: CoreCostArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.json {
         let doc = json!({
             "devices": a.devices, "batch": a.batch, "passes": a.passes,
-            "ack_every": a.ack_every, "variants": rows,
+            "ack_every": a.ack_every, "ahead": a.ahead, "variants": rows,
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;

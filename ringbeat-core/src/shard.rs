@@ -378,6 +378,25 @@ impl<M: Memory> ShardCore<M> {
         }
     }
 
+    /// Starts loading what taking `datagram` will first read: its devices' registry
+    /// lines, or without a registry their index buckets. An engine calls it for the
+    /// next datagram before it takes this one, so those misses overlap the work on
+    /// this one instead of stalling the next (reading a datagram's ids and then
+    /// looking them up at once leaves a prefetch no time to land). It changes nothing.
+    #[inline]
+    pub fn prefetch_datagram(&self, datagram: &[u8]) {
+        let Ok(units) = codec::datagram_frames(datagram) else {
+            return;
+        };
+        for (i, _) in codec::frames(units) {
+            let id = u64::from_le_bytes(units[i][8..16].try_into().expect("8 bytes"));
+            match self.registry.as_deref() {
+                Some(r) => r.prefetch(id),
+                None => self.table.prefetch_home(id),
+            }
+        }
+    }
+
     /// Takes one received datagram: validates it, writes the ack datagram for its
     /// ACK_REQUESTED frames into `acks` (returns its length, 0 = nothing to send),
     /// queues owned frames for the table and hands the others to
@@ -1385,6 +1404,55 @@ mod tests {
             assert_eq!(hint(&c, id), c.table().find(id));
         }
         assert_eq!((c.table().len(), c.stats().heartbeats), (2, 6));
+    }
+
+    #[test]
+    fn prefetching_datagrams_ahead_changes_nothing() {
+        // Cores with and without a registry (device 1 keyed, 2 listed) are given, one
+        // datagram ahead, well-formed datagrams of both versions and malformed ones;
+        // each core ends as a twin that was never given them ahead.
+        let key: Key = [9; 16];
+        let k: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let r = Arc::new(crate::registry::Registry::parse(&format!("1 key={k}\n2\n"), 1).unwrap());
+        let mut v2 = [0u8; FRAME_V2_BYTES];
+        codec::encode_v2(&FrameFields::heartbeat(1, 1, 10, 0), 1, &key, &mut v2);
+        let mut mixed = FrameFields::heartbeat(2, 1, 10, 0).to_bytes().to_vec();
+        mixed.extend_from_slice(&v2);
+        mixed.extend_from_slice(&FrameFields::heartbeat(3, 1, 10, 0).to_bytes());
+        let datagrams: Vec<Vec<u8>> = vec![
+            mixed.clone(),
+            Vec::new(),
+            vec![0xff; 7],
+            v2[..FRAME_BYTES].to_vec(),
+            vec![0xab; MAX_DATAGRAM_BYTES + 1],
+            (0..MAX_DATAGRAM_BYTES).map(|i| (i * 7) as u8).collect(),
+            mixed,
+        ];
+        for registry in [None, Some(r)] {
+            let (mut ahead, mut plain) = (core(0), core(0));
+            for c in [&mut ahead, &mut plain] {
+                c.set_registry(registry.clone(), &[], 0).unwrap();
+            }
+            let mut acks = [0u8; MAX_DATAGRAM_BYTES];
+            for (n, d) in datagrams.iter().enumerate() {
+                if let Some(next) = datagrams.get(n + 1) {
+                    ahead.prefetch_datagram(next);
+                }
+                let a = ahead.ingest_datagram(d, 10, &mut acks, |_, _, _| false);
+                let b = plain.ingest_datagram(d, 10, &mut acks, |_, _, _| false);
+                assert_eq!(a, b);
+            }
+            for c in [&mut ahead, &mut plain] {
+                c.flush();
+            }
+            assert_eq!(ahead.stats(), plain.stats());
+            assert_eq!(ahead.table().len(), plain.table().len());
+            // Twice devices 2 and 3 (version 1) without a registry, whose version-2
+            // frames have no key to check; with one, device 2 twice, device 1 once
+            // (its second frame a replay) and device 3 never (not listed).
+            let listed = registry.is_some();
+            assert_eq!(ahead.stats().heartbeats, if listed { 3 } else { 4 });
+        }
     }
 
     #[test]

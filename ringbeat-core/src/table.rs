@@ -616,6 +616,17 @@ impl<M: Memory> DeviceTable<M> {
         self.step(units, PREPARE_PAGES_BATCH);
     }
 
+    /// Starts loading the index bucket where a lookup of `device_id` begins.
+    #[inline]
+    pub fn prefetch_home(&self, device_id: u64) {
+        let hash = mix(device_id);
+        let level = self.current;
+        M::prefetch(&self.index[level.region][level.home(hash)]);
+        if let Growth::Moving { old, .. } = self.growth {
+            M::prefetch(&self.index[old.region][old.home(hash)]);
+        }
+    }
+
     /// Finds a device without inserting it.
     pub fn find(&self, device_id: u64) -> Option<Slot> {
         let hash = mix(device_id);
@@ -729,6 +740,9 @@ mod tests {
                 // Mid-growth, old devices (moved or not) and new ones are all found.
                 for j in [0, i / 3, i / 2, i] {
                     assert_eq!(t.find(all[j]), Some(j as u32), "device {j} at {i}");
+                    // A prefetch reads within both indexes, for any id.
+                    t.prefetch_home(all[j]);
+                    t.prefetch_home(!all[j]);
                 }
             }
             // Between 35% and 70% full (or at the smallest size), a little more

@@ -335,6 +335,9 @@ impl Engine for EpollEngine {
             };
             io.stats().cqes += n as u64;
             for i in 0..n {
+                if let Some(Some(next)) = (i + 1 < n).then(|| self.recv.get(i + 1).0) {
+                    io.prefetch(next);
+                }
                 self.on_datagram(io, i, now_ms);
             }
             if n < BATCH {

@@ -110,6 +110,14 @@ pub(crate) enum Source<'a> {
 }
 
 impl Ingest<'_> {
+    /// Starts loading what `payload`, a datagram received after the one being taken,
+    /// will read first (`ShardCore::prefetch_datagram`): engines that hold a batch of
+    /// datagrams call it one datagram ahead.
+    #[inline]
+    pub fn prefetch(&self, payload: &[u8]) {
+        self.core.prefetch_datagram(payload);
+    }
+
     /// One received datagram: validated and applied (or forwarded, or counted). Returns
     /// the ack datagram to send back to its source; empty when nothing asked for one,
     /// when the source is not allowed (`--allow`: counted, never answered), or when

@@ -641,6 +641,20 @@ impl UringEngine {
         }
     }
 
+    /// Starts loading what the datagram of a completion still to be handled will read.
+    #[inline]
+    fn prefetch(&self, io: &Ingest<'_>, (ud, res, flags): (u64, i32, u32)) {
+        if res <= 0 || Token::decode(ud) != Some(Token::Recv) {
+            return;
+        }
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return;
+        };
+        if let Some(d) = self.ring.received(bid, res as usize) {
+            io.prefetch(d.payload);
+        }
+    }
+
     fn on_datagram(&mut self, io: &mut Ingest<'_>, bid: u16, len: usize, now_ms: u64) {
         let Some(d) = self.ring.received(bid, len) else {
             io.stats().recv_errors += 1;
@@ -716,7 +730,10 @@ impl Engine for UringEngine {
                 break;
             }
             reaped += n;
-            for &(ud, res, flags) in cqes.iter() {
+            for (k, &(ud, res, flags)) in cqes.iter().enumerate() {
+                if let Some(&next) = cqes.get(k + 1) {
+                    self.prefetch(io, next);
+                }
                 self.on_completion(io, ud, res, flags, now_ms);
             }
             self.ring.commit();
@@ -835,7 +852,10 @@ impl Engine for UringEngine {
             self.ring.reap(&mut cqes, REAP_BATCH);
             // Whatever else completes meanwhile is taken in as usual (applied, acked).
             let now_ms = self.epoch.elapsed().as_millis() as u64;
-            for &(ud, res, flags) in cqes.iter() {
+            for (k, &(ud, res, flags)) in cqes.iter().enumerate() {
+                if let Some(&next) = cqes.get(k + 1) {
+                    self.prefetch(io, next);
+                }
                 self.on_completion(io, ud, res, flags, now_ms);
             }
             self.ring.commit();
