@@ -5,7 +5,7 @@
 # records its command, revision, kernel and CPU. Needs root (CPU DMA latency, RPS and
 # kernel-tuning variants) and a clean git tree (sweeps refuse a dirty one).
 #
-# Run time: about 2 h 20 min on a 2-CPU machine (the minutes beside each step are
+# Run time: about 2 h 40 min on a 2-CPU machine (the minutes beside each step are
 # estimates from its points × variants × runs × (warm-up + 5 s + ~3 s of start and
 # teardown)); the run prints each step's actual time and writes them all to
 # OUT_DIR/reproduce-<date>.md.
@@ -26,6 +26,7 @@ STEPS=(
   "device-scan|8|target/release/ringbeat-bench sweep --kind devices --name device-scan --results \$OUT --batch 1 --interval 10 --duration 22 --warmup 12 --device-counts 100000,250000,500000,1000000,2000000,4000000"
   "foundation|5|scripts/bench-foundation.sh \$OUT/\$(date -u +%F)-foundation"
   "kernel-floor|6|scripts/exp-kernel-floor.sh \$OUT"
+  "kernel-floor-batch32|7|BATCH=32 RATES=10000000,20000000 WAITS= ENGINES=epoll scripts/exp-kernel-floor.sh \$OUT"
   "engines|13|scripts/exp-engines.sh \$OUT"
   "engines-overload-batch32|2|target/release/ringbeat-bench sweep --kind rate --name engines-overload-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
   "batch-size|7|scripts/exp-batch-size.sh \$OUT/\$(date -u +%F)-batch-size"
@@ -45,7 +46,8 @@ STEPS=(
   "scaling|2|scripts/exp-scaling.sh \$OUT"
   "footprint|10|scripts/exp-footprint.sh \$OUT"
   "allowlist|4|scripts/exp-allowlist.sh \$OUT"
-  "auth|7|scripts/exp-auth.sh \$OUT"
+  "auth|15|scripts/exp-auth.sh \$OUT"
+  "core-cost|4|scripts/exp-core-cost.sh \$OUT"
 )
 
 list=0
