@@ -137,14 +137,11 @@ fn take_pass(
     let mut acks = [0u8; MAX_DATAGRAM_BYTES];
     let mut copy = [0u8; MAX_DATAGRAM_BYTES];
     let t = Instant::now();
-    let datagram_at = |n: usize| {
-        datagrams
-            .get(n * datagram_bytes..)
-            .filter(|d| !d.is_empty())
-    };
     for (n, d) in datagrams.chunks(datagram_bytes).enumerate() {
-        if let Some(next) = datagram_at(n + ahead).filter(|_| ahead > 0) {
-            core.prefetch_datagram(&next[..datagram_bytes.min(next.len())]);
+        let next_at = (n + ahead) * datagram_bytes;
+        if ahead > 0 && next_at < datagrams.len() {
+            let end = (next_at + datagram_bytes).min(datagrams.len());
+            core.prefetch_datagram(&datagrams[next_at..end]);
         }
         copy[..d.len()].copy_from_slice(d);
         let now_ms = start.elapsed().as_millis() as u64;

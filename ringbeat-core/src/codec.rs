@@ -174,6 +174,13 @@ pub fn unit_version(bytes: &[u8; FRAME_BYTES]) -> Option<u16> {
     (bytes[0..4] == MAGIC).then(|| u16_at(bytes, 4))
 }
 
+/// The device id a 32-byte unit carries where a frame's header has it (any version,
+/// unchecked): for prefetching and looking up before the frame is decoded.
+#[inline]
+pub fn unit_device_id(bytes: &[u8; FRAME_BYTES]) -> u64 {
+    u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"))
+}
+
 fn decode_kind(
     bytes: &[u8; FRAME_BYTES],
     version: u16,

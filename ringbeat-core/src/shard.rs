@@ -389,7 +389,7 @@ impl<M: Memory> ShardCore<M> {
             return;
         };
         for (i, _) in codec::frames(units) {
-            let id = u64::from_le_bytes(units[i][8..16].try_into().expect("8 bytes"));
+            let id = codec::unit_device_id(&units[i]);
             match self.registry.as_deref() {
                 Some(r) => r.prefetch(id),
                 None => self.table.prefetch_home(id),
@@ -480,7 +480,7 @@ impl<M: Memory> ShardCore<M> {
     #[inline]
     fn prepare_datagram(&self, frames: &[[u8; FRAME_BYTES]]) -> Option<Prepared> {
         let r = self.registry.as_deref()?;
-        let id = |f: &[u8; FRAME_BYTES]| u64::from_le_bytes(f[8..16].try_into().expect("8 bytes"));
+        let id = codec::unit_device_id;
         let mut v2 = false;
         for (i, frame) in codec::frames(frames) {
             r.prefetch(id(&frames[i]));
@@ -921,7 +921,7 @@ impl<M: Memory> ShardCore<M> {
         if ack.len() < FRAME_V2_BYTES {
             return;
         }
-        let id = u64::from_le_bytes(ack[8..16].try_into().expect("8 bytes"));
+        let id = codec::unit_device_id(ack[..FRAME_BYTES].try_into().expect("32 bytes"));
         let key = self
             .registry
             .as_deref()

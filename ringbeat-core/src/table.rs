@@ -586,13 +586,7 @@ impl<M: Memory> DeviceTable<M> {
                 M::prefetch(&self.devices[slot as usize]);
                 continue;
             }
-            let hash = mix(id);
-            homes[i] = level.home(hash);
-            M::prefetch(&index[homes[i]]);
-            if let Growth::Moving { old, .. } = self.growth {
-                // A device not moved yet, or a new one, is looked for there too.
-                M::prefetch(&self.index[old.region][old.home(hash)]);
-            }
+            homes[i] = self.prefetch_buckets(id);
         }
         for &home in &homes[..device_ids.len()] {
             if home == usize::MAX {
@@ -619,12 +613,21 @@ impl<M: Memory> DeviceTable<M> {
     /// Starts loading the index bucket where a lookup of `device_id` begins.
     #[inline]
     pub fn prefetch_home(&self, device_id: u64) {
+        self.prefetch_buckets(device_id);
+    }
+
+    /// Prefetches `device_id`'s home bucket in the current index, and during a move in
+    /// the old one too (a device not moved yet, or a new one, is looked for there);
+    /// returns the current home.
+    #[inline]
+    fn prefetch_buckets(&self, device_id: u64) -> usize {
         let hash = mix(device_id);
-        let level = self.current;
-        M::prefetch(&self.index[level.region][level.home(hash)]);
+        let home = self.current.home(hash);
+        M::prefetch(&self.index[self.current.region][home]);
         if let Growth::Moving { old, .. } = self.growth {
             M::prefetch(&self.index[old.region][old.home(hash)]);
         }
+        home
     }
 
     /// Finds a device without inserting it.

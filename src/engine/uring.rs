@@ -641,6 +641,17 @@ impl UringEngine {
         }
     }
 
+    /// Handles reaped completions in order, each datagram's successor handed to the
+    /// core ahead (see `prefetch`).
+    fn on_completions(&mut self, io: &mut Ingest<'_>, cqes: &[(u64, i32, u32)], now_ms: u64) {
+        for (k, &(ud, res, flags)) in cqes.iter().enumerate() {
+            if let Some(&next) = cqes.get(k + 1) {
+                self.prefetch(io, next);
+            }
+            self.on_completion(io, ud, res, flags, now_ms);
+        }
+    }
+
     /// Starts loading what the datagram of a completion still to be handled will read.
     #[inline]
     fn prefetch(&self, io: &Ingest<'_>, (ud, res, flags): (u64, i32, u32)) {
@@ -730,12 +741,7 @@ impl Engine for UringEngine {
                 break;
             }
             reaped += n;
-            for (k, &(ud, res, flags)) in cqes.iter().enumerate() {
-                if let Some(&next) = cqes.get(k + 1) {
-                    self.prefetch(io, next);
-                }
-                self.on_completion(io, ud, res, flags, now_ms);
-            }
+            self.on_completions(io, &cqes, now_ms);
             self.ring.commit();
             if n < REAP_BATCH {
                 break;
@@ -852,12 +858,7 @@ impl Engine for UringEngine {
             self.ring.reap(&mut cqes, REAP_BATCH);
             // Whatever else completes meanwhile is taken in as usual (applied, acked).
             let now_ms = self.epoch.elapsed().as_millis() as u64;
-            for (k, &(ud, res, flags)) in cqes.iter().enumerate() {
-                if let Some(&next) = cqes.get(k + 1) {
-                    self.prefetch(io, next);
-                }
-                self.on_completion(io, ud, res, flags, now_ms);
-            }
+            self.on_completions(io, &cqes, now_ms);
             self.ring.commit();
             self.cqes = cqes;
         }
