@@ -15,6 +15,8 @@ OUT=${1:-results}
 DEVICES=${DEVICES:-1000000}
 SPREAD=${SPREAD:-10}
 command -v mosquitto >/dev/null || { echo "needs mosquitto (apt-get install mosquitto)" >&2; exit 1; }
+command -v mosquitto_sub >/dev/null \
+  || { echo "needs mosquitto_sub, the subscriber that counts the retained states (apt-get install mosquitto-clients)" >&2; exit 1; }
 cargo build --release --locked --workspace -q
 dir="$OUT/$(date -u +%Y-%m-%d)-outputs"
 rm -rf "$dir"; mkdir -p "$dir/raw"
@@ -78,8 +80,13 @@ t_restart=$(date +%s.%N)
 start_broker
 t_resync=$(wait_for 5 $((published_before + DEVICES)) 180)
 # Distinct devices whose state a new subscriber receives (retained, then live).
-retained=$(timeout 60 mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'ringbeat/devices/+/state' -v -W 20 2>/dev/null \
-  | cut -d' ' -f1 | sort -u | wc -l || true)
+# mosquitto_sub ends at its -W timeout (exit 27) once the stream goes quiet; any other
+# failure leaves the count unmeasured, said so in the table, never a 0.
+set +o pipefail
+retained=$(timeout 60 mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'ringbeat/devices/+/state' -v -W 20 \
+  2> "$dir/raw/subscriber.log" | cut -d' ' -f1 | sort -u | wc -l)
+set -o pipefail
+[ "$retained" -gt 0 ] || retained="n/a (the subscriber received nothing: raw/subscriber.log)"
 kill -TERM $server_pid; wait $server_pid || true
 kill $sampler 2>/dev/null || true
 SPREAD=$SPREAD python3 - "$dir" "$DEVICES" "$t0" "$t_events" "$t_mqtt" "$t_restart" "$t_resync" "$first" "${retained:-n/a}" <<'PY'

@@ -96,6 +96,13 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
   exit 1
 fi
 [ "$(id -u)" = 0 ] || echo "reproduce: not root: the steps with CPU DMA latency, RPS or kernel-tuning variants will fail" >&2
+# What a step needs beyond the build, checked before hours of runs rather than in them.
+if printf '%s\n' "${selected[@]}" | grep -q '^outputs|'; then
+  for c in mosquitto mosquitto_sub; do
+    command -v $c >/dev/null \
+      || { echo "reproduce: the outputs step needs $c (apt-get install mosquitto mosquitto-clients)" >&2; exit 1; }
+  done
+fi
 cargo build --release --locked --workspace -q
 mkdir -p "$OUT"
 times="$OUT/reproduce-$(date -u +%F).md"
