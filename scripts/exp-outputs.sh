@@ -19,7 +19,8 @@ command -v mosquitto_sub >/dev/null \
   || { echo "needs mosquitto_sub, the subscriber that counts the retained states (apt-get install mosquitto-clients)" >&2; exit 1; }
 cargo build --release --locked --workspace -q
 dir="$OUT/$(date -u +%Y-%m-%d)-outputs"
-rm -rf "$dir"; mkdir -p "$dir/raw"
+[ -e "$dir" ] && { echo "exp-outputs: $dir exists; give another OUT_DIR (results are never overwritten)" >&2; exit 1; }
+mkdir -p "$dir/raw"
 work=$(mktemp -d /tmp/ringbeat-outputs-XXXXXX)
 broker_pid=; server_pid=
 trap 'kill $server_pid $broker_pid 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -87,7 +88,8 @@ retained=$(timeout 60 mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'ringbeat/devi
   2> "$dir/raw/subscriber.log" | cut -d' ' -f1 | sort -u | wc -l)
 set -o pipefail
 [ "$retained" -gt 0 ] || retained="n/a (the subscriber received nothing: raw/subscriber.log)"
-kill -TERM $server_pid; wait $server_pid || true
+# (The server may have ended already: its --run-for bounds a run whose waits timed out.)
+kill -TERM $server_pid 2>/dev/null || true; wait $server_pid || true
 kill $sampler 2>/dev/null || true
 SPREAD=$SPREAD python3 - "$dir" "$DEVICES" "$t0" "$t_events" "$t_mqtt" "$t_restart" "$t_resync" "$first" "${retained:-n/a}" <<'PY'
 import sys
