@@ -5,10 +5,9 @@
 # records its command, revision, kernel and CPU. Needs root (CPU DMA latency, RPS and
 # kernel-tuning variants) and a clean git tree (sweeps refuse a dirty one).
 #
-# Run time: about 2 h 40 min on a 2-CPU machine (the minutes beside each step are
-# estimates from its points × variants × runs × (warm-up + 5 s + ~3 s of start and
-# teardown)); the run prints each step's actual time and writes them all to
-# OUT_DIR/reproduce-<date>.md.
+# Run time: about 2 h on a 2-CPU machine (the minutes beside each step are what each
+# took in the whole run of 2026-12-02, 117 min in all); the run prints each step's
+# actual time and writes them all to OUT_DIR/reproduce-<date>.md.
 #
 # usage: scripts/reproduce.sh [--list] [--only NAME[,NAME...]] [OUT_DIR]
 #
@@ -21,33 +20,33 @@ cd "$(dirname "$0")/.."
 
 # name | estimated minutes | command ($OUT is the output directory)
 STEPS=(
-  "rate-scan-batch1|4|target/release/ringbeat-bench sweep --kind rate --name rate-scan-batch1 --results \$OUT --batch 1 --devices 2000000 --rates 250000,500000,1000000,1500000,2000000,2500000"
-  "rate-scan-batch32|4|target/release/ringbeat-bench sweep --kind rate --name rate-scan-batch32 --results \$OUT --batch 32 --devices 2000000 --rates 2000000,5000000,10000000,15000000,20000000,25000000"
-  "device-scan|8|target/release/ringbeat-bench sweep --kind devices --name device-scan --results \$OUT --batch 1 --interval 10 --duration 22 --warmup 12 --device-counts 100000,250000,500000,1000000,2000000,4000000"
-  "foundation|5|scripts/bench-foundation.sh \$OUT/\$(date -u +%F)-foundation"
-  "kernel-floor|6|scripts/exp-kernel-floor.sh \$OUT"
-  "kernel-floor-batch32|7|BATCH=32 RATES=10000000,20000000 WAITS= ENGINES=epoll scripts/exp-kernel-floor.sh \$OUT"
-  "engines|13|scripts/exp-engines.sh \$OUT"
-  "engines-overload-batch32|2|target/release/ringbeat-bench sweep --kind rate --name engines-overload-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
-  "batch-size|7|scripts/exp-batch-size.sh \$OUT/\$(date -u +%F)-batch-size"
-  "rcvbuf|10|scripts/exp-rcvbuf.sh \$OUT"
-  "wait-us|7|scripts/exp-wait-us.sh \$OUT"
+  "rate-scan-batch1|3|target/release/ringbeat-bench sweep --kind rate --name rate-scan-batch1 --results \$OUT --batch 1 --devices 2000000 --rates 250000,500000,1000000,1500000,2000000,2500000"
+  "rate-scan-batch32|3|target/release/ringbeat-bench sweep --kind rate --name rate-scan-batch32 --results \$OUT --batch 32 --devices 2000000 --rates 2000000,5000000,10000000,15000000,20000000,25000000"
+  "device-scan|7|target/release/ringbeat-bench sweep --kind devices --name device-scan --results \$OUT --batch 1 --interval 10 --duration 22 --warmup 12 --device-counts 100000,250000,500000,1000000,2000000,4000000"
+  "foundation|4|scripts/bench-foundation.sh \$OUT/\$(date -u +%F)-foundation"
+  "kernel-floor|7|scripts/exp-kernel-floor.sh \$OUT"
+  "kernel-floor-batch32|3|BATCH=32 RATES=10000000,20000000 WAITS= ENGINES=epoll scripts/exp-kernel-floor.sh \$OUT"
+  "engines|11|scripts/exp-engines.sh \$OUT"
+  "engines-overload-batch32|1|target/release/ringbeat-bench sweep --kind rate --name engines-overload-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
+  "batch-size|4|scripts/exp-batch-size.sh \$OUT/\$(date -u +%F)-batch-size"
+  "rcvbuf|9|scripts/exp-rcvbuf.sh \$OUT"
+  "wait-us|6|scripts/exp-wait-us.sh \$OUT"
   "wake-latency|3|scripts/exp-wake-latency.sh \$OUT"
-  "liveness-slice|3|scripts/exp-liveness-slice.sh \$OUT"
+  "liveness-slice|2|scripts/exp-liveness-slice.sh \$OUT"
   "prefilter|3|scripts/exp-prefilter.sh \$OUT"
-  "rps|10|scripts/exp-rps.sh \$OUT"
+  "rps|8|scripts/exp-rps.sh \$OUT"
   "snapshot|2|scripts/exp-snapshot.sh \$OUT"
-  "overload|5|scripts/exp-liveness.sh overload \$OUT/\$(date -u +%F)-overload"
-  "detection|5|scripts/exp-liveness.sh detection \$OUT/\$(date -u +%F)-detection"
+  "overload|2|scripts/exp-liveness.sh overload \$OUT/\$(date -u +%F)-overload"
+  "detection|4|scripts/exp-liveness.sh detection \$OUT/\$(date -u +%F)-detection"
   "outputs|2|scripts/exp-outputs.sh \$OUT"
-  "tcp|9|scripts/exp-tcp.sh \$OUT"
-  "tcp-connections|3|scripts/exp-tcp-connections.sh \$OUT"
-  "handoff|3|scripts/exp-handoff.sh \$OUT"
+  "tcp|7|scripts/exp-tcp.sh \$OUT"
+  "tcp-connections|2|scripts/exp-tcp-connections.sh \$OUT"
+  "handoff|1|scripts/exp-handoff.sh \$OUT"
   "scaling|2|scripts/exp-scaling.sh \$OUT"
-  "footprint|10|scripts/exp-footprint.sh \$OUT"
+  "footprint|5|scripts/exp-footprint.sh \$OUT"
   "allowlist|4|scripts/exp-allowlist.sh \$OUT"
-  "auth|15|scripts/exp-auth.sh \$OUT"
-  "core-cost|4|scripts/exp-core-cost.sh \$OUT"
+  "auth|10|scripts/exp-auth.sh \$OUT"
+  "core-cost|1|scripts/exp-core-cost.sh \$OUT"
 )
 
 list=0
