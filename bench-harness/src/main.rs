@@ -492,7 +492,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     });
     eprintln!(
         "load: {} devices, {:.0} hb/s ({:.0} datagrams/s, {} per datagram), interval {:.3} s, {} s (warm-up {} s), acks 1/{}",
-        a.devices, rate, rate / a.shape.batch as f64, a.shape.batch, interval_s, a.duration, a.warmup, a.ack_every
+        a.devices, rate, rate / a.shape.batch as f64, a.shape.batch, interval_s, seconds(a.duration), seconds(a.warmup), a.ack_every
     );
     // Progress and interval log; server samples at the end of warm-up and of the load.
     let mut intervals: Vec<(Duration, Histogram<u64>)> = Vec::new();
@@ -784,5 +784,23 @@ fn print_summary(d: &serde_json::Value, behind: bool) {
     }
     if behind {
         eprintln!("WARNING: the generator did not keep its schedule (p99 send lag > 1 ms): results measure the generator, not the server");
+    }
+}
+
+/// Seconds as a person reads them: at most three decimals, trailing zeros dropped
+/// (`4.333`, `3`), where `{}` would print a default warm-up as `4.333333333333334`.
+pub(crate) fn seconds(s: f64) -> String {
+    let t = format!("{s:.3}");
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod seconds_tests {
+    #[test]
+    fn seconds_read_as_written() {
+        assert_eq!(super::seconds(10.0 / 3.0 + 1.0), "4.333");
+        assert_eq!(super::seconds(3.0), "3");
+        assert_eq!(super::seconds(0.25), "0.25");
+        assert_eq!(super::seconds(12.5), "12.5");
     }
 }

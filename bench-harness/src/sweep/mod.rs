@@ -356,7 +356,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
             p.devices,
             p.rate_hb_per_s,
             a.shape.batch,
-            p.warmup_s,
+            crate::seconds(p.warmup_s),
             if a.warmup.is_none() {
                 " (one device interval + 1 s, at least 3 s)"
             } else {
