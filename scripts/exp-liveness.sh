@@ -47,7 +47,7 @@ mkdir -p "$OUT/raw"
     echo "sysctl $k = $(sysctl -n $k 2>/dev/null || echo n/a)"
   done
 } > "$OUT/environment.txt"
-echo "setting,run,false_late,false_offline,silent_devices,silent_reported_late,silent_reported_offline,late_delay_ms_p50,late_delay_ms_p99,late_delay_ms_max,offline_delay_ms_p50,offline_delay_ms_p99,offline_delay_ms_max,kernel_drops,blind_ms,deferred,events_dropped,steady_kept_schedule,flood_sent_hb" > "$OUT/runs.csv"
+echo "setting,run,false_late,false_offline,silent_devices,silent_reported_late,silent_reported_offline,late_delay_ms_p50,late_delay_ms_p99,late_delay_ms_max,offline_delay_ms_p50,offline_delay_ms_p99,offline_delay_ms_max,kernel_drops,blind_ms,deferred,holds,behind_ms,events_dropped,steady_kept_schedule,flood_sent_hb" > "$OUT/runs.csv"
 tmp=$(mktemp -d /tmp/ringbeat-liveness-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 for setting in $SETTINGS; do
@@ -97,7 +97,7 @@ sent = json.load(open(flood))["sent"]["frames"] if os.path.exists(flood) else 0
 print(",".join(str(x) for x in [label, run, l["false_late"], l["false_offline"], l["silent_devices"],
     l["silent_reported_late"], l["silent_reported_offline"], l["late_delay_ms_p50"], l["late_delay_ms_p99"],
     l["late_delay_ms_max"], l["offline_delay_ms_p50"], l["offline_delay_ms_p99"], l["offline_delay_ms_max"],
-    s["kernel_drops"], s["blind_ms"], s["deferred"], s["events_dropped"], st["generator"]["kept_schedule"], sent]))
+    s["kernel_drops"], s["blind_ms"], s["deferred"], s["holds"], s["behind_ms"], s["events_dropped"], st["generator"]["kept_schedule"], sent]))
 PY
     tail -1 "$OUT/runs.csv"
     rm -f "$tmp/events.jsonl"

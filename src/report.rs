@@ -95,7 +95,7 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         }
     };
     format!(
-        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | tcp: open {} accepted/s {:.0} closed/s {:.0} refused {} frames/s {:.0} ack_queue_drops {} | devices {} (online {} late {} offline {}) | drops: kernel {} ring_dry {} fwd {} events {} malformed {} | refused: table_full {} unknown_device {} auth_required {} auth_failed {} replayed {} disallowed {} tcp_disallowed {} | blind {} ms, deferred {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
+        "hb/s {:.0} dgram/s {:.0} acks/s {:.0} | tcp: open {} accepted/s {:.0} closed/s {:.0} refused {} frames/s {:.0} ack_queue_drops {} | devices {} (online {} late {} offline {}) | drops: kernel {} fwd {} events {} malformed {} | refused: table_full {} unknown_device {} auth_required {} auth_failed {} replayed {} disallowed {} tcp_disallowed {} | blind {} ms, deferred {} | behind {} ms, ring_dry {} | wakeups/s {:.0} drains/s {:.0} hb/wakeup {:.1} hb/enter {} cqes/enter {}",
         rate(d.heartbeats),
         rate(d.datagrams),
         rate(d.acks_sent),
@@ -110,7 +110,6 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         d.late,
         d.offline,
         now.kernel_drops,
-        now.ring_dry,
         now.forward_drops,
         now.events_dropped,
         now.malformed_total(),
@@ -123,6 +122,8 @@ pub fn summary_line(prev: &ShardStats, now: &ShardStats, secs: f64) -> String {
         now.tcp_disallowed,
         d.blind_ms,
         d.deferred,
+        d.behind_ms,
+        now.ring_dry,
         rate(d.wakeups),
         rate(d.backlog_polls),
         d.heartbeats as f64 / d.wakeups.max(1) as f64,
@@ -188,6 +189,8 @@ mod tests {
             "devices",
             "kernel_drops",
             "ring_dry",
+            "holds",
+            "behind_ms",
             "forwarded",
             "forward_drops",
             "events_dropped",

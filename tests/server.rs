@@ -200,11 +200,12 @@ fn liveness_transitions_with_a_100ms_interval() {
     }
     // Detection bound: late no earlier than 150 ms after the last heartbeat (the event
     // says when that was) and within one tick (10 ms) plus scheduling slack; offline
-    // 300 ms after it. A shard that was blind meanwhile (its loop stalled on a busy
-    // machine) assumes a heartbeat came at the blind span's end, by design (no false
-    // offline): each deadline a span pushed back (counted in `deferred`) may then come
-    // up to one threshold plus the span later.
-    let blind = stats["blind_ms"].as_i64().unwrap();
+    // 300 ms after it. A shard that was blind meanwhile (its socket dropped datagrams)
+    // assumes a heartbeat came at the blind span's end, by design (no false offline):
+    // each deadline a span pushed back (counted in `deferred`) may then come up to one
+    // threshold plus the span later. One that fell behind (its loop stalled on a busy
+    // machine) reports it once it has caught up: up to the time it was behind later.
+    let blind = stats["blind_ms"].as_i64().unwrap() + stats["behind_ms"].as_i64().unwrap();
     let deferred = stats["deferred"].as_i64().unwrap();
     let t = |i: usize| ev[i]["time_ms"].as_i64().unwrap();
     let silent_for = |i: usize| t(i) - ev[i]["last_seen_ms"].as_i64().unwrap();
@@ -569,6 +570,209 @@ fn a_flood_that_overflows_the_socket_causes_no_false_late_or_offline() {
         of(silent),
         ["online", "late", "offline"],
         "the silent device is reported"
+    );
+}
+
+/// A receive ring that runs dry loses nothing (the datagrams wait in the socket), so
+/// it defers no deadline: the shard holds liveness still until it has taken in what
+/// waited, then reports a device that really went silent at its own deadline. Bursts
+/// of 200 datagrams every 5 ms into 16 receive buffers run the ring dry over and
+/// over for 1.2 s while a device goes silent; steady devices keep heartbeating.
+#[test]
+fn a_dry_receive_ring_holds_liveness_without_deferring_it() {
+    use std::os::fd::AsRawFd;
+    let server = Server::start(
+        "dry-ring",
+        &[
+            "--cores",
+            "0",
+            "--engine",
+            "uring",
+            "--buf-count",
+            "16",
+            "--rcvbuf",
+            "8M",
+        ],
+    );
+    let addr = server.addr;
+    let silent = 999_999u64;
+    let c = client();
+    c.send_to(&heartbeat(silent, 1, 1, false), addr).unwrap();
+    let started = std::time::Instant::now();
+    let burst = {
+        std::thread::spawn(move || {
+            let c = client();
+            let (to, to_len) = ringbeat::sys::socket::sockaddr_from(addr);
+            let mut batch =
+                ringbeat::sys::mmsg::SendBatch::new(200, ringbeat::core::codec::MAX_DATAGRAM_BYTES);
+            let mut seq = 0u32;
+            while started.elapsed() < Duration::from_millis(1_200) {
+                seq += 1;
+                for id in 1_000_000..1_000_200u64 {
+                    batch.push(&heartbeat(id, seq, 100, false), &to, to_len);
+                }
+                batch.flush(c.as_raw_fd());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // Devices 1-10 on 200 ms intervals (late after 300 ms), every 50 ms.
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_millis(1_200) {
+        round += 1;
+        for d in 1..=10u64 {
+            c.send_to(&heartbeat(d, round, 2, false), addr).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    burst.join().unwrap();
+    let (status, s, events) = server.terminate();
+    assert!(status.success());
+    assert!(
+        s["ring_dry"].as_u64().unwrap() > 0 && s["holds"].as_u64().unwrap() > 0,
+        "the bursts must run the ring dry for this test to mean anything: {s:#}"
+    );
+    assert_eq!(
+        s["kernel_drops"], 0,
+        "an 8 MiB socket buffer takes the bursts: {s:#}"
+    );
+    let ev: Vec<serde_json::Value> = events
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |id: u64| -> Vec<&serde_json::Value> {
+        ev.iter().filter(|e| e["device_id"] == id).collect()
+    };
+    for d in 1..=10u64 {
+        let to: Vec<&str> = of(d).iter().map(|e| e["to"].as_str().unwrap()).collect();
+        assert_eq!(to, ["online"], "device {d}: no false late or offline");
+    }
+    // The silent device (100 ms interval): late 150 ms after its heartbeat, within a
+    // tick and scheduling slack, plus at most the time the shard was behind; a dry
+    // ring counted as blindness pushed it past the bursts' end (1.2 s).
+    let late = of(silent)
+        .into_iter()
+        .find(|e| e["to"] == "late")
+        .expect("the silent device is reported late");
+    let behind = s["behind_ms"].as_i64().unwrap();
+    let silent_for = late["time_ms"].as_i64().unwrap() - late["last_seen_ms"].as_i64().unwrap();
+    assert!(
+        (150..=150 + 60 + behind).contains(&silent_for),
+        "late {silent_for} ms after its heartbeat ({behind} ms behind in all)"
+    );
+}
+
+/// Heartbeats a peer shard took in after falling behind may have waited in its
+/// socket: their owner holds its liveness too, and gives no false late. Two shards;
+/// every datagram is steered to one (the receiver: its first frame's device is that
+/// shard's), whose 16 receive buffers bursts run dry over and over for 1.2 s. The
+/// steady devices and a silent one belong to the other shard (the owner), which
+/// receives nothing itself and gets their frames handed over.
+#[test]
+fn a_peer_that_fell_behind_holds_its_owners_liveness_too() {
+    use std::os::fd::AsRawFd;
+    let server = Server::start(
+        "dry-peer",
+        &[
+            "--cores",
+            "0,1",
+            "--engine",
+            "uring",
+            "--buf-count",
+            "16",
+            "--rcvbuf",
+            "8M",
+        ],
+    );
+    let addr = server.addr;
+    let receiver = owner(1, 2);
+    let owner_shard = 1 - receiver as usize;
+    let mine: Vec<u64> = (2..)
+        .filter(|&d| owner(d, 2) == receiver)
+        .take(200)
+        .collect();
+    let theirs: Vec<u64> = (1_000..)
+        .filter(|&d| owner(d, 2) != receiver)
+        .take(11)
+        .collect();
+    let (steady, silent) = (&theirs[..10], theirs[10]);
+    // A datagram with the receiver's device 1 first, then `id` (handed to the owner).
+    let via = |id: u64, seq: u32, interval_ds: u16| -> Vec<u8> {
+        [
+            heartbeat(1, seq, 100, false),
+            heartbeat(id, seq, interval_ds, false),
+        ]
+        .concat()
+    };
+    let c = client();
+    c.send_to(&via(silent, 1, 1), addr).unwrap();
+    let started = std::time::Instant::now();
+    let burst = std::thread::spawn(move || {
+        let c = client();
+        let (to, to_len) = ringbeat::sys::socket::sockaddr_from(addr);
+        let mut batch =
+            ringbeat::sys::mmsg::SendBatch::new(200, ringbeat::core::codec::MAX_DATAGRAM_BYTES);
+        let mut seq = 0u32;
+        while started.elapsed() < Duration::from_millis(1_200) {
+            seq += 1;
+            for &id in &mine {
+                batch.push(&heartbeat(id, seq, 100, false), &to, to_len);
+            }
+            batch.flush(c.as_raw_fd());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let mut round = 1u32;
+    while started.elapsed() < Duration::from_millis(1_200) {
+        round += 1;
+        for &d in steady {
+            c.send_to(&via(d, round, 2), addr).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    burst.join().unwrap();
+    let (status, s, events) = server.terminate();
+    assert!(status.success());
+    let (r, o) = (
+        &s["per_shard"][receiver as usize],
+        &s["per_shard"][owner_shard],
+    );
+    assert!(
+        r["ring_dry"].as_u64().unwrap() > 0 && r["holds"].as_u64().unwrap() > 0,
+        "the bursts must run the receiver's ring dry for this test to mean anything: {s:#}"
+    );
+    assert_eq!(
+        s["kernel_drops"], 0,
+        "an 8 MiB socket buffer takes the bursts: {s:#}"
+    );
+    assert_eq!(
+        o["datagrams"], 0,
+        "the owner receives nothing itself: {s:#}"
+    );
+    assert!(
+        o["holds"].as_u64().unwrap() > 0,
+        "the owner held too: {s:#}"
+    );
+    let ev: Vec<serde_json::Value> = events
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |id: u64| -> Vec<&serde_json::Value> {
+        ev.iter().filter(|e| e["device_id"] == id).collect()
+    };
+    for &d in steady {
+        let to: Vec<&str> = of(d).iter().map(|e| e["to"].as_str().unwrap()).collect();
+        assert_eq!(to, ["online"], "device {d}: no false late or offline");
+    }
+    let late = of(silent)
+        .into_iter()
+        .find(|e| e["to"] == "late")
+        .expect("the silent device is reported late");
+    let behind = o["behind_ms"].as_i64().unwrap();
+    let silent_for = late["time_ms"].as_i64().unwrap() - late["last_seen_ms"].as_i64().unwrap();
+    assert!(
+        (150..=150 + 60 + behind).contains(&silent_for),
+        "late {silent_for} ms after its heartbeat ({behind} ms behind in all)"
     );
 }
 

@@ -68,7 +68,8 @@ struct Scenario {
     duration_ms: u64,
     forward_capacity: usize,
     max_devices_per_shard: u32,
-    /// Shards are told now and then that they were blind (and flooded for a while).
+    /// Shards are told now and then that they were blind (and flooded for a while),
+    /// and that they fell behind their socket (liveness held still for a while).
     blindness: bool,
 }
 
@@ -112,11 +113,25 @@ fn observed_deadline(union: &[(u64, u64)], last_ms: u64, threshold_ms: u64) -> u
     }
 }
 
+/// Where a heartbeat applied at `at_ms` stops the transitions before it: at `at_ms`
+/// itself, or, when it was applied during a hold `(h, release)`, just after `h` (it may
+/// have waited in the socket since any instant after `h`; `liveness`, "Holding still").
+fn cutoff(holds: &[(u64, u64)], at_ms: u64) -> u64 {
+    match holds
+        .iter()
+        .find(|&&(h, release)| h < at_ms && at_ms < release)
+    {
+        Some(&(h, _)) => h + 1,
+        None => at_ms,
+    }
+}
+
 fn reference_events(
     id: u64,
     applied: &[Applied],
     end_ms: u64,
     blind: &[(u64, u64)],
+    holds: &[(u64, u64)],
 ) -> (Vec<Event>, u64 /* lost */, u64 /* dups */) {
     let tick = TICK_MS as u64;
     let detect = |due: u64| due.div_ceil(tick) * tick;
@@ -163,7 +178,14 @@ fn reference_events(
     };
     for a in applied {
         silence(
-            &mut state, last_ms, interval, a.at_ms, last_seq, status, epoch, &mut out,
+            &mut state,
+            last_ms,
+            interval,
+            cutoff(holds, a.at_ms),
+            last_seq,
+            status,
+            epoch,
+            &mut out,
         );
         let before = state;
         match before {
@@ -213,7 +235,9 @@ fn reference_events(
     (out, lost, dups)
 }
 
-fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
+/// A run's totals, and the devices whose events a hold changed (the model's events
+/// with and without the holds differ).
+fn run(sc: &Scenario) -> (ringbeat::core::stats::ShardStats, u64) {
     let mut rng = Rng(sc.seed);
     let start_ms = 1_000u64;
     let mut cores: Vec<ShardCore<Heap>> = (0..sc.shards)
@@ -287,10 +311,15 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     let mut blind_spans: Vec<Vec<(u64, u64)>> = vec![Vec::new(); sc.shards as usize];
     let mut last_eval = vec![start_ms; sc.shards as usize];
     let mut flood_until = vec![0u64; sc.shards as usize];
+    // Per shard: its holds, `(start, release)`, and until when the current one lasts.
+    let mut holds: Vec<Vec<(u64, u64)>> = vec![Vec::new(); sc.shards as usize];
+    let mut held_until = vec![0u64; sc.shards as usize];
     let mut now = start_ms;
     while now <= end_ms {
         // 0. Blindness, as an engine notes it before receiving: since the shard's last
-        //    step, now and then (kernel drops, a dry ring), and for floods that last.
+        //    step, now and then (kernel drops), and for floods that last. Falling
+        //    behind, as the shard loop finds it: a hold from the last step, now and
+        //    then, released after a while (the backlog taken in).
         if sc.blindness {
             for s in 0..sc.shards as usize {
                 if rng.below(10_000) < 3 {
@@ -299,6 +328,17 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
                 if (flood_until[s] >= now || rng.chance(5)) && now > last_eval[s] {
                     cores[s].note_blind(last_eval[s], now);
                     blind_spans[s].push((last_eval[s], now));
+                }
+                if cores[s].liveness_held().is_some() && now >= held_until[s] {
+                    cores[s].release_liveness(now);
+                    holds[s].last_mut().expect("held").1 = now;
+                } else if cores[s].liveness_held().is_none()
+                    && rng.below(1_000) < 2
+                    && now > last_eval[s]
+                {
+                    cores[s].hold_liveness(last_eval[s]);
+                    holds[s].push((last_eval[s], u64::MAX));
+                    held_until[s] = now + 1 + rng.below(1_500);
                 }
             }
         }
@@ -687,8 +727,13 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
             break;
         }
     }
-    // The end: every shard catches up to `end_ms`.
+    // The end: every shard catches up to `end_ms` (a hold still on is released: no
+    // heartbeat comes after the end).
     for (s, core) in cores.iter_mut().enumerate() {
+        if core.liveness_held().is_some() {
+            core.release_liveness(end_ms);
+            holds[s].last_mut().expect("held").1 = end_ms + 1;
+        }
         core.advance(end_ms);
         shard_events[s].extend(core.drain_events());
     }
@@ -731,14 +776,19 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
     for e in &events {
         by_device.entry(e.device_id).or_default().push(*e);
     }
-    let (mut lost, mut dups) = (0u64, 0u64);
+    let (mut lost, mut dups, mut held_back) = (0u64, 0u64, 0u64);
     let mut transitions = 0usize;
     let unions: Vec<Vec<(u64, u64)>> = blind_spans.iter().map(|s| union(s)).collect();
     for (id, list) in &applied {
         let owner_shard = owner(*id, sc.shards) as usize;
-        let (want, l, d) = reference_events(*id, list, end_ms, &unions[owner_shard]);
+        let (want, l, d) =
+            reference_events(*id, list, end_ms, &unions[owner_shard], &holds[owner_shard]);
         lost += l;
         dups += d;
+        if !holds[owner_shard].is_empty() {
+            let unheld = reference_events(*id, list, end_ms, &unions[owner_shard], &[]).0;
+            held_back += (unheld != want) as u64;
+        }
         transitions += want.len();
         let got = by_device.remove(id).unwrap_or_default();
         assert_eq!(
@@ -776,7 +826,7 @@ fn run(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
             .iter()
             .any(|e| e.from == Liveness::Offline && e.epoch > 1));
     }
-    total
+    (total, held_back)
 }
 
 /// Where a handed frame's ack sits in its held ack datagram: (byte offset, owner shard,
@@ -789,10 +839,10 @@ type HandedAck = (usize, usize, usize);
 type HeldStream = (u32, u64, Vec<u8>, Vec<u8>, Vec<HandedAck>);
 
 /// Runs `sc`, naming the seed if it fails.
-fn run_seed(sc: &Scenario) -> ringbeat::core::stats::ShardStats {
+fn run_seed(sc: &Scenario) -> (ringbeat::core::stats::ShardStats, u64) {
     let outcome = std::panic::catch_unwind(|| run(sc));
     match outcome {
-        Ok(total) => total,
+        Ok(outcome) => outcome,
         Err(e) => {
             let msg = e
                 .downcast_ref::<String>()
@@ -844,8 +894,9 @@ fn simulation_many_seeds() {
 fn simulation_blind_shards_defer_exactly_by_their_blind_time() {
     let n = seed_count(200);
     let (mut deferred, mut blind_ms, mut offline) = (0, 0, 0);
+    let (mut holds, mut behind_ms, mut held_back) = (0, 0, 0);
     for seed in seeds(1..=n) {
-        let t = run_seed(&Scenario {
+        let (t, held) = run_seed(&Scenario {
             seed,
             shards: 3,
             devices: 120,
@@ -857,10 +908,17 @@ fn simulation_blind_shards_defer_exactly_by_their_blind_time() {
         deferred += t.deferred;
         blind_ms += t.blind_ms;
         offline += t.offline;
+        holds += t.holds;
+        behind_ms += t.behind_ms;
+        held_back += held;
     }
     assert!(
         deferred > 0 && blind_ms > 0,
         "blindness really deferred transitions"
+    );
+    assert!(
+        holds > 0 && behind_ms > 0 && held_back > 0,
+        "holds really changed some devices' events ({holds} holds, {behind_ms} ms, {held_back} devices)"
     );
     assert!(offline > 0, "silent devices still went offline");
 }

@@ -1,6 +1,8 @@
 //! Local health: the spans of time in which a shard knows it may have missed
-//! heartbeats (its socket dropped datagrams, its loop stalled, its receive ring ran dry
-//! while data waited). A late or offline transition that this blindness could explain
+//! heartbeats (its socket dropped datagrams, a peer could not hand it frames). A shard
+//! that only fell behind (its loop stalled, its receive ring ran dry while data waited)
+//! lost nothing and is not blind: it holds liveness still until it has caught up
+//! (`liveness`, "Holding still"). A late or offline transition that blindness could explain
 //! is deferred by the blind time since the device was last seen, so the server's own
 //! overload never reads as devices going silent. The idea is Lifeguard's local health
 //! awareness (HashiCorp memberlist): a member that knows it is slow stretches its

@@ -23,6 +23,18 @@
 //! records which bucket holds its live entry (`Device::wheel_bucket`); entries left in
 //! other buckets by a re-schedule are stale and skipped when their bucket comes up.
 //!
+//! Holding still: a shard that falls behind its socket (its loop stalled, or its receive
+//! ring ran dry while datagrams waited) has heartbeats waiting that arrived at any
+//! instant since. It loses none of them (an overflowing socket's drops are blindness,
+//! `blind`), so instead of deferring deadlines it stops liveness at the instant `h` it
+//! fell behind (`hold`) until the engine has taken in what waited: the walk looks no
+//! further than `h`, and a heartbeat applied meanwhile emits only the transitions
+//! detected at or before `h` (it may have arrived at any instant after). Released, the
+//! walk goes on to now and reports at their own deadlines the devices whose heartbeat
+//! did not come: a device that stopped is reported once the backlog is drained, not a
+//! threshold later. A transition a heartbeat taken in during the hold may have
+//! preceded is not reported (the shard cannot know), never one it did not.
+//!
 //! Invariant (checked exactly by the simulation tests): a scheduled device's bucket time
 //! is ≤ its next deadline. Heartbeats only push deadlines later; the exceptions (a new
 //! or returning device, a shorter interval) re-schedule the device.
@@ -103,6 +115,9 @@ pub struct Wheel<M: Memory> {
     cursor: Option<Cursor>,
     /// When this shard may have missed heartbeats; deadlines are deferred by it.
     pub blind: BlindLog,
+    /// Set while the shard is behind its socket: the instant it fell behind (module
+    /// doc, "Holding still").
+    pub hold: Option<u64>,
     /// Rechecks at which a transition was due but deferred by blindness.
     pub deferred: u64,
 }
@@ -140,6 +155,7 @@ impl<M: Memory> Wheel<M> {
             overflow: 0,
             cursor: None,
             blind: BlindLog::default(),
+            hold: None,
             deferred: 0,
         })
     }
@@ -212,11 +228,19 @@ impl<M: Memory> Wheel<M> {
         due.div_ceil(self.tick_ms) * self.tick_ms
     }
 
+    /// The instant liveness may look up to: `now_ms`, or the start of a hold.
+    #[inline]
+    fn held(&self, now_ms: u64) -> u64 {
+        self.hold.map_or(now_ms, |h| now_ms.min(h))
+    }
+
     /// Before a heartbeat at `now_ms` is applied to device `slot`: emits every
     /// transition whose detection time is already past (strictly before `now_ms`) that
     /// the walk has not reached yet, so the device goes Online → Late → Offline before
     /// it comes back, exactly as if the walk had kept up. Its wheel entry stays; when
-    /// the walk reaches it, the recheck finds nothing due or a stale entry.
+    /// the walk reaches it, the recheck finds nothing due or a stale entry. During a
+    /// hold from `h` only transitions detected at or before `h` are emitted: this
+    /// heartbeat may have waited in the socket since any instant after `h`.
     pub fn catch_up(
         &self,
         th: &Thresholds,
@@ -225,9 +249,10 @@ impl<M: Memory> Wheel<M> {
         now_ms: u64,
         emit: &mut impl FnMut(Transition, &Device),
     ) {
+        let limit = self.hold.map_or(now_ms, |h| now_ms.min(h + 1));
         while let Some((_, due)) = self.effective_due(th, device, now_ms) {
             let at_ms = self.detection_ms(due);
-            if at_ms >= now_ms {
+            if at_ms >= limit {
                 return;
             }
             emit(advance_state(device, slot, at_ms), device);
@@ -276,6 +301,7 @@ impl<M: Memory> Wheel<M> {
         budget: usize,
         emit: &mut impl FnMut(Transition, &Device),
     ) -> bool {
+        let now_ms = self.held(now_ms);
         let mut left = budget;
         loop {
             let mut c = match self.cursor.take() {

@@ -227,6 +227,8 @@ pub struct ShardCore<M: Memory> {
     emitter: Emitter,
     /// The last tick (shard ms / tick) the table took its growth step in.
     growth_tick: u64,
+    /// The end of the hold time already added to `behind_ms`.
+    behind_counted_to: u64,
     /// The device registry (`--devices-file`), shared by every shard; `None`: any id.
     registry: Option<Arc<RegistryIn<M>>>,
     /// Replay windows of the registered devices this shard owns, by `Entry::local`
@@ -268,6 +270,7 @@ impl<M: Memory> ShardCore<M> {
             pending: Vec::with_capacity(MAX_BATCH),
             pending_now_ms: now_ms,
             growth_tick: now_ms / cfg.tick_ms as u64,
+            behind_counted_to: 0,
             emitter: Emitter {
                 events: Vec::with_capacity(cfg.event_capacity),
                 next_seq: 1,
@@ -1057,13 +1060,46 @@ impl<M: Memory> ShardCore<M> {
     }
 
     /// Records that this shard was blind over `[from_ms, to_ms)`: it may have missed
-    /// heartbeats then (its socket dropped datagrams, its loop stalled, its receive ring
-    /// ran dry), so late and offline deadlines are deferred by that time (see
+    /// heartbeats then (its socket dropped datagrams, a peer could not hand it frames),
+    /// so late and offline deadlines are deferred by that time (see
     /// `blind`). Spans come in time order, each starting at or after the previous
     /// liveness step.
     pub fn note_blind(&mut self, from_ms: u64, to_ms: u64) {
         self.wheel.blind.note(from_ms, to_ms);
         self.stats.blind_ms = self.wheel.blind.total_ms;
+    }
+
+    /// Records that this shard fell behind its socket at `from_ms` (its loop stalled or
+    /// its receive ring ran dry: heartbeats wait, none lost): liveness holds still at
+    /// `from_ms` until `release_liveness` (`liveness`, "Holding still"). `from_ms` is
+    /// the time of the shard's last liveness step or later. A hold already on keeps
+    /// its start.
+    pub fn hold_liveness(&mut self, from_ms: u64) {
+        if self.wheel.hold.is_none() {
+            self.wheel.hold = Some(from_ms);
+            self.behind_counted_to = from_ms;
+            self.stats.holds += 1;
+        }
+    }
+
+    /// The shard has taken in what waited when it fell behind: liveness goes on.
+    pub fn release_liveness(&mut self, now_ms: u64) {
+        self.count_behind(now_ms);
+        self.wheel.hold = None;
+    }
+
+    /// Whether liveness holds still, and since when.
+    pub fn liveness_held(&self) -> Option<u64> {
+        self.wheel.hold
+    }
+
+    /// Adds the hold's time up to `now_ms` to `behind_ms` (a hold that lasts is
+    /// counted as it goes, not only once it ends).
+    pub fn count_behind(&mut self, now_ms: u64) {
+        if self.wheel.hold.is_some() && now_ms > self.behind_counted_to {
+            self.stats.behind_ms += now_ms - self.behind_counted_to;
+            self.behind_counted_to = now_ms;
+        }
     }
 
     /// The liveness part of one loop iteration, the same for every engine and for the
@@ -1608,6 +1644,50 @@ mod tests {
             s.malformed_total(),
             1,
             "the bad magic, and nothing after it"
+        );
+    }
+
+    #[test]
+    fn a_shard_that_fell_behind_holds_liveness_until_it_caught_up() {
+        // Devices 1 and 2 seen at 1.0 s (1 s interval: late at 2.5 s). The shard falls
+        // behind at 2.0 s and catches up at 2.8 s. Device 1's heartbeat, taken in at
+        // 2.7 s, may have arrived before 2.5 s: no late. Device 2 sent nothing: late at
+        // its own deadline, reported once the backlog is in, not a threshold later.
+        let mut c = core(0);
+        beat(&mut c, 1, 1, 1_000);
+        beat(&mut c, 2, 1, 1_000);
+        c.advance(2_000);
+        assert_eq!(events(&mut c).len(), 2, "both new");
+        c.hold_liveness(2_000);
+        c.advance(2_600);
+        assert_eq!(events(&mut c), [], "nothing past the hold's start");
+        beat(&mut c, 1, 2, 2_700);
+        c.advance(2_790);
+        assert_eq!(
+            events(&mut c),
+            [],
+            "the catch-up stops at the hold's start too"
+        );
+        c.release_liveness(2_800);
+        c.advance(2_800);
+        assert_eq!(
+            events(&mut c),
+            [(2, Liveness::Online, Liveness::Late, 1, 2_500)]
+        );
+        assert_eq!((c.stats().holds, c.stats().behind_ms), (1, 800));
+        // A transition detected before the hold began is still emitted by a catch-up
+        // during it: device 3 seen at 3.0 s, late at 4.5 s; the shard falls behind at
+        // 4.6 s before its walk got there, and device 3's next heartbeat comes at 4.7 s.
+        beat(&mut c, 3, 1, 3_000);
+        assert_eq!(events(&mut c).len(), 1, "new");
+        c.hold_liveness(4_600);
+        beat(&mut c, 3, 2, 4_700);
+        assert_eq!(
+            events(&mut c),
+            [
+                (3, Liveness::Online, Liveness::Late, 1, 4_500),
+                (3, Liveness::Late, Liveness::Online, 2, 4_700),
+            ]
         );
     }
 

@@ -187,11 +187,16 @@ stats! {
     Counter rechecks ("rechecks"),
     /// Liveness re-schedules refused because the wheel's entry pool was full.
     Counter wheel_overflow ("rechecks"),
-    /// Time the shard knew it may have missed heartbeats (kernel drops, a stalled loop,
-    /// a dry receive ring), by which late and offline deadlines were deferred.
+    /// Time the shard knew it may have missed heartbeats (kernel drops, or frames a
+    /// peer could not hand over), by which late and offline deadlines were deferred.
     Counter blind_ms ("milliseconds"),
     /// Late or offline transitions that were due but deferred by that blindness.
     Counter deferred ("transitions"),
+    /// Times the shard fell behind its socket (its loop stalled, or its receive ring
+    /// ran dry while datagrams waited) and held liveness still until it caught up.
+    Counter holds ("times"),
+    /// Time liveness held still while the shard caught up with its socket.
+    Counter behind_ms ("milliseconds"),
     /// Event density: completions (io_uring) or datagrams (epoll) handled.
     Counter cqes ("completions"),
     /// Event density: io_uring_enter calls (io_uring) or loop syscalls (epoll).

@@ -224,10 +224,9 @@ impl Ingest<'_> {
     }
 }
 
-/// Why the shard was blind.
+/// Why the shard fell behind its socket.
 #[derive(Clone, Copy, Debug)]
-enum Cause {
-    Drops,
+enum Behind {
     Stall,
     DryRing,
 }
@@ -295,6 +294,11 @@ pub(crate) trait Engine {
     /// so every ack made is accounted for. Engines whose sends complete at once need
     /// nothing.
     fn finish_sends(&mut self, _io: &mut Ingest<'_>, _deadline: Instant) {}
+    /// The engine's receive ran dry and was re-armed, but what waited in the socket
+    /// has not come in yet (`ShardLoop::catch_up` keeps liveness held meanwhile).
+    fn behind(&self) -> bool {
+        false
+    }
     fn info(&self) -> ShardInfo;
 }
 
@@ -416,9 +420,10 @@ struct ShardLoop<'a> {
 
 /// What the loop watches to know when the shard may have missed heartbeats (see
 /// `ringbeat_core::blind`): kernel drops (read at most once per tick, and before
-/// every liveness walk), a loop iteration that starts more than two ticks after the
-/// previous one (a wait never sleeps longer than one tick), and a receive ring that ran
-/// dry while data waited.
+/// every liveness walk) and frames peers could not hand over; and when it fell behind
+/// its socket (`ringbeat_core::liveness`, "Holding still"): a loop iteration that
+/// starts more than two ticks after the previous one (a wait never sleeps longer than
+/// one tick), or a receive ring that ran dry while data waited.
 #[derive(Default)]
 struct Blindness {
     /// Start of the previous loop iteration (shard ms).
@@ -426,12 +431,19 @@ struct Blindness {
     /// When the socket's drop count was last read.
     last_drop_check_ms: u64,
     /// Blindness seen within the millisecond it started in (drops read twice in one
-    /// ms, a dry ring in the iteration's own ms), with its cause: an empty span records
+    /// ms): an empty span records
     /// nothing, so it is noted from this instant at the next iteration of a later
     /// millisecond, which comes before the next liveness step (so the span starts at or
     /// after it).
-    pending: Option<(u64, Cause)>,
-    /// Blind time and causes since the last log line.
+    pending: Option<u64>,
+    /// The shard itself fell behind its socket and has not caught up (its flag in
+    /// `Shared::behind` is set).
+    own_behind: bool,
+    /// It caught up in this iteration: its flag is cleared once the iteration's
+    /// hand-offs are published.
+    caught_up: bool,
+    /// Blind time and causes since the last log line (stalls and dry rings: times the
+    /// shard fell behind).
     unlogged_ms: u64,
     drops: u64,
     stalls: u64,
@@ -441,6 +453,12 @@ struct Blindness {
 
 /// Least time between two "blind" log lines of one shard.
 const BLIND_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A shard that fell behind has caught up once its socket holds less than this (skb
+/// truesize, a few dozen datagrams): what one batching wait leaves queued in normal
+/// running, taken in by the next receive. Waiting for an empty queue instead would
+/// never end under a steady high rate, where datagrams keep arriving between reads.
+const CAUGHT_UP_BYTES: u32 = 64 << 10;
 
 impl ShardLoop<'_> {
     fn now_ms(&self) -> u64 {
@@ -467,13 +485,13 @@ impl ShardLoop<'_> {
                 return self.stop(engine);
             }
             let now_ms = self.now_ms();
-            if let Some((from, cause)) = self.blind.pending.filter(|&(from, _)| now_ms > from) {
+            if let Some(from) = self.blind.pending.filter(|&from| now_ms > from) {
                 self.blind.pending = None;
-                self.note_blind(from, now_ms, cause);
+                self.note_blind(from, now_ms);
             }
             let stalled = now_ms > self.blind.last_iteration_ms + 2 * self.tick_ms();
             if stalled {
-                self.note_blind(self.blind.last_iteration_ms, now_ms, Cause::Stall);
+                self.fell_behind(Behind::Stall);
             }
             let iteration = Instant::now();
             let (dry_before, cqes_before) = (self.core.stats().ring_dry, self.core.stats().cqes);
@@ -485,14 +503,25 @@ impl ShardLoop<'_> {
                     .receive_batch
                     .record(&crate::core::stats::BATCH_BOUNDS, batch);
             }
-            if self.core.stats().ring_dry > dry_before {
-                self.note_blind(self.blind.last_iteration_ms, now_ms, Cause::DryRing);
+            let dry = self.core.stats().ring_dry > dry_before;
+            if dry {
+                self.fell_behind(Behind::DryRing);
             }
             let walk_due = now_ms >= self.core.next_deadline_ms();
             if walk_due || now_ms >= self.blind.last_drop_check_ms + self.tick_ms() {
                 self.check_drops(now_ms);
             }
+            if self.blind.own_behind {
+                self.catch_up(engine, dry);
+            }
             self.after_receive(now_ms, false);
+            if self.blind.caught_up {
+                // After the frames taken in while behind were published (above).
+                self.blind.caught_up = false;
+                self.ctx.shared.behind[self.ctx.index as usize]
+                    .0
+                    .store(false, Ordering::Release);
+            }
             self.send_ready(engine);
             if let Some(saver) = self.ctx.saver.as_mut() {
                 let requested = self.ctx.shared.snapshot_gen.load(Ordering::Relaxed);
@@ -555,10 +584,28 @@ impl ShardLoop<'_> {
         let held = &mut self.held;
         let streams = &mut self.streams;
         let index = self.ctx.index as usize;
+        // A peer that fell behind hands over frames that may have waited: this shard
+        // holds its liveness too (`ringbeat_core::liveness`, "Holding still"), from its
+        // own last step. Read before the drain, so that a peer's flag seen clear here
+        // covers every frame it published before clearing it (drained below); a peer
+        // that fell behind since is seen while its frames are drained (their ring's
+        // acquire makes the flag, set before them, visible).
+        let flags = &self.ctx.shared.behind;
+        let since = self.blind.last_iteration_ms;
+        let mut peers_behind = false;
+        for (peer, flag) in flags.iter().enumerate() {
+            if peer != index && flag.0.load(Ordering::Acquire) {
+                peers_behind = true;
+            }
+        }
+        if peers_behind {
+            core.hold_liveness(since);
+        }
         for (i, c) in self.ctx.inbound.iter_mut().enumerate() {
             // Inbound rings are the peers' in shard order, without this shard's own.
             let peer = if i < index { i } else { i + 1 };
             let verdicts = &mut self.verdicts[peer];
+            let mut looked = peers_behind;
             c.drain(|f| match Verdict::decode(f) {
                 Some(v) if v.ticket & STREAM_TICKET != 0 => {
                     streams.resolve(v);
@@ -567,6 +614,13 @@ impl ShardLoop<'_> {
                     held.resolve(v, |ack, status| core.restatus_ack(ack, status));
                 }
                 None => {
+                    if !looked {
+                        looked = true;
+                        if flags[peer].0.load(Ordering::Relaxed) {
+                            peers_behind = true;
+                            core.hold_liveness(since);
+                        }
+                    }
                     if let Some(v) = core.ingest_forwarded(f, now_ms) {
                         // Straight onto the ring back, unless earlier ones still wait
                         // (order kept) or it is full.
@@ -596,6 +650,13 @@ impl ShardLoop<'_> {
             });
             if answered > 0 {
                 replies.publish();
+            }
+        }
+        if core.liveness_held().is_some() {
+            if self.blind.own_behind || peers_behind {
+                core.count_behind(now_ms);
+            } else {
+                core.release_liveness(now_ms);
             }
         }
         if whole_walk {
@@ -663,19 +724,54 @@ impl ShardLoop<'_> {
         missed |= handoff != self.handoff_drops_seen;
         self.handoff_drops_seen = handoff;
         if missed {
-            self.note_blind(self.blind.last_drop_check_ms, now_ms, Cause::Drops);
+            self.note_blind(self.blind.last_drop_check_ms, now_ms);
         }
         self.blind.last_drop_check_ms = now_ms;
     }
 
+    /// The shard fell behind its socket since its previous iteration (which stepped
+    /// liveness): liveness holds still from then until `catch_up` finds the backlog
+    /// taken in.
+    fn fell_behind(&mut self, cause: Behind) {
+        self.core.hold_liveness(self.blind.last_iteration_ms);
+        if !self.blind.own_behind {
+            self.blind.own_behind = true;
+            self.blind.caught_up = false;
+            // Before any frame taken in from now on is published (the ring's release
+            // store orders it): an owner that drains one sees the flag.
+            self.ctx.shared.behind[self.ctx.index as usize]
+                .0
+                .store(true, Ordering::Relaxed);
+        }
+        match cause {
+            Behind::Stall => self.blind.stalls += 1,
+            Behind::DryRing => self.blind.dry += 1,
+        }
+        self.log_blind();
+    }
+
+    /// The shard has caught up once what waited has been taken in: the engine has
+    /// nothing re-armed but undrained (`Engine::behind`), this iteration's receive did
+    /// not run dry, and the socket holds no more than one batching wait would leave in
+    /// it (`CAUGHT_UP_BYTES`). Read after the receive; the hold itself is released in
+    /// `after_receive`, once no peer that hands this shard frames is behind either.
+    fn catch_up<E: Engine>(&mut self, engine: &E, dry: bool) {
+        let fd = self.ctx.socket.as_raw_fd();
+        let queued = crate::sys::socket::socket_queued_bytes(fd);
+        if !dry && !engine.behind() && queued.is_ok_and(|b| b < CAUGHT_UP_BYTES) {
+            self.blind.own_behind = false;
+            self.blind.caught_up = true;
+        }
+    }
+
     /// Tells the core the shard was blind over `[from_ms, to_ms)`, and logs it at a
     /// limited rate.
-    fn note_blind(&mut self, from_ms: u64, to_ms: u64, cause: Cause) {
+    fn note_blind(&mut self, from_ms: u64, to_ms: u64) {
         if to_ms <= from_ms {
             let b = &mut self.blind;
-            // The earliest such instant, with its cause.
-            if b.pending.is_none_or(|(from, _)| from_ms < from) {
-                b.pending = Some((from_ms, cause));
+            // The earliest such instant.
+            if b.pending.is_none_or(|from| from_ms < from) {
+                b.pending = Some(from_ms);
             }
             return;
         }
@@ -683,22 +779,35 @@ impl ShardLoop<'_> {
         self.core.note_blind(from_ms, to_ms);
         let b = &mut self.blind;
         b.unlogged_ms += self.core.stats().blind_ms - before;
-        match cause {
-            Cause::Drops => b.drops += 1,
-            Cause::Stall => b.stalls += 1,
-            Cause::DryRing => b.dry += 1,
-        }
+        b.drops += 1;
+        self.log_blind();
+    }
+
+    /// Says, at most every `BLIND_LOG_EVERY`, what blindness and falling behind the
+    /// shard saw since the last time.
+    fn log_blind(&mut self) {
+        let b = &mut self.blind;
         if b.last_log.is_none_or(|t| t.elapsed() >= BLIND_LOG_EVERY) {
             b.last_log = Some(Instant::now());
-            tracing::warn!(
-                shard = self.ctx.index,
-                blind_ms = b.unlogged_ms,
-                kernel_drop_spans = b.drops,
-                stalls = b.stalls,
-                dry_ring_spans = b.dry,
-                deferred_total = self.core.stats().deferred,
-                "the shard may have missed heartbeats: a device goes late or offline only after a whole threshold of silence outside the blind time (counted in blind_ms and deferred)"
-            );
+            let stats = self.core.stats();
+            if b.drops > 0 {
+                tracing::warn!(
+                    shard = self.ctx.index,
+                    blind_ms = b.unlogged_ms,
+                    drop_spans = b.drops,
+                    deferred_total = stats.deferred,
+                    "the shard may have missed heartbeats (its socket or a peer's hand-off dropped some): a device goes late or offline only after a whole threshold of silence outside the blind time (counted in blind_ms and deferred)"
+                );
+            }
+            if b.stalls + b.dry > 0 {
+                tracing::warn!(
+                    shard = self.ctx.index,
+                    stalls = b.stalls,
+                    dry_ring = b.dry,
+                    behind_ms_total = stats.behind_ms,
+                    "the shard fell behind its socket (its loop stalled, or its receive ring ran dry while datagrams waited): liveness held still until it caught up (counted in holds and behind_ms); a dry ring that recurs wants more --buf-count or more cores"
+                );
+            }
             (b.unlogged_ms, b.drops, b.stalls, b.dry) = (0, 0, 0, 0);
         }
     }

@@ -928,6 +928,11 @@ impl Engine for UringEngine {
         }
     }
 
+    fn behind(&self) -> bool {
+        // Cleared by the draining reap that follows the re-arm.
+        self.ran_dry
+    }
+
     fn info(&self) -> ShardInfo {
         self.info.clone()
     }
