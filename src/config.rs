@@ -634,7 +634,19 @@ impl ServeArgs {
             process: self.process.validate()?,
             network,
             forward_ring_frames: 8192,
-            event_queue: 65_536,
+            // RINGBEAT_EVENT_QUEUE=N sizes it instead, so tests can fill it on purpose.
+            event_queue: match std::env::var("RINGBEAT_EVENT_QUEUE") {
+                Ok(v) => match v.parse::<usize>() {
+                    Ok(n) if n >= 1 => n,
+                    _ => {
+                        return Err(invalid(
+                            "RINGBEAT_EVENT_QUEUE",
+                            format!("{v}: give a number from 1 up, or unset it"),
+                        ))
+                    }
+                },
+                Err(_) => 65_536,
+            },
         })
     }
 }

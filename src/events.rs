@@ -31,6 +31,10 @@ pub struct Made {
     /// The device's last heartbeat on the real-time clock (Unix ms).
     pub last_seen_unix_ms: u64,
     pub event: Event,
+    /// Not a transition: a device's current state, sent again for presence because
+    /// its transition was dropped (`ShardCore::refresh_unshipped`). Not written to
+    /// the events file.
+    pub refresh: bool,
 }
 
 pub struct EventWriter {
@@ -237,6 +241,11 @@ impl Writer {
                 }
                 loop {
                     match rx.try_recv() {
+                        Ok(m) if m.refresh => {
+                            if self.mqtt.is_some() {
+                                self.batch.push(m);
+                            }
+                        }
                         Ok(m) => {
                             took += 1;
                             self.write(&m);
@@ -367,6 +376,7 @@ mod tests {
             unix_ms: 1_795_502_734_556,
             last_seen_unix_ms: 1_795_502_733_000,
             event: e,
+            refresh: false,
         };
         let v: serde_json::Value = serde_json::from_str(&event_json(&m)).unwrap();
         assert_eq!(v["device_id"], 9);

@@ -104,10 +104,16 @@ pub struct Outbox {
 
 impl Outbox {
     /// A new transition: the device's state to publish (replacing an unsent one), and
-    /// the transition itself for `{prefix}/events`.
+    /// the transition itself for `{prefix}/events`. A refresh (a device's state sent
+    /// again because its transition was dropped) is a state only, and nothing to do
+    /// when that state is the one already published.
     fn offer(&mut self, m: &Made, with_events: bool, stats: &MqttStats) {
         let id = m.event.device_id;
         match self.states.get_mut(&id) {
+            Some(l)
+                if m.refresh
+                    && !l.dirty
+                    && (l.made.event.to, l.made.event.epoch) == (m.event.to, m.event.epoch) => {}
             Some(l) => {
                 if l.dirty {
                     stats.superseded.fetch_add(1, Ordering::Relaxed);
@@ -128,7 +134,7 @@ impl Outbox {
                 self.dirty.push_back(id);
             }
         }
-        if with_events {
+        if with_events && !m.refresh {
             if self.events.len() < EVENTS_QUEUE {
                 self.events.push_back(*m);
             } else {
@@ -534,6 +540,7 @@ mod tests {
             shard: 0,
             unix_ms: 1,
             last_seen_unix_ms: 1,
+            refresh: false,
             event: Event {
                 device_id: id,
                 from: Liveness::Online,
@@ -568,6 +575,28 @@ mod tests {
         assert_eq!(ids, [1, 2]);
         o.put_back(2);
         assert_eq!(o.take().map(|m| m.event.device_id), Some(2));
+    }
+
+    #[test]
+    fn a_refresh_publishes_a_state_only_when_it_differs() {
+        let stats = MqttStats::default();
+        let mut o = Outbox::default();
+        let refresh = |id, to| Made {
+            refresh: true,
+            ..made(id, to)
+        };
+        o.offer(&made(1, Liveness::Late), true, &stats);
+        assert_eq!(o.take().map(|m| m.event.to), Some(Liveness::Late));
+        assert_eq!(o.events.len(), 1, "the transition");
+        // Device 1's transition to offline was dropped: its refresh is published.
+        // Then the same state again: nothing to do. Device 2 was never published.
+        o.offer(&refresh(1, Liveness::Offline), true, &stats);
+        assert_eq!(o.take().map(|m| m.event.to), Some(Liveness::Offline));
+        o.offer(&refresh(1, Liveness::Offline), true, &stats);
+        o.offer(&refresh(2, Liveness::Online), true, &stats);
+        assert_eq!(o.take().map(|m| m.event.device_id), Some(2));
+        assert!(o.take().is_none());
+        assert_eq!(o.events.len(), 1, "a refresh is no transition");
     }
 
     #[test]

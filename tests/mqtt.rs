@@ -234,3 +234,42 @@ fn every_device_state_is_retained_and_survives_a_broker_restart() {
     assert!(status.success());
     assert_eq!(v["mqtt"]["unsent_at_stop"], 0);
 }
+
+/// Presence is state, not a log: when the shard's event queue is full, the dropped
+/// transitions are counted (`events_dropped`) and the devices they concern get their
+/// current state published once the queue has room, so the broker still holds every
+/// device's state. 400 devices on 1 s intervals heartbeat once and go late, then
+/// offline, each wave in one tick, through a queue of 16 events.
+#[test]
+fn dropped_transitions_still_reach_presence_as_state() {
+    let broker = Broker::start(free_port());
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let server = Server::start_with_env(
+        "mqtt-dropped",
+        "127.0.0.1:0",
+        &["--cores", "0", "--mqtt", &url],
+        &[("RINGBEAT_EVENT_QUEUE", "16")],
+    );
+    let c = common::client();
+    let n = 400u64;
+    for id in 1..=n {
+        c.send_to(&heartbeat(id, 1, 10, false), server.addr)
+            .unwrap();
+        if id % 8 == 0 {
+            // Eight at a time: the queue takes each group's online transitions.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let v = server.wait_stats(15, |v| v["offline"].as_u64() == Some(n));
+    assert!(
+        v["events_dropped"].as_u64().unwrap() > 0,
+        "the waves must overflow the queue for this test to mean anything: {v}"
+    );
+    let states = collect(broker.port, "ringbeat/devices/+/state", 15, |m| {
+        m.len() == n as usize && m.values().all(|v| v["state"] == "offline")
+    });
+    assert!(states.values().all(|v| v["epoch"] == 1));
+    let (status, v, _) = server.terminate();
+    assert!(status.success());
+    assert!(v["presence_refreshes"].as_u64().unwrap() > 0, "{v}");
+}

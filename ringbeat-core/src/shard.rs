@@ -152,12 +152,60 @@ pub struct Event {
 struct Emitter {
     events: Vec<Event>,
     next_seq: u64,
+    /// With presence tracked: the devices whose latest transition was dropped.
+    unshipped: Option<Unshipped>,
+}
+
+/// The devices whose latest transition never reached the event queue (the core's
+/// buffer or the engine's queue was full), one bit per table slot, so that presence
+/// (MQTT), which is state and not a log, can be sent their current state instead
+/// (`ShardCore::refresh_unshipped`). A bitmap and not a list of the dropped events:
+/// bounded by the table (128 KiB per million devices) however many are dropped, and
+/// what is sent again is the device's state when it is sent, never an older one.
+struct Unshipped {
+    words: Vec<u64>,
+    count: u32,
+    /// Where the next refresh starts looking (a word index).
+    cursor: usize,
+}
+
+impl Unshipped {
+    fn mark(&mut self, slot: Slot) {
+        let (w, bit) = (slot as usize / 64, 1u64 << (slot % 64));
+        if let Some(word) = self.words.get_mut(w) {
+            if *word & bit == 0 {
+                *word |= bit;
+                self.count += 1;
+            }
+        }
+    }
+
+    /// The next marked slot at or after the cursor (wrapping), cleared.
+    fn take(&mut self) -> Option<Slot> {
+        if self.count == 0 {
+            return None;
+        }
+        let n = self.words.len();
+        for i in 0..n {
+            let w = (self.cursor + i) % n;
+            let word = self.words[w];
+            if word != 0 {
+                let bit = word.trailing_zeros();
+                self.words[w] &= !(1u64 << bit);
+                self.count -= 1;
+                self.cursor = w;
+                return Some((w * 64) as Slot + bit);
+            }
+        }
+        None
+    }
 }
 
 impl Emitter {
     fn emit(
         &mut self,
         stats: &mut ShardStats,
+        slot: Slot,
         d: &Device,
         from: Liveness,
         to: Liveness,
@@ -169,6 +217,9 @@ impl Emitter {
         self.next_seq += 1;
         if self.events.len() == self.events.capacity() {
             stats.events_dropped += 1;
+            if let Some(u) = self.unshipped.as_mut() {
+                u.mark(slot);
+            }
             return;
         }
         let last_seen_ms = d.last_seen_before(at_ms);
@@ -274,6 +325,7 @@ impl<M: Memory> ShardCore<M> {
             emitter: Emitter {
                 events: Vec::with_capacity(cfg.event_capacity),
                 next_seq: 1,
+                unshipped: None,
             },
             cfg,
             registry: None,
@@ -338,8 +390,14 @@ impl<M: Memory> ShardCore<M> {
             d.set_liveness(Liveness::Forgotten);
             let d = *d;
             self.stats.forgotten += 1;
-            self.emitter
-                .emit(&mut self.stats, &d, before, Liveness::Forgotten, now_ms);
+            self.emitter.emit(
+                &mut self.stats,
+                slot,
+                &d,
+                before,
+                Liveness::Forgotten,
+                now_ms,
+            );
         }
         Ok(())
     }
@@ -1008,7 +1066,7 @@ impl<M: Memory> ShardCore<M> {
             self.table.device_mut(slot),
             slot,
             now_ms,
-            &mut |t, d| emitter.emit(stats, d, t.from, t.to, t.at_ms),
+            &mut |t, d| emitter.emit(stats, t.slot, d, t.from, t.to, t.at_ms),
         );
         let d = self.table.device_mut(slot);
         let before = d.liveness();
@@ -1051,7 +1109,7 @@ impl<M: Memory> ShardCore<M> {
             d.set_liveness(Liveness::Online);
             let d = *d;
             self.emitter
-                .emit(&mut self.stats, &d, before, Liveness::Online, now_ms);
+                .emit(&mut self.stats, slot, &d, before, Liveness::Online, now_ms);
         }
         if reschedule {
             self.wheel
@@ -1129,7 +1187,7 @@ impl<M: Memory> ShardCore<M> {
         let done = self
             .wheel
             .advance_budget(&th, &mut self.table, now_ms, budget, &mut |t, d| {
-                emitter.emit(stats, d, t.from, t.to, t.at_ms)
+                emitter.emit(stats, t.slot, d, t.from, t.to, t.at_ms)
             });
         self.stats.rechecks = self.wheel.rechecks;
         self.stats.wheel_overflow = self.wheel.overflow;
@@ -1168,6 +1226,71 @@ impl<M: Memory> ShardCore<M> {
     /// Takes the events emitted since the last drain.
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
         self.emitter.events.drain(..)
+    }
+
+    /// Remembers which devices' transitions are dropped (`Unshipped`), for presence.
+    pub fn track_presence(&mut self) {
+        let words = (self.cfg.max_devices as usize).div_ceil(64);
+        self.emitter.unshipped = Some(Unshipped {
+            words: vec![0; words],
+            count: 0,
+            cursor: 0,
+        });
+    }
+
+    /// The engine could not queue this device's transition (drained from
+    /// `drain_events`): its current state is to be sent again.
+    pub fn mark_unshipped(&mut self, device_id: u64) {
+        if let (Some(u), Some(slot)) = (self.emitter.unshipped.as_mut(), self.table.find(device_id))
+        {
+            u.mark(slot);
+        }
+    }
+
+    /// Devices whose current state is still to be sent again.
+    pub fn unshipped(&self) -> u32 {
+        self.emitter.unshipped.as_ref().map_or(0, |u| u.count)
+    }
+
+    /// Offers up to `max` devices whose transition was dropped to `send`, each as its
+    /// current state (`from` = `to`, `time_ms` = `now_ms`, `event_seq` 0: not an event),
+    /// until `send` refuses one (its queue full: it stays marked). Counted in
+    /// `presence_refreshes`.
+    pub fn refresh_unshipped(
+        &mut self,
+        max: usize,
+        now_ms: u64,
+        mut send: impl FnMut(Event) -> bool,
+    ) {
+        let Some(u) = self.emitter.unshipped.as_mut() else {
+            return;
+        };
+        for _ in 0..max {
+            let Some(slot) = u.take() else {
+                return;
+            };
+            let d = self.table.device(slot);
+            let state = d.liveness();
+            if matches!(state, Liveness::Unknown | Liveness::Forgotten) {
+                continue;
+            }
+            let e = Event {
+                device_id: d.device_id,
+                from: state,
+                to: state,
+                epoch: d.epoch,
+                seq: d.last_seq,
+                status: d.status,
+                time_ms: now_ms,
+                event_seq: 0,
+                last_seen_ms: d.last_seen_before(now_ms),
+            };
+            if !send(e) {
+                u.mark(slot);
+                return;
+            }
+            self.stats.presence_refreshes += 1;
+        }
     }
 
     /// Saves devices in slots `from_slot..` (at most `max`) as snapshot records, their
@@ -1689,6 +1812,57 @@ mod tests {
                 (3, Liveness::Late, Liveness::Online, 2, 4_700),
             ]
         );
+    }
+
+    #[test]
+    fn devices_whose_transition_was_dropped_are_refreshed_as_they_are_now() {
+        // A buffer of 2 events: devices 1-4 come online, 3 and 4's transitions are
+        // dropped; then 1 goes late too (taken), and 2's late is dropped.
+        let mut c = ShardCore::<Heap>::new(
+            CoreConfig {
+                event_capacity: 2,
+                ..CoreConfig::basic(0, 1, 100)
+            },
+            0,
+        )
+        .unwrap();
+        c.track_presence();
+        for id in 1..=4 {
+            beat(&mut c, id, 1, 1_000);
+        }
+        assert_eq!(events(&mut c).len(), 2);
+        assert_eq!(c.unshipped(), 2);
+        beat(&mut c, 1, 2, 1_200);
+        beat(&mut c, 3, 2, 1_200);
+        beat(&mut c, 4, 2, 1_200);
+        c.advance(2_550);
+        assert_eq!(
+            events(&mut c),
+            [(2, Liveness::Online, Liveness::Late, 1, 2_500)]
+        );
+        // The engine's queue refuses device 2's late: marked by the engine.
+        c.mark_unshipped(2);
+        let mut sent = Vec::new();
+        c.refresh_unshipped(1, 2_600, |e| {
+            sent.push((e.device_id, e.to));
+            true
+        });
+        c.refresh_unshipped(10, 2_600, |_| false);
+        assert_eq!(c.unshipped(), 2, "a refused refresh stays marked");
+        c.refresh_unshipped(10, 2_600, |e| {
+            sent.push((e.device_id, e.to));
+            true
+        });
+        sent.sort_unstable_by_key(|&(id, _)| id);
+        assert_eq!(
+            sent,
+            [
+                (2, Liveness::Late),
+                (3, Liveness::Online),
+                (4, Liveness::Online)
+            ]
+        );
+        assert_eq!((c.unshipped(), c.stats().presence_refreshes), (0, 3));
     }
 
     #[test]

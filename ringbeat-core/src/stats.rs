@@ -177,6 +177,10 @@ stats! {
     Counter events ("events"),
     /// Liveness transitions not delivered to the event sink (its queue was full).
     Counter events_dropped ("events"),
+    /// With MQTT presence: device states sent again, as they are now, because their
+    /// transition was among `events_dropped` (presence is state: it must not keep a
+    /// state that changed).
+    Counter presence_refreshes ("states"),
     /// Devices currently online.
     Gauge online ("devices"),
     /// Devices currently late.

@@ -345,6 +345,11 @@ pub(crate) fn run<E: Engine>(
             let _ = ready.send(Ok(engine.info()));
             drop(ready);
             let peers = ctx.outbound.len();
+            let presence = ctx.config.outputs.mqtt.is_some();
+            if presence {
+                core.track_presence();
+            }
+            let unshipped_capacity = if presence { ctx.config.event_queue } else { 0 };
             ShardLoop {
                 ctx: &mut ctx,
                 core: &mut core,
@@ -362,6 +367,9 @@ pub(crate) fn run<E: Engine>(
                 verdicts: (0..peers)
                     .map(|_| Vec::with_capacity(2 * crate::core::held::MAX_TICKETS))
                     .collect(),
+                // At most one drain's events (the core's buffer): never grows.
+                unshipped: Vec::with_capacity(unshipped_capacity),
+                presence,
             }
             .run(&mut engine);
         }
@@ -416,6 +424,11 @@ struct ShardLoop<'a> {
     /// Verdicts for each peer (by shard index) its ring back could not take yet: kept
     /// and sent first next time, never dropped (the peer holds an ack for each).
     verdicts: Vec<Vec<[u8; FRAME_BYTES]>>,
+    /// MQTT presence is on: devices whose transition is dropped get their state sent
+    /// again (`ship_events`).
+    presence: bool,
+    /// Ids whose transition the queue refused in this `ship_events` (reused).
+    unshipped: Vec<u64>,
 }
 
 /// What the loop watches to know when the shard may have missed heartbeats (see
@@ -450,6 +463,10 @@ struct Blindness {
     dry: u64,
     last_log: Option<Instant>,
 }
+
+/// Device states sent again to presence per loop iteration at most (their transitions
+/// were dropped): a few µs, so a backlog of them never holds up receive.
+const REFRESH_SLICE: usize = 256;
 
 /// Least time between two "blind" log lines of one shard.
 const BLIND_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -677,26 +694,48 @@ impl ShardLoop<'_> {
     }
 
     /// Hands the core's new events to the writer's queue, stamped with the real-time
-    /// clock (read once per batch); a full queue is a counted drop.
+    /// clock (read once per batch); a full queue is a counted drop. With MQTT presence,
+    /// the devices whose transition was dropped are marked, and their current state
+    /// follows once the queue has room (`ShardCore::refresh_unshipped`).
     fn ship_events(&mut self, now_ms: u64) {
         let mut dropped = 0;
         let mut unix_ms = None;
+        let index = self.ctx.index;
+        let made =
+            |event: crate::core::shard::Event, unix_ms: u64, refresh: bool| crate::events::Made {
+                shard: index,
+                unix_ms,
+                last_seen_unix_ms: unix_ms
+                    .saturating_sub(now_ms.saturating_sub(event.last_seen_ms)),
+                event,
+                refresh,
+            };
+        let mut unshipped = std::mem::take(&mut self.unshipped);
         for event in self.core.drain_events() {
             if let Some(tx) = &self.ctx.events_tx {
                 let unix_ms = *unix_ms.get_or_insert_with(crate::events::unix_now_ms);
-                let made = crate::events::Made {
-                    shard: self.ctx.index,
-                    unix_ms,
-                    last_seen_unix_ms: unix_ms
-                        .saturating_sub(now_ms.saturating_sub(event.last_seen_ms)),
-                    event,
-                };
-                if tx.try_send(made).is_err() {
+                if tx.try_send(made(event, unix_ms, false)).is_err() {
                     dropped += 1;
+                    if self.presence {
+                        unshipped.push(event.device_id);
+                    }
                 }
             }
         }
         self.core.stats_mut().events_dropped += dropped;
+        for &id in &unshipped {
+            self.core.mark_unshipped(id);
+        }
+        unshipped.clear();
+        self.unshipped = unshipped;
+        if dropped == 0 && self.core.unshipped() > 0 {
+            if let Some(tx) = &self.ctx.events_tx {
+                let unix_ms = *unix_ms.get_or_insert_with(crate::events::unix_now_ms);
+                self.core.refresh_unshipped(REFRESH_SLICE, now_ms, |e| {
+                    tx.try_send(made(e, unix_ms, true)).is_ok()
+                });
+            }
+        }
     }
 
     fn tick_ms(&self) -> u64 {
