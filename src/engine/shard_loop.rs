@@ -294,8 +294,8 @@ pub(crate) trait Engine {
     /// so every ack made is accounted for. Engines whose sends complete at once need
     /// nothing.
     fn finish_sends(&mut self, _io: &mut Ingest<'_>, _deadline: Instant) {}
-    /// The engine's receive ran dry and was re-armed, but what waited in the socket
-    /// has not come in yet (`ShardLoop::catch_up` keeps liveness held meanwhile).
+    /// The engine's receive ran dry and is not armed again yet, so what waits in the
+    /// socket cannot come in (`ShardLoop::catch_up` keeps liveness held meanwhile).
     fn behind(&self) -> bool {
         false
     }
@@ -789,8 +789,8 @@ impl ShardLoop<'_> {
         self.log_blind();
     }
 
-    /// The shard has caught up once what waited has been taken in: the engine has
-    /// nothing re-armed but undrained (`Engine::behind`), this iteration's receive did
+    /// The shard has caught up once what waited has been taken in: the engine's
+    /// receive is armed (`Engine::behind`), this iteration's receive did
     /// not run dry, and the socket holds no more than one batching wait would leave in
     /// it (`CAUGHT_UP_BYTES`). Read after the receive; the hold itself is released in
     /// `after_receive`, once no peer that hands this shard frames is behind either.

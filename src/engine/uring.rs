@@ -929,8 +929,11 @@ impl Engine for UringEngine {
     }
 
     fn behind(&self) -> bool {
-        // Cleared by the draining reap that follows the re-arm.
-        self.ran_dry
+        // The receive ended (a dry ring) and is not armed again yet. Once it is, every
+        // enter takes in what the socket holds, and the shard loop looks at the
+        // socket's queue. (Not `ran_dry`: that waits for a draining reap, which a
+        // steady stream of peers' frames can put off indefinitely.)
+        self.rearm_recv
     }
 
     fn info(&self) -> ShardInfo {
