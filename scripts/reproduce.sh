@@ -6,14 +6,16 @@
 # kernel-tuning variants) and a clean git tree (sweeps refuse a dirty one).
 #
 # Run time: about 2 h on a 2-CPU machine (the minutes beside each step are what each
-# took in the whole run of 2026-12-02, 117 min in all); the run prints each step's
+# took in the whole run of 2026-12-02, 117 min in all; outputs-queue-1024, added
+# after it, took 3 min on its own); the run prints each step's
 # actual time and writes them all to OUT_DIR/reproduce-<date>.md.
 #
 # usage: scripts/reproduce.sh [--list] [--only NAME[,NAME...]] [OUT_DIR]
 #
 # Not regenerated here: the regression comparisons against earlier revisions
 # (`scripts/exp-regression.sh REV`: they compare two builds, not the final code's
-# figures). Server on CPU 0, load on CPU 1, sends only to 127.0.0.0/8; every step
+# figures), and variants tried and not kept (their patch is in their results folder,
+# e.g. results/2026-12-02-uring-drain). Server on CPU 0, load on CPU 1, sends only to 127.0.0.0/8; every step
 # stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +41,7 @@ STEPS=(
   "overload|2|scripts/exp-liveness.sh overload \$OUT/\$(date -u +%F)-overload"
   "detection|4|scripts/exp-liveness.sh detection \$OUT/\$(date -u +%F)-detection"
   "outputs|2|scripts/exp-outputs.sh \$OUT"
+  "outputs-queue-1024|3|RINGBEAT_EVENT_QUEUE=1024 scripts/exp-outputs.sh \$OUT/event-queue-1024"
   "tcp|7|scripts/exp-tcp.sh \$OUT"
   "tcp-connections|2|scripts/exp-tcp-connections.sh \$OUT"
   "handoff|1|scripts/exp-handoff.sh \$OUT"
