@@ -5,9 +5,10 @@
 # records its command, revision, kernel and CPU. Needs root (CPU DMA latency, RPS and
 # kernel-tuning variants) and a clean git tree (sweeps refuse a dirty one).
 #
-# Run time: about 2 h on a 2-CPU machine (the minutes beside each step are what each
-# took in the whole run of 2026-12-02, 117 min in all; outputs-queue-1024, added
-# after it, took 3 min on its own); the run prints each step's
+# Run time: about 2 h 10 min on a 2-CPU machine (the minutes beside each step are what each
+# took in the whole run of 2026-12-02, 117 min in all; the steps added after it,
+# outputs-queue-1024, profile and uring-buf-count-*, took 15 min together on their
+# own); the run prints each step's
 # actual time and writes them all to OUT_DIR/reproduce-<date>.md.
 #
 # usage: scripts/reproduce.sh [--list] [--only NAME[,NAME...]] [OUT_DIR]
@@ -30,6 +31,10 @@ STEPS=(
   "kernel-floor-batch32|3|BATCH=32 RATES=10000000,20000000 WAITS= ENGINES=epoll scripts/exp-kernel-floor.sh \$OUT"
   "engines|11|scripts/exp-engines.sh \$OUT"
   "engines-overload-batch32|1|target/release/ringbeat-bench sweep --kind rate --name engines-overload-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
+  "profile|2|scripts/exp-profile.sh \$OUT"
+  "uring-buf-count-batch32|2|target/release/ringbeat-bench sweep --kind rate --name uring-buf-count-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 3 --variant 'uring=--engine uring' --variant 'uring-256=--engine uring --buf-count 256' --variant 'uring-1024=--engine uring --buf-count 1024' --variant 'epoll=--engine epoll'"
+  "uring-buf-count-scan-batch32|4|target/release/ringbeat-bench sweep --kind rate --name uring-buf-count-scan-batch32 --results \$OUT --devices 2000000 --rates 4000000,10000000,20000000 --batch 32 --runs 3 --variant 'uring=--engine uring' --variant 'uring-256=--engine uring --buf-count 256' --variant 'epoll=--engine epoll'"
+  "uring-buf-count-scan-batch1|4|target/release/ringbeat-bench sweep --kind rate --name uring-buf-count-scan-batch1 --results \$OUT --devices 2000000 --rates 500000,1000000,2000000 --batch 1 --runs 3 --variant 'uring=--engine uring' --variant 'uring-256=--engine uring --buf-count 256' --variant 'epoll=--engine epoll'"
   "batch-size|4|scripts/exp-batch-size.sh \$OUT/\$(date -u +%F)-batch-size"
   "rcvbuf|9|scripts/exp-rcvbuf.sh \$OUT"
   "wait-us|6|scripts/exp-wait-us.sh \$OUT"
