@@ -584,7 +584,6 @@ fn a_flood_that_overflows_the_socket_causes_no_false_late_or_offline() {
 /// over for 1.2 s while a device goes silent; steady devices keep heartbeating.
 #[test]
 fn a_dry_receive_ring_holds_liveness_without_deferring_it() {
-    use std::os::fd::AsRawFd;
     let server = Server::start(
         "dry-ring",
         &[
@@ -603,23 +602,7 @@ fn a_dry_receive_ring_holds_liveness_without_deferring_it() {
     let c = client();
     c.send_to(&heartbeat(silent, 1, 1, false), addr).unwrap();
     let started = std::time::Instant::now();
-    let burst = {
-        std::thread::spawn(move || {
-            let c = client();
-            let (to, to_len) = ringbeat::sys::socket::sockaddr_from(addr);
-            let mut batch =
-                ringbeat::sys::mmsg::SendBatch::new(200, ringbeat::core::codec::MAX_DATAGRAM_BYTES);
-            let mut seq = 0u32;
-            while started.elapsed() < Duration::from_millis(1_200) {
-                seq += 1;
-                for id in 1_000_000..1_000_200u64 {
-                    batch.push(&heartbeat(id, seq, 100, false), &to, to_len);
-                }
-                batch.flush(c.as_raw_fd());
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let burst = bursts(addr, (1_000_000..1_000_200).collect(), started);
     // Devices 1-10 on 200 ms intervals (late after 300 ms), every 50 ms.
     let mut round = 0u32;
     while started.elapsed() < Duration::from_millis(1_200) {
@@ -640,6 +623,43 @@ fn a_dry_receive_ring_holds_liveness_without_deferring_it() {
         s["kernel_drops"], 0,
         "an 8 MiB socket buffer takes the bursts: {s:#}"
     );
+    let steady: Vec<u64> = (1..=10).collect();
+    held_not_deferred(&events, &steady, silent, s["behind_ms"].as_i64().unwrap());
+}
+
+/// Bursts of one heartbeat from each of `ids` (200 datagrams in one sendmmsg) every
+/// 5 ms for 1.2 s from `started`: enough to run 16 receive buffers dry each time.
+fn bursts(
+    addr: std::net::SocketAddr,
+    ids: Vec<u64>,
+    started: std::time::Instant,
+) -> std::thread::JoinHandle<()> {
+    use std::os::fd::AsRawFd;
+    std::thread::spawn(move || {
+        let c = client();
+        let (to, to_len) = ringbeat::sys::socket::sockaddr_from(addr);
+        let mut batch = ringbeat::sys::mmsg::SendBatch::new(
+            ids.len(),
+            ringbeat::core::codec::MAX_DATAGRAM_BYTES,
+        );
+        let mut seq = 0u32;
+        while started.elapsed() < Duration::from_millis(1_200) {
+            seq += 1;
+            for &id in &ids {
+                batch.push(&heartbeat(id, seq, 100, false), &to, to_len);
+            }
+            batch.flush(c.as_raw_fd());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+/// From the events file: the `steady` devices only came online (no false late or
+/// offline), and the `silent` one (100 ms interval) went late 150 ms after its
+/// heartbeat, within a tick and scheduling slack, plus at most `behind_ms`, the time
+/// its shard held liveness still. (A dry ring counted as blindness pushed it past the
+/// bursts' end, 1.2 s.)
+fn held_not_deferred(events: &[String], steady: &[u64], silent: u64, behind_ms: i64) {
     let ev: Vec<serde_json::Value> = events
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -647,22 +667,18 @@ fn a_dry_receive_ring_holds_liveness_without_deferring_it() {
     let of = |id: u64| -> Vec<&serde_json::Value> {
         ev.iter().filter(|e| e["device_id"] == id).collect()
     };
-    for d in 1..=10u64 {
+    for &d in steady {
         let to: Vec<&str> = of(d).iter().map(|e| e["to"].as_str().unwrap()).collect();
         assert_eq!(to, ["online"], "device {d}: no false late or offline");
     }
-    // The silent device (100 ms interval): late 150 ms after its heartbeat, within a
-    // tick and scheduling slack, plus at most the time the shard was behind; a dry
-    // ring counted as blindness pushed it past the bursts' end (1.2 s).
     let late = of(silent)
         .into_iter()
         .find(|e| e["to"] == "late")
         .expect("the silent device is reported late");
-    let behind = s["behind_ms"].as_i64().unwrap();
     let silent_for = late["time_ms"].as_i64().unwrap() - late["last_seen_ms"].as_i64().unwrap();
     assert!(
-        (150..=150 + 60 + behind).contains(&silent_for),
-        "late {silent_for} ms after its heartbeat ({behind} ms behind in all)"
+        (150..=150 + 60 + behind_ms).contains(&silent_for),
+        "late {silent_for} ms after its heartbeat ({behind_ms} ms behind in all)"
     );
 }
 
@@ -674,7 +690,6 @@ fn a_dry_receive_ring_holds_liveness_without_deferring_it() {
 /// receives nothing itself and gets their frames handed over.
 #[test]
 fn a_peer_that_fell_behind_holds_its_owners_liveness_too() {
-    use std::os::fd::AsRawFd;
     let server = Server::start(
         "dry-peer",
         &[
@@ -711,21 +726,7 @@ fn a_peer_that_fell_behind_holds_its_owners_liveness_too() {
     let c = client();
     c.send_to(&via(silent, 1, 1), addr).unwrap();
     let started = std::time::Instant::now();
-    let burst = std::thread::spawn(move || {
-        let c = client();
-        let (to, to_len) = ringbeat::sys::socket::sockaddr_from(addr);
-        let mut batch =
-            ringbeat::sys::mmsg::SendBatch::new(200, ringbeat::core::codec::MAX_DATAGRAM_BYTES);
-        let mut seq = 0u32;
-        while started.elapsed() < Duration::from_millis(1_200) {
-            seq += 1;
-            for &id in &mine {
-                batch.push(&heartbeat(id, seq, 100, false), &to, to_len);
-            }
-            batch.flush(c.as_raw_fd());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    });
+    let burst = bursts(addr, mine, started);
     let mut round = 1u32;
     while started.elapsed() < Duration::from_millis(1_200) {
         round += 1;
@@ -757,27 +758,7 @@ fn a_peer_that_fell_behind_holds_its_owners_liveness_too() {
         o["holds"].as_u64().unwrap() > 0,
         "the owner held too: {s:#}"
     );
-    let ev: Vec<serde_json::Value> = events
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let of = |id: u64| -> Vec<&serde_json::Value> {
-        ev.iter().filter(|e| e["device_id"] == id).collect()
-    };
-    for &d in steady {
-        let to: Vec<&str> = of(d).iter().map(|e| e["to"].as_str().unwrap()).collect();
-        assert_eq!(to, ["online"], "device {d}: no false late or offline");
-    }
-    let late = of(silent)
-        .into_iter()
-        .find(|e| e["to"] == "late")
-        .expect("the silent device is reported late");
-    let behind = o["behind_ms"].as_i64().unwrap();
-    let silent_for = late["time_ms"].as_i64().unwrap() - late["last_seen_ms"].as_i64().unwrap();
-    assert!(
-        (150..=150 + 60 + behind).contains(&silent_for),
-        "late {silent_for} ms after its heartbeat ({behind} ms behind in all)"
-    );
+    held_not_deferred(&events, steady, silent, o["behind_ms"].as_i64().unwrap());
 }
 
 #[test]
