@@ -54,14 +54,14 @@ pub struct Shared {
     /// Per shard: it fell behind its socket and has not caught up, so frames it hands
     /// over may have waited (its owners hold their liveness too). Set before the
     /// shard publishes a frame taken in while behind, cleared after the last one.
-    pub behind: Box<[Behind]>,
+    pub behind: Box<[BehindFlag]>,
 }
 
 /// One shard's "behind" flag, on a cache line of its own: written only when the shard
 /// falls behind or catches up, read by its peers when they drain its frames.
 #[repr(align(128))]
 #[derive(Default)]
-pub struct Behind(pub AtomicBool);
+pub struct BehindFlag(pub AtomicBool);
 
 /// A reloaded device registry and the ids it no longer lists.
 #[derive(Clone, Default)]
@@ -297,7 +297,7 @@ pub fn start(config: &Config) -> anyhow::Result<Server> {
             .collect(),
         base,
         registry_gen: std::sync::atomic::AtomicU64::new(0),
-        behind: (0..shards).map(|_| Behind::default()).collect(),
+        behind: (0..shards).map(|_| BehindFlag::default()).collect(),
         registry: Mutex::new(RegistryUpdate {
             registry: config.network.registry.clone(),
             removed: Arc::default(),

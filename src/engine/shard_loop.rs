@@ -609,12 +609,10 @@ impl ShardLoop<'_> {
         // acquire makes the flag, set before them, visible).
         let flags = &self.ctx.shared.behind;
         let since = self.blind.last_iteration_ms;
-        let mut peers_behind = false;
-        for (peer, flag) in flags.iter().enumerate() {
-            if peer != index && flag.0.load(Ordering::Acquire) {
-                peers_behind = true;
-            }
-        }
+        let mut peers_behind = flags
+            .iter()
+            .enumerate()
+            .any(|(peer, flag)| peer != index && flag.0.load(Ordering::Acquire));
         if peers_behind {
             core.hold_liveness(since);
         }
@@ -710,24 +708,21 @@ impl ShardLoop<'_> {
                 event,
                 refresh,
             };
-        let mut unshipped = std::mem::take(&mut self.unshipped);
         for event in self.core.drain_events() {
             if let Some(tx) = &self.ctx.events_tx {
                 let unix_ms = *unix_ms.get_or_insert_with(crate::events::unix_now_ms);
                 if tx.try_send(made(event, unix_ms, false)).is_err() {
                     dropped += 1;
                     if self.presence {
-                        unshipped.push(event.device_id);
+                        self.unshipped.push(event.device_id);
                     }
                 }
             }
         }
         self.core.stats_mut().events_dropped += dropped;
-        for &id in &unshipped {
+        for id in self.unshipped.drain(..) {
             self.core.mark_unshipped(id);
         }
-        unshipped.clear();
-        self.unshipped = unshipped;
         if dropped == 0 && self.core.unshipped() > 0 {
             if let Some(tx) = &self.ctx.events_tx {
                 let unix_ms = *unix_ms.get_or_insert_with(crate::events::unix_now_ms);
