@@ -190,7 +190,11 @@ pub struct UringArgs {
     pub wait_us: Option<u32>,
 
     /// Receive buffers in each shard's provided buffer ring, a power of two ≤ 32768.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
+    /// The ring is the most one wake-up takes from the socket (the rest waits in
+    /// SO_RCVBUF, so bursts are --rcvbuf's job). 256 × 2176 bytes stay in a core's L2
+    /// cache; 4,096 cycled 8.5 MiB and lost ~13% past saturation at 32 heartbeats per
+    /// datagram (results/2026-12-02-profile-batch32, …-uring-buf-count-batch32).
+    #[arg(long, value_name = "N", default_value_t = 256)]
     pub buf_count: u32,
 
     /// Bytes per receive buffer, a multiple of 64, room for the 2048-byte maximum
@@ -466,7 +470,8 @@ pub struct UringConfig {
     pub buf_size: u32,
     /// Ack datagrams in flight per shard (each slot holds a 2048-byte buffer): one per
     /// receive buffer, because one loop iteration reaps at most a full buffer ring of
-    /// datagrams and each may need an ack (256 slots dropped acks at 10M hb/s); ≥ 64.
+    /// datagrams and each may need an ack (256 slots beside a 4,096-buffer ring dropped
+    /// acks at 10M hb/s); ≥ 64.
     pub ack_slots: u32,
 }
 
