@@ -189,13 +189,18 @@ pub struct UringArgs {
     #[arg(long, value_name = "US")]
     pub wait_us: Option<u32>,
 
-    /// Receive buffers in each shard's provided buffer ring, a power of two ≤ 32768.
-    /// The ring is the most one wake-up takes from the socket (the rest waits in
-    /// SO_RCVBUF, so bursts are --rcvbuf's job). 256 × 2176 bytes stay in a core's L2
-    /// cache; 4,096 cycled 8.5 MiB and lost ~13% past saturation at 32 heartbeats per
-    /// datagram (results/2026-12-02-profile-batch32, …-uring-buf-count-batch32).
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    /// Receive buffers in each shard's provided buffer ring, a power of two ≤ 32768:
+    /// the most the kernel may hold at once (--buf-window-kib decides how many it does).
+    #[arg(long, value_name = "N", default_value_t = 4096)]
     pub buf_count: u32,
+
+    /// Hand the kernel only as many receive buffers at once as keep the datagrams it
+    /// writes into them within this many KiB (cache lines written, at the datagram size
+    /// seen; at least 256 buffers), most recently used first, so the same buffers stay
+    /// in cache. 0 = hand it every buffer. Datagrams beyond the window wait in the
+    /// socket (SO_RCVBUF absorbs bursts).
+    #[arg(long, value_name = "KIB", default_value_t = 256)]
+    pub buf_window_kib: u32,
 
     /// Bytes per receive buffer, a multiple of 64, room for the 2048-byte maximum
     /// datagram plus 44 bytes of receive metadata.
@@ -468,10 +473,11 @@ pub struct UringConfig {
     pub wait: WaitStrategy,
     pub buf_count: u16,
     pub buf_size: u32,
+    /// Bytes of datagrams the kernel may hold in receive buffers at once (0 = no bound).
+    pub buf_window_bytes: u32,
     /// Ack datagrams in flight per shard (each slot holds a 2048-byte buffer): one per
     /// receive buffer, because one loop iteration reaps at most a full buffer ring of
-    /// datagrams and each may need an ack (256 slots beside a 4,096-buffer ring dropped
-    /// acks at 10M hb/s); ≥ 64.
+    /// datagrams and each may need an ack (256 slots dropped acks at 10M hb/s); ≥ 64.
     pub ack_slots: u32,
 }
 
@@ -592,6 +598,7 @@ impl ServeArgs {
             for (id, flag) in [
                 ("wait_us", "--wait-us"),
                 ("buf_count", "--buf-count"),
+                ("buf_window_kib", "--buf-window-kib"),
                 ("buf_size", "--buf-size"),
             ] {
                 if self.given.contains(id) {
@@ -913,6 +920,12 @@ impl UringArgs {
                 "must be a power of two between 2 and 32768",
             ));
         }
+        if self.buf_window_kib > 1 << 20 {
+            return Err(invalid(
+                "buf-window-kib",
+                "must be ≤ 1048576 (1 GiB); 0 = no window",
+            ));
+        }
         let buf_size = self.buf_size;
         let least = RECV_META_BYTES + crate::core::codec::MAX_DATAGRAM_BYTES as u32;
         if !buf_size.is_multiple_of(64) || buf_size < least {
@@ -928,6 +941,7 @@ impl UringArgs {
             wait,
             buf_count: buf_count as u16,
             buf_size,
+            buf_window_bytes: self.buf_window_kib << 10,
             ack_slots: buf_count.max(64),
         })
     }
@@ -1126,6 +1140,10 @@ mod tests {
     fn bad_values_name_the_key() {
         let e = config(&["--cores", "0", "--buf-count", "1000"]).unwrap_err();
         assert!(e.to_string().contains("buf-count"), "{e}");
+        let e = config(&["--cores", "0", "--buf-window-kib", "2000000"]).unwrap_err();
+        assert!(e.to_string().contains("buf-window-kib"), "{e}");
+        let c = config(&["--cores", "0", "--buf-window-kib", "0"]).unwrap();
+        assert_eq!(c.uring.buf_window_bytes, 0);
         let e = config(&["--cores", "0", "--late-after", "4"]).unwrap_err();
         assert!(
             e.to_string().contains("late-after is 4, offline-after 3"),
@@ -1143,7 +1161,12 @@ mod tests {
 
     #[test]
     fn io_uring_flags_with_another_engine_are_an_error() {
-        for flag in ["--wait-us=50", "--buf-count=1024", "--buf-size=4096"] {
+        for flag in [
+            "--wait-us=50",
+            "--buf-count=1024",
+            "--buf-window-kib=512",
+            "--buf-size=4096",
+        ] {
             let e = config(&["--cores", "0", "--engine", "epoll", flag]).unwrap_err();
             let name = flag.split('=').next().unwrap();
             assert!(

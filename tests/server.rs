@@ -818,6 +818,74 @@ fn ipv6_loopback_is_served() {
     assert_eq!(acks_of(&buf[..n])[0].device_id, 5);
 }
 
+/// Pages of the shard's receive arena resident (on which node), and all of its pages.
+fn arena_pages(server: &Server) -> (u64, u64, String) {
+    let s = server.stats();
+    let shard = &s["per_shard"][0];
+    let addr = shard["arena_addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{s}"))
+        .to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{}/numa_maps", server.child.id()))
+        .expect("/proc/PID/numa_maps (needs a NUMA-enabled kernel)");
+    let line = maps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(addr.as_str()))
+        .unwrap_or_else(|| panic!("arena {addr} not in numa_maps:\n{maps}"))
+        .to_string();
+    let pages = line
+        .split_whitespace()
+        .filter_map(|f| f.strip_prefix('N')?.split_once('=')?.1.parse::<u64>().ok())
+        .sum();
+    (pages, shard["arena_bytes"].as_u64().unwrap() / 4096, line)
+}
+
+#[test]
+fn the_receive_window_keeps_the_same_few_buffers_in_use() {
+    // 5,000 datagrams of 32 heartbeats (~1.1 KiB each with the receive header): a
+    // 256 KiB window hands the kernel the fewest buffers, 256, and the ring reuses
+    // them, so only their pages are ever written; without a window the kernel cycles
+    // through all 4,096 buffers and every page of the arena becomes resident.
+    let datagram: Vec<u8> = (0..32u64)
+        .flat_map(|i| heartbeat(1 + i, 1, 0, false))
+        .collect();
+    let run = |window: &str| {
+        let server = Server::start(
+            "window",
+            &[
+                "--engine",
+                "uring",
+                "--cores",
+                "0",
+                "--buf-window-kib",
+                window,
+            ],
+        );
+        let c = client();
+        for round in 0..50 {
+            for _ in 0..100 {
+                c.send_to(&datagram, server.addr).unwrap();
+            }
+            // Paced, so the socket never overflows: every datagram is received.
+            std::thread::sleep(Duration::from_millis(if round % 10 == 9 { 20 } else { 2 }));
+        }
+        let received = server.wait_stats(10, |s| s["datagrams"].as_u64() >= Some(5_000));
+        assert_eq!(received["kernel_drops"], 0, "{received}");
+        arena_pages(&server)
+    };
+    let (hot, all, line) = run("256");
+    let window_pages = (256 * 2176u64).div_ceil(4096);
+    assert!(
+        hot <= window_pages + 1,
+        "{hot} of {all} arena pages resident with the window, at most {window_pages} expected: {line}"
+    );
+    let (cycled, all, line) = run("0");
+    assert!(
+        cycled >= all - 1,
+        "{cycled} of {all} arena pages resident without the window: {line}"
+    );
+}
+
 #[test]
 fn receive_arena_is_bound_to_the_shards_numa_node() {
     let server = Server::start("numa", &["--engine", "uring", "--cores", "0"]);
@@ -829,19 +897,10 @@ fn receive_arena_is_bound_to_the_shards_numa_node() {
         c.send_to(&heartbeat(id, 1, 0, true), server.addr).unwrap();
         recv_retry(&c, &mut buf).unwrap();
     }
-    let s = server.stats();
-    let shard = &s["per_shard"][0];
-    let addr = shard["arena_addr"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{s}"))
-        .to_string();
-    let node = shard["numa_node"].as_u64().unwrap();
-    let maps = std::fs::read_to_string(format!("/proc/{}/numa_maps", server.child.id()))
-        .expect("/proc/PID/numa_maps (needs a NUMA-enabled kernel)");
-    let line = maps
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(addr.as_str()))
-        .unwrap_or_else(|| panic!("arena {addr} not in numa_maps:\n{maps}"));
+    let node = server.stats()["per_shard"][0]["numa_node"]
+        .as_u64()
+        .unwrap();
+    let (pages, all, line) = arena_pages(&server);
     assert!(
         line.contains(&format!("bind:{node}")),
         "arena policy: {line}"
@@ -856,8 +915,6 @@ fn receive_arena_is_bound_to_the_shards_numa_node() {
         nodes.len() == 1 && nodes[0].starts_with(&format!("N{node}=")),
         "arena pages by node: {line}"
     );
-    let pages: u64 = nodes[0].split('=').nth(1).unwrap().parse().unwrap();
-    let all = shard["arena_bytes"].as_u64().unwrap() / 4096;
     assert!(
         pages >= 1 && pages < all,
         "{pages} of {all} pages resident: {line}"

@@ -101,7 +101,74 @@ pub struct BufRingShape {
     /// (`IORING_RECVSEND_BUNDLE`) fills the buffers at the head in that order and names
     /// only the first.
     pub track_order: bool,
+    /// Hand the kernel only as many buffers at once as keep the bytes it writes into
+    /// them within this many bytes of cache (see `Window`); 0 = every buffer. Only for
+    /// datagram rings (neither `incremental` nor `track_order`).
+    pub window_bytes: u32,
 }
+
+/// How many buffers a datagram ring hands the kernel at once.
+///
+/// With DEFER_TASKRUN the kernel copies datagrams into the ring only while the shard is
+/// in `io_uring_enter`, so the buffers it holds bound what one wake-up takes; datagrams
+/// beyond them wait in the socket (SO_RCVBUF absorbs bursts, not the ring). A ring
+/// that hands out all of its buffers cycles through all of them: 4,096 × 2,176 bytes
+/// is 8.5 MiB, so each buffer is cold when the kernel writes it and evicted again
+/// before the shard reads it (results/2026-12-02-profile-batch32: ~6.7 points of the
+/// shard's time past saturation at 32 heartbeats per datagram). The window keeps the
+/// buffers the kernel holds to what fits a cache budget at the datagram size seen
+/// (cache lines written, header and source address included), and the ring hands out
+/// the most recently recycled buffers first, so the same few stay hot. One-frame
+/// datagrams (two lines each) still get a wide window; large ones a narrow one, never
+/// below `min`.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    budget: u32,
+    min: u32,
+    max: u32,
+    /// Bytes of cache per datagram, a moving average (starts where the window is `min`:
+    /// it widens as small datagrams are seen, so a ring never starts by cycling
+    /// buffers that large datagrams would then keep resident).
+    avg: u32,
+    sum: u64,
+    seen: u32,
+}
+
+impl Window {
+    pub fn new(budget: u32, min: u32, max: u32) -> Window {
+        Window {
+            budget,
+            min: min.min(max),
+            max,
+            avg: (budget / min.max(1)).max(64),
+            sum: 0,
+            seen: 0,
+        }
+    }
+    /// A datagram of `len` bytes (as the receive completion gives it) was taken.
+    pub fn note(&mut self, len: usize) {
+        self.sum += len.div_ceil(64) as u64 * 64;
+        self.seen += 1;
+    }
+    /// Folds what was noted into the average (a quarter of the way per call, so a
+    /// single odd datagram does not swing it) and returns the buffers to hand out.
+    pub fn target(&mut self) -> u32 {
+        if self.seen > 0 {
+            let now = (self.sum / self.seen as u64).max(64) as i64;
+            let avg = self.avg as i64;
+            let step = (now - avg) / 4;
+            self.avg = if step == 0 { now } else { avg + step } as u32;
+            self.sum = 0;
+            self.seen = 0;
+        }
+        (self.budget / self.avg.max(64)).clamp(self.min, self.max)
+    }
+}
+
+/// The fewest buffers a window hands out: one wake-up can still take 256 datagrams of
+/// any size (the ring size measured best at 32 heartbeats per datagram,
+/// results/2026-12-02-uring-buf-count-batch32).
+pub const MIN_WINDOW: u32 = 256;
 
 pub struct BufRing {
     arena: Mapping,
@@ -115,6 +182,12 @@ pub struct BufRing {
     consumed: Vec<u32>,
     /// With `track_order`: buffer ids in the order the kernel will use them.
     order: std::collections::VecDeque<u16>,
+    /// With a window: how many buffers to hand out, the buffers we hold (the most
+    /// recently recycled on top, handed out first) and how many the kernel holds or has
+    /// filled and we have not recycled yet.
+    window: Option<Window>,
+    free: Vec<u16>,
+    given: u32,
 }
 
 impl BufRing {
@@ -129,6 +202,7 @@ impl BufRing {
         assert!(
             shape.count.is_power_of_two() && shape.count <= 32768 && shape.size.is_multiple_of(64)
         );
+        assert!(shape.window_bytes == 0 || !(shape.incremental || shape.track_order));
         let arena = Mapping::new(shape.count as usize * shape.size as usize)?;
         let node = current_numa_node();
         let nodemask: u64 = 1u64 << (node % 64);
@@ -185,9 +259,19 @@ impl BufRing {
             } else {
                 0
             }),
+            window: (shape.window_bytes > 0)
+                .then(|| Window::new(shape.window_bytes, MIN_WINDOW, shape.count as u32)),
+            free: Vec::new(),
+            given: 0,
         };
-        for bid in 0..shape.count {
-            br.recycle(bid);
+        if br.window.is_some() {
+            // Buffer 0 on top: the window's buffers are the first of the arena, and
+            // the pages of those never handed out are never touched.
+            br.free = (0..shape.count).rev().collect();
+        } else {
+            for bid in 0..shape.count {
+                br.put(bid);
+            }
         }
         br.commit();
         Ok(br)
@@ -262,8 +346,28 @@ impl BufRing {
         left == 0
     }
 
+    /// Hands buffer `bid` back after a datagram of `len` bytes (the completion's
+    /// result) was read from it: visible to the kernel at `commit` (with a window, once
+    /// the window has room for it).
+    pub fn recycle_datagram(&mut self, bid: u16, len: usize) {
+        match self.window.as_mut() {
+            Some(w) => {
+                assert!(bid < self.shape.count && self.given > 0);
+                w.note(len);
+                self.given -= 1;
+                self.free.push(bid);
+            }
+            None => self.put(bid),
+        }
+    }
+
     /// Writes a descriptor handing buffer `bid` back; visible to the kernel at `commit`.
     pub fn recycle(&mut self, bid: u16) {
+        assert!(self.window.is_none(), "a windowed ring recycles datagrams");
+        self.put(bid);
+    }
+
+    fn put(&mut self, bid: u16) {
         assert!(bid < self.shape.count);
         if self.shape.track_order {
             self.order.push_back(bid);
@@ -285,8 +389,17 @@ impl BufRing {
         self.tail = self.tail.wrapping_add(1);
     }
 
-    /// Publishes all recycled descriptors with one release store of the ring tail.
+    /// Publishes all recycled descriptors with one release store of the ring tail
+    /// (with a window: first tops the kernel's buffers up to it, hottest first).
     pub fn commit(&mut self) {
+        if let Some(w) = self.window.as_mut() {
+            let want = w.target();
+            while self.given < want {
+                let Some(bid) = self.free.pop() else { break };
+                self.given += 1;
+                self.put(bid);
+            }
+        }
         // SAFETY: the ring base is the first entry of a registered buffer ring, so its
         // reserved field is the shared tail; it is a naturally aligned u16 that the
         // kernel reads with acquire semantics, hence the release store here (orders the
@@ -296,5 +409,53 @@ impl BufRing {
                 as *const std::sync::atomic::AtomicU16;
             (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settle(w: &mut Window, len: usize) -> u32 {
+        let mut t = 0;
+        for _ in 0..64 {
+            for _ in 0..100 {
+                w.note(len);
+            }
+            t = w.target();
+        }
+        t
+    }
+
+    #[test]
+    fn the_window_follows_the_datagram_size_within_its_bounds() {
+        let mut w = Window::new(256 << 10, MIN_WINDOW, 4096);
+        // Before any datagram: the minimum.
+        assert_eq!(w.target(), MIN_WINDOW);
+        // Small datagrams (68 bytes, receive header and address included): two lines.
+        assert_eq!(settle(&mut w, 68), 2048);
+        // 812 bytes: 13 lines.
+        assert_eq!(settle(&mut w, 812), (256 << 10) / 832);
+        // The largest datagrams: never below the minimum.
+        assert_eq!(settle(&mut w, 2092), MIN_WINDOW);
+        // Tiny ones: never above the ring.
+        assert_eq!(settle(&mut w, 20), 4096);
+        // Without datagrams the target stays where it was.
+        assert_eq!(w.target(), 4096);
+    }
+
+    #[test]
+    fn one_odd_datagram_moves_the_window_only_a_quarter_of_the_way() {
+        let mut w = Window::new(256 << 10, MIN_WINDOW, 32768);
+        assert_eq!(settle(&mut w, 128), 2048);
+        w.note(2048);
+        // avg 128 → 128 + (2048 − 128) / 4 = 608 bytes.
+        assert_eq!(w.target(), (256 << 10) / 608);
+    }
+
+    #[test]
+    fn a_ring_smaller_than_the_minimum_is_the_bound() {
+        let mut w = Window::new(256 << 10, MIN_WINDOW, 64);
+        assert_eq!(settle(&mut w, 2000), 64);
     }
 }

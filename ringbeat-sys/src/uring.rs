@@ -42,6 +42,9 @@ pub struct ShardRingShape {
     /// Receive buffers (a power of two ≤ 32768) and their size (a multiple of 64).
     pub buf_count: u16,
     pub buf_size: u32,
+    /// Bytes of datagrams the kernel may hold in receive buffers at once (0 = every
+    /// buffer; see `bufring::Window`).
+    pub buf_window_bytes: u32,
     /// Ack datagrams that can be in flight at once.
     pub send_slots: u32,
     /// Largest datagram a send slot holds.
@@ -174,6 +177,7 @@ impl ShardRing {
                 size: shape.buf_size,
                 incremental: false,
                 track_order: false,
+                window_bytes: shape.buf_window_bytes,
             },
             BGID,
         )?;
@@ -187,6 +191,7 @@ impl ShardRing {
                             size,
                             incremental: true,
                             track_order: false,
+                            window_bytes: 0,
                         };
                         BufRing::new(&ring.submitter(), inc, STREAM_BGID).ok()
                     })
@@ -198,6 +203,7 @@ impl ShardRing {
                                 size,
                                 incremental: false,
                                 track_order: true,
+                                window_bytes: 0,
                             };
                             BufRing::new(&ring.submitter(), plain, STREAM_BGID)
                         },
@@ -554,9 +560,10 @@ impl ShardRing {
         })
     }
 
-    /// Hands buffer `bid` back; visible to the kernel at `commit`.
-    pub fn recycle(&mut self, bid: u16) {
-        self.bufring.recycle(bid);
+    /// Hands buffer `bid` back after a receive of `len` bytes was read from it;
+    /// visible to the kernel at `commit`.
+    pub fn recycle(&mut self, bid: u16, len: usize) {
+        self.bufring.recycle_datagram(bid, len);
     }
     /// Publishes every recycled buffer (one release store per buffer ring).
     pub fn commit(&mut self) {

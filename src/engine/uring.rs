@@ -216,6 +216,7 @@ pub(crate) fn ring_shape(cfg: &crate::config::Config) -> ShardRingShape {
     ShardRingShape {
         buf_count: cfg.uring.buf_count,
         buf_size: cfg.uring.buf_size,
+        buf_window_bytes: cfg.uring.buf_window_bytes,
         send_slots: cfg.uring.ack_slots,
         max_datagram_bytes: MAX_DATAGRAM_BYTES,
         stream_bufs: cfg.network.tcp.map(|_| StreamBufs {
@@ -607,7 +608,7 @@ impl UringEngine {
                     return;
                 };
                 self.on_datagram(io, bid, res as usize, now_ms);
-                self.ring.recycle(bid);
+                self.ring.recycle(bid, res as usize);
             }
             Some(Token::Send(slot)) => self.on_ack_sent(io, slot, res),
             Some(Token::Wake) => {
@@ -809,7 +810,7 @@ impl Engine for UringEngine {
                     Some(Token::Recv) if res > 0 => {
                         io.stats().unread_at_stop += 1;
                         if let Some(bid) = cqueue::buffer_select(flags) {
-                            self.ring.recycle(bid);
+                            self.ring.recycle(bid, res as usize);
                         }
                     }
                     _ => {}
