@@ -7,7 +7,7 @@
 #
 # Run time: about 2 h 10 min on a 2-CPU machine (the minutes beside each step are what each
 # took in the whole run of 2026-12-02, 117 min in all; the steps added after it,
-# outputs-queue-1024, profile and uring-buf-count-*, took 15 min together on their
+# outputs-queue-1024, profile and the buffer-ring sizes, took 15 min together on their
 # own); the run prints each step's
 # actual time and writes them all to OUT_DIR/reproduce-<date>.md.
 #
@@ -32,9 +32,9 @@ STEPS=(
   "engines|11|scripts/exp-engines.sh \$OUT"
   "engines-overload-batch32|1|target/release/ringbeat-bench sweep --kind rate --name engines-overload-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
   "profile|2|scripts/exp-profile.sh \$OUT"
-  "uring-buf-count-batch32|2|target/release/ringbeat-bench sweep --kind rate --name uring-buf-count-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 3 --variant 'uring=--engine uring' --variant 'uring-1024=--engine uring --buf-count 1024' --variant 'uring-4096=--engine uring --buf-count 4096' --variant 'epoll=--engine epoll'"
-  "uring-buf-count-scan-batch32|4|target/release/ringbeat-bench sweep --kind rate --name uring-buf-count-scan-batch32 --results \$OUT --devices 2000000 --rates 4000000,10000000,20000000 --batch 32 --runs 3 --variant 'uring=--engine uring' --variant 'uring-4096=--engine uring --buf-count 4096' --variant 'epoll=--engine epoll'"
-  "uring-buf-count-scan-batch1|4|target/release/ringbeat-bench sweep --kind rate --name uring-buf-count-scan-batch1 --results \$OUT --devices 2000000 --rates 500000,1000000,2000000 --batch 1 --runs 3 --variant 'uring=--engine uring' --variant 'uring-4096=--engine uring --buf-count 4096' --variant 'epoll=--engine epoll'"
+  "uring-window-batch32|3|target/release/ringbeat-bench sweep --kind rate --name uring-window-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'uring-nowindow=--engine uring --buf-window-kib 0' --variant 'uring-256=--engine uring --buf-window-kib 0 --buf-count 256' --variant 'epoll=--engine epoll'"
+  "uring-window-scan-batch32|4|target/release/ringbeat-bench sweep --kind rate --name uring-window-scan-batch32 --results \$OUT --devices 2000000 --rates 4000000,10000000,20000000 --batch 32 --runs 3 --variant 'uring=--engine uring' --variant 'uring-nowindow=--engine uring --buf-window-kib 0' --variant 'epoll=--engine epoll'"
+  "uring-window-scan-batch1|4|target/release/ringbeat-bench sweep --kind rate --name uring-window-scan-batch1 --results \$OUT --devices 2000000 --rates 500000,1000000,2000000 --batch 1 --runs 3 --variant 'uring=--engine uring' --variant 'uring-nowindow=--engine uring --buf-window-kib 0' --variant 'epoll=--engine epoll'"
   "batch-size|4|scripts/exp-batch-size.sh \$OUT/\$(date -u +%F)-batch-size"
   "rcvbuf|9|scripts/exp-rcvbuf.sh \$OUT"
   "wait-us|6|scripts/exp-wait-us.sh \$OUT"
