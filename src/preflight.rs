@@ -416,10 +416,14 @@ fn ring_checks(config: &Config) -> Vec<Check> {
             out.push(line(
                 "provided buffer ring",
                 format!(
-                    "{} × {} B = {} KiB per shard",
+                    "{} × {} B = {} KiB per shard; {}",
                     config.uring.buf_count,
                     config.uring.buf_size,
-                    r.arena().2 / 1024
+                    r.arena().2 / 1024,
+                    match config.uring.buf_window_bytes {
+                        0 => "every buffer handed to the kernel (no receive window)".to_string(),
+                        w => format!("a {} KiB receive window", w >> 10),
+                    }
                 ),
                 Verdict::Ok,
                 "",
