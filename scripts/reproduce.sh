@@ -5,11 +5,11 @@
 # records its command, revision, kernel and CPU. Needs root (CPU DMA latency, RPS and
 # kernel-tuning variants) and a clean git tree (sweeps refuse a dirty one).
 #
-# Run time: about 2 h 10 min on a 2-CPU machine (the minutes beside each step are what each
-# took in the whole run of 2026-12-02, 117 min in all; the steps added after it,
-# outputs-queue-1024, profile and the buffer-ring sizes, took 15 min together on their
-# own); the run prints each step's
-# actual time and writes them all to OUT_DIR/reproduce-<date>.md.
+# Run time: about 2 h 15 min on a 2-CPU machine (the minutes beside each step are what each
+# took in the whole run of 2026-12-02, 117 min in all, or, for the steps added since,
+# in the runs of 2026-12-03); the run prints each step's actual time and writes them
+# all to OUT_DIR/reproduce-<date>.md (which must not exist yet: a second run on the
+# same day wants another OUT_DIR).
 #
 # usage: scripts/reproduce.sh [--list] [--only NAME[,NAME...]] [OUT_DIR]
 #
@@ -41,6 +41,7 @@ STEPS=(
   "wake-latency|3|scripts/exp-wake-latency.sh \$OUT"
   "liveness-slice|2|scripts/exp-liveness-slice.sh \$OUT"
   "prefilter|3|scripts/exp-prefilter.sh \$OUT"
+  "prefilter-window|3|target/release/ringbeat-bench sweep --kind rate --results \$OUT --name prefilter-window --devices 200000 --rates 200000 --garbage-rate 300000 --ack-every-datagrams 1 --runs 3 --duration 8 --variant 'uring=--engine uring' --variant 'uring-nowindow=--engine uring --buf-window-kib 0' --variant 'epoll=--engine epoll'"
   "rps|8|scripts/exp-rps.sh \$OUT"
   "snapshot|2|scripts/exp-snapshot.sh \$OUT"
   "overload|2|scripts/exp-liveness.sh overload \$OUT/\$(date -u +%F)-overload"
