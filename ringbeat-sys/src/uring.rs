@@ -103,7 +103,6 @@ pub enum StreamSendEnd {
 /// One in-flight send. Boxed slices of these never move or resize; the kernel reads
 /// `msg`, `iov`, `addr` and `buf` until the send's completion arrives.
 struct SendSlot {
-    msg: libc::msghdr,
     iov: libc::iovec,
     addr: libc::sockaddr_storage,
 }
@@ -217,7 +216,6 @@ impl ShardRing {
             && stream_bufring.as_ref().is_some_and(|b| !b.incremental());
         let slots = (0..shape.send_slots)
             .map(|_| SendSlot {
-                msg: zeroed_msghdr(),
                 iov: libc::iovec {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
@@ -334,11 +332,11 @@ impl ShardRing {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: bytes.len(),
         };
-        s.msg.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
-        s.msg.msg_namelen = to.len() as u32;
-        s.msg.msg_iov = &mut s.iov;
-        s.msg.msg_iovlen = 1;
-        let e = opcode::SendMsg::new(types::Fd(fd), &s.msg)
+        // A plain send with a destination (sendto, Linux 6.0+) rather than a SendMsg:
+        // the kernel then copies no msghdr in per ack.
+        let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), bytes.len() as u32)
+            .dest_addr((&s.addr as *const libc::sockaddr_storage).cast())
+            .dest_addr_len(to.len() as libc::socklen_t)
             .build()
             .user_data(user_data);
         self.push(&e)
