@@ -141,21 +141,6 @@ pub struct ShardRing {
     send_bytes: ZeroedRegion<u8>,
     send_bytes_per_slot: usize,
     wake_buf: Box<u64>,
-    /// Ack sends built since the last `flush_sends`, not yet in the submission queue.
-    /// They are built here and copied in later, in one go: an entry copied into the
-    /// queue right after it was built is read back before its own stores have
-    /// reached the cache (the builder's narrow stores cannot forward to the copy's
-    /// wide loads), and x86 lets those stores reach it only after every older one,
-    /// including the device-table and send-slot writes that missed the cache just
-    /// before. Profiled past saturation, that wait made each ack's push ~120 ns.
-    queued_sends: Vec<squeue::Entry>,
-    /// user_data of queued sends the submission queue did not take (it was full and
-    /// a submit to empty it failed), for the engine to count (`pop_unsent`).
-    unsent: Vec<u64>,
-    /// The socket registered with the ring as fixed file 0 (`register_socket`):
-    /// operations on it name the registered file, so the kernel takes no reference
-    /// to the file per send.
-    fixed_socket: Option<RawFd>,
     /// Makes the type `!Send`: a SINGLE_ISSUER ring is used by its creating thread only.
     _single_thread: std::marker::PhantomData<*const ()>,
 }
@@ -257,9 +242,6 @@ impl ShardRing {
             send_bytes,
             send_bytes_per_slot: shape.max_datagram_bytes,
             wake_buf: Box::new(0),
-            queued_sends: Vec::with_capacity(shape.send_slots as usize),
-            unsent: Vec::new(),
-            fixed_socket: None,
             _single_thread: std::marker::PhantomData,
         })
     }
@@ -302,30 +284,11 @@ impl ShardRing {
         }
     }
 
-    /// Registers socket `fd` with the ring (fixed file 0): receives and sends on it
-    /// then name the registered file. The ring keeps the socket open until it closes.
-    pub fn register_socket(&mut self, fd: RawFd) -> std::io::Result<()> {
-        self.ring.submitter().register_files(&[fd])?;
-        self.fixed_socket = Some(fd);
-        Ok(())
-    }
-
-    /// Socket `fd` as an SQE names it: the registered file when it is the one
-    /// `register_socket` registered.
-    fn socket_target(&self, fd: RawFd) -> SocketTarget {
-        match self.fixed_socket {
-            Some(f) if f == fd => SocketTarget::Fixed(types::Fixed(0)),
-            _ => SocketTarget::Fd(types::Fd(fd)),
-        }
-    }
-
     /// Queues the multishot receive on socket `fd` over the provided buffers.
     pub fn push_recv(&mut self, fd: RawFd, user_data: u64) -> Pushed {
-        let e = match self.socket_target(fd) {
-            SocketTarget::Fixed(f) => opcode::RecvMsgMulti::new(f, &*self.recv_msg, BGID).build(),
-            SocketTarget::Fd(f) => opcode::RecvMsgMulti::new(f, &*self.recv_msg, BGID).build(),
-        }
-        .user_data(user_data);
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_msg, BGID)
+            .build()
+            .user_data(user_data);
         self.push(&e)
     }
 
@@ -343,14 +306,19 @@ impl ShardRing {
     }
 
     /// Copies `bytes` and the raw source address `to` (as a receive gave it) into send
-    /// slot `slot` and queues a send of it on socket `fd`; it goes into the submission
-    /// queue at the next `flush_sends` (or any submit or wait, which flush first). The
-    /// slot must not be in flight (the caller tracks free slots). Panics when `bytes`
-    /// is longer than a slot or `to` longer than a socket address (caller bugs).
-    pub fn push_send(&mut self, fd: RawFd, slot: u32, bytes: &[u8], to: &[u8], user_data: u64) {
+    /// slot `slot` and queues a send of it on socket `fd`. The slot must not be in
+    /// flight (the caller tracks free slots). Panics when `bytes` is longer than a
+    /// slot or `to` longer than a socket address (caller bugs).
+    pub fn push_send(
+        &mut self,
+        fd: RawFd,
+        slot: u32,
+        bytes: &[u8],
+        to: &[u8],
+        user_data: u64,
+    ) -> Pushed {
         let per_slot = self.send_bytes_per_slot;
         assert!(bytes.len() <= per_slot, "ack longer than a send slot");
-        let target = self.socket_target(fd);
         let buf = &mut self.send_bytes[slot as usize * per_slot..][..per_slot];
         buf[..bytes.len()].copy_from_slice(bytes);
         let s = &mut self.slots[slot as usize];
@@ -366,35 +334,12 @@ impl ShardRing {
         };
         // A plain send with a destination (sendto, Linux 6.0+) rather than a SendMsg:
         // the kernel then copies no msghdr in per ack.
-        let (ptr, len) = (buf.as_ptr(), bytes.len() as u32);
-        let e = match target {
-            SocketTarget::Fixed(f) => send_to(opcode::Send::new(f, ptr, len), &s.addr, to.len()),
-            SocketTarget::Fd(f) => send_to(opcode::Send::new(f, ptr, len), &s.addr, to.len()),
-        }
-        .user_data(user_data);
-        self.queued_sends.push(e);
-    }
-
-    /// Moves the queued sends into the submission queue, submitting to make room when
-    /// it is full; returns the `io_uring_enter` calls that took. A send it could not
-    /// place is kept for `pop_unsent`.
-    pub fn flush_sends(&mut self) -> u32 {
-        let mut enters = 0;
-        let mut queued = std::mem::take(&mut self.queued_sends);
-        for e in queued.drain(..) {
-            let p = self.push(&e);
-            enters += p.enters;
-            if !p.pushed {
-                self.unsent.push(e.get_user_data());
-            }
-        }
-        self.queued_sends = queued;
-        enters
-    }
-
-    /// user_data of a send `flush_sends` could not place, each once.
-    pub fn pop_unsent(&mut self) -> Option<u64> {
-        self.unsent.pop()
+        let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), bytes.len() as u32)
+            .dest_addr((&s.addr as *const libc::sockaddr_storage).cast())
+            .dest_addr_len(to.len() as libc::socklen_t)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
     }
 
     /// Bytes of the datagram last queued from send slot `slot`.
@@ -628,14 +573,12 @@ impl ShardRing {
 
     /// Submits what is queued; never waits and runs no deferred completions.
     pub fn submit(&mut self) -> std::io::Result<usize> {
-        self.flush_sends();
         self.ring.submit()
     }
 
     /// Submits, then runs deferred completions (GETEVENTS with a zero timeout) until
     /// `want` are ready or none is left to run; never sleeps.
     pub fn reap_without_sleeping(&mut self, want: usize) -> std::io::Result<usize> {
-        self.flush_sends();
         let zero = types::Timespec::new();
         self.ring
             .submitter()
@@ -651,7 +594,6 @@ impl ShardRing {
         timeout: Duration,
         min_wait: Option<Duration>,
     ) -> std::io::Result<usize> {
-        self.flush_sends();
         let ts = types::Timespec::from(timeout);
         let mut args = types::SubmitArgs::new().timespec(&ts);
         if let Some(m) = min_wait {
@@ -659,20 +601,6 @@ impl ShardRing {
         }
         self.ring.submitter().submit_with_args(want, &args)
     }
-}
-
-/// A socket as an SQE names it.
-#[derive(Clone, Copy)]
-enum SocketTarget {
-    Fd(types::Fd),
-    Fixed(types::Fixed),
-}
-
-/// `send` addressed to the `len` bytes of `addr`.
-fn send_to(send: opcode::Send, addr: &libc::sockaddr_storage, len: usize) -> squeue::Entry {
-    send.dest_addr((addr as *const libc::sockaddr_storage).cast())
-        .dest_addr_len(len as libc::socklen_t)
-        .build()
 }
 
 /// The write id in a TCP write's user_data, None for any other operation's.
@@ -701,80 +629,5 @@ fn sockaddr_bytes(addr: &mut libc::sockaddr_storage) -> &mut [u8] {
             (addr as *mut libc::sockaddr_storage).cast::<u8>(),
             std::mem::size_of::<libc::sockaddr_storage>(),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::UdpSocket;
-    use std::os::fd::AsRawFd;
-
-    /// The raw `sockaddr_in` bytes of a loopback IPv4 address, as a receive gives it.
-    fn raw_v4(addr: std::net::SocketAddr) -> Vec<u8> {
-        let std::net::SocketAddr::V4(v4) = addr else {
-            panic!("IPv4 only")
-        };
-        let mut raw = (libc::AF_INET as libc::sa_family_t).to_ne_bytes().to_vec();
-        raw.extend_from_slice(&v4.port().to_be_bytes());
-        raw.extend_from_slice(&v4.ip().octets());
-        raw.extend_from_slice(&[0; 8]);
-        raw
-    }
-
-    #[test]
-    fn queued_sends_go_out_through_the_registered_socket_beyond_the_queue_size() {
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let slots = 64;
-        let mut ring = ShardRing::new(ShardRingShape {
-            buf_count: 16,
-            buf_size: 2048,
-            buf_window_bytes: 0,
-            send_slots: slots,
-            max_datagram_bytes: 64,
-            stream_bufs: None,
-        })
-        .unwrap();
-        ring.register_socket(sender.as_raw_fd()).unwrap();
-        let to = raw_v4(receiver.local_addr().unwrap());
-        // A receive armed first takes one submission entry: the 64 sends that follow
-        // do not fit in the 64-entry queue at once, so the flush submits to make room.
-        assert!(ring.push_recv(sender.as_raw_fd(), u64::MAX).pushed);
-        for slot in 0..slots {
-            let bytes = [slot as u8; 9];
-            ring.push_send(sender.as_raw_fd(), slot, &bytes, &to, slot as u64);
-        }
-        assert!(
-            ring.flush_sends() >= 1,
-            "a full queue is submitted to make room"
-        );
-        assert_eq!(ring.pop_unsent(), None);
-        let mut sent = Vec::new();
-        let mut cqes = Vec::new();
-        while sent.len() < slots as usize {
-            ring.wait(1, Duration::from_secs(5), None).unwrap();
-            cqes.clear();
-            ring.reap(&mut cqes, 256);
-            for &(user_data, res, _) in &cqes {
-                assert_eq!(res, 9, "send {user_data}");
-                sent.push(user_data);
-            }
-        }
-        sent.sort_unstable();
-        assert_eq!(sent, (0..slots as u64).collect::<Vec<_>>());
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        for _ in 0..slots {
-            let (n, from) = receiver.recv_from(&mut buf).unwrap();
-            assert_eq!((n, from), (9, sender.local_addr().unwrap()));
-            assert!(buf[..n].iter().all(|&b| b == buf[0]));
-            got.push(buf[0]);
-        }
-        got.sort_unstable();
-        assert_eq!(got, (0..slots as u8).collect::<Vec<_>>());
     }
 }

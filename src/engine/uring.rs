@@ -277,12 +277,7 @@ struct Tcp {
 impl UringEngine {
     pub(super) fn new(ctx: &mut ShardContext) -> anyhow::Result<UringEngine> {
         let cfg = &ctx.config;
-        let mut ring = ShardRing::new(ring_shape(cfg))?;
-        // Sends then name the registered socket: no file reference taken per ack.
-        // Without it (a kernel that refuses) they name the descriptor, as before.
-        if let Err(e) = ring.register_socket(ctx.socket.as_raw_fd()) {
-            tracing::debug!(shard = ctx.index, error = %e, "socket not registered with the ring");
-        }
+        let ring = ShardRing::new(ring_shape(cfg))?;
         let (numa_node, arena_addr, arena_bytes) = ring.arena();
         let info = ShardInfo {
             index: ctx.index,
@@ -574,21 +569,17 @@ impl UringEngine {
     }
 
     fn log_error(&mut self, what: &str, errno: i32) {
-        self.log_warning(format_args!(
-            "{what}: {}",
-            std::io::Error::from_raw_os_error(errno)
-        ));
-    }
-
-    /// Logs `message` at most once a second.
-    fn log_warning(&mut self, message: std::fmt::Arguments<'_>) {
         let now = Instant::now();
         if self
             .last_error_log
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             self.last_error_log = Some(now);
-            tracing::warn!(shard = self.info.index, "{message}");
+            tracing::warn!(
+                shard = self.info.index,
+                "{what}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            );
         }
     }
 
@@ -699,43 +690,24 @@ impl UringEngine {
         let mut to = [0u8; std::mem::size_of::<libc::sockaddr_in6>()];
         let to_len = d.name.len().min(to.len());
         to[..to_len].copy_from_slice(&d.name[..to_len]);
-        if !self.queue_ack(ack, &to[..to_len]) {
+        let queued = self.queue_ack(ack, &to[..to_len]);
+        if !queued.is_some_and(|p| pushed(io.stats(), p)) {
             io.stats().count_acks_dropped(1, ack_len);
         }
     }
 
-    /// Queues one ack datagram to the raw address `to` from a free send slot; false
-    /// when no slot is free (the caller counts the ack as dropped). It goes into the
-    /// submission queue at `flush_sends`.
-    fn queue_ack(&mut self, ack: &[u8], to: &[u8]) -> bool {
-        let Some(slot) = self.free_slots.pop() else {
-            return false;
-        };
-        self.ring
+    /// Queues one ack datagram to the raw address `to` from a free send slot. None
+    /// when no slot is free; a push the ring did not take gives its slot back. Either
+    /// way the caller counts the ack as dropped.
+    fn queue_ack(&mut self, ack: &[u8], to: &[u8]) -> Option<Pushed> {
+        let slot = self.free_slots.pop()?;
+        let p = self
+            .ring
             .push_send(self.socket, slot, ack, to, Token::Send(slot).encode());
-        true
-    }
-
-    /// Moves the queued ack sends into the submission queue. One the queue could not
-    /// take (full, and a submit to empty it failed) is dropped, counted and logged,
-    /// and its slot is free again.
-    fn flush_sends(&mut self, stats: &mut ShardStats) {
-        stats.enters += self.ring.flush_sends() as u64;
-        let mut unsent = 0;
-        while let Some(user_data) = self.ring.pop_unsent() {
-            let Some(Token::Send(slot)) = Token::decode(user_data) else {
-                unreachable!("only ack sends are queued");
-            };
-            stats.count_acks_dropped(1, self.ring.send_len(slot));
+        if !p.pushed {
             self.free_slots.push(slot);
-            unsent += 1;
         }
-        if unsent > 0 {
-            self.log_warning(format_args!(
-                "{unsent} acks dropped (counted in acks_dropped): the submission queue was \
-                 full and a submit to empty it failed"
-            ));
-        }
+        Some(p)
     }
 
     /// An ack send's completion: counted as sent or dropped, its slot free again.
@@ -777,7 +749,6 @@ impl Engine for UringEngine {
             }
         }
         self.cqes = cqes;
-        self.flush_sends(io.stats());
         io.stats().cqes += reaped as u64;
         self.reaped += reaped as u64;
         self.sweep(io, now_ms);
@@ -787,13 +758,15 @@ impl Engine for UringEngine {
         let stats = io.core.stats_mut();
         let mut queued = false;
         io.held.send_ready(|to, acks| {
-            if self.queue_ack(acks, to.raw()) {
+            if self
+                .queue_ack(acks, to.raw())
+                .is_some_and(|p| pushed(stats, p))
+            {
                 queued = true;
             } else {
                 stats.count_acks_dropped(1, acks.len());
             }
         });
-        self.flush_sends(stats);
         let mut answers = std::mem::take(&mut self.answers);
         io.streams.swap_answered(&mut answers);
         for &a in &answers {
