@@ -645,7 +645,15 @@ impl UringEngine {
     /// Handles reaped completions in order, each datagram's successor handed to the
     /// core ahead (see `prefetch`).
     fn on_completions(&mut self, io: &mut Ingest<'_>, cqes: &[(u64, i32, u32)], now_ms: u64) {
+        // Two stages ahead: the buffer of the completion after next starts loading,
+        // then the next one's header and frames are read (landed by now) and what
+        // they look up starts loading, then this one is taken.
         for (k, &(ud, res, flags)) in cqes.iter().enumerate() {
+            if let Some(&(ud, res, flags)) = cqes.get(k + 2) {
+                if let Some(bid) = received_buffer(ud, res, flags) {
+                    self.ring.prefetch_received(bid, res as usize);
+                }
+            }
             if let Some(&next) = cqes.get(k + 1) {
                 self.prefetch(io, next);
             }
@@ -656,10 +664,7 @@ impl UringEngine {
     /// Starts loading what the datagram of a completion still to be handled will read.
     #[inline]
     fn prefetch(&self, io: &Ingest<'_>, (ud, res, flags): (u64, i32, u32)) {
-        if res <= 0 || Token::decode(ud) != Some(Token::Recv) {
-            return;
-        }
-        let Some(bid) = cqueue::buffer_select(flags) else {
+        let Some(bid) = received_buffer(ud, res, flags) else {
             return;
         };
         if let Some(d) = self.ring.received(bid, res as usize) {
@@ -721,6 +726,15 @@ impl UringEngine {
         }
         self.free_slots.push(slot);
     }
+}
+
+/// The buffer a completion received a datagram into, if it is such a completion.
+#[inline]
+fn received_buffer(ud: u64, res: i32, flags: u32) -> Option<u16> {
+    if res <= 0 || Token::decode(ud) != Some(Token::Recv) {
+        return None;
+    }
+    cqueue::buffer_select(flags)
 }
 
 /// Counts the enters a push made and says whether it went in.
