@@ -365,7 +365,12 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         );
         let mut runs = vec![Vec::with_capacity(a.runs); variants.len()];
         for run in 1..=a.runs {
-            for (vi, v) in variants.iter().enumerate() {
+            // Each run starts one variant further on, so no variant always runs first,
+            // last or after the same one, and no comparison rests on its place. (The
+            // same server run first and last in a fixed order took the same, 0.99×,
+            // results/2026-12-03-variant-order; the rotation makes sure of it.)
+            for vi in run_order(variants.len(), run) {
+                let v = &variants[vi];
                 if compare {
                     eprintln!("-- run {run}/{}: {}", a.runs, v.label);
                 }
@@ -554,5 +559,21 @@ mod tests {
             .join("target/before-x/ringbeat");
         let v = parse_variant(&format!("before=@{}", inside.display())).unwrap();
         assert_eq!(v.describe(), "@target/before-x/ringbeat");
+    }
+}
+
+/// The order in which run `run` (from 1) takes `n` variants: rotated by one each run.
+fn run_order(n: usize, run: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (k + run - 1) % n)
+}
+
+#[cfg(test)]
+mod run_order_tests {
+    use super::run_order;
+
+    #[test]
+    fn every_run_takes_every_variant_once_and_each_leads_in_turn() {
+        let orders: Vec<Vec<usize>> = (1..=4).map(|run| run_order(3, run).collect()).collect();
+        assert_eq!(orders, [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]);
     }
 }

@@ -71,7 +71,7 @@ pub fn comparison(
     let a = c.args;
     format!(
         "# {}: {} variants compared\n\nCommand:\n\n```sh\n{}\n```\n\n{}\n\
-         Every point ran every variant, interleaved run by run ({} run(s) each, a fresh server every time); each value below is the median over runs. \
+         Every point ran every variant, interleaved run by run, each run starting one variant further on ({} run(s) each, a fresh server every time); each value below is the median over runs. \
          Each variant's own folder holds its points, runs, raw files and plots; `variants.csv` holds this table. \
          Redraw the plots with `ringbeat-bench plot {dir_shown}`.\n\n## Summary\n\n{}\n{}",
         a.name,
