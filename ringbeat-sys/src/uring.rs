@@ -105,9 +105,10 @@ pub enum StreamSendEnd {
 }
 
 /// One in-flight send. Boxed slices of these never move or resize; the kernel reads
-/// `msg`, `iov`, `addr` and `buf` until the send's completion arrives.
+/// `addr` (and the slot's bytes in `send_bytes`) until the send's completion arrives.
 struct SendSlot {
-    iov: libc::iovec,
+    /// Bytes queued, for counting the ack when its completion arrives.
+    len: usize,
     addr: libc::sockaddr_storage,
 }
 
@@ -220,10 +221,7 @@ impl ShardRing {
             && stream_bufring.as_ref().is_some_and(|b| !b.incremental());
         let slots = (0..shape.send_slots)
             .map(|_| SendSlot {
-                iov: libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
+                len: 0,
                 addr: zeroed_sockaddr(),
             })
             .collect();
@@ -332,10 +330,7 @@ impl ShardRing {
             "address longer than sockaddr_storage"
         );
         addr[..to.len()].copy_from_slice(to);
-        s.iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: bytes.len(),
-        };
+        s.len = bytes.len();
         // A plain send with a destination (sendto, Linux 6.0+) rather than a SendMsg:
         // the kernel then copies no msghdr in per ack.
         let e = opcode::Send::new(types::Fd(fd), buf.as_ptr(), bytes.len() as u32)
@@ -348,7 +343,7 @@ impl ShardRing {
 
     /// Bytes of the datagram last queued from send slot `slot`.
     pub fn send_len(&self, slot: u32) -> usize {
-        self.slots[slot as usize].iov.iov_len
+        self.slots[slot as usize].len
     }
 
     /// Moves up to `max` completions into `out` as (user_data, result, flags); returns
