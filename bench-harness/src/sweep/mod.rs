@@ -533,9 +533,20 @@ fn write_results(
     Ok(())
 }
 
+/// The order in which run `run` (from 1) takes `n` variants: rotated by one each run.
+fn run_order(n: usize, run: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (k + run - 1) % n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_run_takes_every_variant_once_and_each_leads_in_turn() {
+        let orders: Vec<Vec<usize>> = (1..=4).map(|run| run_order(3, run).collect()).collect();
+        assert_eq!(orders, [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]);
+    }
 
     #[test]
     fn variants_parse_and_the_sink_label_is_kept() {
@@ -559,21 +570,5 @@ mod tests {
             .join("target/before-x/ringbeat");
         let v = parse_variant(&format!("before=@{}", inside.display())).unwrap();
         assert_eq!(v.describe(), "@target/before-x/ringbeat");
-    }
-}
-
-/// The order in which run `run` (from 1) takes `n` variants: rotated by one each run.
-fn run_order(n: usize, run: usize) -> impl Iterator<Item = usize> {
-    (0..n).map(move |k| (k + run - 1) % n)
-}
-
-#[cfg(test)]
-mod run_order_tests {
-    use super::run_order;
-
-    #[test]
-    fn every_run_takes_every_variant_once_and_each_leads_in_turn() {
-        let orders: Vec<Vec<usize>> = (1..=4).map(|run| run_order(3, run).collect()).collect();
-        assert_eq!(orders, [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]);
     }
 }
