@@ -65,10 +65,12 @@ for point in $POINTS; do
 import json, sys
 d = json.load(open(sys.argv[1])); s = d["server"]; l = d["latency_intended"]
 measured = float(sys.argv[6]) - float(sys.argv[5])
+# A ratio over nothing (no wake-ups past saturation) is null in the JSON: empty here.
+r = lambda v, n=None: "" if v is None else round(v, n)
 print(",".join(str(x) for x in [sys.argv[2], sys.argv[3], sys.argv[4],
-    round(s["heartbeats"] / measured), round(s["cpu_utilisation"], 3), round(s["heartbeats_per_core_second"]),
-    s["kernel_drops"], s["ring_dry"], round(s["wakeups_per_s"]), round(s["heartbeats_per_wakeup"], 1),
-    round(s["cqes_per_enter"], 1), l["p50_us"], l["p99_us"], l["p999_us"], l["max_us"],
+    round(s["heartbeats"] / measured), r(s["cpu_utilisation"], 3), r(s["heartbeats_per_core_second"]),
+    s["kernel_drops"], s["ring_dry"], r(s["wakeups_per_s"]), r(s["heartbeats_per_wakeup"], 1),
+    r(s["cqes_per_enter"], 1), l["p50_us"], l["p99_us"], l["p999_us"], l["max_us"],
     d["acks"]["missing"], d["generator"]["kept_schedule"]]))
 PY
     tail -1 "$OUT/runs.csv"
@@ -85,8 +87,10 @@ print("| batch | offered hb/s | " + " | ".join(cols) + " | generator kept schedu
 print("|" + "---|" * (len(cols) + 3))
 for b, rate in keys:
     rs = [r for r in rows if int(r["batch"]) == b and int(r["offered_hb_per_s"]) == rate]
-    med = [statistics.median(float(r[c]) for r in rs) for c in cols]
+    vals = [[float(r[c]) for r in rs if r[c] != ""] for c in cols]
+    med = ["n/a" if not v else statistics.median(v) for v in vals]
     kept = sum(r["generator_kept_schedule"] == "True" for r in rs)
-    print("| %d | %d | " % (b, rate) + " | ".join(f"{m:,.0f}" if m >= 100 else f"{m:.2f}" for m in med) + f" | {kept}/{len(rs)} |")
+    show = lambda m: m if isinstance(m, str) else f"{m:,.0f}" if m >= 100 else f"{m:.2f}"
+    print("| %d | %d | " % (b, rate) + " | ".join(show(m) for m in med) + f" | {kept}/{len(rs)} |")
 PY
 cat "$OUT/summary.md"

@@ -603,12 +603,12 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
     );
     doc["garbage"] = json!({ "rate": a.generator.garbage_rate, "sent": garbage_sent });
     if let (Some(n), Some(server)) = (syscalls, doc["server"].as_object_mut()) {
-        let hb = server["heartbeats"].as_u64().unwrap_or(0);
+        let hb = server["heartbeats"].as_u64();
         server.insert("syscalls".into(), n.into());
         server.insert("syscalls_per_s".into(), (n as f64 / measured_s).into());
         server.insert(
             "heartbeats_per_syscall".into(),
-            (hb as f64 / n.max(1) as f64).into(),
+            hb.filter(|_| n > 0).map(|hb| hb as f64 / n as f64).into(),
         );
     }
     print_summary(&doc, behind);
@@ -651,21 +651,36 @@ fn summary_json(
     };
     let server = match (before, after) {
         (Some(b), Some(e)) if e.stats.is_some() || e.threads > 0 => {
-            let d = |k: &str| counter(e, k).saturating_sub(counter(b, k));
-            let cpu = e.cpu_s - b.cpu_s;
+            // What was not read is null, never 0: the counters need --server-stats,
+            // the CPU time and the kernel's wake-ups --server-pid, and a ratio over
+            // nothing (a server that never slept has no heartbeats per wake-up) is null.
+            let d = |k: &str| {
+                e.stats
+                    .is_some()
+                    .then(|| counter(e, k).saturating_sub(counter(b, k)))
+            };
+            let per = |n: Option<u64>, m: Option<u64>| match (n, m) {
+                (Some(n), Some(m)) if m > 0 => Some(n as f64 / m as f64),
+                _ => None,
+            };
+            let cpu = (e.threads > 0).then_some(e.cpu_s - b.cpu_s);
             let hb = d("heartbeats");
-            let switches = e.voluntary_switches.saturating_sub(b.voluntary_switches);
+            let switches =
+                (e.threads > 0).then(|| e.voluntary_switches.saturating_sub(b.voluntary_switches));
             json!({
                 "cpu_seconds": cpu, "shard_threads": e.threads, "heartbeats": hb, "datagrams": d("datagrams"),
-                "heartbeats_per_core_second": (cpu > 0.0).then(|| hb as f64 / cpu),
-                "cpu_utilisation": cpu / measured_s,
+                "heartbeats_per_core_second": match (hb, cpu) {
+                    (Some(hb), Some(cpu)) if cpu > 0.0 => Some(hb as f64 / cpu),
+                    _ => None,
+                },
+                "cpu_utilisation": cpu.map(|c| c / measured_s),
                 "kernel_drops": d("kernel_drops"), "ring_dry": d("ring_dry"), "forward_drops": d("forward_drops"),
                 "cqes": d("cqes"), "enters": d("enters"), "wakeups": d("wakeups"),
-                "wakeups_per_s": d("wakeups") as f64 / measured_s,
-                "heartbeats_per_wakeup": hb as f64 / d("wakeups").max(1) as f64,
-                "cqes_per_enter": d("cqes") as f64 / d("enters").max(1) as f64,
-                "kernel_wakeups_per_s": switches as f64 / measured_s,
-                "heartbeats_per_kernel_wakeup": hb as f64 / switches.max(1) as f64,
+                "wakeups_per_s": d("wakeups").map(|w| w as f64 / measured_s),
+                "heartbeats_per_wakeup": per(hb, d("wakeups")),
+                "cqes_per_enter": per(d("cqes"), d("enters")),
+                "kernel_wakeups_per_s": switches.map(|w| w as f64 / measured_s),
+                "heartbeats_per_kernel_wakeup": per(hb, switches),
                 "malformed_total": d("malformed_total"), "table_full": d("table_full"),
                 "frames_valid": d("frames_valid"), "forwarded": d("forwarded"),
             })
@@ -761,24 +776,43 @@ fn print_summary(d: &serde_json::Value, behind: bool) {
     if d["garbage"]["sent"].as_u64().unwrap_or(0) > 0 {
         println!(
             "garbage: {} datagrams sent beside the load; server rejected {} as malformed",
-            d["garbage"]["sent"], d["server"]["malformed_total"]
+            d["garbage"]["sent"],
+            shown(
+                &d["server"]["malformed_total"],
+                0,
+                "n/a (give --server-stats)"
+            )
         );
     }
     if !d["server"].is_null() {
         let sv = &d["server"];
         if let Some(n) = sv["syscalls"].as_u64() {
             println!(
-                "server system calls: {n} ({:.0}/s, {:.1} heartbeats per call)",
+                "server system calls: {n} ({:.0}/s, {} heartbeats per call)",
                 f(&sv["syscalls_per_s"]),
-                f(&sv["heartbeats_per_syscall"])
+                shown(&sv["heartbeats_per_syscall"], 1, "n/a")
             );
         }
-        let no_cpu = "n/a (give --server-pid for the server's CPU time)";
-        println!(
-            "server: {} hb per core-second ({} cores busy), kernel drops {}, ring dry {}, {:.0} wakeups/s ({} by the kernel's count), {:.1} hb/wakeup, {:.1} cqes/enter",
-            shown(&sv["heartbeats_per_core_second"], 0, no_cpu), shown(&sv["cpu_utilisation"], 2, "n/a"), sv["kernel_drops"], sv["ring_dry"],
-            f(&sv["wakeups_per_s"]), shown(&sv["kernel_wakeups_per_s"], 0, "n/a"), f(&sv["heartbeats_per_wakeup"]), f(&sv["cqes_per_enter"])
-        );
+        if sv["heartbeats"].is_null() {
+            println!(
+                "server: {} cores busy, {} wake-ups/s by the kernel's count; its counters (heartbeats, drops, wake-ups) need --server-stats",
+                shown(&sv["cpu_utilisation"], 2, "n/a"),
+                shown(&sv["kernel_wakeups_per_s"], 0, "n/a")
+            );
+        } else {
+            let no_cpu = "n/a (give --server-pid for the server's CPU time)";
+            println!(
+                "server: {} hb per core-second ({} cores busy), kernel drops {}, ring dry {}, {} wakeups/s ({} by the kernel's count), {} hb/wakeup, {} cqes/enter",
+                shown(&sv["heartbeats_per_core_second"], 0, no_cpu),
+                shown(&sv["cpu_utilisation"], 2, "n/a"),
+                sv["kernel_drops"],
+                sv["ring_dry"],
+                shown(&sv["wakeups_per_s"], 0, "n/a"),
+                shown(&sv["kernel_wakeups_per_s"], 0, "n/a"),
+                shown(&sv["heartbeats_per_wakeup"], 1, "n/a (it never slept)"),
+                shown(&sv["cqes_per_enter"], 1, "n/a (no enters)")
+            );
+        }
     } else {
         println!("server: not measured (give --server-pid and --server-stats for its CPU time and counters)");
     }
@@ -802,5 +836,99 @@ mod seconds_tests {
         assert_eq!(super::seconds(3.0), "3");
         assert_eq!(super::seconds(0.25), "0.25");
         assert_eq!(super::seconds(12.5), "12.5");
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    fn load_args() -> LoadArgs {
+        match Cli::try_parse_from(["ringbeat-bench", "load"])
+            .unwrap()
+            .command
+        {
+            Command::Load(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    fn server(before: &ServerSample, after: &ServerSample) -> serde_json::Value {
+        let h = Histogram::<u64>::new(3).unwrap();
+        let t = sender::Totals::default();
+        let a = load_args();
+        summary_json(&a, 1e6, 8.0, &t, &h, &h, &h, Some(before), Some(after))["server"].clone()
+    }
+
+    fn stats(heartbeats: u64, wakeups: u64) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "heartbeats": heartbeats, "wakeups": wakeups, "kernel_drops": 7,
+            "cqes": 0, "enters": 0,
+        }))
+    }
+
+    #[test]
+    fn counters_not_read_are_null_not_zero() {
+        // CPU time only (--server-pid without --server-stats).
+        let cpu = |s: f64| ServerSample {
+            cpu_s: s,
+            threads: 1,
+            voluntary_switches: 10,
+            stats: None,
+        };
+        let s = server(&cpu(1.0), &cpu(9.0));
+        assert_eq!(s["cpu_utilisation"].as_f64(), Some(1.0));
+        for k in [
+            "heartbeats",
+            "heartbeats_per_core_second",
+            "kernel_drops",
+            "ring_dry",
+            "wakeups_per_s",
+            "heartbeats_per_wakeup",
+        ] {
+            assert!(s[k].is_null(), "{k} without --server-stats: {}", s[k]);
+        }
+        // Counters only (--server-stats without --server-pid).
+        let counted = |hb: u64| ServerSample {
+            stats: stats(hb, 0),
+            ..ServerSample::default()
+        };
+        let s = server(&counted(0), &counted(800));
+        assert_eq!(s["heartbeats"].as_u64(), Some(800));
+        assert_eq!(s["kernel_drops"].as_u64(), Some(0));
+        for k in [
+            "cpu_utilisation",
+            "heartbeats_per_core_second",
+            "kernel_wakeups_per_s",
+        ] {
+            assert!(s[k].is_null(), "{k} without --server-pid: {}", s[k]);
+        }
+    }
+
+    #[test]
+    fn a_ratio_over_nothing_is_null() {
+        // A server that never slept over the window: no wake-ups, no enters.
+        let b = ServerSample {
+            cpu_s: 1.0,
+            threads: 1,
+            voluntary_switches: 5,
+            stats: stats(0, 3),
+        };
+        let e = ServerSample {
+            cpu_s: 9.0,
+            threads: 1,
+            voluntary_switches: 5,
+            stats: stats(8_000_000, 3),
+        };
+        let s = server(&b, &e);
+        assert_eq!(s["heartbeats_per_core_second"].as_f64(), Some(1e6));
+        assert_eq!(s["kernel_wakeups_per_s"].as_f64(), Some(0.0));
+        for k in [
+            "heartbeats_per_wakeup",
+            "heartbeats_per_kernel_wakeup",
+            "cqes_per_enter",
+        ] {
+            assert!(s[k].is_null(), "{k} over zero: {}", s[k]);
+        }
     }
 }

@@ -174,16 +174,24 @@ impl Row {
         ]
     }
 
-    /// Per column, the median over `runs`; the schedule column is the share of runs
-    /// that kept it (a mean of 0/1).
+    /// Per column, the median over the `runs` that measured it; the schedule column is
+    /// the share of runs that kept it (a mean of 0/1).
     pub fn median(runs: &[Row]) -> Row {
         assert!(!runs.is_empty(), "a point has at least one run");
         let mut out = Row::default();
         let columns: Vec<[f64; 22]> = runs.iter().map(Row::numbers).collect();
         let last = 21;
         for (c, slot) in out.numbers_mut().into_iter().enumerate() {
-            let mut v: Vec<f64> = columns.iter().map(|r| r[c]).collect();
-            *slot = if c == last {
+            // Over the runs that measured it (a ratio over nothing is NaN): n/a when
+            // none did.
+            let mut v: Vec<f64> = columns
+                .iter()
+                .map(|r| r[c])
+                .filter(|x| !x.is_nan())
+                .collect();
+            *slot = if v.is_empty() {
+                f64::NAN
+            } else if c == last {
                 v.iter().sum::<f64>() / v.len() as f64
             } else {
                 v.sort_by(f64::total_cmp);
@@ -279,6 +287,16 @@ mod tests {
         assert!((m.generator_kept_schedule_share - 2.0 / 3.0).abs() < 1e-12);
         let even = Row::median(&[row(1.0, 1.0), row(4.0, 1.0)]);
         assert_eq!(even.p99_us, 2.5);
+        // A run that did not measure a value (a server that never slept has no
+        // heartbeats per wake-up) leaves it out; no run measuring it gives n/a.
+        let mut slept = [row(1.0, 1.0), row(2.0, 1.0), row(3.0, 1.0)];
+        slept[0].hb_per_kernel_wakeup = f64::NAN;
+        slept[1].hb_per_kernel_wakeup = 10.0;
+        slept[2].hb_per_kernel_wakeup = 30.0;
+        assert_eq!(Row::median(&slept).hb_per_kernel_wakeup, 20.0);
+        assert!(Row::median(&slept).syscalls_per_s == 0.0);
+        slept.iter_mut().for_each(|r| r.syscalls_per_s = f64::NAN);
+        assert!(Row::median(&slept).syscalls_per_s.is_nan());
     }
 
     #[test]
