@@ -465,6 +465,14 @@ fn measure(
     Ok(Row::from_load(p.x, p.devices, a.shape.batch, &result?))
 }
 
+
+/// The command as a shell takes it back: an argument with spaces or quotes (a variant's
+/// `LABEL=flags`) single-quoted, so the line in a results README runs as written.
+fn command_line(args: impl IntoIterator<Item = String>) -> String {
+    let args: Vec<String> = args.into_iter().collect();
+    shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
+}
+
 /// sweep.json, summary.md, plots and README per variant folder, and the comparison.
 fn write_results(
     a: &SweepArgs,
@@ -475,7 +483,7 @@ fn write_results(
     medians: &[Vec<Row>],
 ) -> anyhow::Result<()> {
     let compare = vdirs.first().is_some_and(|d| d != dir);
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = command_line(std::env::args());
     let ctx = readme::Context {
         args: a,
         command: &command,
@@ -541,6 +549,24 @@ fn run_order(n: usize, run: usize) -> impl Iterator<Item = usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorded_command_quotes_what_a_shell_would_split() {
+        let args = [
+            "target/release/ringbeat-bench",
+            "sweep",
+            "--variant",
+            "uring=--engine uring",
+            "--rates",
+            "20000000",
+        ];
+        let line = command_line(args.iter().map(|a| a.to_string()));
+        assert_eq!(
+            line,
+            "target/release/ringbeat-bench sweep --variant 'uring=--engine uring' --rates 20000000"
+        );
+        assert_eq!(shlex::split(&line).unwrap(), args);
+    }
 
     #[test]
     fn every_run_takes_every_variant_once_and_each_leads_in_turn() {
