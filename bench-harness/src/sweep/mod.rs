@@ -465,7 +465,6 @@ fn measure(
     Ok(Row::from_load(p.x, p.devices, a.shape.batch, &result?))
 }
 
-
 /// The command as a shell takes it back: an argument with spaces or quotes (a variant's
 /// `LABEL=flags`) single-quoted, so the line in a results README runs as written.
 fn command_line(args: impl IntoIterator<Item = String>) -> String {
