@@ -5,7 +5,7 @@
 # records its command, revision, kernel and CPU. Needs root (CPU DMA latency, RPS and
 # kernel-tuning variants) and a clean git tree (sweeps refuse a dirty one).
 #
-# Run time: about 2 h 15 min on a 2-CPU machine (the minutes beside each step are what each
+# Run time: about 2 h 35 min on a 2-CPU machine (the minutes beside each step are what each
 # took in the whole run of 2026-12-02, 117 min in all, or, for the steps added since,
 # in the runs of 2026-12-03); the run prints each step's actual time and writes them
 # all to OUT_DIR/reproduce-<date>.md (which must not exist yet: a second run on the
@@ -28,9 +28,11 @@ STEPS=(
   "device-scan|7|target/release/ringbeat-bench sweep --kind devices --name device-scan --results \$OUT --batch 1 --interval 10 --duration 22 --warmup 12 --device-counts 100000,250000,500000,1000000,2000000,4000000"
   "foundation|4|scripts/bench-foundation.sh \$OUT/\$(date -u +%F)-foundation"
   "kernel-floor|7|scripts/exp-kernel-floor.sh \$OUT"
+  "kernel-floor-pairs|8|RATES=1000000,1500000 RUNS=10 WAITS= NAME=kernel-floor-pairs scripts/exp-kernel-floor.sh \$OUT"
   "kernel-floor-batch32|3|BATCH=32 RATES=10000000,20000000 WAITS= ENGINES=epoll scripts/exp-kernel-floor.sh \$OUT"
   "engines|11|scripts/exp-engines.sh \$OUT"
-  "engines-overload-batch32|1|target/release/ringbeat-bench sweep --kind rate --name engines-overload-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
+  "engines-overload-batch32|7|target/release/ringbeat-bench sweep --kind rate --name engines-overload-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 16 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
+  "engines-overload-ack-each-batch32|4|target/release/ringbeat-bench sweep --kind rate --name engines-overload-ack-each-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 10 --ack-every-datagrams 1 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
   "profile|2|scripts/exp-profile.sh \$OUT"
   "uring-window-batch32|3|target/release/ringbeat-bench sweep --kind rate --name uring-window-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'uring-nowindow=--engine uring --buf-window-kib 0' --variant 'uring-256=--engine uring --buf-window-kib 0 --buf-count 256' --variant 'epoll=--engine epoll'"
   "uring-window-scan-batch32|4|target/release/ringbeat-bench sweep --kind rate --name uring-window-scan-batch32 --results \$OUT --devices 2000000 --rates 4000000,10000000,20000000 --batch 32 --runs 3 --variant 'uring=--engine uring' --variant 'uring-nowindow=--engine uring --buf-window-kib 0' --variant 'epoll=--engine epoll'"
