@@ -606,10 +606,7 @@ fn run_load(a: &LoadArgs) -> anyhow::Result<serde_json::Value> {
         let hb = server["heartbeats"].as_u64();
         server.insert("syscalls".into(), n.into());
         server.insert("syscalls_per_s".into(), (n as f64 / measured_s).into());
-        server.insert(
-            "heartbeats_per_syscall".into(),
-            hb.filter(|_| n > 0).map(|hb| hb as f64 / n as f64).into(),
-        );
+        server.insert("heartbeats_per_syscall".into(), ratio(hb, Some(n)).into());
     }
     print_summary(&doc, behind);
     if let Some(p) = &a.json {
@@ -659,10 +656,6 @@ fn summary_json(
                     .is_some()
                     .then(|| counter(e, k).saturating_sub(counter(b, k)))
             };
-            let per = |n: Option<u64>, m: Option<u64>| match (n, m) {
-                (Some(n), Some(m)) if m > 0 => Some(n as f64 / m as f64),
-                _ => None,
-            };
             let cpu = (e.threads > 0).then_some(e.cpu_s - b.cpu_s);
             let hb = d("heartbeats");
             let switches =
@@ -677,10 +670,10 @@ fn summary_json(
                 "kernel_drops": d("kernel_drops"), "ring_dry": d("ring_dry"), "forward_drops": d("forward_drops"),
                 "cqes": d("cqes"), "enters": d("enters"), "wakeups": d("wakeups"),
                 "wakeups_per_s": d("wakeups").map(|w| w as f64 / measured_s),
-                "heartbeats_per_wakeup": per(hb, d("wakeups")),
-                "cqes_per_enter": per(d("cqes"), d("enters")),
+                "heartbeats_per_wakeup": ratio(hb, d("wakeups")),
+                "cqes_per_enter": ratio(d("cqes"), d("enters")),
                 "kernel_wakeups_per_s": switches.map(|w| w as f64 / measured_s),
-                "heartbeats_per_kernel_wakeup": per(hb, switches),
+                "heartbeats_per_kernel_wakeup": ratio(hb, switches),
                 "malformed_total": d("malformed_total"), "table_full": d("table_full"),
                 "frames_valid": d("frames_valid"), "forwarded": d("forwarded"),
             })
@@ -719,6 +712,15 @@ fn summary_json(
         },
         "server": server,
     })
+}
+
+/// `n / m` when both were read and `m` is not zero (a ratio over nothing is null in
+/// the summary, never `n / 1`).
+fn ratio(n: Option<u64>, m: Option<u64>) -> Option<f64> {
+    match (n, m) {
+        (Some(n), Some(m)) if m > 0 => Some(n as f64 / m as f64),
+        _ => None,
+    }
 }
 
 /// A measured value, or what is missing instead of NaN.
