@@ -5,7 +5,7 @@
 # records its command, revision, kernel and CPU. Needs root (CPU DMA latency, RPS and
 # kernel-tuning variants) and a clean git tree (sweeps refuse a dirty one).
 #
-# Run time: about 2 h 35 min on a 2-CPU machine (the minutes beside each step are what each
+# Run time: about 2 h 45 min on a 2-CPU machine (the minutes beside each step are what each
 # took in the whole run of 2026-12-02, 117 min in all, or, for the steps added since,
 # in the runs of 2026-12-03); the run prints each step's actual time and writes them
 # all to OUT_DIR/reproduce-<date>.md (which must not exist yet: a second run on the
@@ -34,6 +34,8 @@ STEPS=(
   "engines-overload-batch32|7|target/release/ringbeat-bench sweep --kind rate --name engines-overload-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 16 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
   "engines-overload-ack-each-batch32|4|target/release/ringbeat-bench sweep --kind rate --name engines-overload-ack-each-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 10 --ack-every-datagrams 1 --variant 'uring=--engine uring' --variant 'epoll=--engine epoll'"
   "profile|2|scripts/exp-profile.sh \$OUT"
+  "profile-layers-batch1|5|RATE=1000000 BATCH=1 RUNS=3 NAME=profile-layers-batch1 scripts/exp-profile.sh \$OUT"
+  "profile-layers-batch32|5|RATE=10000000 BATCH=32 RUNS=3 NAME=profile-layers-batch32 scripts/exp-profile.sh \$OUT"
   "uring-window-batch32|3|target/release/ringbeat-bench sweep --kind rate --name uring-window-batch32 --results \$OUT --devices 2000000 --rates 20000000 --batch 32 --runs 5 --variant 'uring=--engine uring' --variant 'uring-nowindow=--engine uring --buf-window-kib 0' --variant 'uring-256=--engine uring --buf-window-kib 0 --buf-count 256' --variant 'epoll=--engine epoll'"
   "uring-window-scan-batch32|4|target/release/ringbeat-bench sweep --kind rate --name uring-window-scan-batch32 --results \$OUT --devices 2000000 --rates 4000000,10000000,20000000 --batch 32 --runs 3 --variant 'uring=--engine uring' --variant 'uring-nowindow=--engine uring --buf-window-kib 0' --variant 'epoll=--engine epoll'"
   "uring-window-scan-batch1|4|target/release/ringbeat-bench sweep --kind rate --name uring-window-scan-batch1 --results \$OUT --devices 2000000 --rates 500000,1000000,2000000 --batch 1 --runs 3 --variant 'uring=--engine uring' --variant 'uring-nowindow=--engine uring --buf-window-kib 0' --variant 'epoll=--engine epoll'"
