@@ -32,7 +32,7 @@ git worktree add --detach "$tree" "$REV" >/dev/null
 # The earlier revision's build stays in this checkout's target/ (reused on reruns).
 CARGO_TARGET_DIR="$PWD/target/before-$short" cargo build --release --locked \
   --manifest-path "$tree/Cargo.toml" -p ringbeat -q
-before="$PWD/target/before-$short/release/ringbeat"
+before="target/before-$short/release/ringbeat"
 cargo build --release --locked --workspace -q
 variants=()
 for mode in $MODES; do
