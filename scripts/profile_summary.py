@@ -58,7 +58,6 @@ def read_symbols(path):
 
 def summarise_run(rows, server):
     """(ns per datagram of each layer, user %, kernel %) for one run."""
-    busy = sum(s for s, k, sym in rows if layer_of(k, sym) is not None)
     ns_per_dgram = None
     if server.get("datagrams") and server.get("cpu_seconds"):
         ns_per_dgram = server["cpu_seconds"] / server["datagrams"] * 1e9
@@ -67,6 +66,8 @@ def summarise_run(rows, server):
         name = layer_of(k, sym)
         if name is not None:
             layers[name] += s
+    # Every sample that is not idle is in one layer.
+    busy = sum(layers.values())
     ns = {n: (v / busy * ns_per_dgram if ns_per_dgram and busy else None) for n, v in layers.items()}
     user = sum(s for s, k, _ in rows if k == "[.]")
     kernel = sum(s for s, k, _ in rows if k == "[k]")
