@@ -656,10 +656,10 @@ fn summary_json(
                     .is_some()
                     .then(|| counter(e, k).saturating_sub(counter(b, k)))
             };
-            let cpu = (e.threads > 0).then_some(e.cpu_s - b.cpu_s);
+            let timed = e.threads > 0;
+            let cpu = timed.then_some(e.cpu_s - b.cpu_s);
             let hb = d("heartbeats");
-            let switches =
-                (e.threads > 0).then(|| e.voluntary_switches.saturating_sub(b.voluntary_switches));
+            let switches = timed.then(|| e.voluntary_switches.saturating_sub(b.voluntary_switches));
             json!({
                 "cpu_seconds": cpu, "shard_threads": e.threads, "heartbeats": hb, "datagrams": d("datagrams"),
                 "heartbeats_per_core_second": match (hb, cpu) {
