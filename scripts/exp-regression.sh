@@ -5,9 +5,10 @@
 # per datagram, 2M devices: the ratio of heartbeats per server core-second is measured
 # in one run, so the shared machine's noise falls on both alike.
 #
-# With MODES="v1 v1-registry v2" each build also runs with a devices file of every
-# device (v1-registry) and with keys, the load sending version-2 frames (v2); the
-# files are written to a temporary folder and removed afterwards.
+# With MODES="v1 v1-huge v1-registry v2" each build also runs with its table on huge
+# pages (v1-huge, `--huge-pages`), with a devices file of every device (v1-registry)
+# and with keys, the load sending version-2 frames (v2); the files are written to a
+# temporary folder and removed afterwards.
 #
 # usage: scripts/exp-regression.sh REV [OUT_DIR]
 #   env: RUNS=3 BATCHES="1 32" RATES_1="1000000,1500000" RATES_32="10000000,20000000"
@@ -44,10 +45,12 @@ for mode in $MODES; do
       [ -f "$files/ids.txt" ] ||
         python3 scripts/devices-file.py "$DEVICES" --no-keys --out "$files/ids.txt"
       flags="--devices-file=$files/ids.txt" suffix=-v1-registry ;;
+    v1-huge)
+      flags="--huge-pages" suffix=-v1-huge ;;
     v2)
       [ -f "$files/keys.txt" ] || python3 scripts/devices-file.py "$DEVICES" --out "$files/keys.txt"
       flags="--devices-file=$files/keys.txt --auth-keys=$files/keys.txt" suffix=-v2 ;;
-    *) echo "exp-regression: unknown mode '$mode' in MODES (v1, v1-registry, v2)" >&2; exit 2 ;;
+    *) echo "exp-regression: unknown mode '$mode' in MODES (v1, v1-huge, v1-registry, v2)" >&2; exit 2 ;;
   esac
   variants+=(--variant "before$suffix=@$before $flags" --variant "after$suffix=$flags")
 done

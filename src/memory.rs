@@ -31,6 +31,9 @@ impl Memory for Mapped {
     fn discard(words: &mut ZeroedRegion<u32>, range: std::ops::Range<usize>) {
         words.discard(range)
     }
+    fn words_per_page(words: &ZeroedRegion<u32>) -> usize {
+        words.page_bytes() / 4
+    }
     fn populate(words: &mut ZeroedRegion<u32>, range: std::ops::Range<usize>) {
         words.populate(range)
     }

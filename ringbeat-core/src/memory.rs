@@ -34,6 +34,13 @@ pub trait Memory: 'static {
         words[range].fill(0);
     }
 
+    /// Words per page that `discard` gives back whole: 1,024 (4 KiB), or 524,288 for
+    /// memory on 2 MiB pages, which must be given back whole (a part of one splits it
+    /// into 4 KiB pages, and the region stays on those when it is used again).
+    fn words_per_page(_words: &Self::Words) -> usize {
+        1024
+    }
+
     /// Makes `words[range]` resident now (they stay zero), so that first touches
     /// later take no page fault. Memory that is resident from the start needs nothing.
     fn populate(_words: &mut Self::Words, _range: std::ops::Range<usize>) {}

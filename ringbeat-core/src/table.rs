@@ -261,6 +261,10 @@ const FORCE_AT_HUNDREDTHS: usize = 85;
 /// gave back 4 MiB at once).
 const CLEAR_PER_UNIT: usize = 128;
 
+/// Units of step a 2 MiB page of the old index given back costs: ~7 µs here (the
+/// page freed and the TLBs flushed), against ~0.3 µs a unit.
+const HUGE_DISCARD_UNITS: u32 = 24;
+
 impl<M: Memory> DeviceTable<M> {
     /// A table for up to `capacity` devices (1 ..= 2^31), on 4 KiB pages.
     pub fn new(capacity: u32) -> std::io::Result<Self> {
@@ -541,12 +545,21 @@ impl<M: Memory> DeviceTable<M> {
                     };
                 }
                 Growth::Clearing { region, next, end } => {
-                    let n = (units as usize)
-                        .saturating_mul(CLEAR_PER_UNIT)
-                        .min(end - next);
+                    let page = M::words_per_page(&self.index[region]);
+                    let n = if page > PAGE_BUCKETS {
+                        // Huge pages: one whole page a step (the buckets past `end`
+                        // are unused).
+                        units = units.saturating_sub(HUGE_DISCARD_UNITS);
+                        (next + 1).next_multiple_of(page).min(self.max_buckets) - next
+                    } else {
+                        let n = (units as usize)
+                            .saturating_mul(CLEAR_PER_UNIT)
+                            .min(end - next);
+                        units -= n.div_ceil(CLEAR_PER_UNIT) as u32;
+                        n
+                    };
                     M::discard(&mut self.index[region], next..next + n);
-                    units -= n.div_ceil(CLEAR_PER_UNIT) as u32;
-                    self.growth = if next + n == end {
+                    self.growth = if next + n >= end {
                         Growth::Idle
                     } else {
                         Growth::Clearing {
@@ -731,8 +744,54 @@ mod tests {
 
     #[test]
     fn the_index_grows_with_what_it_holds_and_finds_everything_meanwhile() {
+        grows_and_finds_everything::<Heap>();
+    }
+
+    /// Heap memory with pages of 16,384 words, as huge pages would be (scaled down
+    /// so that growths cross many), whose `discard` takes only whole pages or the rest
+    /// of the region.
+    struct BigPages;
+    const BIG_PAGE: usize = 16_384;
+
+    impl Memory for BigPages {
+        type Words = Vec<u32>;
+        type Devices = Vec<Device>;
+        type Entries = Vec<crate::registry::Entry>;
+        type Windows = Vec<crate::registry::ReplayWindow>;
+        fn words(len: usize, huge: bool) -> std::io::Result<Vec<u32>> {
+            Heap::words(len, huge)
+        }
+        fn devices(len: usize, huge: bool) -> std::io::Result<Vec<Device>> {
+            Heap::devices(len, huge)
+        }
+        fn entries(len: usize, huge: bool) -> std::io::Result<Self::Entries> {
+            Heap::entries(len, huge)
+        }
+        fn windows(len: usize, huge: bool) -> std::io::Result<Self::Windows> {
+            Heap::windows(len, huge)
+        }
+        fn prefetch<T>(_value: &T) {}
+        fn discard(words: &mut Vec<u32>, range: std::ops::Range<usize>) {
+            assert!(
+                range.start.is_multiple_of(BIG_PAGE)
+                    && (range.end.is_multiple_of(BIG_PAGE) || range.end == words.len()),
+                "{range:?} splits a page"
+            );
+            words[range].fill(0);
+        }
+        fn words_per_page(_words: &Vec<u32>) -> usize {
+            BIG_PAGE
+        }
+    }
+
+    #[test]
+    fn on_huge_pages_the_old_index_goes_back_in_whole_pages() {
+        grows_and_finds_everything::<BigPages>();
+    }
+
+    fn grows_and_finds_everything<M: Memory>() {
         let n = 300_000;
-        let mut t = DeviceTable::<Heap>::new(1 << 22).unwrap();
+        let mut t = DeviceTable::<M>::new(1 << 22).unwrap();
         assert_eq!(t.index_buckets(), MIN_BUCKETS);
         let all = ids(n, 42);
         let mut seen_growing = 0;

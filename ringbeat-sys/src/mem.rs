@@ -16,8 +16,13 @@ pub struct ZeroedRegion<T: ZeroValid> {
     ptr: NonNull<T>,
     len: usize,
     map_bytes: usize,
+    /// The unit `discard` gives back: 4 KiB, or 2 MiB for a region on huge pages.
+    page: usize,
     _owns: PhantomData<T>,
 }
+
+/// A transparent huge page (x86_64 and arm64 with 4 KiB base pages).
+pub const HUGE_PAGE: usize = 2 << 20;
 
 // SAFETY: the region is uniquely owned memory, like a `Box<[T]>`; moving it to another
 // thread moves ownership of the mapping with it.
@@ -47,14 +52,23 @@ impl<T: ZeroValid + Clone> ZeroedRegion<T> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .ok_or_else(|| std::io::Error::other("region size overflows"))?;
-        let page = 4096;
+        // With huge pages asked for and room for at least one, the mapping is whole
+        // 2 MiB pages on a 2 MiB boundary: only such ranges can be huge pages, and
+        // `discard` then gives back whole huge pages (a part of one would split it).
+        let page = if huge && bytes >= HUGE_PAGE {
+            HUGE_PAGE
+        } else {
+            4096
+        };
         let map_bytes = bytes.max(1).div_ceil(page) * page;
+        // Room to move the start to a boundary of `page` (mmap aligns to 4 KiB only).
+        let slack = page - 4096;
         // SAFETY: an anonymous private mapping with no address hint has no
         // preconditions; the result is checked against MAP_FAILED below.
         let raw = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                map_bytes,
+                map_bytes + slack,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -64,6 +78,19 @@ impl<T: ZeroValid + Clone> ZeroedRegion<T> {
         if raw == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
+        let start = (raw as usize).next_multiple_of(page);
+        let (head, tail) = (start - raw as usize, slack - (start - raw as usize));
+        // SAFETY: the slack before `start` and after `start + map_bytes` is ours (just
+        // mapped above), whole 4 KiB pages, and nothing refers to it.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw, head);
+            }
+            if tail > 0 {
+                libc::munmap((start + map_bytes) as *mut libc::c_void, tail);
+            }
+        }
+        let raw = start as *mut libc::c_void;
         debug_assert!(
             (raw as usize).is_multiple_of(std::mem::align_of::<T>()),
             "mmap is page aligned"
@@ -76,6 +103,7 @@ impl<T: ZeroValid + Clone> ZeroedRegion<T> {
             ptr: NonNull::new(raw.cast::<T>()).expect("mmap never returns null on success"),
             len,
             map_bytes,
+            page,
             _owns: PhantomData,
         })
     }
@@ -88,6 +116,12 @@ impl<T: ZeroValid + Clone> ZeroedRegion<T> {
     /// Length of the mapping in bytes (a whole number of pages).
     pub fn map_bytes(&self) -> usize {
         self.map_bytes
+    }
+
+    /// The page `discard` gives back whole: 2 MiB in a region on huge pages (at least
+    /// one long, on a 2 MiB boundary), else 4 KiB.
+    pub fn page_bytes(&self) -> usize {
+        self.page
     }
 
     /// Makes the pages holding elements `range` resident now (MADV_POPULATE_WRITE,
@@ -125,14 +159,19 @@ impl<T: ZeroValid + Clone> ZeroedRegion<T> {
     /// Sets elements `range` back to zero and gives the whole pages among them back to
     /// the kernel (`MADV_DONTNEED`: the next touch maps a fresh zero page), so a range
     /// no longer used stops costing resident memory. Edges that share a page with
-    /// elements outside `range` are zeroed by writing.
+    /// elements outside `range` are zeroed by writing. Pages are 2 MiB in a region on
+    /// huge pages (`page_bytes`); a range reaching the end takes the last page whole.
     pub fn discard(&mut self, range: std::ops::Range<usize>) {
         assert!(range.start <= range.end && range.end <= self.len);
         let size = std::mem::size_of::<T>();
         let base = self.addr();
-        let page = 4096;
+        let page = self.page;
         let first = (base + range.start * size).next_multiple_of(page);
-        let last = (base + range.end * size) / page * page;
+        let last = if range.end == self.len {
+            base + self.map_bytes
+        } else {
+            (base + range.end * size) / page * page
+        };
         if first < last {
             // SAFETY: [first, last) is whole pages inside our own private anonymous
             // mapping; after DONTNEED they read back as zero, a valid `T` (`ZeroValid`),
@@ -228,6 +267,40 @@ mod tests {
         let pages = resident.iter().filter(|&&b| b & 1 == 1).count();
         // 40,000 words = 40 pages (one more for the edge); the last 24 untouched.
         assert!((39..=41).contains(&pages), "{pages} pages resident");
+    }
+
+    /// Pages of `r` resident now, by mincore (4 KiB each).
+    fn resident_pages(r: &ZeroedRegion<u32>) -> Vec<bool> {
+        let mut resident = vec![0u8; r.map_bytes() / 4096];
+        // SAFETY: our own mapping; `resident` has one byte per 4 KiB page.
+        let rc = unsafe { libc::mincore(r.addr() as *mut _, r.map_bytes(), resident.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        resident.iter().map(|&b| b & 1 == 1).collect()
+    }
+
+    #[test]
+    fn a_region_on_huge_pages_is_whole_2mib_pages_and_gives_them_back_whole() {
+        const WORDS: usize = HUGE_PAGE / 4;
+        // 1.5 huge pages of words: two pages, the region starting on a boundary.
+        let mut r = ZeroedRegion::<u32>::with_pages(WORDS + WORDS / 2, true).unwrap();
+        assert_eq!(r.addr() % HUGE_PAGE, 0);
+        assert_eq!((r.page_bytes(), r.map_bytes()), (HUGE_PAGE, 2 * HUGE_PAGE));
+        r.fill(7);
+        // Within the first page and into the second: written back to zero, both
+        // pages kept (each holds elements outside the range).
+        r.discard(100..WORDS + 10);
+        assert!(r[..100].iter().all(|&v| v == 7));
+        assert!(r[100..WORDS + 10].iter().all(|&v| v == 0));
+        assert!(r[WORDS + 10..].iter().all(|&v| v == 7));
+        assert!(resident_pages(&r).iter().all(|&p| p));
+        // Up to the end: the last page goes back whole, the first stays.
+        r.discard(WORDS..r.len());
+        let resident = resident_pages(&r);
+        assert!(resident[..512].iter().all(|&p| p) && resident[512..].iter().all(|&p| !p));
+        assert!(r[WORDS..].iter().all(|&v| v == 0) && r[99] == 7);
+        // Too small for one huge page: 4 KiB pages, as without.
+        let small = ZeroedRegion::<u32>::with_pages(1000, true).unwrap();
+        assert_eq!(small.page_bytes(), 4096);
     }
 
     #[test]
