@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, heartbeat, recv_retry, Server};
+use common::{client, heartbeat, only_true_transitions, recv_retry, unix_ms, Server};
 use ringbeat::core::codec::{decode_ack, Ack, FRAME_BYTES};
 use ringbeat::core::owner::owner;
 use std::io::{BufRead, BufReader};
@@ -579,20 +579,8 @@ fn a_flood_that_overflows_the_socket_causes_no_false_late_or_offline() {
     );
 }
 
-/// Unix time in ms, the clock of the events' `time_ms`.
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// No false late or offline for the `steady` devices, which heartbeat until the test
-/// stops sending: each came online once, and any later transition came only after it
-/// had really been silent for `late_ms` since `last_sent_ms(d)` (Unix ms just before
-/// its last send). Between that send and the server's exit the device is silent for
-/// real, so a stop that outlasts the rest of its threshold reports it late, truly.
-/// (5 ms spare for reading two clocks.)
+/// The `steady` devices, which heartbeat until the test stops sending, each came
+/// online first and had no false late or offline (`only_true_transitions`).
 fn stayed_online_while_sending(
     ev: &[serde_json::Value],
     steady: impl IntoIterator<Item = u64>,
@@ -600,20 +588,13 @@ fn stayed_online_while_sending(
     late_ms: i64,
 ) {
     for d in steady {
-        let e: Vec<&serde_json::Value> = ev.iter().filter(|e| e["device_id"] == d).collect();
         assert!(
-            e.first().is_some_and(|e| e["to"] == "online"),
-            "device {d} came online first: {e:?}"
+            ev.iter()
+                .find(|e| e["device_id"] == d)
+                .is_some_and(|e| e["to"] == "online"),
+            "device {d} came online first"
         );
-        for t in &e[1..] {
-            let at = t["time_ms"].as_i64().unwrap();
-            assert!(
-                at + 5 >= last_sent_ms(d) + late_ms,
-                "device {d}: a false {} at {at}, its last heartbeat sent at {}: {t}",
-                t["to"],
-                last_sent_ms(d)
-            );
-        }
+        only_true_transitions(ev, d, last_sent_ms(d), late_ms);
     }
 }
 

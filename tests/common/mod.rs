@@ -329,3 +329,30 @@ pub fn client() -> UdpSocket {
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     s
 }
+
+/// Unix time in ms, the clock of the events' `time_ms`.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Device `d` had no false transition: every event of it but its first coming online
+/// came only after it had really been silent for `late_ms` since `last_sent_ms` (Unix
+/// ms just before the test's last heartbeat of it). Between that send and the server's
+/// exit the device is silent for real, so a stop that outlasts the rest of its
+/// threshold reports it late, truly. (5 ms spare for reading two clocks.)
+pub fn only_true_transitions(ev: &[serde_json::Value], d: u64, last_sent_ms: i64, late_ms: i64) {
+    for t in ev
+        .iter()
+        .filter(|e| e["device_id"] == d && e["from"] != "unknown")
+    {
+        let at = t["time_ms"].as_i64().unwrap();
+        assert!(
+            at + 5 >= last_sent_ms + late_ms,
+            "device {d}: a false {} at {at}, its last heartbeat sent at {last_sent_ms}: {t}",
+            t["to"]
+        );
+    }
+}
