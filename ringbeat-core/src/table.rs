@@ -26,12 +26,13 @@
 //! no read of the old index; the new buckets are prefetched 32 at a time so their
 //! cache misses overlap); a lookup that misses in the new index looks in the old one,
 //! and new devices go into the new one only. When all are moved, the old region is
-//! zeroed and given back to the kernel an eighth of a page per unit of step, so it is empty and costs
-//! nothing when its turn comes again. On huge pages (`--huge-pages`) it goes back a
-//! whole 2 MiB page per step instead: giving back part of a huge page splits it into
-//! 4 KiB pages, and the next index in that region would be on 4 KiB pages there. A shard owns its table alone, so no reader can
-//! see a half-moved state. Moving finishes well before the next growth: it takes
-//! 0.7 × old size / 4 inserts, and the next growth comes 0.35 × old size devices later.
+//! zeroed and given back to the kernel an eighth of a page per unit of step, so it is
+//! empty and costs nothing when its turn comes again. On huge pages (`--huge-pages`)
+//! it goes back a whole 2 MiB page per step instead: giving back part of a huge page
+//! splits it into 4 KiB pages, and the next index in that region would be on 4 KiB
+//! pages there. A shard owns its table alone, so no reader can see a half-moved state.
+//! Moving finishes well before the next growth: it takes 0.7 × old size / 4 inserts,
+//! and the next growth comes 0.35 × old size devices later.
 //!
 //! Records are made resident ahead of the devices that will fill them, a bounded step
 //! at a time when the shard has nothing else to do (`prepare_ahead`), so a ramp's new
