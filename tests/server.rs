@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, heartbeat, only_true_transitions, recv_retry, unix_ms, Server};
+use common::{client, heartbeat, only_true_transitions, parse_events, recv_retry, unix_ms, Server};
 use ringbeat::core::codec::{decode_ack, Ack, FRAME_BYTES};
 use ringbeat::core::owner::owner;
 use std::io::{BufRead, BufReader};
@@ -172,10 +172,7 @@ fn liveness_transitions_with_a_100ms_interval() {
     });
     let (status, stats, events) = server.terminate();
     assert!(status.success());
-    let ev: Vec<serde_json::Value> = events
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let ev = parse_events(&events);
     let path: Vec<(String, String, u64)> = ev
         .iter()
         .map(|e| {
@@ -556,10 +553,7 @@ fn a_flood_that_overflows_the_socket_causes_no_false_late_or_offline() {
         "the flood must overflow the socket for this test to mean anything: {s:#}"
     );
     assert!(s["blind_ms"].as_u64().unwrap() > 0, "{s:#}");
-    let ev: Vec<serde_json::Value> = events
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let ev = parse_events(&events);
     let of = |id: u64| -> Vec<&str> {
         ev.iter()
             .filter(|e| e["device_id"] == id)
@@ -695,10 +689,7 @@ fn held_not_deferred(
     silent: u64,
     behind_ms: i64,
 ) {
-    let ev: Vec<serde_json::Value> = events
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let ev = parse_events(events);
     let of = |id: u64| -> Vec<&serde_json::Value> {
         ev.iter().filter(|e| e["device_id"] == id).collect()
     };

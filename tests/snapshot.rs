@@ -3,17 +3,16 @@
 
 mod common;
 
-use common::{client, heartbeat, only_true_transitions, temp_dir, unix_ms, Server};
+use common::{client, heartbeat, only_true_transitions, parse_events, temp_dir, unix_ms, Server};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 /// Events of a run as (device_id, from, to, epoch).
-fn transitions(events: &[String]) -> Vec<(u64, String, String, u64)> {
+fn transitions(events: &[serde_json::Value]) -> Vec<(u64, String, String, u64)> {
     events
         .iter()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        .map(|v| {
             (
                 v["device_id"].as_u64().unwrap(),
                 v["from"].as_str().unwrap().to_string(),
@@ -65,13 +64,10 @@ fn a_restart_continues_every_device_and_downtime_is_not_silence() {
     assert!(status.success());
     assert_eq!(stats["devices"], 50, "restored, not new");
     assert_eq!(stats["duplicates"], 0, "sequences continue");
-    let t = transitions(&events);
+    let ev = parse_events(&events);
+    let t = transitions(&ev);
     // Resumed devices: no event at all, but a true late if the stop outlasted the
     // rest of their 300 ms after the last round.
-    let ev: Vec<serde_json::Value> = events
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     for d in 1..=25 {
         only_true_transitions(&ev, d, last_sent_ms, 300);
     }
@@ -147,7 +143,9 @@ fn a_changed_shard_count_gives_each_device_to_its_new_owner() {
         .collect();
     assert_eq!(per, want, "each device restored on its owner");
     assert!(
-        transitions(&events).iter().all(|e| e.1 != "unknown"),
+        transitions(&parse_events(&events))
+            .iter()
+            .all(|e| e.1 != "unknown"),
         "no device is new"
     );
 }

@@ -330,6 +330,14 @@ pub fn client() -> UdpSocket {
     s
 }
 
+/// The lines of an events file, each parsed as its JSON object.
+pub fn parse_events(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Unix time in ms, the clock of the events' `time_ms`.
 pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
